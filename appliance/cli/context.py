@@ -1,0 +1,93 @@
+"""State shared by every CLI command: the workspace, the passphrase, output helpers."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from appliance.errors import PassphraseError
+from appliance.workspace import Workspace, open_workspace
+
+PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE"
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class CliState:
+    """What the global options said; stored in ``ctx.obj``."""
+
+    home: Path | None = None
+    passphrase_file: Path | None = None
+    debug: bool = False
+
+    def workspace(self) -> Workspace:
+        """The workspace of ``--home`` / ``APPLIANCE_HOME`` / the default; it must exist."""
+        return open_workspace(self.home)
+
+    def passphrase(self, *, prompt: str = "Passphrase", confirm: bool = False) -> str:
+        """The passphrase from ``--passphrase-file``, ``APPLIANCE_PASSPHRASE`` or a prompt."""
+        return resolve_passphrase(self.passphrase_file, prompt=prompt, confirm=confirm)
+
+
+def resolve_passphrase(
+    passphrase_file: Path | None, *, prompt: str = "Passphrase", confirm: bool = False
+) -> str:
+    """Read the passphrase; the file wins over the environment, the environment over a prompt.
+
+    Raises:
+        PassphraseError: the source is empty or unreadable, or there is no terminal to ask on.
+    """
+    if passphrase_file is not None:
+        try:
+            raw = Path(passphrase_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PassphraseError(
+                f"cannot read the passphrase file {passphrase_file}: {exc}; "
+                "check the path and its permissions"
+            ) from None
+        value = raw.rstrip("\r\n")
+        if not value:
+            raise PassphraseError(f"the passphrase file {passphrase_file} is empty")
+        return value
+    if PASSPHRASE_ENV in os.environ:
+        value = os.environ[PASSPHRASE_ENV]
+        if not value:
+            raise PassphraseError(
+                f"{PASSPHRASE_ENV} is set but empty; set it to the passphrase, or unset it "
+                "to be asked"
+            )
+        return value
+    if not sys.stdin.isatty():
+        raise PassphraseError(
+            "a passphrase is needed and there is no terminal to ask on; use --passphrase-file "
+            f"FILE or set {PASSPHRASE_ENV}"
+        )
+    value = getpass.getpass(f"{prompt}: ")
+    if not value:
+        raise PassphraseError("the passphrase must not be empty")
+    if confirm and getpass.getpass(f"{prompt} (again): ") != value:
+        raise PassphraseError("the two passphrases differ; nothing was changed")
+    return value
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        obj = CliState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")

@@ -1,0 +1,66 @@
+"""Atomic, durable file writes and hashing: the only way the appliance writes a file.
+
+An atomic write goes to a temporary file in the same folder, is flushed and fsynced, renamed
+over the target, and then the folder itself is fsynced, so after a crash the target holds either
+the old or the new content, never a mixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or creation inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a binary file whose content replaces ``target`` atomically when the block ends.
+
+    If the block raises, the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``target`` with ``data`` atomically and durably."""
+    with atomic_writer(target, mode) as handle:
+        handle.write(data)
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks; ``progress`` receives bytes read per chunk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return digest.hexdigest()

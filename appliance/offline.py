@@ -1,0 +1,126 @@
+"""No-egress mode. Every entry point (CLI, GUI, training child) calls :func:`enforce` first.
+
+Two layers:
+
+1. Environment variables that put Hugging Face libraries and common trackers into offline,
+   no-telemetry mode. They must be set before those libraries are imported, because they read
+   them at import time; :func:`enforce` also patches ``huggingface_hub`` if it was imported early.
+2. A ``sys.addaudithook`` hook that refuses, inside this Python process, every socket connect,
+   send and name lookup whose target is not loopback or a local (Unix, netlink) socket. It raises
+   :class:`~appliance.errors.EgressBlockedError` naming the address, before any packet leaves.
+
+An audit hook cannot be removed, so once enforced the process stays offline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+from typing import Any
+
+from appliance.errors import EgressBlockedError
+
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "WANDB_DISABLED": "true",
+    "MLFLOW_TRACKING_URI": "file:///dev/null",
+    "COMET_MODE": "disabled",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "BITSANDBYTES_NOWELCOME": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_INET_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
+_installed = False
+
+
+def is_loopback_host(host: object) -> bool:
+    """Whether ``host`` (a name, an IP literal, bytes or None) stays on this machine."""
+    if host is None:
+        return True  # getaddrinfo(None, port) resolves to the local wildcard/loopback
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    name = host.strip().rstrip(".").lower()
+    if name in _LOCAL_NAMES:
+        return True
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def _refuse(what: str, target: object) -> None:
+    raise EgressBlockedError(
+        f"network access blocked: this appliance runs offline and refused a {what} to {target!r}; "
+        "nothing may leave this machine (if a library tried this, report it)"
+    )
+
+
+def _check_socket_address(sock: Any, address: Any, what: str) -> None:
+    family = getattr(sock, "family", None)
+    if family not in _INET_FAMILIES:
+        return  # Unix, netlink and other machine-local sockets
+    host = address[0] if isinstance(address, tuple) and address else address
+    if not is_loopback_host(host):
+        _refuse(what, address)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if not event.startswith("socket."):
+        return
+    if event == "socket.connect":
+        _check_socket_address(args[0], args[1], "connection")
+    elif event == "socket.sendto":
+        _check_socket_address(args[0], args[1], "datagram")
+    elif event == "socket.sendmsg":
+        if len(args) > 1 and args[1] is not None:
+            _check_socket_address(args[0], args[1], "datagram")
+    elif event == "socket.getaddrinfo" or event in (
+        "socket.gethostbyname",
+        "socket.gethostbyname_ex",
+        "socket.gethostbyaddr",
+    ):
+        if not is_loopback_host(args[0]):
+            _refuse("name lookup", args[0])
+    elif event == "socket.getnameinfo":
+        sockaddr = args[0]
+        host = sockaddr[0] if isinstance(sockaddr, tuple) and sockaddr else sockaddr
+        if not is_loopback_host(host):
+            _refuse("name lookup", sockaddr)
+
+
+def enforce() -> None:
+    """Put this process into no-egress mode. Idempotent; call it before any other import."""
+    global _installed
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:
+        # huggingface_hub read the environment when it was imported: correct its copy too.
+        hub_constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+        hub_constants.HF_HUB_DISABLE_TELEMETRY = True  # type: ignore[attr-defined]
+    if not _installed:
+        sys.addaudithook(_audit)
+        _installed = True
+
+
+def is_enforced() -> bool:
+    """Whether :func:`enforce` has run in this process."""
+    return _installed

