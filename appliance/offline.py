@@ -42,6 +42,14 @@ OFFLINE_ENV: dict[str, str] = {
 
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _INET_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
+_NAME_LOOKUPS = frozenset(
+    {
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyname_ex",
+        "socket.gethostbyaddr",
+    }
+)
 _installed = False
 
 

@@ -5,6 +5,8 @@ Each answers "not available yet" cleanly (exit 1, one line) until its module rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
 from appliance.errors import NotAvailableError
@@ -27,7 +29,7 @@ def command(app: typer.Typer, name: str, help_text: str) -> None:
     app.command(name, help=help_text, context_settings=_PASS_THROUGH)(_not_available(name))
 
 
-def _not_available(verb: str) -> typer.models.CommandFunctionType:
+def _not_available(verb: str) -> Callable[[typer.Context], None]:
     def run(ctx: typer.Context) -> None:
         raise NotAvailableError(verb)
 
