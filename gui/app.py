@@ -1,0 +1,62 @@
+"""``appliance-gui``: start the desktop app on a workspace."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from appliance import offline
+
+NO_DISPLAY_MESSAGE = (
+    "appliance-gui: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set).\n"
+    "Run it in a desktop session, or on a headless machine under a virtual screen:\n"
+    "    xvfb-run -a appliance-gui\n"
+    "The same work is available without a display through the `appliance` command."
+)
+
+
+def has_display(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Whether Qt can open a window here (a display server, or a headless platform asked for)."""
+    platform = env.get("QT_QPA_PLATFORM", "")
+    if platform.startswith(("offscreen", "minimal", "vnc", "eglfs", "linuxfb")):
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    offline.enforce()
+    parser = argparse.ArgumentParser(prog="appliance-gui", description="Start the desktop app.")
+    parser.add_argument("--home", type=Path, help="workspace folder (default: APPLIANCE_HOME)")
+    args = parser.parse_args(argv)
+    if not has_display():
+        sys.stderr.write(NO_DISPLAY_MESSAGE + "\n")
+        sys.exit(1)
+
+    from appliance.errors import ApplianceError
+    from appliance.workspace import init, resolve_home
+
+    try:
+        home = resolve_home(args.home)
+        init(home)
+    except ApplianceError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+
+    from PySide6.QtWidgets import QApplication
+
+    from gui.main_window import MainWindow
+
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("Fine-tuning appliance")
+    window = MainWindow(home)
+    window.monitor.start()
+    window.show()
+    code = app.exec()
+    window.monitor.stop()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

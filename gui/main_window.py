@@ -1,0 +1,91 @@
+"""The main window: navigation on the left, one page per job, GPU state in the status bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QStackedWidget,
+    QStyle,
+    QWidget,
+)
+
+from gui.gpu_monitor import GpuMonitor
+from gui.pages.base import Page
+from gui.pages.jobs import DatasetsPage, ExportPage, ModelsPage, RegistryPage, TrainPage
+from gui.pages.settings import SettingsPage
+from gui.widgets.gpu_status import GpuStatusLabel
+
+_ICONS = {
+    "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
+    "Models": QStyle.StandardPixmap.SP_DirIcon,
+    "Train": QStyle.StandardPixmap.SP_MediaPlay,
+    "Registry": QStyle.StandardPixmap.SP_FileDialogDetailedView,
+    "Export": QStyle.StandardPixmap.SP_DialogSaveButton,
+    "Settings": QStyle.StandardPixmap.SP_FileDialogInfoView,
+}
+
+
+class MainWindow(QMainWindow):
+    """The appliance's window over the workspace at ``home``."""
+
+    def __init__(self, home: Path, monitor: GpuMonitor | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle(f"Fine-tuning appliance — {home}")
+        self.resize(1100, 700)
+        self.pages: list[Page] = [
+            DatasetsPage(),
+            ModelsPage(),
+            TrainPage(),
+            RegistryPage(),
+            ExportPage(),
+            SettingsPage(home),
+        ]
+        self.nav = QListWidget()
+        self.nav.setObjectName("navigation")
+        self.nav.setIconSize(QSize(20, 20))
+        self.nav.setFixedWidth(180)
+        self.nav.setStyleSheet(
+            "QListWidget#navigation { font-size: 11pt; padding-top: 8px; }"
+            "QListWidget#navigation::item { padding: 8px 6px; }"
+        )
+        self.stack = QStackedWidget()
+        for page in self.pages:
+            icon = self.style().standardIcon(_ICONS[page.title])
+            self.nav.addItem(QListWidgetItem(icon, page.title))
+            self.stack.addWidget(page)
+        self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.nav.setCurrentRow(0)
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.nav)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+
+        self.gpu_label = GpuStatusLabel()
+        self.statusBar().addPermanentWidget(self.gpu_label)
+        self.statusBar().addWidget(QLabel("Offline · workspace encrypted at rest"))
+        self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
+        self.monitor.updated.connect(self.gpu_label.show_state)
+
+    def page_titles(self) -> list[str]:
+        return [page.title for page in self.pages]
+
+    def show_page(self, title: str) -> Page:
+        """Switch to the page called ``title`` (as the navigation would) and return it."""
+        index = self.page_titles().index(title)
+        self.nav.setCurrentRow(index)
+        return self.pages[index]
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.monitor.stop()
+        super().closeEvent(event)

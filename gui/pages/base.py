@@ -1,0 +1,48 @@
+"""The frame every page shares: a heading, a one-line purpose, and the page's own body."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
+
+
+class Page(QWidget):
+    """A page of the main window. Subclasses fill :attr:`body`."""
+
+    title: str = ""
+    purpose: str = ""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(f"page{self.title}")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 20)
+        layout.setSpacing(8)
+        heading = QLabel(self.title)
+        heading.setObjectName("pageHeading")
+        font = heading.font()
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        font.setBold(True)
+        heading.setFont(font)
+        layout.addWidget(heading)
+        purpose = QLabel(self.purpose)
+        purpose.setWordWrap(True)
+        purpose.setObjectName("pagePurpose")
+        layout.addWidget(purpose)
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setFrameShadow(QFrame.Shadow.Sunken)
+        layout.addWidget(line)
+        self.body = QVBoxLayout()
+        self.body.setSpacing(6)
+        layout.addLayout(self.body)
+        layout.addStretch(1)
+
+    def add_note(self, text: str) -> QLabel:
+        """Add a paragraph of rich text to the page body."""
+        label = QLabel(text)
+        label.setWordWrap(True)
+        label.setTextFormat(Qt.TextFormat.RichText)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.body.addWidget(label)
+        return label

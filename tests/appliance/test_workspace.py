@@ -1,0 +1,155 @@
+"""The workspace: layout, permissions, format version, single-writer lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance import workspace
+from appliance.errors import WorkspaceError, WorkspaceLockedError
+
+
+def test_init_creates_private_layout(home: Path) -> None:
+    ws, created = workspace.init(home)
+    assert created
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in workspace.SUBFOLDERS:
+        assert (home / name).is_dir()
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o700
+    info = json.loads((home / "FORMAT").read_text())
+    assert info["format"] == workspace.FORMAT_VERSION
+    assert stat.S_IMODE((home / "FORMAT").stat().st_mode) == 0o600
+    assert ws.home == home
+
+
+def test_init_twice_keeps_the_workspace(ws: workspace.Workspace) -> None:
+    marker = ws.datasets_dir / "keep"
+    marker.write_text("x")
+    again, created = workspace.init(ws.home)
+    assert not created
+    assert again.home == ws.home
+    assert marker.exists()
+
+
+def test_open_missing_workspace_says_run_init(home: Path) -> None:
+    with pytest.raises(WorkspaceError, match="appliance init"):
+        workspace.open_workspace(home)
+
+
+def test_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("not a folder")
+    with pytest.raises(WorkspaceError, match="is a file, not a folder"):
+        workspace.init(target)
+    assert target.read_text() == "not a folder"
+
+
+def test_home_under_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(WorkspaceError, match="is a file"):
+        workspace.init(target / "ws")
+
+
+def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "somebody-elses.txt").write_text("x")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        workspace.init(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["somebody-elses.txt"]
+
+
+def test_workspace_from_newer_version_is_refused(ws: workspace.Workspace) -> None:
+    (ws.home / "FORMAT").write_text(json.dumps({"format": workspace.FORMAT_VERSION + 1}))
+    with pytest.raises(WorkspaceError, match="newer appliance"):
+        workspace.open_workspace(ws.home)
+    with pytest.raises(WorkspaceError, match="newer appliance"):
+        workspace.init(ws.home)
+
+
+def test_damaged_format_file_is_reported(ws: workspace.Workspace) -> None:
+    (ws.home / "FORMAT").write_text("{not json")
+    with pytest.raises(WorkspaceError, match="damaged"):
+        workspace.open_workspace(ws.home)
+
+
+def test_failed_init_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "a" / "b"
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(workspace, "atomic_write_bytes", refuse)
+    with pytest.raises(WorkspaceError, match="No space left"):
+        workspace.init(home)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_appliance_home_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_HOME", "  ")
+    with pytest.raises(WorkspaceError, match="APPLIANCE_HOME is set but empty"):
+        workspace.default_home()
+
+
+def test_default_home_is_user_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("APPLIANCE_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert workspace.default_home() == tmp_path / "finetune-appliance"
+
+
+def _hold_lock(home: Path, command: str) -> subprocess.Popen[str]:
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from appliance.workspace import open_workspace
+        with open_workspace({str(home)!r}).writer({command!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_told_who_holds_the_lock(ws: workspace.Workspace) -> None:
+    holder = _hold_lock(ws.home, "dataset import legal.jsonl")
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkspaceLockedError) as info, ws.writer("model import", wait_s=0.3):
+            pass
+        assert time.monotonic() - started >= 0.3
+        assert f"PID {holder.pid} (dataset import legal.jsonl)" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_of_a_killed_process_is_recovered(ws: workspace.Workspace) -> None:
+    holder = _hold_lock(ws.home, "train")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    # The stale "PID command" text is still in the file; the kernel released the flock.
+    with ws.writer("model import", wait_s=0.5):
+        assert ws.lock_path.read_text().startswith(f"{os.getpid()} model import")
+    assert ws.lock_path.read_text() == ""
+
+
+def test_writer_waits_for_a_short_writer(ws: workspace.Workspace) -> None:
+    holder = _hold_lock(ws.home, "short")
+    try:
+        subprocess.Popen(["sh", "-c", f"sleep 0.3; kill {holder.pid}"])
+        with ws.writer("patient", wait_s=10):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
