@@ -8,13 +8,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from appliance.errors import PassphraseError
 from appliance.workspace import Workspace, open_workspace
+
+if TYPE_CHECKING:
+    from appliance.registry import Registry
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE"
 
@@ -37,6 +40,16 @@ class CliState:
     def passphrase(self, *, prompt: str = "Passphrase", confirm: bool = False) -> str:
         """The passphrase from ``--passphrase-file``, ``APPLIANCE_PASSPHRASE`` or a prompt."""
         return resolve_passphrase(self.passphrase_file, prompt=prompt, confirm=confirm)
+
+    def registry(self, ws: Workspace) -> Registry:
+        """Open the registry of ``ws`` (the caller closes it, e.g. ``with st.registry(ws) as reg``).
+
+        Without a vault there is no audit key; once the workspace has key slots this unlocks the
+        vault first and passes the audit key derived from its master key.
+        """
+        from appliance.registry import Registry
+
+        return Registry.open(ws, audit_key=None)
 
 
 def resolve_passphrase(

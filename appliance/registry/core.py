@@ -1,0 +1,285 @@
+"""The registry's connection, transactions and audit log (the base of :class:`Registry`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import sqlite_utils
+
+from appliance.errors import PassphraseError, RegistryError
+from appliance.registry import audit as audit_chain
+from appliance.registry.refs import dumps, loads, now, os_user
+from appliance.registry.schema import migrate
+from appliance.workspace import Workspace
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long a statement waits for another process's write transaction before failing."""
+
+JSON_COLUMNS: dict[str, tuple[str, ...]] = {
+    "base_models": ("manifest",),
+    "dataset_versions": ("skipped_detail", "stats"),
+    "runs": ("config",),
+    "adapter_versions": ("metrics", "lib_versions"),
+    "exports": ("details",),
+    "audit": ("details",),
+}
+BOOL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "base_models": ("linked", "has_chat_template"),
+    "audit": ("keyed",),
+}
+
+
+class RegistryBase:
+    """Connection handling shared by every part of :class:`~appliance.registry.Registry`."""
+
+    def __init__(self, ws: Workspace, conn: sqlite3.Connection, audit_key: bytes | None) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._audit_key = audit_key
+        self._depth = 0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, ws: Workspace, audit_key: bytes | None = None) -> Self:
+        """Open (creating or upgrading as needed) the registry of ``ws``.
+
+        Args:
+            ws: the workspace.
+            audit_key: key of the keyed audit chain (derived from the vault's master key);
+                None before the workspace has a vault, or for commands that only read.
+
+        Raises:
+            RegistryError: the file is not a usable SQLite database or is from a newer version.
+        """
+        path = ws.registry_path
+        conn = connect(path)
+        try:
+            migrate(conn, str(path))
+        except BaseException:
+            conn.close()
+            raise
+        return cls(ws, conn, audit_key)
+
+    def close(self) -> None:
+        """Close the connection (uncommitted work is rolled back)."""
+        self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested blocks become savepoints of the outer one.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so two writers queue instead of
+        failing halfway with "database is locked" when a read would have to become a write.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                with self.db.atomic():
+                    yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise RegistryError(
+                f"the registry {self.ws.registry_path} is busy ({exc}); another process is "
+                "writing, try again in a moment"
+            ) from None
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    # -- helpers for the parts ------------------------------------------------------------------
+
+    def _row(self, table: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A stored row with its JSON and boolean columns decoded."""
+        out = dict(row or {})
+        for column in JSON_COLUMNS.get(table, ()):
+            if column in out:
+                out[column] = loads(out[column])
+        for column in BOOL_COLUMNS.get(table, ()):
+            if column in out and out[column] is not None:
+                out[column] = bool(out[column])
+        return out
+
+    def _encode(self, table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(fields)
+        for column in JSON_COLUMNS.get(table, ()):
+            if column in out and out[column] is not None and not isinstance(out[column], str):
+                out[column] = dumps(out[column])
+        for column in BOOL_COLUMNS.get(table, ()):
+            if column in out and out[column] is not None:
+                out[column] = int(bool(out[column]))
+        return out
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+    def _insert(self, table: str, fields: Mapping[str, Any]) -> int:
+        """Insert one row (inside the current transaction) and return its rowid."""
+        cursor = self.db.table(table).insert(self._encode(table, fields)).last_rowid
+        if cursor is None:
+            raise RegistryError(f"inserting into {table} returned no row id")
+        return int(cursor)
+
+    @staticmethod
+    def _stamp() -> dict[str, str]:
+        return {"created_at": now(), "created_by": os_user()}
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit_keyed(self) -> bool:
+        """Whether the chain has become keyed (then writing needs the key)."""
+        row = self.conn.execute("SELECT 1 FROM audit WHERE keyed = 1 LIMIT 1").fetchone()
+        return row is not None
+
+    def audit(self, action: str, obj: str, details: Mapping[str, Any]) -> None:
+        """Append one chained audit row (inside the current transaction, if one is open).
+
+        Raises:
+            PassphraseError: the chain is keyed and this registry was opened without the key.
+        """
+        if self._audit_key is None and self.audit_keyed():
+            raise PassphraseError(
+                "this command needs the workspace passphrase (the audit log is keyed); give it "
+                "with --passphrase-file or APPLIANCE_PASSPHRASE"
+            )
+        with self.transaction():
+            last = self.conn.execute(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev = (1, audit_chain.GENESIS) if last is None else (last[0] + 1, last[1])
+            row: dict[str, Any] = {
+                "seq": seq,
+                "time": now(),
+                "user": os_user(),
+                "action": action,
+                "object": obj,
+                "details": dumps(dict(details)),
+                "keyed": int(self._audit_key is not None),
+            }
+            row["prev_hash"] = prev
+            row["hash"] = audit_chain.row_hash(row, prev, self._audit_key)
+            self.db.table("audit").insert(row)
+
+    def audit_rows(
+        self, *, limit: int | None = None, action: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit rows, oldest first (the last ``limit`` when given)."""
+        if action:
+            rows = self._query(
+                "SELECT * FROM audit WHERE action = ? OR action LIKE ? ORDER BY seq",
+                (action, f"{action}.%"),
+            )
+        else:
+            rows = self._query("SELECT * FROM audit ORDER BY seq")
+        if limit is not None:
+            rows = rows[-limit:] if limit > 0 else []
+        return [self._row("audit", row) for row in rows]
+
+    def verify_audit(self) -> audit_chain.ChainReport:
+        """Check the whole chain.
+
+        Raises:
+            PassphraseError: keyed rows exist and this registry has no key to check them.
+        """
+        if self._audit_key is None and self.audit_keyed():
+            raise PassphraseError(
+                "the audit log is keyed; give the workspace passphrase to verify it "
+                "(--passphrase-file or APPLIANCE_PASSPHRASE)"
+            )
+        rows = self.conn.execute(
+            "SELECT seq, time, user, action, object, details, keyed, prev_hash, hash "
+            "FROM audit ORDER BY seq"
+        )
+        names = [d[0] for d in rows.description]
+        report = audit_chain.verify_chain(
+            (dict(zip(names, r, strict=True)) for r in rows), self._audit_key
+        )
+        if (
+            report.rows
+            and report.keyed_rows == 0
+            and self._audit_key is not None
+            and _has_key_slots(self.ws)
+        ):
+            report.problems.append(
+                (report.rows, "the workspace has a vault but no audit row is keyed (rewritten?)")
+            )
+        return report
+
+    # -- health --------------------------------------------------------------------------------
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's ``integrity_check`` and ``foreign_key_check``: empty when all is well."""
+        problems = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        for table, rowid, parent, _ in self.conn.execute("PRAGMA foreign_key_check"):
+            problems.append(f"{table} row {rowid} points at a missing {parent} row")
+        return problems
+
+
+def _has_key_slots(ws: Workspace) -> bool:
+    try:
+        return any(p.is_file() for p in ws.keys_dir.iterdir())
+    except OSError:
+        return False
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """An autocommit connection with the registry's pragmas (WAL, FULL sync, foreign keys).
+
+    Raises:
+        RegistryError: the file is not a SQLite database or cannot be opened.
+    """
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise RegistryError(
+            f"cannot open the registry {path}: {exc}; check the workspace folder's permissions"
+        ) from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"journal mode is {mode}, WAL is needed")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise RegistryError(
+            f"the registry {path} is not a usable SQLite database ({exc}); run "
+            "'appliance verify --rebuild-index' to rebuild it from the workspace folders"
+        ) from None
+    if path.exists():
+        path.chmod(0o600)
+    return conn
