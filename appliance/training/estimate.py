@@ -1,0 +1,496 @@
+"""Pre-flight estimate of a training run's peak memory, from config.json and a TrainConfig.
+
+The model is read from its Hugging Face ``config.json`` (a dense decoder: LLaMA, Mistral, Qwen2,
+SmolLM...), never loaded. The sum follows FACTS.md's reference formula, one line per term::
+
+    M ~ W + E + 16 * P_lora + A + Z + D (+ C on a GPU)
+
+W: the linear layers' weights, 4-bit NF4 (0.516 bytes a parameter with double quantisation,
+0.5625 without) for qlora or 16/32-bit for lora. E: embeddings, LM head and norms, upcast to fp32
+where peft's ``prepare_model_for_kbit_training`` does it (qlora). P_lora: LoRA parameters counted
+from the shapes; 16 bytes each for fp32 weight, gradient and two AdamW moments. A: activations kept
+for the backward pass. Z: logits for the loss. D: dequantisation scratch. C: the CUDA context,
+which NVML sees and torch does not. Sizes are in bytes; "GB" in the text means 10^9 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import TrainingError
+from appliance.training.config import ALL_LINEAR, ConfigError, TrainConfig, apply_overrides
+
+NF4_DOUBLE_QUANT_BYTES = 0.516
+"""Bytes per parameter of NF4 with double quantisation (4 bits + block constants)."""
+NF4_BYTES = 0.5625
+"""Bytes per parameter of NF4 with one fp32 absmax per 64-value block."""
+LORA_BYTES_PER_PARAM = 16
+"""fp32 weight + gradient + AdamW's two moments."""
+LOGITS_FACTOR = 3.0
+"""fp32 logit tensors alive at the loss in stock transformers (logits, upcast, gradient): 2 to 4."""
+DEQUANT_SCRATCH_FACTOR = 2.5
+"""Dequantised copies of the largest 4-bit matrix alive at once (forward and backward overlap)."""
+CUDA_CONTEXT_BYTES = 500_000_000
+"""CUDA context and kernels of the training process (0.3-0.6 GB seen on NVML)."""
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The seven linear projections of a LLaMA-style decoder layer."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a dense decoder that the estimate needs."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
+        """Read the shape from a ``config.json`` dict (``text_config`` of a multimodal one).
+
+        Raises:
+            TrainingError: a required field is missing or not a positive integer.
+        """
+        if "hidden_size" not in config and isinstance(config.get("text_config"), Mapping):
+            config = config["text_config"]
+
+        def need(*names: str) -> int:
+            for name in names:
+                value = config.get(name)
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        raise TrainingError(
+                            f"model config.json: {name} is {value!r}, not a positive integer"
+                        )
+                    return value
+            raise TrainingError(
+                f"model config.json has no {names[0]}; the memory estimate needs a dense decoder "
+                "config (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, "
+                "vocab_size)"
+            )
+
+        hidden = need("hidden_size", "n_embd", "d_model")
+        heads = need("num_attention_heads", "n_head")
+        kv_heads = need("num_key_value_heads") if config.get("num_key_value_heads") else heads
+        head_dim = need("head_dim") if config.get("head_dim") else hidden // heads
+        return cls(
+            layers=need("num_hidden_layers", "n_layer"),
+            hidden=hidden,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate=need("intermediate_size", "n_inner"),
+            vocab=need("vocab_size"),
+            # Missing means untied here: the larger figure is the safe one for a "will it fit".
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each projection in one decoder layer."""
+        q_out = self.heads * self.head_dim
+        kv_out = self.kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q_out),
+            "k_proj": (self.hidden, kv_out),
+            "v_proj": (self.hidden, kv_out),
+            "o_proj": (q_out, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters in the decoder layers' linear projections (the quantised part)."""
+        return self.layers * sum(i * o for i, o in self.linear_shapes().values())
+
+    @property
+    def embedding_params(self) -> int:
+        """Token embeddings plus the LM head (once when tied)."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def norm_params(self) -> int:
+        """RMSNorm weights: two per layer and the final one."""
+        return (2 * self.layers + 1) * self.hidden
+
+    @property
+    def total_params(self) -> int:
+        return self.linear_params + self.embedding_params + self.norm_params
+
+
+def targeted_modules(target_modules: str | list[str]) -> list[str]:
+    """The layer projections LoRA wraps: all seven for ``all-linear`` (peft leaves out the LM head).
+
+    Raises:
+        TrainingError: no name matches a projection this estimate knows.
+    """
+    if target_modules == ALL_LINEAR:
+        return list(LAYER_MODULES)
+    wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    # peft matches a name as the suffix of a module path; so does this.
+    found = [m for m in LAYER_MODULES if any(m == w.rsplit(".", 1)[-1] for w in wanted)]
+    if not found:
+        raise TrainingError(
+            f"LoRA target modules {', '.join(wanted)} match no projection of this model "
+            f"({', '.join(LAYER_MODULES)}); set lora.target_modules to all-linear or q,v"
+        )
+    return found
+
+
+def lora_parameter_count(shape: ModelShape, rank: int, target_modules: str | list[str]) -> int:
+    """Exact LoRA parameters: r x (in + out) for each wrapped projection of each layer."""
+    shapes = shape.linear_shapes()
+    per_layer = sum(rank * sum(shapes[name]) for name in targeted_modules(target_modules))
+    return shape.layers * per_layer
+
+
+@dataclass(frozen=True)
+class EstimateItem:
+    """One term of the estimate."""
+
+    key: str
+    """Stable id: weights, embeddings, lora, activations, lora_inputs, logits, dequant, context."""
+    label: str
+    bytes: int
+    detail: str
+    """How the figure was obtained, for the breakdown."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A peak-memory estimate with its breakdown."""
+
+    items: tuple[EstimateItem, ...]
+    device: str
+    """``cuda`` or ``cpu``."""
+    dtype: str
+    """Compute dtype the estimate assumed (bf16, fp16, fp32)."""
+    trainable_params: int
+    total_params: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak the device needs, the CUDA context included (compare with NVML's free memory)."""
+        return sum(item.bytes for item in self.items)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The part torch allocates (compare with ``torch.cuda.max_memory_allocated``)."""
+        return sum(item.bytes for item in self.items if item.key != "context")
+
+    def item(self, key: str) -> EstimateItem:
+        for entry in self.items:
+            if entry.key == key:
+                return entry
+        raise KeyError(key)
+
+    def fits(self, free_bytes: int) -> bool:
+        """Whether the estimated peak fits in ``free_bytes``."""
+        return self.total_bytes <= free_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ``started`` event carries it)."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "total_bytes": self.total_bytes,
+            "allocated_bytes": self.allocated_bytes,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "items": [dataclasses.asdict(item) for item in self.items],
+        }
+
+
+def _gb(value: float) -> str:
+    return f"{value / 1e9:.2f} GB"
+
+
+def estimate_memory(
+    model_config: Mapping[str, Any],
+    config: TrainConfig,
+    *,
+    device: str = "cuda",
+    bf16_supported: bool = True,
+    kbit_upcast: bool = True,
+    logits_factor: float = LOGITS_FACTOR,
+) -> MemoryEstimate:
+    """Estimate the peak memory of training ``config`` on the model of ``model_config``.
+
+    Args:
+        model_config: the model's ``config.json`` as a dict.
+        config: the training config.
+        device: ``cuda`` (adds the CUDA context) or ``cpu``.
+        bf16_supported: whether the GPU has bf16, for ``compute_dtype=auto``.
+        kbit_upcast: whether the qlora path upcasts 16-bit non-quantised weights (embeddings,
+            LM head, norms) to fp32, as peft's ``prepare_model_for_kbit_training`` does.
+        logits_factor: fp32 logit-sized tensors alive at the loss (near 0 with a chunked loss).
+
+    Raises:
+        TrainingError: the model config lacks a field, or no target module matches.
+        ConfigError: the compute dtype cannot run on ``device``.
+    """
+    shape = ModelShape.from_config(model_config)
+    cuda = device == "cuda"
+    dtype = config.resolve_compute_dtype(cuda=cuda, bf16_supported=bf16_supported)
+    width = DTYPE_BYTES[dtype]
+    b = config.schedule.micro_batch_size
+    s = config.data.max_seq_length
+    h, L = shape.hidden, shape.layers
+    qlora = config.method == "qlora"
+    items: list[EstimateItem] = []
+
+    if qlora:
+        per = NF4_DOUBLE_QUANT_BYTES
+        items.append(
+            EstimateItem(
+                "weights",
+                "4-bit linear weights",
+                round(per * shape.linear_params),
+                f"{shape.linear_params / 1e6:,.1f} M params x {per} B (NF4, double quant)",
+            )
+        )
+    else:
+        items.append(
+            EstimateItem(
+                "weights",
+                f"{dtype} linear weights",
+                width * shape.linear_params,
+                f"{shape.linear_params / 1e6:,.1f} M params x {width} B",
+            )
+        )
+
+    # prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit to fp32.
+    embed_width = 4 if (qlora and kbit_upcast) else width
+    other = shape.embedding_params + shape.norm_params
+    tied = "tied" if shape.tied_embeddings else "untied"
+    upcast = ", upcast to fp32 for k-bit training" if embed_width == 4 and width < 4 else ""
+    items.append(
+        EstimateItem(
+            "embeddings",
+            "embeddings, LM head, norms",
+            embed_width * other,
+            f"{other / 1e6:,.1f} M params ({tied}) x {embed_width} B{upcast}",
+        )
+    )
+
+    lora_params = lora_parameter_count(shape, config.lora.rank, config.lora.target_modules)
+    items.append(
+        EstimateItem(
+            "lora",
+            "LoRA weights, grads, AdamW",
+            LORA_BYTES_PER_PARAM * lora_params,
+            f"{lora_params / 1e6:,.2f} M params x {LORA_BYTES_PER_PARAM} B (fp32)",
+        )
+    )
+
+    # One decoder layer keeps about 6h + 2h_kv + 4f values a token for its backward pass
+    # (norm inputs, q, attention output, MLP gate/up/act); 16-bit values take 2 bytes.
+    kv_width = shape.kv_heads * shape.head_dim
+    layer_values = 6 * h + 2 * kv_width + 4 * shape.intermediate
+    one_layer = width * b * s * layer_values
+    if config.gradient_checkpointing:
+        activations = width * L * b * s * h + one_layer
+        how = f"checkpointing: {L} layer inputs + one layer, b={b}, s={s}"
+    else:
+        activations = L * one_layer
+        how = f"no checkpointing: {L} layers x {layer_values:,} values a token, b={b}, s={s}"
+    items.append(EstimateItem("activations", "activations", activations, how))
+
+    # peft's LoRA layer casts each wrapped projection's input to the adapter's fp32 (no autocast
+    # in our loop) and applies dropout to it; lora_A keeps that copy (and dropout its mask) for
+    # the backward pass, once per wrapped projection.
+    per_value = (4 if width < 4 else (width if config.lora.dropout > 0 else 0)) + (
+        1 if config.lora.dropout > 0 else 0
+    )
+    if per_value:
+        shapes = shape.linear_shapes()
+        ins = sum(shapes[m][0] for m in targeted_modules(config.lora.target_modules))
+        layers_kept = 1 if config.gradient_checkpointing else L
+        items.append(
+            EstimateItem(
+                "lora_inputs",
+                "LoRA input copies",
+                layers_kept * per_value * b * s * ins,
+                f"{layers_kept} layer(s) x {ins:,} input values a token x {per_value} B",
+            )
+        )
+
+    logits = round(logits_factor * b * s * shape.vocab * 4)
+    items.append(
+        EstimateItem(
+            "logits",
+            "logits for the loss",
+            logits,
+            f"{logits_factor:g} x b x s x V={shape.vocab:,} x 4 B",
+        )
+    )
+
+    if qlora:
+        largest = max(i * o for i, o in shape.linear_shapes().values())
+        items.append(
+            EstimateItem(
+                "dequant",
+                "dequantisation scratch",
+                round(DEQUANT_SCRATCH_FACTOR * largest * width),
+                f"{DEQUANT_SCRATCH_FACTOR:g} x the largest matrix ({largest / 1e6:,.1f} M) "
+                f"in {dtype}",
+            )
+        )
+    if cuda:
+        items.append(
+            EstimateItem(
+                "context", "CUDA context", CUDA_CONTEXT_BYTES, "kernels and context (NVML only)"
+            )
+        )
+    return MemoryEstimate(
+        items=tuple(items),
+        device=device,
+        dtype=dtype,
+        trainable_params=lora_params,
+        total_params=shape.total_params + lora_params,
+    )
+
+
+# --- what to change when it does not fit --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A change to the config and the estimate it would give."""
+
+    assignments: tuple[str, ...]
+    """``--set`` assignments that make the change."""
+    text: str
+    total_bytes: int
+    fits: bool
+
+
+def _candidates(config: TrainConfig) -> Iterable[tuple[tuple[str, ...], str]]:
+    sched = config.schedule
+    if not config.gradient_checkpointing:
+        yield ("gradient_checkpointing=true",), "turn gradient checkpointing on"
+    b = sched.micro_batch_size
+    while b > 1:
+        b //= 2
+        # Keep the effective batch: halve the micro-batch, multiply the accumulation.
+        accum = sched.gradient_accumulation_steps * (sched.micro_batch_size // b)
+        yield (
+            (f"micro_batch_size={b}", f"gradient_accumulation_steps={accum}"),
+            f"micro-batch {b} with gradient accumulation {accum} (same effective batch)",
+        )
+    s = config.data.max_seq_length
+    while s > 256:
+        s //= 2
+        yield (f"max_seq_length={s}",), f"sequences of at most {s} tokens"
+    if config.method == "lora":
+        yield ("method=qlora",), "4-bit base weights (method qlora)"
+
+
+def suggest_changes(
+    model_config: Mapping[str, Any],
+    config: TrainConfig,
+    free_bytes: int,
+    **estimate_kwargs: Any,
+) -> list[Suggestion]:
+    """Changes that would make the run fit in ``free_bytes``, each recomputed, gentlest first.
+
+    For each kind of change (checkpointing, micro-batch, sequence length, 4-bit base) the
+    mildest setting that fits is kept; when no single change fits, all of them together are
+    tried. The list is empty when the run already fits or nothing can make it fit.
+    """
+    if estimate_memory(model_config, config, **estimate_kwargs).fits(free_bytes):
+        return []
+    found: list[Suggestion] = []
+    kinds_done: set[str] = set()
+    for assignments, text in _candidates(config):
+        kind = assignments[0].split("=")[0]
+        if kind in kinds_done:
+            continue
+        try:
+            changed = apply_overrides(config, list(assignments))
+        except ConfigError:
+            continue
+        total = estimate_memory(model_config, changed, **estimate_kwargs).total_bytes
+        if total <= free_bytes:
+            found.append(Suggestion(assignments, text, total, True))
+            kinds_done.add(kind)
+    if found:
+        return found
+    # No single change fits: add changes in the same order, mildest first, until one fits.
+    applied: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    total = 0
+    for assignments, text in _candidates(config):
+        kind = assignments[0].split("=")[0]
+        trial = {**applied, **dict(a.split("=", 1) for a in assignments)}
+        try:
+            changed = apply_overrides(config, [f"{k}={v}" for k, v in trial.items()])
+        except ConfigError:
+            continue
+        applied, texts[kind] = trial, text
+        total = estimate_memory(model_config, changed, **estimate_kwargs).total_bytes
+        if total <= free_bytes:
+            break
+    if not applied:
+        return []
+    return [
+        Suggestion(
+            tuple(f"{k}={v}" for k, v in applied.items()),
+            "all of: " + "; ".join(texts.values()),
+            total,
+            total <= free_bytes,
+        )
+    ]
+
+
+# --- text for the CLI ---------------------------------------------------------------------------
+
+
+def render_estimate(
+    estimate: MemoryEstimate,
+    free_bytes: int | None = None,
+    suggestions: Iterable[Suggestion] = (),
+) -> list[str]:
+    """The breakdown as text lines for the terminal, with the verdict and suggestions."""
+    where = "GPU" if estimate.device == "cuda" else "RAM"
+    lines = [
+        f"Estimated peak {where} memory: {_gb(estimate.total_bytes)} "
+        f"({estimate.dtype}; trainable {estimate.trainable_params / 1e6:,.2f} M "
+        f"of {estimate.total_params / 1e6:,.1f} M parameters)"
+    ]
+    width = max(len(item.label) for item in estimate.items)
+    for item in estimate.items:
+        lines.append(f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}")
+    if free_bytes is not None:
+        if estimate.fits(free_bytes):
+            lines.append(f"Free {where} memory: {_gb(free_bytes)}: it should fit.")
+        else:
+            lines.append(
+                f"Warning: free {where} memory is {_gb(free_bytes)}, "
+                f"{_gb(estimate.total_bytes - free_bytes)} short."
+            )
+            suggestions = list(suggestions)
+            for suggestion in suggestions:
+                verdict = "fits" if suggestion.fits else "still does not fit"
+                lines.append(
+                    f"  Try {suggestion.text}: {_gb(suggestion.total_bytes)}, {verdict} "
+                    f"(--set {' --set '.join(suggestion.assignments)})"
+                )
+            if not any(s.fits for s in suggestions):
+                lines.append(
+                    "  No change of settings fits: use a GPU with more free memory or a "
+                    "smaller base model."
+                )
+    return lines

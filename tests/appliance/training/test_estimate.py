@@ -1,0 +1,269 @@
+"""The pre-flight memory estimate, checked term by term against hand-worked numbers.
+
+The reference is FACTS.md's worked example: Llama-3-8B (L=32, h=4096, h_kv=1024, f=14336,
+V=128256), LoRA r=16 on all seven projections, s=2048, b=1, checkpointing on: W4 3.60 GB,
+E 2.10 GB (4.20 upcast), LoRA 0.67 GB (41.9 M params), A 0.88 GB, Z 3.15 GB, D ~0.3 GB,
+about 10.7 GB allocated with 16-bit embeddings and 12.8 GB with the upcast.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.errors import TrainingError
+from appliance.training.config import TrainConfig, apply_overrides, build_config
+from appliance.training.estimate import (
+    CUDA_CONTEXT_BYTES,
+    ModelShape,
+    estimate_memory,
+    lora_parameter_count,
+    render_estimate,
+    suggest_changes,
+)
+
+LLAMA3_8B = {
+    "model_type": "llama",
+    "num_hidden_layers": 32,
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
+LLAMA32_1B = {
+    "num_hidden_layers": 16,
+    "hidden_size": 2048,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+}
+
+# Hand-worked from the shapes (per layer: q, k, v, o, gate, up, down).
+L8B_LINEAR_PER_LAYER = 4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336
+L8B_LINEAR = 32 * L8B_LINEAR_PER_LAYER  # 6,979,321,856
+L8B_LORA_R16_ALL = (
+    32 * 16 * ((4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 3 * (4096 + 14336))
+)
+L8B_EMBED_AND_NORMS = 2 * 128256 * 4096 + (2 * 32 + 1) * 4096
+
+
+def facts_example(**extra: str) -> TrainConfig:
+    sets = {
+        "rank": "16",
+        "target_modules": "all-linear",
+        "max_seq_length": "2048",
+        "micro_batch_size": "1",
+        "gradient_checkpointing": "true",
+        "dropout": "0",
+        "compute_dtype": "bf16",
+        **extra,
+    }
+    return build_config("balanced", [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_hand_counts_of_llama3_8b() -> None:
+    assert L8B_LINEAR == 6_979_321_856
+    assert L8B_LORA_R16_ALL == 41_943_040  # FACTS.md: 41.9 M
+    shape = ModelShape.from_config(LLAMA3_8B)
+    assert shape.linear_params == L8B_LINEAR
+    assert shape.embedding_params + shape.norm_params == L8B_EMBED_AND_NORMS
+    assert lora_parameter_count(shape, 16, "all-linear") == L8B_LORA_R16_ALL
+    # q and v only: r x (4096 + 4096) + r x (4096 + 1024) per layer.
+    assert lora_parameter_count(shape, 16, ["q_proj", "v_proj"]) == 32 * 16 * (8192 + 5120)
+
+
+def test_llama3_8b_worked_example_term_by_term() -> None:
+    est = estimate_memory(LLAMA3_8B, facts_example(), kbit_upcast=False)
+    b, s = 1, 2048
+    expected = {
+        "weights": round(0.516 * L8B_LINEAR),  # 3.601 GB
+        "embeddings": 2 * L8B_EMBED_AND_NORMS,  # 2.102 GB
+        "lora": 16 * L8B_LORA_R16_ALL,  # 0.671 GB
+        "activations": 2 * 32 * b * s * 4096 + 2 * b * s * (6 * 4096 + 2 * 1024 + 4 * 14336),
+        "logits": 3 * b * s * 128256 * 4,  # 3.152 GB
+        "dequant": round(2.5 * 4096 * 14336 * 2),  # 0.294 GB
+        "context": CUDA_CONTEXT_BYTES,
+        # Not in FACTS.md's formula: peft casts each wrapped projection's bf16 input to fp32
+        # for the adapter and keeps it for backward, one layer at a time under checkpointing.
+        "lora_inputs": 4 * b * s * (5 * 4096 + 4096 + 14336),
+    }
+    assert {item.key: item.bytes for item in est.items} == expected
+    gb = {key: value / 1e9 for key, value in expected.items()}
+    assert gb["weights"] == pytest.approx(3.60, abs=0.005)
+    assert gb["embeddings"] == pytest.approx(2.10, abs=0.005)
+    assert gb["lora"] == pytest.approx(0.67, abs=0.005)
+    assert gb["activations"] == pytest.approx(0.88, abs=0.005)
+    assert gb["logits"] == pytest.approx(3.15, abs=0.005)
+    assert gb["dequant"] == pytest.approx(0.3, abs=0.05)
+    facts_terms = est.allocated_bytes - expected["lora_inputs"]
+    assert facts_terms / 1e9 == pytest.approx(10.7, abs=0.05)
+    assert est.allocated_bytes / 1e9 == pytest.approx(11.02, abs=0.01)
+    assert est.total_bytes == est.allocated_bytes + CUDA_CONTEXT_BYTES
+    assert est.trainable_params == L8B_LORA_R16_ALL
+
+
+def test_llama3_8b_with_the_kbit_upcast() -> None:
+    est = estimate_memory(LLAMA3_8B, facts_example(), kbit_upcast=True)
+    assert est.item("embeddings").bytes == 4 * L8B_EMBED_AND_NORMS  # 4.20 GB
+    facts_terms = est.allocated_bytes - est.item("lora_inputs").bytes
+    assert facts_terms / 1e9 == pytest.approx(12.8, abs=0.05)
+
+
+def test_without_checkpointing_every_layer_keeps_its_activations() -> None:
+    on = estimate_memory(LLAMA3_8B, facts_example())
+    off = estimate_memory(LLAMA3_8B, facts_example(gradient_checkpointing="false"))
+    per_layer = 2 * 1 * 2048 * (6 * 4096 + 2 * 1024 + 4 * 14336)
+    assert off.item("activations").bytes == 32 * per_layer  # 11.0 GB
+    assert off.item("lora_inputs").bytes == 32 * on.item("lora_inputs").bytes
+    assert off.total_bytes > on.total_bytes + 10e9
+
+
+def test_activations_and_logits_scale_with_batch_and_sequence() -> None:
+    one = estimate_memory(LLAMA3_8B, facts_example())
+    four = estimate_memory(LLAMA3_8B, facts_example(micro_batch_size="4"))
+    half = estimate_memory(LLAMA3_8B, facts_example(max_seq_length="1024"))
+    for key in ("activations", "logits", "lora_inputs"):
+        assert four.item(key).bytes == 4 * one.item(key).bytes
+        assert 2 * half.item(key).bytes == one.item(key).bytes
+    assert four.item("weights") == one.item("weights")
+
+
+def test_dropout_adds_a_mask_byte_a_value() -> None:
+    no = estimate_memory(LLAMA3_8B, facts_example())
+    yes = estimate_memory(LLAMA3_8B, facts_example(dropout="0.1"))
+    assert yes.item("lora_inputs").bytes == no.item("lora_inputs").bytes * 5 // 4
+
+
+def test_lora_method_keeps_16_bit_weights_and_no_dequant_scratch() -> None:
+    est = estimate_memory(LLAMA3_8B, facts_example(method="lora"))
+    assert est.item("weights").bytes == 2 * L8B_LINEAR
+    assert est.item("embeddings").bytes == 2 * L8B_EMBED_AND_NORMS  # no k-bit upcast
+    assert "dequant" not in {item.key for item in est.items}
+
+
+def test_bytes_per_4bit_parameter_follow_the_nf4_layout() -> None:
+    from appliance.training import estimate
+
+    # 4 bits + one fp32 absmax per 64 weights = 0.5 + 4/64 bytes.
+    assert estimate.NF4_BYTES == 0.5 + 4 / 64
+    # + 8-bit absmax per 64 and an fp32 constant per 256 blocks = 0.5 + 1/64 + 4/(64*256).
+    assert abs(estimate.NF4_DOUBLE_QUANT_BYTES - (0.5 + 1 / 64 + 4 / 16384)) < 1e-3
+
+
+def test_cpu_estimate_is_fp32_without_a_cuda_context() -> None:
+    est = estimate_memory(LLAMA32_1B, TrainConfig(), device="cpu")
+    assert est.dtype == "fp32"
+    assert "context" not in {item.key for item in est.items}
+    assert est.total_bytes == est.allocated_bytes
+    # fp32 compute: activations take 4 bytes a value; a 4-byte input needs no LoRA cast copy
+    # but dropout (0.05 by default) still keeps one, plus its mask.
+    b, s, h = 4, 1024, 2048
+    layer = 6 * h + 2 * 512 + 4 * 8192
+    assert est.item("activations").bytes == 4 * 16 * b * s * h + 4 * b * s * layer
+    assert est.item("lora_inputs").bytes == 5 * b * s * (5 * h + h + 8192)
+
+
+def test_tied_embeddings_and_explicit_head_dim() -> None:
+    shape = ModelShape.from_config(LLAMA32_1B)
+    assert shape.tied_embeddings
+    assert shape.embedding_params == 128256 * 2048
+    assert shape.linear_shapes()["k_proj"] == (2048, 8 * 64)
+    # A head_dim that is not hidden / heads (Qwen3, Gemma) changes q/k/v/o.
+    odd = ModelShape.from_config({**LLAMA32_1B, "head_dim": 128})
+    assert odd.linear_shapes()["q_proj"] == (2048, 32 * 128)
+    assert odd.linear_shapes()["o_proj"] == (32 * 128, 2048)
+    # A missing tie flag is read as untied: the larger, safer figure.
+    untied = ModelShape.from_config(
+        {k: v for k, v in LLAMA32_1B.items() if k != "tie_word_embeddings"}
+    )
+    assert untied.embedding_params == 2 * 128256 * 2048
+
+
+def test_text_config_of_a_multimodal_model_is_used() -> None:
+    shape = ModelShape.from_config({"model_type": "llava", "text_config": LLAMA32_1B})
+    assert shape.layers == 16
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({**LLAMA3_8B, "hidden_size": None}, "has no hidden_size"),
+        ({**LLAMA3_8B, "num_hidden_layers": "32"}, "num_hidden_layers is '32', not a positive"),
+        ({**LLAMA3_8B, "vocab_size": 0}, "vocab_size is 0"),
+    ],
+)
+def test_bad_model_configs_are_named(config: dict[str, object], message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        estimate_memory(config, TrainConfig())
+
+
+def test_target_modules_that_match_nothing_are_refused() -> None:
+    c = build_config("balanced", ["target_modules=c_attn"])
+    with pytest.raises(TrainingError, match="match no projection"):
+        estimate_memory(LLAMA3_8B, c)
+
+
+def test_fits_and_suggestions_are_recomputed() -> None:
+    big = facts_example(gradient_checkpointing="false", micro_batch_size="4")
+    est = estimate_memory(LLAMA3_8B, big)
+    free = 40 * 10**9
+    assert not est.fits(free)
+    assert est.fits(est.total_bytes)
+    suggestions = suggest_changes(LLAMA3_8B, big, free)
+    assert suggestions
+    for suggestion in suggestions:
+        assert suggestion.fits
+        changed = apply_overrides(big, list(suggestion.assignments))
+        assert estimate_memory(LLAMA3_8B, changed).total_bytes == suggestion.total_bytes
+        assert suggestion.total_bytes <= free
+    texts = [s.assignments[0] for s in suggestions]
+    assert "gradient_checkpointing=true" in texts
+    # The micro-batch suggestion keeps the effective batch of 4 x 4.
+    micro = next(s for s in suggestions if s.assignments[0].startswith("micro_batch_size"))
+    changed = apply_overrides(big, list(micro.assignments))
+    assert changed.schedule.effective_batch_size == big.schedule.effective_batch_size
+    assert suggest_changes(LLAMA3_8B, big, est.total_bytes) == []
+
+
+def test_a_combination_is_offered_when_no_single_change_fits() -> None:
+    big = facts_example(gradient_checkpointing="false", micro_batch_size="8")
+    free = 12 * 10**9
+    (combined,) = suggest_changes(LLAMA3_8B, big, free)
+    assert combined.fits
+    assert combined.text.startswith("all of:")
+    assert "gradient_checkpointing=true" in combined.assignments
+    # Nothing fits when the weights alone are larger than the memory.
+    (hopeless,) = suggest_changes(LLAMA3_8B, big, 4 * 10**9)
+    assert not hopeless.fits
+
+
+def test_render_lists_every_term_and_the_verdict() -> None:
+    est = estimate_memory(LLAMA3_8B, facts_example())
+    lines = render_estimate(est)
+    assert lines[0].startswith("Estimated peak GPU memory: 13.62 GB (bf16")
+    assert len(lines) == 1 + len(est.items)
+    assert any("4-bit linear weights" in line and "3.60 GB" in line for line in lines)
+    assert any("logits for the loss" in line and "3.15 GB" in line for line in lines)
+    ok = render_estimate(est, free_bytes=80 * 10**9)
+    assert ok[-1] == "Free GPU memory: 80.00 GB: it should fit."
+    small = 8 * 10**9
+    warn = render_estimate(est, small, suggest_changes(LLAMA3_8B, facts_example(), small))
+    assert any(
+        line.startswith("Warning: free GPU memory is 8.00 GB, 5.62 GB short.") for line in warn
+    )
+    assert any("Try" in line and "--set" in line for line in warn)
+    cpu = render_estimate(estimate_memory(LLAMA32_1B, TrainConfig(), device="cpu"), 10**9)
+    assert cpu[0].startswith("Estimated peak RAM memory")
+
+
+def test_estimate_serialises_for_the_started_event() -> None:
+    import json
+
+    est = estimate_memory(LLAMA32_1B, TrainConfig())
+    data = json.loads(json.dumps(est.to_dict()))
+    assert data["total_bytes"] == est.total_bytes
+    assert [i["key"] for i in data["items"]] == [i.key for i in est.items]
