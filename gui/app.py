@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
     from appliance.errors import ApplianceError
-    from appliance.workspace import init, resolve_home
+    from appliance.workspace import init, open_workspace, resolve_home
 
     try:
         home = resolve_home(args.home)
@@ -44,13 +44,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
 
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication, QDialog
 
+    from appliance.vault import has_vault
     from gui.main_window import MainWindow
+    from gui.widgets.passphrase_dialog import PassphraseDialog
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("Fine-tuning appliance")
-    window = MainWindow(home)
+    ws = open_workspace(home)
+    dialog = PassphraseDialog(ws, create=not has_vault(ws))
+    if dialog.exec() != QDialog.DialogCode.Accepted or dialog.vault is None:
+        sys.exit(0)
+    window = MainWindow(home, vault=dialog.vault)
     window.monitor.start()
     window.show()
     code = app.exec()

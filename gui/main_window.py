@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance.vault import Vault
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.jobs import DatasetsPage, ExportPage, ModelsPage, RegistryPage, TrainPage
@@ -36,8 +37,12 @@ _ICONS = {
 class MainWindow(QMainWindow):
     """The appliance's window over the workspace at ``home``."""
 
-    def __init__(self, home: Path, monitor: GpuMonitor | None = None) -> None:
+    def __init__(
+        self, home: Path, vault: Vault | None = None, monitor: GpuMonitor | None = None
+    ) -> None:
         super().__init__()
+        self.home = home
+        self.vault = vault
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
@@ -73,7 +78,11 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.statusBar().addWidget(QLabel("Offline · workspace encrypted at rest"))
+        self.statusBar().addWidget(
+            QLabel(
+                f"Offline · unlocked as {vault.label}" if vault is not None else "Offline · locked"
+            )
+        )
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
 

@@ -1,0 +1,67 @@
+"""Creating and unlocking the vault from the desktop app, with the real key derivation."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QDialog
+from pytestqt.qtbot import QtBot
+
+from appliance.vault import has_vault
+from appliance.workspace import Workspace
+from gui.widgets.passphrase_dialog import PassphraseDialog
+
+GOOD = "correct horse battery staple"
+
+
+def _dialog(qtbot: QtBot, ws: Workspace, *, create: bool) -> PassphraseDialog:
+    dialog = PassphraseDialog(ws, create=create)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    return dialog
+
+
+def test_create_checks_the_fields_before_any_work(qtbot: QtBot, ws: Workspace) -> None:
+    dialog = _dialog(qtbot, ws, create=True)
+    dialog.submit()
+    assert dialog.error.text() == "Enter a passphrase."
+    dialog.passphrase.setText("short")
+    dialog.confirm.setText("short")
+    dialog.submit()
+    assert dialog.error.text().startswith("Use at least")
+    dialog.passphrase.setText(GOOD)
+    dialog.confirm.setText(GOOD + "!")
+    dialog.submit()
+    assert dialog.error.text() == "The two passphrases differ."
+    assert dialog.task is None
+    assert not has_vault(ws)
+
+
+def test_create_then_unlock_then_wrong_passphrase(qtbot: QtBot, ws: Workspace) -> None:
+    dialog = _dialog(qtbot, ws, create=True)
+    dialog.passphrase.setText(GOOD)
+    dialog.confirm.setText(GOOD)
+    with qtbot.waitSignal(dialog.finished, timeout=60_000):
+        dialog.submit()
+        assert dialog.busy.isVisible()  # the GUI thread is free while Argon2id runs
+    assert dialog.result() == QDialog.DialogCode.Accepted
+    assert dialog.vault is not None
+    assert has_vault(ws)
+    created_key = dialog.vault.master_key
+
+    wrong = _dialog(qtbot, ws, create=False)
+    wrong.passphrase.setText("not the passphrase")
+    assert wrong.task is None
+    wrong.submit()
+    assert wrong.task is not None
+    with qtbot.waitSignal(wrong.task.done, timeout=60_000):
+        pass
+    assert wrong.isVisible()
+    assert "wrong passphrase" in wrong.error.text()
+    assert wrong.vault is None
+    assert wrong.buttons.isEnabled()
+
+    right = _dialog(qtbot, ws, create=False)
+    right.passphrase.setText(GOOD)
+    with qtbot.waitSignal(right.finished, timeout=60_000):
+        right.submit()
+    assert right.vault is not None
+    assert right.vault.master_key == created_key
