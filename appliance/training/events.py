@@ -1,0 +1,386 @@
+"""The JSON-lines event stream: the one contract between the training child and its parent.
+
+The child writes one JSON object per line on stdout (flushed per line) and appends the same line
+to the run folder's ``metrics.jsonl``. Every event has ``type``, ``run_id`` and ``time`` (Unix
+seconds). The parent, the CLI and the GUI read lines with :func:`parse_event`, and any run can be
+replayed from its file with :func:`replay`.
+
+Compatibility: a parser ignores fields it does not know, and a ``type`` it does not know becomes an
+:class:`UnknownEvent`, so an older reader follows a newer child. Missing required fields and values
+of the wrong type are refused with a message naming the field. Floats that are not finite (a
+diverged loss) travel as ``null``, keeping every line strict JSON, and read back as NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, get_args, get_origin
+
+from appliance.errors import TrainingError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class EventError(TrainingError):
+    """A line of the event stream is not a valid event."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Fields every event carries."""
+
+    TYPE: ClassVar[str] = ""
+    run_id: str
+    """The run this event belongs to."""
+    time: float = field(default_factory=time.time)
+    """When it happened, in Unix seconds."""
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with ``type`` first; non-finite floats become None."""
+        return {"type": self.TYPE, **_finite(dataclasses.asdict(self))}
+
+    def to_json(self) -> str:
+        """One line of strict JSON, without the newline."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Started(Event):
+    """The child has loaded the model and data and is about to train."""
+
+    TYPE: ClassVar[str] = "started"
+    model: str
+    """The base model, as NAME@VERSION or a path."""
+    dataset: str
+    """The dataset version, as NAME@VERSION."""
+    device: str
+    """Where it trains: ``cuda:0``, ``cpu``..."""
+    trainable_params: int
+    total_params: int
+    total_steps: int
+    """Optimizer steps the run will make in all."""
+    start_step: int = 0
+    """Step the run starts from (above 0 after a resume)."""
+    train_examples: int | None = None
+    dropped_examples: int = 0
+    """Conversations dropped or truncated for being longer than the maximum sequence length."""
+    estimate: dict[str, Any] | None = None
+    """The pre-flight memory estimate (:meth:`MemoryEstimate.to_dict`)."""
+    pid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step(Event):
+    """One optimizer step done."""
+
+    TYPE: ClassVar[str] = "step"
+    step: int
+    """Optimizer steps done so far, counted from 1."""
+    total_steps: int
+    epoch: float
+    """Fractional epoch: 1.5 is half-way through the second pass."""
+    loss: float
+    """Mean training loss over the step's micro-batches (NaN when it diverged)."""
+    lr: float
+    """Learning rate used for this step."""
+    tokens_per_s: float
+    """Training tokens processed per second over recent steps."""
+    eta_s: float | None = None
+    """Estimated seconds to the end of the run."""
+    grad_norm: float | None = None
+    tokens_seen: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Eval(Event):
+    """An evaluation on the held-out split."""
+
+    TYPE: ClassVar[str] = "eval"
+    step: int
+    eval_loss: float
+    eval_examples: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuMemory:
+    """One GPU's memory: the device as NVML sees it, and this process's torch allocator."""
+
+    index: int
+    name: str = ""
+    used: int | None = None
+    """Bytes in use on the device by every process (NVML), None if NVML cannot read it."""
+    total: int | None = None
+    """Bytes on the device (NVML)."""
+    allocated: int | None = None
+    """Bytes held by tensors of this process (``torch.cuda.memory_allocated``)."""
+    reserved: int | None = None
+    """Bytes reserved by this process's caching allocator (``memory_reserved``)."""
+    peak: int | None = None
+    """Highest ``allocated`` since the run started (``max_memory_allocated``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Memory(Event):
+    """Memory readouts, at least once a second while training on a GPU."""
+
+    TYPE: ClassVar[str] = "memory"
+    step: int | None = None
+    gpus: list[GpuMemory] = field(default_factory=list)
+    """One entry per GPU used by the run; empty on CPU."""
+    rss: int | None = None
+    """Resident memory of the training process in bytes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint(Event):
+    """A resumable checkpoint was written and verified."""
+
+    TYPE: ClassVar[str] = "checkpoint"
+    step: int
+    name: str
+    """Folder name of the checkpoint inside the run folder."""
+    bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stopped(Event):
+    """The run stopped on request after saving a checkpoint; it can be resumed."""
+
+    TYPE: ClassVar[str] = "stopped"
+    step: int
+    checkpoint: str | None = None
+    reason: str = "stop requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finished(Event):
+    """The run completed and its adapter was saved."""
+
+    TYPE: ClassVar[str] = "finished"
+    step: int
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_seen: int | None = None
+    wall_s: float
+    """Seconds from start to finish, this session only."""
+    peak_memory: int | None = None
+    """Peak bytes: torch's peak allocation on a GPU, the process's peak RSS on CPU."""
+    adapter: str | None = None
+    """Where the adapter was stored (NAME@VERSION or a folder)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed(Event):
+    """The run failed; ``message`` is written for the user."""
+
+    TYPE: ClassVar[str] = "failed"
+    message: str
+    step: int | None = None
+    kind: str = "error"
+    """A category for programs: error, oom, data, config, interrupted."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnknownEvent(Event):
+    """An event of a type this version does not know (from a newer child); kept, not refused."""
+
+    name: str
+    """The event's ``type``."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Every other field, as read."""
+
+    @property
+    def type(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.name, "run_id": self.run_id, "time": self.time, **self.data}
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls for cls in (Started, Step, Eval, Memory, Checkpoint, Stopped, Finished, Failed)
+}
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def parse_event(line: str | bytes, where: str = "event") -> Event:
+    """Parse one line of the stream into its typed event.
+
+    Args:
+        line: one JSON object (surrounding whitespace allowed).
+        where: names the source in error messages, e.g. ``metrics.jsonl line 12``.
+
+    Raises:
+        EventError: the line is not JSON, not an object, lacks ``type``/``run_id``/``time`` or
+            a required field, or has a value of the wrong type.
+    """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventError(f"{where}: not UTF-8 text") from None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EventError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise EventError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise EventError(f"{where}: the 'type' field is missing or not a string")
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        base = _fields_of(Event, data, where, kind)
+        rest = {k: v for k, v in data.items() if k not in ("type", "run_id", "time")}
+        return UnknownEvent(name=kind, data=rest, **base)
+    return cls(**_fields_of(cls, data, where, kind))
+
+
+def _fields_of(
+    cls: type[Any], data: dict[str, Any], where: str, kind: str, prefix: str = ""
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        name = prefix + spec.name
+        if spec.name in data:
+            values[spec.name] = _coerce(data[spec.name], hints[spec.name], where, kind, name)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise EventError(f"{where}: '{kind}' event lacks the required field '{name}'")
+        elif spec.name == "time":
+            raise EventError(f"{where}: '{kind}' event lacks the required field 'time'")
+    return values
+
+
+def _coerce(value: Any, hint: Any, where: str, kind: str, name: str) -> Any:
+    def bad(expected: str) -> typing.NoReturn:
+        raise EventError(
+            f"{where}: '{kind}' event field '{name}' must be {expected}, got {json.dumps(value)}"
+        )
+
+    origin = get_origin(hint)
+    if isinstance(hint, types.UnionType) or origin is typing.Union:
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], where, kind, name)
+    if hint is float:
+        if value is None:
+            return math.nan  # a non-finite float written as null
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            bad("a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad("a whole number")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            bad("a string")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            bad("true or false")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            bad("a list")
+        (item_hint,) = get_args(hint)
+        return [
+            _coerce(item, item_hint, where, kind, f"{name}[{i}]") for i, item in enumerate(value)
+        ]
+    if origin is dict:
+        if not isinstance(value, dict):
+            bad("an object")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            bad("an object")
+        target = typing.cast(type[Any], hint)
+        return target(**_fields_of(target, value, where, kind, prefix=f"{name}."))
+    raise AssertionError(f"no coercion for {hint!r}")
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def replay(path: Path) -> Iterator[Event]:
+    """Yield the events of a ``metrics.jsonl`` in order.
+
+    A last line without its newline that does not parse is skipped: it is a write torn by a
+    crash or a kill, and the events before it still stand. Blank lines are ignored.
+
+    Raises:
+        EventError: any other line that is not a valid event, naming the file and line.
+    """
+    path = Path(path)
+    text = path.read_bytes()
+    lines = text.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        torn = number == len(lines)  # only the final chunk can lack a newline
+        try:
+            yield parse_event(raw, where=f"{path.name} line {number}")
+        except EventError:
+            if torn:
+                return
+            raise
+
+
+class EventLog:
+    """Writes events to a stream (the child's stdout) and appends them to ``metrics.jsonl``.
+
+    Each line is flushed at once, so the parent and a crash both see every whole event.
+    """
+
+    def __init__(self, path: Path | None, stream: IO[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.stream = stream
+        self._file: IO[str] | None = None
+        if self.path is not None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def emit(self, event: Event) -> None:
+        line = event.to_json() + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        if self.stream is not None:
+            self.stream.write(line)
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
