@@ -7,6 +7,7 @@ to call as it goes; errors become a one-line message, as in the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ class Task(QObject):
     """A message for the user: the ApplianceError's text, or an internal error line."""
     done = Signal()
     """Emitted after succeeded or failed."""
+    _completed = Signal(object, object)
+    """The worker's one report (result, error); fanned out on the GUI thread."""
 
     def __init__(
         self, name: str, fn: Callable[[Progress], Any], parent: QObject | None = None
@@ -39,15 +42,18 @@ class Task(QObject):
         self.running = False
         self.result: Any = None
         self.error: str | None = None
+        self._completed.connect(self._finish)
 
     def start(self, pool: QThreadPool | None = None) -> None:
         self.running = True
         (pool or QThreadPool.globalInstance()).start(_Runner(self))
 
     def _report_progress(self, done: int, total: int, stage: str) -> None:
-        self.progress.emit(int(done), int(total), stage)
+        with contextlib.suppress(RuntimeError):  # the task's owner was closed meanwhile
+            self.progress.emit(int(done), int(total), stage)
 
     def _finish(self, result: Any, error: str | None) -> None:
+        # Runs on the GUI thread (queued from the worker), so the three signals go out in order.
         self.result, self.error, self.running = result, error, False
         if error is None:
             self.succeeded.emit(result)
@@ -63,12 +69,16 @@ class _Runner(QRunnable):
 
     def run(self) -> None:
         task = self.task
+        result: Any = None
+        error: str | None = None
         try:
             result = task._fn(task._report_progress)
         except ApplianceError as exc:
-            task._finish(None, str(exc))
+            error = str(exc)
         except Exception as exc:
             traceback.print_exc()
-            task._finish(None, f"internal error in {task.name}: {type(exc).__name__}: {exc}")
-        else:
-            task._finish(result, None)
+            error = f"internal error in {task.name}: {type(exc).__name__}: {exc}"
+        # One emit, queued to the GUI thread; if the task's owner was closed meanwhile there is
+        # nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            task._completed.emit(result, error)
