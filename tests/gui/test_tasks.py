@@ -23,10 +23,12 @@ def test_success_reports_progress_then_result_off_the_gui_thread(qtbot: QtBot) -
         return 42
 
     task = Task("count", work, owner)
+    results: list[object] = []
     task.progress.connect(lambda d, t, s: seen.append((d, t, s)))
-    with qtbot.waitSignals([task.succeeded, task.done], order="strict", timeout=5000) as blocker:
+    task.succeeded.connect(results.append)
+    with qtbot.waitSignals([task.succeeded, task.done], order="strict", timeout=5000):
         task.start()
-    assert blocker.all_signals_and_args[0].args == (42,)
+    assert results == [42]
     assert seen == [(1, 3, "counting"), (2, 3, "counting"), (3, 3, "counting")]
     assert not task.running
     assert task.result == 42
