@@ -1,13 +1,105 @@
-"""``appliance verify`` and ``appliance audit`` (placeholder until the registry lands)."""
+"""``appliance verify`` and ``appliance audit``: integrity of the registry, artifacts and log."""
 
 from __future__ import annotations
 
-import typer
+import json
 
-from appliance.cli import stubs
+import typer
+from rich.table import Table
+
+from appliance.cli.context import out, print_json, state
+from appliance.errors import IntegrityError, RegistryError
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the ``appliance`` command."""
-    stubs.command(app, "verify", "Check the registry, every artifact's hash and the audit chain.")
-    stubs.command(app, "audit", "List the audit log and verify its hash chain.")
+    app.command("verify")(verify)
+    app.command("audit")(audit)
+
+
+def verify(
+    ctx: typer.Context,
+    rebuild_index: bool = typer.Option(
+        False,
+        "--rebuild-index",
+        help="First rebuild missing registry rows from the folders' meta.json files.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Check the registry, every artifact's sha256 and the audit chain; exit 1 on any finding."""
+    from appliance.registry.verify import rebuild_index as rebuild
+    from appliance.registry.verify import verify_workspace
+
+    st = state(ctx)
+    ws = st.workspace()
+    actions: list[str] = []
+    if rebuild_index:
+        with ws.writer("verify --rebuild-index"):
+            try:
+                # Opened the way every command opens it, so a keyed workspace gives its key.
+                with st.registry(ws) as reg:
+                    key = reg.audit_key
+            except RegistryError:
+                key = None  # the database itself is damaged: rebuild moves it aside
+            actions = rebuild(ws, key)
+    with st.registry(ws) as reg:
+        report = verify_workspace(ws, reg)
+    if json_out:
+        print_json({**report.as_dict(), "rebuild_actions": actions})
+    else:
+        for action in actions:
+            out.print(f"rebuild: {action}", markup=False)
+        for section in report.sections:
+            mark = "ok" if not section.findings else f"{len(section.findings)} problem(s)"
+            out.print(f"{section.title}: {section.checked} checked, {mark}", markup=False)
+            for finding in section.findings:
+                out.print(f"  FAIL {finding}", markup=False)
+            for warning in section.warnings:
+                out.print(f"  warn {warning}", markup=False)
+        if report.ok:
+            out.print("verify: all checks passed")
+    if not report.ok:
+        count = len(report.findings)
+        raise IntegrityError(f"verify found {count} problem(s); the first: {report.findings[0]}")
+
+
+def audit(
+    ctx: typer.Context,
+    limit: int | None = typer.Option(None, "--limit", "-n", min=0, help="Only the last N rows."),
+    action: str | None = typer.Option(
+        None, "--action", help="Only rows of this action (e.g. model, adapter.tag)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON array of rows."),
+) -> None:
+    """List the audit log and verify its hash chain; exit 1 if the chain is broken."""
+    st = state(ctx)
+    with st.registry(st.workspace()) as reg:
+        chain = reg.verify_audit()
+        rows = reg.audit_rows(limit=limit, action=action)
+    bad = {seq for seq, _ in chain.problems}
+    if json_out:
+        print_json([{**r, "ok": r["seq"] not in bad} for r in rows])
+    else:
+        table = Table("#", "time", "user", "action", "object", "details", "chain")
+        for r in rows:
+            table.add_row(
+                str(r["seq"]),
+                r["time"][:19].replace("T", " "),
+                r["user"],
+                r["action"],
+                r["object"],
+                json.dumps(r["details"], sort_keys=True),
+                "BAD" if r["seq"] in bad else ("keyed" if r["keyed"] else "ok"),
+            )
+        out.print(table)
+        if chain.ok:
+            keyed = f", {chain.keyed_rows} keyed (HMAC)" if chain.keyed_rows else ""
+            out.print(f"audit chain intact: {chain.rows} rows{keyed}")
+    if not chain.ok:
+        for seq, what in chain.problems:
+            out.print(f"  FAIL audit row {seq}: {what}", markup=False)
+        seq, what = chain.problems[0]
+        raise IntegrityError(
+            f"the audit log was tampered with; first bad row: #{seq}: {what} "
+            "(restore the registry from backup and find out who changed it)"
+        )

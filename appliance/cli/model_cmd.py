@@ -1,22 +1,204 @@
-"""``appliance model ...``: base models (placeholder until the registry lands)."""
+"""``appliance model import|list|show``: base models."""
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from appliance.cli import stubs
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from appliance.cli.context import err, out, print_json, state
+
+model_app = typer.Typer(
+    name="model",
+    help="Base models: import a safetensors folder or a GGUF file, list, show.",
+    no_args_is_help=True,
+)
+
+_STAGES = {
+    "checking": "Checking",
+    "hashing": "Hashing",
+    "copying": "Copying",
+    "converting": "Converting GGUF",
+    "saving": "Saving bf16 safetensors",
+    "verifying": "Verifying",
+}
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the ``appliance`` command."""
-    app.add_typer(
-        stubs.group(
-            "model",
-            "Base models: import a safetensors folder or a GGUF file, list, show.",
-            {
-                "import": "Import a base model (HF safetensors folder or GGUF file).",
-                "list": "List base models.",
-                "show": "Show a base model.",
-            },
-        )
+    app.add_typer(model_app)
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A ``(done, total, stage)`` callback drawn as a rich progress bar on stderr (a terminal)."""
+    if not err.is_terminal:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
     )
+    task = bar.add_task("Starting", total=None)
+
+    def update(done: int, total: int, stage: str) -> None:
+        bar.update(
+            task,
+            description=_STAGES.get(stage, stage),
+            completed=done,
+            total=total if total > 0 else None,
+        )
+
+    with bar:
+        yield update
+
+
+def human_bytes(n: int | None) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_count(n: int | None) -> str:
+    """``134515008`` -> ``134.5M``."""
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
+
+
+def _public(model: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
+    row = {k: v for k, v in model.items() if k not in ("id", "deleted_at")}
+    if not manifest:
+        row.pop("manifest", None)
+    return row
+
+
+@model_app.command("import")
+def import_(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="A Hugging Face model folder or a .gguf file."),
+    name: str = typer.Option(..., "--name", help="Name of the model in the workspace."),
+    link: bool = typer.Option(
+        False, "--link", help="Reference the folder in place (hashes re-checked before each use)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the imported model as JSON."),
+) -> None:
+    """Import a base model: safetensors folder (copied, or --link) or GGUF file (converted)."""
+    from appliance.models import import_model
+
+    st = state(ctx)
+    ws = st.workspace()
+    with st.registry(ws) as reg, progress_bar() as callback:
+        model = import_model(ws, reg, path, name, link=link, progress=callback)
+    if json_out:
+        print_json(_public(model, manifest=False))
+        return
+    how = "linked in place" if model["linked"] else f"copied to {ws.home / model['path']}"
+    out.print(
+        f"Imported {model['name']}: {model['architecture']}, "
+        f"{human_count(model['parameters'])} parameters, {model['dtype']}, "
+        f"{human_bytes(model['total_bytes'])}, {how}"
+    )
+
+
+@model_app.command("list")
+def list_(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
+) -> None:
+    """List base models."""
+    st = state(ctx)
+    with st.registry(st.workspace()) as reg:
+        models = reg.base_models()
+    if json_out:
+        print_json([_public(m, manifest=False) for m in models])
+        return
+    if not models:
+        out.print("No base models yet; import one with 'appliance model import PATH --name NAME'.")
+        return
+    table = Table(
+        "name", "architecture", "parameters", "dtype", "context", "chat", "size", "stored"
+    )
+    for m in models:
+        table.add_row(
+            m["name"],
+            m["architecture"],
+            human_count(m["parameters"]),
+            m["dtype"] or "-",
+            str(m["context_length"] or "-"),
+            "yes" if m["has_chat_template"] else "no",
+            human_bytes(m["total_bytes"]),
+            "linked" if m["linked"] else "copy",
+        )
+    out.print(table)
+
+
+@model_app.command("show")
+def show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show a base model, its file manifest and the adapters trained on it."""
+    st = state(ctx)
+    with st.registry(st.workspace()) as reg:
+        model = reg.base_model(name)
+        adapters = [a["ref"] for a in reg.adapters_from_base_model(name)]
+    if json_out:
+        print_json({**_public(model, manifest=True), "adapters": adapters})
+        return
+    table = Table(show_header=False, box=None)
+    for key in (
+        "name",
+        "architecture",
+        "model_type",
+        "parameters",
+        "dtype",
+        "context_length",
+        "vocab_size",
+        "has_chat_template",
+        "total_bytes",
+        "format",
+        "linked",
+        "source",
+        "source_sha256",
+        "path",
+        "sha256",
+        "created_at",
+        "created_by",
+    ):
+        value = model.get(key)
+        if key == "parameters":
+            value = f"{value} ({human_count(value)})"
+        elif key == "total_bytes":
+            value = f"{value} ({human_bytes(value)})"
+        table.add_row(key, "-" if value is None else str(value))
+    table.add_row("files", str(len(model["manifest"])))
+    table.add_row("adapters", ", ".join(adapters) or "none yet")
+    out.print(table)

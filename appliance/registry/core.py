@@ -44,6 +44,11 @@ class RegistryBase:
         self._audit_key = audit_key
         self._depth = 0
 
+    @property
+    def audit_key(self) -> bytes | None:
+        """The key of the keyed audit chain this registry was opened with, if any."""
+        return self._audit_key
+
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
