@@ -1,0 +1,86 @@
+"""Memory readouts for the training process: NVML per GPU, torch's allocator, process RSS.
+
+Used by the training child (and ``bench/gpu_check.py``) to fill :class:`~events.Memory` events.
+torch is imported only if it is already loaded or the readout asks for CUDA, so this module can be
+imported anywhere; on the CPU build of torch the CUDA calls are never made.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from appliance.gpu import NvmlSession
+from appliance.training.events import GpuMemory, Memory
+
+
+def process_rss() -> int | None:
+    """Resident memory of this process in bytes (None where it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.Process(os.getpid()).memory_info().rss)
+    except Exception:  # psutil missing or refused: fall back to /proc on Linux
+        try:
+            with open("/proc/self/statm", encoding="ascii") as handle:
+                pages = int(handle.read().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def _torch_cuda() -> Any:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return torch.cuda if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+def read_memory(
+    run_id: str,
+    *,
+    nvml: NvmlSession | None = None,
+    devices: list[int] | None = None,
+    step: int | None = None,
+) -> Memory:
+    """A :class:`Memory` event for now.
+
+    Args:
+        run_id: the run.
+        nvml: an open NVML session (reading without one gives torch-only numbers).
+        devices: CUDA device indices the run uses; None means every visible device.
+        step: the current optimizer step, if known.
+    """
+    cuda = _torch_cuda()
+    state = nvml.read() if nvml is not None else None
+    readings = {g.index: g for g in state.gpus} if state is not None else {}
+    if cuda is not None:
+        indices = devices if devices is not None else list(range(cuda.device_count()))
+    else:
+        indices = devices if devices is not None else sorted(readings)
+    gpus = []
+    for index in indices:
+        # NVML numbers devices physically; with CUDA_VISIBLE_DEVICES set they may differ from
+        # torch's. The run's launcher pins one order (CUDA_DEVICE_ORDER=PCI_BUS_ID) for both.
+        reading = readings.get(index)
+        allocated = reserved = peak = None
+        if cuda is not None:
+            allocated = int(cuda.memory_allocated(index))
+            reserved = int(cuda.memory_reserved(index))
+            peak = int(cuda.max_memory_allocated(index))
+        gpus.append(
+            GpuMemory(
+                index=index,
+                name=reading.name if reading is not None else "",
+                used=reading.memory_used if reading is not None else None,
+                total=reading.memory_total if reading is not None else None,
+                allocated=allocated,
+                reserved=reserved,
+                peak=peak,
+            )
+        )
+    return Memory(run_id=run_id, step=step, gpus=gpus, rss=process_rss())

@@ -1,0 +1,140 @@
+"""4-bit loading for QLoRA, with the guard against bitsandbytes' CPU repacking trap.
+
+The trap (FACTS.md; bitsandbytes 0.49 and 0.50 on CPUs with AVX512-BF16): the first forward of a
+``bnb.nn.Linear4bit`` in eval mode on an input that needs no gradient (an evaluation pass, a
+``generate()`` preview) repacks the weight into a CPU inference layout
+(``quant_state.packing_format_for_cpu``). From then on the matmul goes through ``gemv_4bit``,
+which has no autograd kernel: LoRA gradients behind that layer silently become None and
+``dequantize_4bit`` of the weight returns garbage, so a merge is corrupt. Each layer decides by
+its ``support_avx512bf16_for_cpu`` attribute (set in ``Linear4bit.__init__`` from the CPU's
+features); :func:`disable_cpu_repack` turns it off on every layer, and must run before any eval
+forward. :func:`check_not_repacked` proves it held.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance.errors import TrainingError
+
+REPACK_SWITCH = "support_avx512bf16_for_cpu"
+"""``Linear4bit`` attribute (bitsandbytes 0.49-0.50) that allows the CPU repack."""
+REPACKED_FLAG = "packing_format_for_cpu"
+"""``QuantState`` attribute set once a weight has been repacked."""
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``bf16``/``fp16``/``fp32`` as a torch dtype."""
+    return DTYPES[name]
+
+
+def bnb_4bit_config(compute_dtype: torch.dtype, *, double_quant: bool = True) -> Any:
+    """The QLoRA quantisation: NF4 weights, double quantisation, matmuls in ``compute_dtype``."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _linear4bit_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    import bitsandbytes as bnb
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def disable_cpu_repack(model: torch.nn.Module) -> int:
+    """Stop every ``Linear4bit`` of ``model`` from repacking its weight for CPU inference.
+
+    Call it right after loading, before any forward pass. The attribute is harmless on a GPU
+    (the repack only happens for CPU inputs) and absent before bitsandbytes 0.49, where setting
+    it does nothing.
+
+    Returns:
+        The number of 4-bit layers guarded.
+    """
+    layers = _linear4bit_modules(model)
+    for _, module in layers:
+        setattr(module, REPACK_SWITCH, False)
+    return len(layers)
+
+
+def repacked_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the 4-bit layers whose weight is in the CPU inference layout."""
+    return [
+        name
+        for name, module in _linear4bit_modules(model)
+        if getattr(getattr(module.weight, "quant_state", None), REPACKED_FLAG, False)
+    ]
+
+
+def check_not_repacked(model: torch.nn.Module) -> None:
+    """Refuse to go on when any 4-bit layer has been repacked (training or merging would be wrong).
+
+    Raises:
+        TrainingError: naming the first repacked layer.
+    """
+    bad = repacked_modules(model)
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} 4-bit layers (first: {bad[0]}) were repacked by bitsandbytes for CPU "
+            "inference, which stops LoRA gradients and corrupts a merge; this is a bug in the "
+            "appliance: report it with the run's log"
+        )
+
+
+def load_4bit(model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = "cpu") -> Any:
+    """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        Path(model_dir),
+        quantization_config=bnb_4bit_config(compute_dtype),
+        device_map=device_map,
+        dtype=compute_dtype,
+        local_files_only=True,
+        trust_remote_code=False,
+    )
+    disable_cpu_repack(model)
+    return model
+
+
+def merge_dequantized(peft_model: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """Merge a LoRA adapter into its 4-bit base the safe way: dequantise the base, then merge.
+
+    Merging straight into 4-bit weights requantises the sum and loses about the adapter's own
+    effect (FACTS.md). Here the adapter weights are copied out, the LoRA layers are removed,
+    every ``Linear4bit`` is replaced by an ``nn.Linear`` holding its dequantised weight, the
+    adapter is put back on the plain layers and ``merge_and_unload`` adds it exactly.
+    ``peft_model`` is consumed: use the returned model.
+
+    Raises:
+        TrainingError: a 4-bit weight was repacked, so dequantising it would give garbage.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    check_not_repacked(peft_model)
+    adapter = peft_model.active_adapter
+    peft_config = copy.deepcopy(peft_model.peft_config[adapter])
+    state = {
+        key: value.detach().clone()
+        for key, value in get_peft_model_state_dict(peft_model, adapter_name=adapter).items()
+    }
+    base = peft_model.unload()
+    base.dequantize(dtype=dtype)
+    base.to(dtype)
+    plain = get_peft_model(base, peft_config, adapter_name=adapter)
+    result: Any = set_peft_model_state_dict(plain, state, adapter_name=adapter)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if unexpected:
+        raise TrainingError(f"the adapter does not fit the dequantised base: {unexpected[0]}")
+    return plain.merge_and_unload()

@@ -1,0 +1,47 @@
+"""Memory readouts and the light import of the training package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from appliance.gpu import NvmlSession
+from appliance.training.events import Memory, parse_event
+from appliance.training.memory import process_rss, read_memory
+
+
+def test_importing_the_light_modules_loads_no_deep_learning_stack() -> None:
+    code = (
+        "import sys\n"
+        "import appliance.training, appliance.training.config, appliance.training.estimate\n"
+        "import appliance.training.events, appliance.training.memory\n"
+        "names = ('torch', 'transformers', 'peft', 'bitsandbytes')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_process_rss_is_plausible() -> None:
+    rss = process_rss()
+    assert rss is not None
+    assert 10 * 2**20 < rss < 64 * 2**30
+
+
+def test_read_memory_without_cuda_reports_rss_and_round_trips() -> None:
+    with NvmlSession() as nvml:
+        state = nvml.read()
+        event = read_memory("run-x", nvml=nvml, step=4)
+    assert isinstance(event, Memory)
+    assert event.step == 4
+    assert event.rss is not None
+    assert event.rss > 0
+    # On a machine without a GPU the list is empty; with one, NVML fills used/total.
+    assert len(event.gpus) == len(state.gpus)
+    for gpu in event.gpus:
+        assert gpu.total is not None
+        assert gpu.used is not None
+    assert parse_event(event.to_json()) == event
