@@ -1,0 +1,178 @@
+"""Adapters at rest: a PEFT LoRA adapter stored as one vault object, never as plaintext.
+
+Layout of an adapter version::
+
+    adapters/NAME/VERSION/
+        adapter.enc   vault object: safetensors bytes of the LoRA tensors (PEFT state-dict keys),
+                      with the PEFT ``adapter_config.json`` content in the safetensors metadata
+        meta.json     the registry record with its lineage (written by the registry)
+
+Serialisation happens in memory (``safetensors.torch.save``/``load`` on bytes), so the plaintext
+tensors never touch the disk; the vault authenticates the whole object before it is parsed.
+The training worker stores adapters (and checkpoints) with these functions, export reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from appliance.errors import IntegrityError
+from appliance.registry import Registry
+from appliance.registry.folders import artifact_sha256
+from appliance.vault import Vault, new_object_id
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+ADAPTER_FILE = "adapter.enc"
+CONFIG_METADATA_KEY = "adapter_config"
+FORMAT_METADATA_KEY = "appliance_adapter_format"
+FORMAT = "1"
+
+
+@dataclass
+class AdapterWeights:
+    """A LoRA adapter in memory: PEFT's config and its tensors."""
+
+    config: dict[str, Any]
+    """The content of PEFT's ``adapter_config.json`` (sets as lists, enums as strings)."""
+    tensors: dict[str, torch.Tensor]
+    """As ``peft.get_peft_model_state_dict`` returns them (no adapter name in the keys)."""
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(int(t.numel()) for t in self.tensors.values())
+
+
+def config_to_json_dict(peft_config: Any) -> dict[str, Any]:
+    """A PEFT config as ``save_pretrained`` would write it: JSON types only."""
+    raw = peft_config.to_dict()
+    text = json.dumps(
+        raw, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v)
+    )
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def from_peft_model(model: PeftModel, adapter_name: str = "default") -> AdapterWeights:
+    """Take the adapter's weights and config out of a PEFT model (copied to the CPU)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return AdapterWeights(config_to_json_dict(model.peft_config[adapter_name]), tensors)
+
+
+def apply_to(base: PreTrainedModel, weights: AdapterWeights) -> PeftModel:
+    """Wrap ``base`` in a PEFT model carrying ``weights`` (for inference or merging)."""
+    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+
+    config = LoraConfig.from_peft_type(**{**weights.config, "inference_mode": True})
+    model = PeftModel(base, config)
+    result = set_peft_model_state_dict(model, weights.tensors)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise IntegrityError(
+            f"the adapter does not fit this base model: {len(unexpected)} of its tensors have no "
+            f"place in it (e.g. {unexpected[0]}); use the base model it was trained on"
+        )
+    return model
+
+
+def pack(weights: AdapterWeights) -> bytes:
+    """Serialise to safetensors bytes in memory, the config in the metadata."""
+    from safetensors.torch import save
+
+    metadata = {
+        CONFIG_METADATA_KEY: json.dumps(weights.config, sort_keys=True),
+        FORMAT_METADATA_KEY: FORMAT,
+    }
+    return bytes(save(weights.tensors, metadata=metadata))
+
+
+def unpack(blob: bytes | bytearray, what: str) -> AdapterWeights:
+    """Parse what :func:`pack` produced.
+
+    Raises:
+        IntegrityError: the bytes are not an adapter of a known format.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(bytes(blob))
+        # The metadata sits in the JSON header after the 8-byte length prefix.
+        header_len = int.from_bytes(bytes(blob[:8]), "little")
+        header = json.loads(bytes(blob[8 : 8 + header_len]))
+        metadata = header.get("__metadata__") or {}
+        config = json.loads(metadata[CONFIG_METADATA_KEY])
+        fmt = metadata.get(FORMAT_METADATA_KEY)
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{what} is not a readable adapter ({exc}); restore it from backup"
+        ) from None
+    if fmt != FORMAT or not isinstance(config, dict):
+        raise IntegrityError(f"{what} has an unknown adapter format {fmt!r}; upgrade the appliance")
+    return AdapterWeights(config, tensors)
+
+
+def store(
+    vault: Vault,
+    reg: Registry,
+    name: str,
+    weights: AdapterWeights,
+    *,
+    run_id: str | None,
+    metrics: dict[str, Any] | None = None,
+    lib_versions: dict[str, Any] | None = None,
+) -> int:
+    """Encrypt ``weights`` and register them as the next version of adapter ``name``.
+
+    The folder is built under the workspace's tmp folder and renamed into place by the registry
+    in the same transaction that records it, so a failure leaves neither file nor row.
+
+    Returns:
+        The new version number.
+    """
+    staging = vault.ws.tmp_dir / f"adapter-{name}-{secrets.token_hex(4)}"
+    staging.mkdir(mode=0o700)
+    try:
+        vault.write(staging / ADAPTER_FILE, new_object_id(), [pack(weights)])
+        return reg.add_adapter_version(
+            name,
+            run_id=run_id,
+            move_from=staging,
+            metrics=metrics,
+            lib_versions=lib_versions,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], AdapterWeights]:
+    """The registry record and the decrypted weights of adapter version ``ref`` (NAME[@N]).
+
+    The folder's hash is checked against the registry and the vault authenticates every chunk
+    before anything is parsed.
+
+    Raises:
+        NotFoundError: no such adapter version.
+        IntegrityError: the files were modified or damaged.
+    """
+    record = reg.adapter_version(ref)
+    label = f"adapter {record['name']}@{record['version']}"
+    folder = vault.ws.home / record["path"]
+    actual = artifact_sha256(folder)
+    if actual != record["sha256"]:
+        raise IntegrityError(
+            f"{label} is damaged or was modified (its files no longer match the registry); "
+            "restore it from backup"
+        )
+    blob = vault.read(folder / ADAPTER_FILE, what=label)
+    return record, unpack(blob, label)
