@@ -6,7 +6,7 @@ import getpass
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from appliance.workspace import Workspace, open_workspace
 
 if TYPE_CHECKING:
     from appliance.registry import Registry
+    from appliance.vault import Vault
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE"
 
@@ -32,6 +33,8 @@ class CliState:
     home: Path | None = None
     passphrase_file: Path | None = None
     debug: bool = False
+    _vault: Vault | None = field(default=None, repr=False)
+    """The vault once unlocked, so one command asks for the passphrase once."""
 
     def workspace(self) -> Workspace:
         """The workspace of ``--home`` / ``APPLIANCE_HOME`` / the default; it must exist."""
@@ -41,14 +44,31 @@ class CliState:
         """The passphrase from ``--passphrase-file``, ``APPLIANCE_PASSPHRASE`` or a prompt."""
         return resolve_passphrase(self.passphrase_file, prompt=prompt, confirm=confirm)
 
-    def registry(self, ws: Workspace) -> Registry:
+    def vault(self, ws: Workspace) -> Vault:
+        """The unlocked vault of ``ws``; the passphrase is asked (and Argon2id run) once.
+
+        Raises:
+            PassphraseError: no passphrase could be read, it is wrong, or ``ws`` has no vault.
+        """
+        from appliance.vault import Vault
+
+        if self._vault is None or self._vault.ws.home != ws.home:
+            self._vault = Vault.unlock(ws, self.passphrase())
+        return self._vault
+
+    def registry(self, ws: Workspace, *, unlock: bool = True) -> Registry:
         """Open the registry of ``ws`` (the caller closes it, e.g. ``with st.registry(ws) as reg``).
 
         Without a vault there is no audit key; once the workspace has key slots this unlocks the
-        vault first and passes the audit key derived from its master key.
+        vault first (asking for the passphrase) and passes the audit key derived from its
+        master key. Read-only commands pass ``unlock=False`` to skip the passphrase: they can
+        read everything in the registry, and a write to the keyed audit log fails clearly.
         """
         from appliance.registry import Registry
+        from appliance.vault import has_vault
 
+        if unlock and has_vault(ws):
+            return Registry.open(ws, audit_key=self.vault(ws).audit_key)
         return Registry.open(ws, audit_key=None)
 
 

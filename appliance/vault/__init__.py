@@ -103,6 +103,10 @@ class Vault:
         """Give another person access with their own passphrase."""
         return keyslots.add_slot(self.ws, self.master_key, passphrase, label, target_s)
 
+    def change_passphrase(self, new: str, target_s: float = DEFAULT_TARGET_S) -> KeySlot:
+        """Reseal the slot this vault was opened with under ``new``; no object changes."""
+        return keyslots.reseal_slot(self.ws, self.label, self.master_key, new, target_s)
+
     def remove_slot(self, label: str) -> None:
         """Remove a slot (never the last one)."""
         keyslots.remove_slot(self.ws, label)

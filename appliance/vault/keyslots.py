@@ -317,7 +317,21 @@ def change_passphrase(
     """
     check_new_passphrase(new)
     master, slot = unlock(ws, old)
-    fresh = seal_slot(slot.path, slot.label, slot.vault_id, master, new, calibrate(target_s))
+    return reseal_slot(ws, slot.label, master, new, target_s)
+
+
+def reseal_slot(
+    ws: Workspace, label: str, master_key: bytes, new: str, target_s: float = DEFAULT_TARGET_S
+) -> KeySlot:
+    """Rewrite slot ``label`` to seal ``master_key`` under ``new`` (an unlocked caller's own
+    slot: the old passphrase was checked when the master key was unlocked)."""
+    check_new_passphrase(new)
+    slot = next((s for s in read_slots(ws) if s.label == label), None)
+    if slot is None:
+        raise NotFoundError(f"workspace {ws.home} has no key slot {label!r}")
+    if not hmac.compare_digest(key_id(master_key), slot.key_id):
+        raise IntegrityError("the master key does not belong to this workspace")
+    fresh = seal_slot(slot.path, slot.label, slot.vault_id, master_key, new, calibrate(target_s))
     atomic_write_bytes(slot.path, fresh.to_bytes())
     return fresh
 

@@ -1,0 +1,44 @@
+"""Datasets: import files in five formats, validate every row, keep versions encrypted.
+
+Pipeline (all in memory)::
+
+    file --sources--> records --formats--> canonical rows --canonical--> deduplicated, split
+         --vault--> workspace/datasets/<object id>.enc  +  registry row (counts, sha256, stats)
+
+Modules: :mod:`.sources` (JSONL, JSON array, CSV/TSV, text; file-level checks),
+:mod:`.formats` (alpaca, sharegpt, messages, completion, text -> canonical rows),
+:mod:`.canonical` (bytes, duplicates, split, statistics), :mod:`.prepare` (the whole
+in-memory pipeline), :mod:`.store` (vault + registry), :mod:`.tokens` (token statistics).
+"""
+
+from __future__ import annotations
+
+from appliance.datasets.canonical import content
+from appliance.datasets.formats import FORMATS
+from appliance.datasets.prepare import Prepared, prepare
+from appliance.datasets.problems import DatasetValidationError, Problem
+from appliance.datasets.store import (
+    delete_version,
+    describe,
+    export_version,
+    import_file,
+    load_rows,
+    read_plaintext,
+    resolve,
+)
+
+__all__ = [
+    "FORMATS",
+    "DatasetValidationError",
+    "Prepared",
+    "Problem",
+    "content",
+    "delete_version",
+    "describe",
+    "export_version",
+    "import_file",
+    "load_rows",
+    "prepare",
+    "read_plaintext",
+    "resolve",
+]

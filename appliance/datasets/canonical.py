@@ -1,0 +1,152 @@
+"""Canonical rows: their bytes, duplicates, the frozen train/eval split, and statistics.
+
+A stored dataset version is JSON Lines, one canonical row per line with its split::
+
+    {"messages":[{"content":"...","role":"user"},...],"split":"train"}
+    {"split":"eval","text":"..."}
+
+(keys sorted, no spaces, UTF-8). The version's sha256 is of exactly these bytes, and
+``dataset export`` writes exactly these bytes, so ``sha256sum`` of an export matches the
+registry. Because the split is written into every row, it is frozen with the version: a later
+change of the split rule cannot move rows between train and eval of an existing version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import IntegrityError, UsageError
+
+Row = dict[str, Any]
+SPLITS = ("train", "eval")
+MAX_EVAL_FRACTION = 0.5
+
+
+def row_bytes(row: Row) -> bytes:
+    """The canonical serialisation of one row (with or without its split)."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def dedupe(rows: Iterable[Row]) -> tuple[list[Row], int]:
+    """Rows without exact duplicates (the first occurrence stays), and how many were removed."""
+    seen: set[bytes] = set()
+    kept: list[Row] = []
+    removed = 0
+    for row in rows:
+        key = hashlib.sha256(row_bytes(row)).digest()
+        if key in seen:
+            removed += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    return kept, removed
+
+
+def check_eval_fraction(value: float) -> float:
+    if not 0 <= value <= MAX_EVAL_FRACTION:
+        raise UsageError(
+            f"--eval-fraction {value} is out of range; give a number from 0 to {MAX_EVAL_FRACTION}"
+        )
+    return value
+
+
+def split(rows: Sequence[Row], eval_fraction: float, seed: int) -> list[str]:
+    """The split of each row: the ``round(n * fraction)`` rows whose keyed hash is smallest
+    go to eval (at least one when the fraction is above 0, never all).
+
+    Ranking by ``sha256(seed, row)`` rather than by position makes the split independent of
+    the order of rows in the file and reproducible from the seed alone.
+    """
+    check_eval_fraction(eval_fraction)
+    n = len(rows)
+    wanted = round(n * eval_fraction)
+    n_eval = min(max(wanted, 1), n - 1) if eval_fraction > 0 and n >= 2 else 0
+    salt = f"appliance split v1 seed {seed}\n".encode()
+    ranked = sorted(range(n), key=lambda i: hashlib.sha256(salt + row_bytes(rows[i])).digest())
+    eval_rows = set(ranked[:n_eval])
+    return ["eval" if i in eval_rows else "train" for i in range(n)]
+
+
+def encode(rows: Sequence[Row], splits: Sequence[str]) -> bytes:
+    """The stored plaintext of a version."""
+    return b"".join(
+        row_bytes({**row, "split": s}) + b"\n" for row, s in zip(rows, splits, strict=True)
+    )
+
+
+def decode(data: bytes | bytearray, what: str) -> list[Row]:
+    """Rows (with their ``split``) from a version's plaintext.
+
+    Raises:
+        IntegrityError: the plaintext is not canonical rows (it authenticated, so it was
+            written wrongly; should never happen).
+    """
+    rows = []
+    for number, line in enumerate(bytes(data).split(b"\n")[:-1], start=1):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise IntegrityError(f"{what}: stored row {number} is not JSON") from None
+        if not isinstance(row, dict) or row.get("split") not in SPLITS:
+            raise IntegrityError(f"{what}: stored row {number} is not a canonical row")
+        rows.append(row)
+    return rows
+
+
+def content(row: Row) -> Row:
+    """A row without its split: what was imported."""
+    return {k: v for k, v in row.items() if k != "split"}
+
+
+def row_chars(row: Row) -> int:
+    if "text" in row:
+        return len(row["text"])
+    return sum(len(m["content"]) for m in row["messages"])
+
+
+def percentile(sorted_values: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+def summary(values: Iterable[int]) -> dict[str, float]:
+    """min, median, p95, max of a list of counts."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"min": 0, "median": 0, "p95": 0, "max": 0}
+    return {
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "p95": percentile(ordered, 0.95),
+        "max": ordered[-1],
+    }
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of a version; numbers only, never text from the rows."""
+
+    chars: int
+    detail: dict[str, Any]
+
+
+def stats(rows: Sequence[Row]) -> Stats:
+    """Character, turn and role counts of canonical rows."""
+    chars = [row_chars(r) for r in rows]
+    detail: dict[str, Any] = {"chars_per_example": summary(chars)}
+    chat = [r for r in rows if "messages" in r]
+    if chat:
+        roles: Counter[str] = Counter(m["role"] for r in chat for m in r["messages"])
+        detail["turns_per_example"] = summary(len(r["messages"]) for r in chat)
+        detail["roles"] = dict(sorted(roles.items()))
+        detail["with_system_prompt"] = sum(1 for r in chat if r["messages"][0]["role"] == "system")
+    return Stats(sum(chars), detail)
