@@ -214,7 +214,10 @@ class MemoryEstimate:
 
 
 def _gb(value: float) -> str:
-    return f"{value / 1e9:.2f} GB"
+    """Decimal size: GB with two decimals, MB below 1 GB (a small model's terms)."""
+    if abs(value) >= 1e9:
+        return f"{value / 1e9:.2f} GB"
+    return f"{value / 1e6:.1f} MB"
 
 
 def estimate_memory(

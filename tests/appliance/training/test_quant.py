@@ -187,3 +187,27 @@ def test_without_the_guard_this_machine_hits_the_trap(tiny_llama: Path) -> None:
     )
     with pytest.raises(TrainingError, match="repacked"):
         quant.merge_dequantized(model)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "q,v"])
+def test_estimate_counts_match_the_loaded_model(tiny_llama: Path, targets: str) -> None:
+    import json
+
+    from appliance.training.config import build_config
+    from appliance.training.estimate import ModelShape, estimate_memory
+
+    model_config = json.loads((tiny_llama / "config.json").read_text())
+    config = build_config("balanced", [f"target_modules={targets}", "rank=4"])
+    model = quant.load_4bit(tiny_llama, torch.float32)
+    lora = config.lora
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules),
+    )
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    estimate = estimate_memory(model_config, config, device="cpu")
+    assert estimate.trainable_params == trainable
+    assert estimate.total_params == total
+    shape = ModelShape.from_config(model_config)
+    packed = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert shape.linear_params == packed
