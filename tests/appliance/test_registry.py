@@ -1,0 +1,336 @@
+"""The registry: schema and migrations, versions, tags, lineage, runs, exports, concurrency."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import NotFoundError, RegistryError, UsageError
+from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry, read_meta
+from appliance.registry.schema import migrate
+from appliance.workspace import Workspace
+from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
+
+
+@pytest.fixture
+def reg(ws: Workspace) -> Iterator[Registry]:
+    with Registry.open(ws) as registry:
+        yield registry
+
+
+@pytest.fixture
+def populated(reg: Registry) -> Registry:
+    add_fake_model(reg)
+    add_dataset(reg)
+    return reg
+
+
+def _schema(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(str(n), str(s)) for n, s in rows]
+
+
+# -- schema, pragmas, migrations -----------------------------------------------------------------
+
+
+def test_pragmas_are_wal_full_sync_and_foreign_keys(reg: Registry) -> None:
+    assert reg.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert reg.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert reg.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert reg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with pytest.raises(sqlite3.IntegrityError):
+        reg.conn.execute(
+            "INSERT INTO tags (name, tag, adapter_version_id, updated_at, updated_by) "
+            "VALUES ('x', 'y', 999, 'now', 'me')"
+        )
+
+
+@pytest.mark.parametrize("start", range(SCHEMA_VERSION))
+def test_migrates_from_every_earlier_version(ws: Workspace, tmp_path: Path, start: int) -> None:
+    fresh = tmp_path / "fresh.sqlite"
+    conn = sqlite3.connect(fresh, isolation_level=None)
+    migrate(conn, str(fresh))
+    conn.close()
+
+    old = sqlite3.connect(ws.registry_path, isolation_level=None)
+    for step in MIGRATIONS[:start]:
+        step(old)
+    old.execute(f"PRAGMA user_version = {start}")
+    if start >= 1:
+        old.execute("INSERT INTO meta (key, value) VALUES ('probe', 'kept')")
+    old.close()
+
+    with Registry.open(ws) as reg:
+        assert reg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        if start >= 1:
+            assert reg._query("SELECT value FROM meta WHERE key = 'probe'") == [{"value": "kept"}]
+    assert _schema(ws.registry_path) == _schema(fresh)
+
+
+def test_refuses_a_newer_database_and_leaves_it_alone(ws: Workspace) -> None:
+    Registry.open(ws).close()
+    conn = sqlite3.connect(ws.registry_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RegistryError, match="newer than this appliance"):
+        Registry.open(ws)
+    conn = sqlite3.connect(ws.registry_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    conn.close()
+
+
+def test_refuses_a_file_that_is_not_sqlite(ws: Workspace) -> None:
+    ws.registry_path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(RegistryError, match="rebuild-index"):
+        Registry.open(ws)
+
+
+# -- transactions --------------------------------------------------------------------------------
+
+
+def _add_then_fail(reg: Registry, name: str) -> None:
+    with reg.transaction():
+        add_dataset(reg, name)
+        raise RuntimeError("boom")
+
+
+def test_failed_transaction_leaves_nothing(populated: Registry) -> None:
+    audit_before = len(populated.audit_rows())
+    with pytest.raises(RuntimeError, match="boom"):
+        _add_then_fail(populated, "other")
+    assert populated.dataset_versions("other") == []
+    assert len(populated.audit_rows()) == audit_before
+
+
+def test_nested_transaction_rolls_back_only_the_inner_block(populated: Registry) -> None:
+    with populated.transaction():
+        add_dataset(populated, "kept")
+        with pytest.raises(RuntimeError, match="boom"):
+            _add_then_fail(populated, "dropped")
+    assert [d["name"] for d in populated.dataset_versions()] == ["docs", "kept"]
+    assert populated.verify_audit().ok
+
+
+# -- dataset versions (the contract) --------------------------------------------------------------
+
+
+def test_dataset_versions_count_up_and_latest_skips_deleted(reg: Registry) -> None:
+    assert add_dataset(reg) == 1
+    assert add_dataset(reg, rows=20) == 2
+    latest = reg.dataset_version("docs")
+    assert (latest["version"], latest["rows"]) == (2, 20)
+    assert latest["skipped_detail"] == [{"line": 3, "reason": "empty"}]
+    assert latest["stats"] == {"tokens": 99}
+    reg.delete_dataset_version("docs", 2)
+    assert reg.dataset_version("docs")["version"] == 1
+    assert reg.dataset_version("docs", 2, include_deleted=True)["deleted_at"] is not None
+    with pytest.raises(NotFoundError, match="deleted"):
+        reg.dataset_version("docs", 2)
+    assert add_dataset(reg) == 3  # numbers are never reused
+    with pytest.raises(NotFoundError, match=r"versions: 1, 3"):
+        reg.dataset_version("docs", 9)
+    with pytest.raises(NotFoundError, match=r"datasets: docs"):
+        reg.dataset_version("nope")
+    actions = [r["action"] for r in reg.audit_rows(action="dataset")]
+    assert actions == ["dataset.import"] * 2 + ["dataset.delete", "dataset.import"]
+
+
+def test_unknown_dataset_field_is_refused(reg: Registry) -> None:
+    with pytest.raises(RegistryError, match="colour"):
+        reg.add_dataset_version("docs", colour="red")
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def test_run_lifecycle_and_meta_file(populated: Registry) -> None:
+    run_id = populated.add_run(base_model="base", dataset="docs", config={"lr": 1e-4}, seed=5)
+    run = populated.run(run_id)
+    assert (run["state"], run["base_model"], run["dataset"], run["seed"]) == (
+        "queued",
+        "base",
+        "docs",
+        5,
+    )
+    running = populated.update_run(run_id, state="running", pid=99)
+    assert running["pid"] == 99
+    assert running["started_at"] is not None
+    failed = populated.update_run(run_id, state="failed", failure_reason="out of memory")
+    assert failed["failure_reason"] == "out of memory"
+    assert failed["pid"] is None
+    populated.update_run(run_id, state="running")  # resume
+    populated.update_run(run_id, state="finished")
+    with pytest.raises(RegistryError, match="cannot become running"):
+        populated.update_run(run_id, state="running")
+    kind, record = read_meta(populated.ws.home / run["path"])
+    assert kind == "run"
+    assert record["state"] == "finished"
+    assert record["config"] == {"lr": 1e-4}
+    assert [r["id"] for r in populated.runs("finished")] == [run_id]
+    with pytest.raises(NotFoundError):
+        populated.run("run-missing")
+
+
+def test_run_needs_a_known_base_model(reg: Registry) -> None:
+    with pytest.raises(NotFoundError, match="no base model named 'ghost'"):
+        reg.add_run(base_model="ghost", config={})
+
+
+# -- adapter versions and tags -------------------------------------------------------------------
+
+
+def test_adapter_versions_count_per_name_and_bare_name_is_latest(populated: Registry) -> None:
+    assert add_adapter(populated, "a")[1] == 1
+    assert add_adapter(populated, "a")[1] == 2
+    assert add_adapter(populated, "b")[1] == 1
+    assert populated.adapter_version("a")["version"] == 2
+    assert populated.adapter_version("a@1")["ref"] == "a@1"
+    row = populated.adapter_version("a@2")
+    assert row["path"] == "adapters/a/2"
+    assert (populated.ws.home / "adapters/a/2/adapter.enc").is_file()
+    assert read_meta(populated.ws.home / "adapters/a/2")[1]["base_model"] == "base"
+    assert list(populated.ws.tmp_dir.iterdir()) == []
+    with pytest.raises(NotFoundError, match=r"versions of a: 1, 2"):
+        populated.adapter_version("a@3")
+    with pytest.raises(UsageError):
+        populated.adapter_version("a@")
+
+
+def test_failed_adapter_registration_moves_the_folder_back(populated: Registry) -> None:
+    staged = populated.ws.tmp_dir / "staged"
+    staged.mkdir()
+    (staged / "w").write_bytes(b"x")
+    with pytest.raises(NotFoundError):
+        populated.add_adapter_version("a", run_id="run-missing", move_from=staged)
+    assert (staged / "w").is_file()
+    assert not (populated.ws.adapters_dir / "a").exists() or not any(
+        (populated.ws.adapters_dir / "a").iterdir()
+    )
+    assert populated.adapter_versions() == []
+
+
+def test_tags_move_atomically_between_versions(populated: Registry) -> None:
+    add_adapter(populated, "a")
+    add_adapter(populated, "a")
+    assert populated.set_tag("a@1", "production")["previous"] is None
+    assert populated.adapter_version("a@production")["version"] == 1
+    moved = populated.set_tag("a@2", "production")
+    assert moved == {"ref": "a@2", "tag": "production", "previous": 1}
+    assert populated.adapter_version("a@production")["version"] == 2
+    assert populated.adapter_version("a@1")["tags"] == []
+    assert populated.tags("a") == [
+        {
+            "name": "a",
+            "tag": "production",
+            "version": 2,
+            "updated_at": populated.tags("a")[0]["updated_at"],
+            "updated_by": populated.tags("a")[0]["updated_by"],
+        }
+    ]
+    with pytest.raises(UsageError, match="invalid tag"):
+        populated.set_tag("a@1", "7")
+    with pytest.raises(NotFoundError):
+        populated.set_tag("a@9", "staging")
+    populated.remove_tag("a", "production")
+    with pytest.raises(NotFoundError, match=r"a@production does not exist \(versions of a: 1, 2\)"):
+        populated.adapter_version("a@production")
+    tag_rows = populated.audit_rows(action="adapter.tag")
+    assert [r["details"]["previous"] for r in tag_rows] == [None, 1]
+
+
+# -- lineage and exports -------------------------------------------------------------------------
+
+
+def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(populated: Registry) -> None:
+    run_id, _ = add_adapter(populated, "a", eval_loss=0.75)
+    out = populated.ws.exports_dir / "a-merged.safetensors"
+    out.write_bytes(b"merged")
+    populated.add_export("a@1", format="hf", path=out, details={"dtype": "bf16"})
+    lineage = populated.adapter_lineage("a")
+    assert lineage["run"]["id"] == run_id
+    assert lineage["run"]["state"] == "finished"
+    assert lineage["base_model"] == {
+        "name": "base",
+        "sha256": "ab" * 32,
+        "architecture": "LlamaForCausalLM",
+        "parameters": 1000,
+    }
+    assert lineage["dataset"]["name"] == "docs"
+    assert lineage["dataset"]["version"] == 1
+    assert lineage["dataset"]["sha256"] == "cd" * 32
+    assert lineage["config"] == {"lora_r": 8, "lr": 2e-4, "seed": 3}
+    assert lineage["seed"] == 3
+    assert lineage["lib_versions"]["peft"] == "0.21.2"
+    assert lineage["metrics"]["eval_loss"] == 0.75
+    assert lineage["exports"][0]["path"] == "exports/a-merged.safetensors"
+    json.dumps(lineage)  # scripts get it as JSON
+
+
+def test_every_adapter_made_from_a_dataset_or_base_model(populated: Registry) -> None:
+    add_fake_model(populated, "other-base")
+    add_dataset(populated)  # docs@2
+    add_adapter(populated, "a", dataset_version=1)
+    add_adapter(populated, "b", dataset_version=2)
+    add_adapter(populated, "c", base="other-base", dataset=None)
+    assert [a["ref"] for a in populated.adapters_from_dataset("docs")] == ["a@1", "b@1"]
+    assert [a["ref"] for a in populated.adapters_from_dataset("docs", 2)] == ["b@1"]
+    assert [a["ref"] for a in populated.adapters_from_base_model("base")] == ["a@1", "b@1"]
+    assert [a["ref"] for a in populated.adapters_from_base_model("other-base")] == ["c@1"]
+    populated.delete_dataset_version("docs", 1)
+    assert populated.adapter_lineage("a@1")["dataset"]["deleted_at"] is not None
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_concurrent_readers_see_only_committed_states(populated: Registry) -> None:
+    ws = populated.ws
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: list[int] = []
+
+    def reader() -> None:
+        with Registry.open(ws) as mine:
+            last = 0
+            while not stop.is_set():
+                try:
+                    rows = mine.adapter_versions("a")
+                    versions = [r["version"] for r in rows]
+                    if versions != list(range(1, len(versions) + 1)):
+                        errors.append(f"gap in versions: {versions}")
+                    if any(r["run_state"] != "finished" for r in rows):
+                        errors.append("an adapter whose run is not finished was visible")
+                    if len(versions) < last:
+                        errors.append("the count went backwards")
+                    last = len(versions)
+                except Exception as exc:  # surfaces "database is locked" and the like
+                    errors.append(repr(exc))
+            seen.append(last)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        with Registry.open(ws) as writer:
+            for _ in range(40):
+                # One transaction per adapter: run and adapter appear together or not at all.
+                with writer.transaction():
+                    add_adapter(writer, "a")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert seen == [40, 40, 40]
