@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
 import types
 import typing
@@ -355,29 +356,33 @@ def replay(path: Path) -> Iterator[Event]:
 class EventLog:
     """Writes events to a stream (the child's stdout) and appends them to ``metrics.jsonl``.
 
-    Each line is flushed at once, so the parent and a crash both see every whole event.
+    Each line is flushed at once, so the parent and a crash both see every whole event. Safe to
+    use from several threads (the training loop and a memory sampler): lines never interleave.
     """
 
     def __init__(self, path: Path | None, stream: IO[str] | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.stream = stream
+        self._lock = threading.Lock()
         self._file: IO[str] | None = None
         if self.path is not None:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def emit(self, event: Event) -> None:
         line = event.to_json() + "\n"
-        if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
-        if self.stream is not None:
-            self.stream.write(line)
-            self.stream.flush()
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
+                self._file.flush()
+            if self.stream is not None:
+                self.stream.write(line)
+                self.stream.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> EventLog:
         return self

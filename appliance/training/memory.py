@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from appliance.gpu import NvmlSession
-from appliance.training.events import GpuMemory, Memory
+from appliance.training.events import EventLog, GpuMemory, Memory
 
 
 def process_rss() -> int | None:
@@ -84,3 +86,63 @@ def read_memory(
             )
         )
     return Memory(run_id=run_id, step=step, gpus=gpus, rss=process_rss())
+
+
+class MemorySampler:
+    """Emits a :class:`Memory` event every ``interval`` seconds from a background thread.
+
+    The training loop's steps can take longer than a second; DESIGN.md wants memory readouts at
+    least once a second while training on a GPU, so they come from their own thread. NVML and
+    torch's allocator counters are safe to read while the main thread trains.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        run_id: str,
+        *,
+        nvml: NvmlSession | None = None,
+        devices: list[int] | None = None,
+        step: Callable[[], int | None] = lambda: None,
+        interval: float = 1.0,
+    ) -> None:
+        self._log = log
+        self._run_id = run_id
+        self._nvml = nvml
+        self._devices = devices
+        self._step = step
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples = 0
+        """Events emitted so far."""
+
+    def sample(self) -> Memory:
+        """Read and emit one event now (also used for a final reading)."""
+        event = read_memory(self._run_id, nvml=self._nvml, devices=self._devices, step=self._step())
+        self._log.emit(event)
+        self.samples += 1
+        return event
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def start(self) -> MemorySampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (at most one sampling)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> MemorySampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

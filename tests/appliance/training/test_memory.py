@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from appliance.gpu import NvmlSession
 from appliance.training.events import Memory, parse_event
-from appliance.training.memory import process_rss, read_memory
+from appliance.training.memory import MemorySampler, process_rss, read_memory
 
 
 def test_importing_the_light_modules_loads_no_deep_learning_stack() -> None:
@@ -45,3 +46,21 @@ def test_read_memory_without_cuda_reports_rss_and_round_trips() -> None:
         assert gpu.total is not None
         assert gpu.used is not None
     assert parse_event(event.to_json()) == event
+
+
+def test_sampler_emits_at_its_interval_until_stopped(tmp_path: Path) -> None:
+    import time
+
+    from appliance.training.events import EventLog, replay
+
+    path = tmp_path / "metrics.jsonl"
+    steps = iter(range(1000))
+    with EventLog(path) as log:
+        with MemorySampler(log, "run-s", step=lambda: next(steps), interval=0.05) as sampler:
+            time.sleep(0.4)
+        count = sampler.samples
+        time.sleep(0.15)  # stopped: no more events
+        assert sampler.samples == count
+    events = [e for e in replay(path) if isinstance(e, Memory) and e.run_id == "run-s"]
+    assert 3 <= len(events) == count
+    assert [e.step for e in events] == list(range(len(events)))
