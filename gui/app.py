@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from PySide6.QtWidgets import QApplication, QDialog
 
+    from appliance.session import Session
     from appliance.vault import has_vault
     from gui.main_window import MainWindow
     from gui.widgets.passphrase_dialog import PassphraseDialog
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     dialog = PassphraseDialog(ws, create=not has_vault(ws))
     if dialog.exec() != QDialog.DialogCode.Accepted or dialog.vault is None:
         sys.exit(0)
-    window = MainWindow(home, vault=dialog.vault)
+    window = MainWindow(home, session=Session(dialog.vault))
     window.monitor.start()
     window.show()
+    window.ensure_demo_model()
     code = app.exec()
     window.monitor.stop()
     sys.exit(code)

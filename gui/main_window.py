@@ -17,10 +17,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.vault import Vault
+from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
+from appliance.errors import ApplianceError
+from appliance.session import Session
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
-from gui.pages.jobs import DatasetsPage, ExportPage, ModelsPage, RegistryPage, TrainPage
+from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
+from gui.pages.models import ModelsPage
 from gui.pages.settings import SettingsPage
 from gui.widgets.gpu_status import GpuStatusLabel
 
@@ -38,16 +41,17 @@ class MainWindow(QMainWindow):
     """The appliance's window over the workspace at ``home``."""
 
     def __init__(
-        self, home: Path, vault: Vault | None = None, monitor: GpuMonitor | None = None
+        self, home: Path, session: Session | None = None, monitor: GpuMonitor | None = None
     ) -> None:
         super().__init__()
         self.home = home
-        self.vault = vault
+        self.session = session
+        self.models_page = ModelsPage(session)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             DatasetsPage(),
-            ModelsPage(),
+            self.models_page,
             TrainPage(),
             RegistryPage(),
             ExportPage(),
@@ -80,7 +84,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.gpu_label)
         self.statusBar().addWidget(
             QLabel(
-                f"Offline · unlocked as {vault.label}" if vault is not None else "Offline · locked"
+                f"Offline · unlocked as {session.vault.label}"
+                if session is not None
+                else "Offline · locked"
             )
         )
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
@@ -94,6 +100,25 @@ class MainWindow(QMainWindow):
         index = self.page_titles().index(title)
         self.nav.setCurrentRow(index)
         return self.pages[index]
+
+    def ensure_demo_model(self) -> bool:
+        """Import the bundled demo model in the background if the workspace lacks it.
+
+        Returns:
+            Whether an import was started.
+        """
+        if self.session is None or DEMO_MODEL_NAME in self.models_page.names():
+            return False
+        try:
+            source = demo_model_gguf()
+        except ApplianceError as exc:
+            self.statusBar().showMessage(f"Demo model unavailable: {exc}")
+            return False
+        task = self.models_page.start_import(source, DEMO_MODEL_NAME)
+        self.statusBar().showMessage("Preparing the demo model SmolLM2-135M-Instruct…")
+        task.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
+        task.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
+        return True
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.monitor.stop()

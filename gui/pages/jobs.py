@@ -29,15 +29,6 @@ class DatasetsPage(_JobPage):
     )
 
 
-class ModelsPage(_JobPage):
-    title = "Models"
-    purpose = (
-        "Base models enter the workspace only as safetensors folders or GGUF files; pickle "
-        "weights and remote code are refused."
-    )
-    cli_verbs = ("appliance model import PATH --name NAME", "appliance model list")
-
-
 class TrainPage(_JobPage):
     title = "Train"
     purpose = (
