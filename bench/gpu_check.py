@@ -32,9 +32,10 @@ offline.enforce()
 
 from appliance.gpu import NvmlSession, format_bytes  # noqa: E402
 from appliance.training import events as ev  # noqa: E402
-from appliance.training.config import TrainConfig, build_config  # noqa: E402
+from appliance.training.config import TrainConfig  # noqa: E402
 from appliance.training.estimate import estimate_memory, render_estimate  # noqa: E402
 from appliance.training.memory import read_memory  # noqa: E402
+from appliance.training.settings import build_config  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     # Published config.json values of the real models (shapes only; weights are random here).

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import TrainingError
-from appliance.training.config import ALL_LINEAR, ConfigError, TrainConfig, apply_overrides
+from appliance.training.config import ALL_LINEAR, ConfigError, TrainConfig
+from appliance.training.settings import apply_overrides
 
 NF4_DOUBLE_QUANT_BYTES = 0.516
 """Bytes per parameter of NF4 with double quantisation (4 bits + block constants)."""

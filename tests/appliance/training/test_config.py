@@ -10,6 +10,7 @@ import pytest
 
 from appliance.errors import TrainingError, UsageError
 from appliance.training import config as cfg
+from appliance.training import settings as st
 from appliance.training.config import ConfigError, TrainConfig
 
 
@@ -39,7 +40,7 @@ def test_every_field_has_a_docstring() -> None:
 
 
 def test_defaults_are_the_balanced_preset() -> None:
-    assert cfg.preset("balanced") == TrainConfig()
+    assert st.preset("balanced") == TrainConfig()
     c = TrainConfig()
     assert c.method == "qlora"
     assert c.data.loss_on == "assistant"
@@ -48,9 +49,9 @@ def test_defaults_are_the_balanced_preset() -> None:
 
 
 def test_presets_have_one_line_explanations_and_differ() -> None:
-    configs = {name: p.config() for name, p in cfg.PRESETS.items()}
+    configs = {name: p.config() for name, p in st.PRESETS.items()}
     assert set(configs) == {"quick-test", "balanced", "thorough"}
-    for p in cfg.PRESETS.values():
+    for p in st.PRESETS.values():
         assert p.summary
         assert "\n" not in p.summary
     assert configs["quick-test"].schedule.max_steps == 30
@@ -58,7 +59,7 @@ def test_presets_have_one_line_explanations_and_differ() -> None:
     assert configs["thorough"].lora.rank == 64
     assert configs["thorough"].optim.learning_rate == pytest.approx(1e-4)
     with pytest.raises(ConfigError, match="quick-test, balanced, thorough"):
-        cfg.preset("fast")
+        st.preset("fast")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_presets_have_one_line_explanations_and_differ() -> None:
     ],
 )
 def test_set_coerces_types(assignment: str, path: tuple[str | None, str], expected: object) -> None:
-    c = cfg.build_config("balanced", [assignment])
+    c = st.build_config("balanced", [assignment])
     section, name = path
     holder = getattr(c, section) if section else c
     assert getattr(holder, name) == expected
@@ -111,7 +112,7 @@ def test_set_coerces_types(assignment: str, path: tuple[str | None, str], expect
 )
 def test_set_errors_name_the_key_and_allowed_values(assignment: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        cfg.build_config("balanced", [assignment])
+        st.build_config("balanced", [assignment])
     assert message in str(info.value)
     assert isinstance(info.value, UsageError)  # exit code 2 on the command line
 
@@ -139,20 +140,20 @@ def test_set_errors_name_the_key_and_allowed_values(assignment: str, message: st
 )
 def test_invalid_combinations_say_what_to_change(assignments: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match="invalid training config") as info:
-        cfg.build_config("balanced", assignments)
+        st.build_config("balanced", assignments)
     assert message in str(info.value)
 
 
 def test_epochs_are_ignored_when_max_steps_is_set() -> None:
-    c = cfg.build_config("balanced", ["max_steps=20", "epochs=0"])
+    c = st.build_config("balanced", ["max_steps=20", "epochs=0"])
     assert c.schedule.max_steps == 20
 
 
 def test_warmup_given_one_way_switches_the_other_off() -> None:
-    c = cfg.build_config("balanced", ["warmup_steps=7"])
+    c = st.build_config("balanced", ["warmup_steps=7"])
     assert (c.optim.warmup_steps, c.optim.warmup_ratio) == (7, 0)
     assert c.optim.warmup_for(100) == 7
-    c = cfg.build_config("balanced", ["warmup_ratio=0.1"])
+    c = st.build_config("balanced", ["warmup_ratio=0.1"])
     assert c.optim.warmup_for(95) == 10
     assert c.optim.warmup_for(3) == 0
 
@@ -162,18 +163,18 @@ def test_compute_dtype_resolution() -> None:
     assert auto.resolve_compute_dtype(cuda=False, bf16_supported=False) == "fp32"
     assert auto.resolve_compute_dtype(cuda=True, bf16_supported=True) == "bf16"
     assert auto.resolve_compute_dtype(cuda=True, bf16_supported=False) == "fp16"
-    lora = cfg.build_config("balanced", ["method=lora"])
+    lora = st.build_config("balanced", ["method=lora"])
     assert lora.resolve_compute_dtype(cuda=True, bf16_supported=False) == "fp32"
-    fp16 = cfg.build_config("balanced", ["compute_dtype=fp16"])
+    fp16 = st.build_config("balanced", ["compute_dtype=fp16"])
     with pytest.raises(ConfigError, match="fp16 is not supported on CPU; use fp32 or auto"):
         fp16.resolve_compute_dtype(cuda=False, bf16_supported=False)
-    bf16 = cfg.build_config("balanced", ["compute_dtype=bf16"])
+    bf16 = st.build_config("balanced", ["compute_dtype=bf16"])
     with pytest.raises(ConfigError, match="no bf16 support; set compute_dtype to auto"):
         bf16.resolve_compute_dtype(cuda=True, bf16_supported=False)
 
 
 def test_json_round_trip_through_the_run_folder(tmp_path: Path) -> None:
-    original = cfg.build_config("quick-test", ["lr=3e-4", "target_modules=q,k,v", "seed=7"])
+    original = st.build_config("quick-test", ["lr=3e-4", "target_modules=q,k,v", "seed=7"])
     path = cfg.save_config(original, tmp_path)
     assert path == tmp_path / "config.json"
     data = json.loads(path.read_text())
@@ -215,9 +216,21 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
 
 
 def test_setting_keys_cover_every_field_and_bare_names_are_unique() -> None:
-    keys = cfg.setting_keys()
+    keys = st.setting_keys()
     bare = [k.rsplit(".", 1)[-1] for k in keys]
     assert len(bare) == len(set(bare)), "bare --set names must stay unambiguous"
     assert "lora.rank" in keys
     assert "seed" in keys
-    assert cfg.resolve_key("lr") == "optim.learning_rate"
+    assert st.resolve_key("lr") == "optim.learning_rate"
+
+
+def test_settings_help_covers_every_key_with_docs_and_defaults() -> None:
+    infos = {info.key: info for info in st.settings_help()}
+    assert set(infos) == set(st.setting_keys())
+    assert all(info.help for info in infos.values())
+    rank = infos["lora.rank"]
+    assert rank.default == 16
+    assert rank.allowed == "a whole number"
+    assert rank.help.startswith("LoRA rank r")
+    assert infos["optim.scheduler"].allowed == "one of linear, cosine, constant"
+    assert infos["method"].help.startswith("qlora: 4-bit NF4 base")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.errors import TrainingError
-from appliance.training.config import TrainConfig, apply_overrides, build_config
+from appliance.training.config import TrainConfig
 from appliance.training.estimate import (
     CUDA_CONTEXT_BYTES,
     ModelShape,
@@ -20,6 +20,7 @@ from appliance.training.estimate import (
     render_estimate,
     suggest_changes,
 )
+from appliance.training.settings import apply_overrides, build_config
 
 LLAMA3_8B = {
     "model_type": "llama",

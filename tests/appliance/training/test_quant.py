@@ -193,8 +193,8 @@ def test_without_the_guard_this_machine_hits_the_trap(tiny_llama: Path) -> None:
 def test_estimate_counts_match_the_loaded_model(tiny_llama: Path, targets: str) -> None:
     import json
 
-    from appliance.training.config import build_config
     from appliance.training.estimate import ModelShape, estimate_memory
+    from appliance.training.settings import build_config
 
     model_config = json.loads((tiny_llama / "config.json").read_text())
     config = build_config("balanced", [f"target_modules={targets}", "rank=4"])
