@@ -283,6 +283,8 @@ class TrainConfig:
         Raises:
             ConfigError: unknown fields, values of the wrong type, or invalid combinations.
         """
+        if not isinstance(data, dict):
+            _fail("the config must be a JSON object")
         data = dict(data)
         schema = data.pop("schema", CONFIG_SCHEMA)
         if schema != CONFIG_SCHEMA:

@@ -198,6 +198,10 @@ def test_missing_fields_take_defaults_but_unknown_ones_are_refused() -> None:
         TrainConfig.from_dict({"schema": 99})
     with pytest.raises(ConfigError, match=r"lora\.rank must be a whole number; got True"):
         TrainConfig.from_dict({"lora": {"rank": True}})
+    with pytest.raises(ConfigError, match="the config must be a JSON object"):
+        TrainConfig.from_dict([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"lora\.dropout is nan"):
+        TrainConfig.from_dict({"lora": {"dropout": float("nan")}})
     with pytest.raises(ConfigError, match="lora must be a JSON object"):
         TrainConfig.from_dict({"lora": 3})
     with pytest.raises(ConfigError, match="gradient_checkpointing must be true or false"):
