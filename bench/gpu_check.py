@@ -128,10 +128,20 @@ def train_setting(
 
     b, s = config.schedule.micro_batch_size, config.data.max_seq_length
     accum = config.schedule.gradient_accumulation_steps
+    base = model.get_base_model()
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     else:
-        model.gradient_checkpointing_disable()
+        disable = getattr(base, "activation_checkpointing_disable", None)
+        (disable or base.gradient_checkpointing_disable)()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optim.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
