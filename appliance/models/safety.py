@@ -161,13 +161,15 @@ def _check_entry(path: Path, name: str, entry: Any) -> tuple[int, int, int, str]
 def scan_folder(folder: Path) -> list[Path]:
     """Refuse a folder holding pickle weights, code, or ``auto_map``; return its files.
 
-    Hidden entries (``.git``, ``.cache``) are skipped except that they are scanned for the
-    same dangerous files, since a loader could still be pointed at them.
+    Hidden entries (``.git``, ``.cache``) are not returned but are scanned for the same
+    dangerous files, since a loader could still be pointed at them. Files that could run code
+    are looked for first, so the most serious reason is the one reported.
 
     Raises:
         ModelImportError: naming the first offending file.
     """
     files: list[Path] = []
+    configs: list[Path] = []
     for root, dirs, names in os.walk(folder, followlinks=False):
         dirs.sort()
         for name in sorted(names):
@@ -191,8 +193,10 @@ def scan_folder(folder: Path) -> list[Path]:
             if any(part.startswith(".") for part in rel_parts):
                 continue
             if suffix == ".json" and len(rel_parts) == 1:
-                check_no_auto_map(path)
+                configs.append(path)
             files.append(path)
+    for path in configs:
+        check_no_auto_map(path)
     return files
 
 
