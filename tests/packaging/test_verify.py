@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import verify_bundle as vb
 from bundler import signing
+from bundler.wheels import expand_platforms
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -121,3 +122,14 @@ def test_symlink_and_unlisted_files_are_refused(tmp_path: Path) -> None:
     text = "\n".join(info.value.problems)
     assert "extra.pth: not listed in the signed manifest" in text
     assert "link: not listed in the signed manifest" in text
+
+
+def test_download_platforms_include_every_older_glibc_tag() -> None:
+    # pip download matches --platform literally; torch's CPU wheel is manylinux_2_28 and must
+    # be accepted for a manylinux_2_34 target.
+    tags = expand_platforms(["manylinux_2_34_x86_64"])
+    assert tags[0] == "manylinux_2_34_x86_64"
+    for older in ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"):
+        assert older in tags
+    assert "manylinux_2_35_x86_64" not in tags
+    assert expand_platforms(["macosx_11_0_arm64"]) == ["macosx_11_0_arm64"]
