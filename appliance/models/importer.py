@@ -26,7 +26,7 @@ from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
 from appliance.registry import Registry, write_meta
 from appliance.registry.folders import manifest_digest
-from appliance.registry.refs import check_name
+from appliance.registry.refs import check_name, now, os_user
 from appliance.workspace import Workspace
 
 Progress = Callable[[int, int, str], None]
@@ -92,7 +92,8 @@ def import_model(
             else:
                 fields = _stage_folder(source, staging, link, report)
             fields["path"] = str(source) if link else f"models/{name}/{FILES_DIR}"
-            write_meta(staging, "base_model", {"name": name, **fields})
+            stamp = {"created_at": now(), "created_by": os_user()}
+            write_meta(staging, "base_model", {"name": name, **fields, **stamp})
             target = ws.models_dir / name
             os.replace(staging, target)
             fsync_dir(ws.models_dir)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import IntegrityError, RegistryError
 from appliance.fsutil import sha256_file
 from appliance.registry.folders import META_FILE, artifact_sha256, read_meta
+from appliance.registry.refs import now, os_user
 from appliance.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -226,8 +227,10 @@ def _rebuild_from_folders(ws: Workspace, reg: Registry) -> list[str]:
     for _folder, kind, rec in _metas(ws.models_dir, 1):
         if kind != "base_model" or rec.get("name") in models:
             continue
-        fields = {k: v for k, v in rec.items() if k not in ("id", "name", "deleted_at")}
-        fields.setdefault("created_at", rec.get("created_at"))
+        columns = {c.name for c in reg.db.table("base_models").columns}
+        fields = {k: v for k, v in rec.items() if k in columns and k not in ("id", "name")}
+        fields.setdefault("created_at", now())
+        fields.setdefault("created_by", os_user())
         models[rec["name"]] = reg._insert("base_models", {"name": rec["name"], **fields})
         actions.append(f"added base model {rec['name']}")
     runs = {r["id"] for r in reg.runs()}

@@ -1,0 +1,157 @@
+"""``appliance verify``: every artifact hash, the database and the audit chain; --rebuild-index."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from appliance.fsutil import sha256_file
+from appliance.models import import_model
+from appliance.registry import Registry
+from appliance.registry.verify import rebuild_index, verify_workspace
+from appliance.workspace import Workspace
+from tests.helpers.cli import CliRunner
+from tests.helpers.registry_data import add_adapter, add_dataset
+
+
+@pytest.fixture
+def filled(ws: Workspace, tiny_llama: Path) -> Workspace:
+    """A workspace with a model, a dataset file, a run, an adapter, a tag and an export."""
+    data = ws.datasets_dir / "docs-1.enc"
+    data.write_bytes(b"encrypted rows")
+    with Registry.open(ws) as reg:
+        import_model(ws, reg, tiny_llama, "base")
+        add_dataset(reg, path="datasets/docs-1.enc", file_sha256=sha256_file(data))
+        add_adapter(reg, "a")
+        reg.set_tag("a@1", "production")
+        export = ws.exports_dir / "a-1.gguf"
+        export.write_bytes(b"gguf bytes")
+        reg.add_export("a@1", format="gguf", path=export)
+    return ws
+
+
+def _findings(ws: Workspace) -> list[str]:
+    with Registry.open(ws) as reg:
+        return verify_workspace(ws, reg).findings
+
+
+def test_clean_workspace_passes(filled: Workspace, cli: CliRunner) -> None:
+    assert _findings(filled) == []
+    result = cli("verify")
+    assert result.returncode == 0, result.stderr
+    assert "verify: all checks passed" in result.stdout
+    report = json.loads(cli("verify", "--json").stdout)
+    assert report["ok"] is True
+    checked = {s["title"].split(" (")[0]: s["checked"] for s in report["sections"]}
+    assert checked["base models"] == 1
+    assert checked["dataset versions"] == 1
+    assert checked["adapter versions"] == 1
+    assert checked["exports"] == 1
+
+
+def test_changed_model_file_fails_verify_with_a_readable_report(
+    filled: Workspace, cli: CliRunner
+) -> None:
+    weights = filled.models_dir / "base" / "files" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a weight changes; the header stays valid
+    weights.write_bytes(bytes(data))
+    result = cli("verify")
+    assert result.returncode == 1
+    assert f"FAIL model base: {weights} changed since the import (sha256)" in result.stdout
+    assert len(result.err_lines) == 1
+    assert result.err_lines[0].startswith("error: verify found 1 problem(s)")
+
+
+@pytest.mark.parametrize(
+    ("artifact", "expected"),
+    [
+        ("datasets/docs-1.enc", "dataset docs@1"),
+        ("adapters/a/1/adapter.enc", "adapter a@1"),
+        ("exports/a-1.gguf", "export of a@1"),
+        ("models/base/files/tokenizer.json", "model base"),
+    ],
+)
+def test_each_kind_of_artifact_is_checked(filled: Workspace, artifact: str, expected: str) -> None:
+    path = filled.home / artifact
+    path.write_bytes(path.read_bytes() + b"!")
+    findings = _findings(filled)
+    assert findings
+    assert all(f.startswith(expected) for f in findings)
+    assert any("changed" in f for f in findings)
+    path.unlink()
+    gone = _findings(filled)
+    assert gone
+    assert all(f.startswith(expected) for f in gone)
+
+
+def test_audit_tampering_and_unregistered_folders_are_findings(filled: Workspace) -> None:
+    conn = sqlite3.connect(filled.registry_path, isolation_level=None)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET user = 'mallory' WHERE seq = 2")
+    conn.close()
+    (filled.models_dir / "stray").mkdir()
+    (filled.models_dir / "stray" / "meta.json").write_text('{"kind": "base_model"}')
+    findings = _findings(filled)
+    assert "audit row 2: its content does not match its hash (it was edited)" in findings
+    assert any("models/stray is not in the registry" in f for f in findings)
+
+
+def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: CliRunner) -> None:
+    with Registry.open(filled) as reg:
+        before = reg.adapter_lineage("a@1")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
+
+    result = cli("verify", "--rebuild-index")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rebuild: added base model base" in result.stdout
+    assert "rebuild: added adapter a@1" in result.stdout
+    with Registry.open(filled) as reg:
+        after = reg.adapter_lineage("a@1")
+        assert reg.base_model("base")["sha256"] == before["base_model"]["sha256"]
+        assert [r["action"] for r in reg.audit_rows()] == ["registry.rebuild"]
+    for key in ("sha256", "metrics", "lib_versions", "config", "seed", "base_model", "path"):
+        assert after[key] == before[key], key
+    assert after["run"] == before["run"]
+    # Dataset versions have no folder metadata: the run keeps its config but loses the link.
+    assert after["dataset"] is None
+
+
+def test_damaged_database_is_moved_aside_and_rebuilt(filled: Workspace, cli: CliRunner) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
+    filled.registry_path.write_bytes(b"garbage" * 1000)
+    broken = cli("verify")
+    assert broken.returncode == 1
+    assert len(broken.err_lines) == 1
+    assert "--rebuild-index" in broken.err_lines[0]
+
+    fixed = cli("verify", "--rebuild-index")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "moved the damaged registry" in fixed.stdout
+    assert list(filled.home.glob("registry.sqlite.damaged-*"))
+    with Registry.open(filled) as reg:
+        assert reg.adapter_version("a")["version"] == 1
+
+
+def test_rebuild_salvages_dataset_rows_from_a_damaged_database(filled: Workspace) -> None:
+    # A database that opens but fails integrity_check: corrupt an index page's content.
+    with Registry.open(filled) as reg:
+        reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn = sqlite3.connect(filled.registry_path, isolation_level=None)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = replace(sql, 'ON runs (base_model_id)', "
+        "'ON runs (state)') WHERE name = 'runs_base_model'"
+    )
+    conn.close()
+    actions = rebuild_index(filled)
+    assert any(a.startswith("moved the damaged registry") for a in actions)
+    assert "salvaged 1 dataset version row(s) from the damaged registry" in actions
+    with Registry.open(filled) as reg:
+        assert reg.adapter_lineage("a@1")["dataset"]["name"] == "docs"
+        assert verify_workspace(filled, reg).ok
