@@ -186,7 +186,11 @@ def test_offline_install_selftest_cli_and_sbom(
     appliance = prefix / "bin" / "appliance"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path / "home"),
+            "APPLIANCE_PASSPHRASE": "correct horse battery staple",
+        }
         return subprocess.run(
             [*netns, str(appliance), *args], capture_output=True, text=True, env=env, check=False
         )
@@ -210,6 +214,26 @@ def test_offline_install_selftest_cli_and_sbom(
     full = run("selftest")
     assert full.returncode == 1
     assert "dependency: torch >= 2.6" in full.stderr
+
+    # A short workflow of the core verbs (workspace, vault, datasets, registry, audit). If this
+    # breaks because a verb now imports torch & co. at module level, import it lazily instead:
+    # a core install has no training stack.
+    home = str(tmp_path / "ws")
+    init = run("--home", home, "init")
+    assert init.returncode == 0, init.stderr
+    data = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(4)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    imported = run("--home", home, "dataset", "import", str(data), "--name", "demo")
+    assert imported.returncode == 0, imported.stderr
+    listed_ds = run("--home", home, "dataset", "list", "--json")
+    assert listed_ds.returncode == 0, listed_ds.stderr
+    assert [(d["name"], d["rows"]) for d in json.loads(listed_ds.stdout)] == [("demo", 4)]
+    audit = run("--home", home, "audit")
+    assert audit.returncode == 0, audit.stderr
 
     # The SBOM lists exactly the distributions that ended up installed.
     listing = subprocess.run(
