@@ -116,18 +116,22 @@ class _Row:
         return value
 
 
-def _conversation(row: _Row, turns: list[tuple[str, str, str]], field: str) -> Row | None:
-    """Check the shape of a conversation of (role, content, path) and build the row."""
+Turn = tuple[str, str, str, str]
+"""(role, content, path of the role, path of the content) of one turn."""
+
+
+def _conversation(row: _Row, turns: list[Turn], field: str) -> Row | None:
+    """Check the shape of a conversation and build the row."""
     if row.problems:
         return None
     if not turns:
         row.fail(field, "empty conversation: it needs a user turn and an assistant turn")
         return None
     expected = "user"
-    for index, (role, content, path) in enumerate(turns):
+    for index, (role, content, role_path, path) in enumerate(turns):
         if role == "system":
             if index != 0:
-                row.fail(path, "a system message may only come first")
+                row.fail(role_path, "a system message may only come first")
             elif not content:
                 row.fail(path, "empty system message")
             continue
@@ -135,7 +139,7 @@ def _conversation(row: _Row, turns: list[tuple[str, str, str]], field: str) -> R
             row.fail(path, f"empty {role} turn")
         if role != expected:
             row.fail(
-                path,
+                role_path,
                 f"two {role} turns in a row (turns must alternate user, assistant, ...)"
                 if index > 0 and turns[index - 1][0] == role
                 else "the conversation must start with a user turn (after an optional system "
@@ -147,7 +151,7 @@ def _conversation(row: _Row, turns: list[tuple[str, str, str]], field: str) -> R
         row.fail(field, "the conversation does not end with an assistant turn")
     if row.problems:
         return None
-    return {"messages": [{"role": r, "content": c} for r, c, _ in turns]}
+    return {"messages": [{"role": r, "content": c} for r, c, _, _ in turns]}
 
 
 def _alpaca(row: _Row) -> Row | None:
@@ -156,15 +160,18 @@ def _alpaca(row: _Row) -> Row | None:
     output = row.nonempty(row.data, "output", "output", "assistant turn (output)")
     system = row.text(row.data, "system", "system", required=False)
     user = f"{instruction}\n\n{extra}" if extra else instruction
-    turns = [("user", user, "instruction"), ("assistant", output, "output")]
+    turns = [
+        ("user", user, "instruction", "instruction"),
+        ("assistant", output, "output", "output"),
+    ]
     if system:
-        turns.insert(0, ("system", system, "system"))
+        turns.insert(0, ("system", system, "system", "system"))
     return _conversation(row, turns, "output")
 
 
 def _turns(
     row: _Row, field: str, role_key: str, text_key: str, roles: Callable[[str], str | None]
-) -> list[tuple[str, str, str]]:
+) -> list[Turn]:
     value = row.json_cell(field)
     if row.problems:
         return []
@@ -189,7 +196,7 @@ def _turns(
             row.fail(f"{path}.{role_key}", "unknown role (expected system, user or assistant)")
             continue
         content = row.text(turn, text_key, f"{path}.{text_key}")
-        turns.append((role, content, f"{path}.{text_key}"))
+        turns.append((role, content, f"{path}.{role_key}", f"{path}.{text_key}"))
     return turns
 
 
@@ -202,7 +209,7 @@ def _sharegpt(row: _Row) -> Row | None:
     turns = _turns(row, "conversations", "from", "value", lambda r: SHAREGPT_ROLES.get(r.lower()))
     system = row.text(row.data, "system", "system", required=False)
     if system and not (turns and turns[0][0] == "system"):
-        turns.insert(0, ("system", system, "system"))
+        turns.insert(0, ("system", system, "system", "system"))
     return _conversation(row, turns, "conversations")
 
 
@@ -210,7 +217,12 @@ def _completion(row: _Row) -> Row | None:
     prompt = row.nonempty(row.data, "prompt", "prompt", "prompt")
     completion = row.nonempty(row.data, "completion", "completion", "completion")
     return _conversation(
-        row, [("user", prompt, "prompt"), ("assistant", completion, "completion")], "completion"
+        row,
+        [
+            ("user", prompt, "prompt", "prompt"),
+            ("assistant", completion, "completion", "completion"),
+        ],
+        "completion",
     )
 
 

@@ -271,7 +271,11 @@ def _read_csv(name: str, text: str, delimiter: str) -> Source:
             if len(cells) != len(names):
                 src.problems.append(
                     Problem(
-                        name, line, None, f"{len(cells)} cells, but the header has {len(names)}"
+                        name,
+                        line,
+                        None,
+                        f"{len(cells)} cell{'s' if len(cells) != 1 else ''}, but the header has "
+                        f"{len(names)}",
                     )
                 )
                 continue

@@ -1,0 +1,125 @@
+"""``appliance init`` with a passphrase and ``appliance passphrase change|add|remove|list``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from appliance.registry import Registry
+from appliance.workspace import open_workspace
+from tests.helpers.cli import CliResult, CliRunner
+
+ALICE = "alice's long passphrase"
+BOB = "bob has another one"
+DATA = Path(__file__).resolve().parents[1] / "data" / "datasets" / "valid"
+
+
+def _ok(result: CliResult) -> CliResult:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _as(passphrase: str, **extra: str) -> dict[str, str]:
+    return {"APPLIANCE_PASSPHRASE": passphrase, **extra}
+
+
+def test_init_without_a_passphrase_leaves_no_vault_until_given(
+    cli: CliRunner, home: Path, tmp_path: Path
+) -> None:
+    result = _ok(cli("init"))
+    assert "no vault yet" in result.stderr
+    assert list((home / "keys").iterdir()) == []
+    refused = cli("dataset", "import", str(DATA / "text.txt"), "--name", "x", env=_as(ALICE))
+    assert refused.returncode == 1
+    assert "has no key slot" in refused.err_lines[-1]
+    assert "run 'appliance init' again" in refused.err_lines[-1]
+
+    short = cli("init", "--kdf-time", "0", env=_as("short"))
+    assert short.returncode == 2
+    assert short.err_lines == [
+        "error: the passphrase must have at least 8 characters; a few unrelated words make a "
+        "good one"
+    ]
+    assert list((home / "keys").iterdir()) == []
+
+    secret_file = tmp_path / "pass.txt"
+    secret_file.write_text(ALICE + "\n")
+    made = _ok(
+        cli("--passphrase-file", str(secret_file), "init", "--label", "alice", "--kdf-time", "0")
+    )
+    assert "Set the passphrase of key slot 'alice' (Argon2id, 64 MiB, 3 passes)" in made.stdout
+    assert (home / "keys" / "alice.slot").is_file()
+    again = _ok(cli("init", env=_as("whatever it is")))
+    assert "already exists" in again.stdout
+    assert sorted(p.name for p in (home / "keys").iterdir()) == ["alice.slot"]
+
+
+def test_change_add_remove(cli: CliRunner, home: Path) -> None:
+    _ok(cli("init", "--label", "alice", "--kdf-time", "0", env=_as(ALICE)))
+    _ok(cli("dataset", "import", str(DATA / "messages.jsonl"), "--name", "m", env=_as(ALICE)))
+    files = {p: p.read_bytes() for p in (home / "datasets").iterdir()}
+    assert len(files) == 1
+
+    wrong = cli(
+        "passphrase",
+        "change",
+        "--kdf-time",
+        "0",
+        env=_as("not alice's", APPLIANCE_NEW_PASSPHRASE="whatever new one"),
+    )
+    assert wrong.returncode == 1
+    assert "wrong passphrase for workspace" in wrong.err_lines[-1]
+    slot_before = (home / "keys" / "alice.slot").read_bytes()
+
+    new = "alice's new passphrase"
+    _ok(
+        cli("passphrase", "change", "--kdf-time", "0", env=_as(ALICE, APPLIANCE_NEW_PASSPHRASE=new))
+    )
+    assert (home / "keys" / "alice.slot").read_bytes() != slot_before
+    assert {p: p.read_bytes() for p in (home / "datasets").iterdir()} == files
+    old = cli("dataset", "show", "m", env=_as(ALICE))
+    assert old.returncode == 1
+    assert "wrong passphrase for workspace" in old.err_lines[-1]
+    _ok(cli("dataset", "show", "m", env=_as(new)))
+
+    _ok(
+        cli(
+            "passphrase",
+            "add",
+            "--label",
+            "bob",
+            "--kdf-time",
+            "0",
+            env=_as(new, APPLIANCE_NEW_PASSPHRASE=BOB),
+        )
+    )
+    taken = cli(
+        "passphrase",
+        "add",
+        "--label",
+        "bob",
+        "--kdf-time",
+        "0",
+        env=_as(new, APPLIANCE_NEW_PASSPHRASE="yet another one"),
+    )
+    assert taken.returncode == 2
+    slots = json.loads(_ok(cli("passphrase", "list", "--json")).stdout)
+    assert [s["label"] for s in slots] == ["alice", "bob"]
+    assert all(s["memory_kib"] >= 65536 and s["iterations"] >= 3 for s in slots)
+    _ok(cli("dataset", "show", "m", env=_as(BOB)))
+
+    unconfirmed = cli("passphrase", "remove", "alice", env=_as(BOB))
+    assert unconfirmed.returncode == 2
+    _ok(cli("passphrase", "remove", "alice", "--yes", env=_as(BOB)))
+    assert cli("dataset", "show", "m", env=_as(new)).returncode == 1
+    last = cli("passphrase", "remove", "bob", "--yes", env=_as(BOB))
+    assert last.returncode == 2
+    assert "is the last one" in last.err_lines[-1]
+    missing = cli("passphrase", "remove", "carol", "--yes", env=_as(BOB))
+    assert missing.returncode == 1
+    assert "no key slot 'carol' (it has: bob)" in missing.err_lines[-1]
+    assert {p: p.read_bytes() for p in (home / "datasets").iterdir()} == files
+
+    with Registry.open(open_workspace(home)) as reg:
+        actions = [r["action"] for r in reg.audit_rows() if r["action"].startswith("passphrase")]
+    assert actions == ["passphrase.change", "passphrase.add", "passphrase.remove"]
