@@ -92,21 +92,11 @@ def build_project_wheel(source: Path, dest: Path) -> Path:
     The tree is copied first so that a build never writes ``build/`` or ``*.egg-info`` into the
     working checkout, and so that ignored local files (venvs, caches, bundles) never leak in.
     """
-    proc = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=source,
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BuildError(f"{source} is not a git checkout: cannot list the project's files")
     with tempfile.TemporaryDirectory(prefix="appliance-src-") as tmp:
         tree = Path(tmp) / "src"
-        for rel in filter(None, proc.stdout.decode().split("\0")):
-            src = source / rel
-            if src.is_file():
-                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, tree / rel)
+        for rel in _project_files(source):
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, tree / rel)
         # The build backend (setuptools) comes from the build environment, not from an index.
         run_pip(
             ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(tree)],
@@ -116,6 +106,30 @@ def build_project_wheel(source: Path, dest: Path) -> Path:
     if len(built) != 1:
         raise BuildError(f"expected one finetune_appliance wheel in {dest}, found {len(built)}")
     return built[0]
+
+
+def _project_files(source: Path) -> list[str]:
+    """The files of the checkout: git's view when there is one, else what the wheel needs."""
+    try:
+        proc = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=source,
+            capture_output=True,
+            check=False,
+        )
+    except FileNotFoundError:  # no git on this machine
+        proc = None
+    if proc is not None and proc.returncode == 0:
+        names = filter(None, proc.stdout.decode().split("\0"))
+        return [n for n in names if (source / n).is_file()]
+    # An exported tree (no .git): the wheel is built from pyproject.toml, README.md and the
+    # two packages setuptools is told to find.
+    files = [n for n in ("pyproject.toml", "README.md") if (source / n).is_file()]
+    for package in ("appliance", "gui"):
+        for path in sorted((source / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files.append(path.relative_to(source).as_posix())
+    return files
 
 
 def read_wheel(path: Path) -> WheelInfo:
