@@ -173,7 +173,7 @@ class RegistryBase:
         Raises:
             PassphraseError: the chain is keyed and this registry was opened without the key.
         """
-        if self._audit_key is None and self.audit_keyed():
+        if self._audit_key is None and (self.audit_keyed() or _has_vault(self.ws)):
             raise PassphraseError(
                 "this command needs the workspace passphrase (the audit log is keyed); give it "
                 "with --passphrase-file or APPLIANCE_PASSPHRASE"
@@ -217,7 +217,10 @@ class RegistryBase:
         Raises:
             PassphraseError: keyed rows exist and this registry has no key to check them.
         """
-        if self._audit_key is None and self.audit_keyed():
+        # With a vault the key is required even when no keyed row is left: a chain stripped of
+        # its keyed rows and rewritten unkeyed must not pass as "nothing to check".
+        vaulted = _has_vault(self.ws)
+        if self._audit_key is None and (vaulted or self.audit_keyed()):
             raise PassphraseError(
                 "the audit log is keyed; give the workspace passphrase to verify it "
                 "(--passphrase-file or APPLIANCE_PASSPHRASE)"
@@ -230,14 +233,13 @@ class RegistryBase:
         report = audit_chain.verify_chain(
             (dict(zip(names, r, strict=True)) for r in rows), self._audit_key
         )
-        if (
-            report.rows
-            and report.keyed_rows == 0
-            and self._audit_key is not None
-            and _has_key_slots(self.ws)
-        ):
+        if vaulted and report.keyed_rows == 0:
+            # Creating the vault writes the first keyed row, so none at all means a rewrite.
             report.problems.append(
-                (report.rows, "the workspace has a vault but no audit row is keyed (rewritten?)")
+                (
+                    max(report.rows, 1),
+                    "the workspace has a vault but no audit row is keyed (the log was rewritten)",
+                )
             )
         return report
 
@@ -251,11 +253,10 @@ class RegistryBase:
         return problems
 
 
-def _has_key_slots(ws: Workspace) -> bool:
-    try:
-        return any(p.is_file() for p in ws.keys_dir.iterdir())
-    except OSError:
-        return False
+def _has_vault(ws: Workspace) -> bool:
+    from appliance.vault import has_vault
+
+    return has_vault(ws)
 
 
 def connect(path: Path) -> sqlite3.Connection:

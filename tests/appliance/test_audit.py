@@ -148,3 +148,33 @@ def test_cli_audit_lists_rows_and_fails_on_tampering(ws: Workspace, cli: CliRunn
     assert broken.err_lines == [broken.err_lines[0]]
     assert broken.err_lines[0].startswith("error: ")
     assert "first bad row: #2" in broken.err_lines[0]
+
+
+def test_vault_workspace_needs_the_key_even_after_keyed_rows_are_stripped(
+    ws: Workspace,
+) -> None:
+    from appliance.vault.keyslots import SLOT_SUFFIX
+
+    (ws.keys_dir / f"owner{SLOT_SUFFIX}").write_text("{}")  # has_vault() only looks for slots
+    with Registry.open(ws, audit_key=KEY) as reg:
+        reg.audit("vault.create", "owner", {})
+        reg.audit("model.import", "m", {})
+    # The forger deletes the keyed log and writes an unkeyed one that chains correctly.
+    _tamper(ws, "DELETE FROM audit")
+    conn = sqlite3.connect(ws.registry_path, isolation_level=None)
+    row = {"seq": 1, "time": "t", "user": "u", "action": "a", "object": "o", "details": "{}"}
+    row["keyed"] = 0
+    conn.execute(
+        "INSERT INTO audit VALUES (1, 't', 'u', 'a', 'o', '{}', 0, ?, ?)",
+        ("0" * 64, row_hash(row, "0" * 64, None)),
+    )
+    conn.close()
+    with Registry.open(ws) as reg:
+        with pytest.raises(PassphraseError):
+            reg.verify_audit()
+        with pytest.raises(PassphraseError):
+            reg.audit("more", "x", {})
+    with Registry.open(ws, audit_key=KEY) as reg:
+        report = reg.verify_audit()
+    assert not report.ok
+    assert "no audit row is keyed" in report.problems[0][1]
