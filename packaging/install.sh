@@ -18,6 +18,8 @@ set -euo pipefail
 umask 022
 
 BUNDLE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+# sudo -i, cron and `env -i` may leave HOME unset; everything below needs one.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
 SITE_DIR=/etc/finetune-appliance
 PUBKEY="${APPLIANCE_BUNDLE_PUBKEY:-}"
 VERIFIER=""
