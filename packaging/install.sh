@@ -106,6 +106,10 @@ fi
 
 # --- 2. a fresh release folder, removed again on any failure ----------------------------------
 mkdir -p -- "$PREFIX/releases"
+# One install at a time per prefix: the stale-release sweep below must not take a concurrent
+# install's folder for the leftovers of a crash.
+exec 9>"$PREFIX/.install.lock"
+flock -n 9 || die "another install into $PREFIX is running; wait for it to finish"
 for stale in "$PREFIX"/releases/*/.incomplete; do
     # An install killed hard (power cut, kill -9) could not clean up after itself.
     if [ -e "$stale" ]; then rm -rf -- "$(dirname -- "$stale")"; fi
