@@ -140,6 +140,7 @@ def _stage_folder(source: Path, staging: Path, link: bool, report: Progress) -> 
     else:
         folder = staging / FILES_DIR
         manifest = _copy_files(source, folder, rels, total, report)
+    report(0, 0, "verifying")
     fields = _check_and_describe(folder, files_checked=not link)
     return {
         **fields,
@@ -220,6 +221,7 @@ def _stage_gguf(ws: Workspace, source: Path, staging: Path, report: Progress) ->
     rels = [p.relative_to(folder).as_posix() for p in scan_folder(folder)]
     total = sum((folder / r).stat().st_size for r in rels)
     manifest = _hash_files(folder, rels, total, report)
+    report(0, 0, "verifying")
     fields = _check_and_describe(folder, files_checked=False)
     return {
         **fields,
