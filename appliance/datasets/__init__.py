@@ -14,6 +14,7 @@ in-memory pipeline), :mod:`.store` (vault + registry), :mod:`.tokens` (token sta
 from __future__ import annotations
 
 from appliance.datasets.canonical import content
+from appliance.datasets.canonical import decode as decode_rows
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.datasets.problems import DatasetValidationError, Problem
@@ -33,6 +34,7 @@ __all__ = [
     "Prepared",
     "Problem",
     "content",
+    "decode_rows",
     "delete_version",
     "describe",
     "export_version",

@@ -29,24 +29,32 @@ SPLITS = ("train", "eval")
 MAX_EVAL_FRACTION = 0.5
 
 
+# One encoder for all rows: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 def row_bytes(row: Row) -> bytes:
     """The canonical serialisation of one row (with or without its split)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    return _ENCODER.encode(row).encode()
 
 
-def dedupe(rows: Iterable[Row]) -> tuple[list[Row], int]:
-    """Rows without exact duplicates (the first occurrence stays), and how many were removed."""
+def dedupe(rows: Iterable[Row]) -> tuple[list[Row], list[bytes], int]:
+    """Rows without exact duplicates (the first occurrence stays), their canonical bytes, and
+    how many were removed."""
     seen: set[bytes] = set()
     kept: list[Row] = []
+    encoded: list[bytes] = []
     removed = 0
     for row in rows:
-        key = hashlib.sha256(row_bytes(row)).digest()
+        data = row_bytes(row)
+        key = hashlib.sha256(data).digest()
         if key in seen:
             removed += 1
         else:
             seen.add(key)
             kept.append(row)
-    return kept, removed
+            encoded.append(data)
+    return kept, encoded, removed
 
 
 def check_eval_fraction(value: float) -> float:
@@ -57,28 +65,37 @@ def check_eval_fraction(value: float) -> float:
     return value
 
 
-def split(rows: Sequence[Row], eval_fraction: float, seed: int) -> list[str]:
-    """The split of each row: the ``round(n * fraction)`` rows whose keyed hash is smallest
-    go to eval (at least one when the fraction is above 0, never all).
+def split(encoded: Sequence[bytes], eval_fraction: float, seed: int) -> list[str]:
+    """The split of each row (given as its canonical bytes): the ``round(n * fraction)`` rows
+    whose keyed hash is smallest go to eval (at least one when the fraction is above 0, never
+    all).
 
     Ranking by ``sha256(seed, row)`` rather than by position makes the split independent of
     the order of rows in the file and reproducible from the seed alone.
     """
     check_eval_fraction(eval_fraction)
-    n = len(rows)
+    n = len(encoded)
     wanted = round(n * eval_fraction)
     n_eval = min(max(wanted, 1), n - 1) if eval_fraction > 0 and n >= 2 else 0
     salt = f"appliance split v1 seed {seed}\n".encode()
-    ranked = sorted(range(n), key=lambda i: hashlib.sha256(salt + row_bytes(rows[i])).digest())
+    ranked = sorted(range(n), key=lambda i: hashlib.sha256(salt + encoded[i]).digest())
     eval_rows = set(ranked[:n_eval])
     return ["eval" if i in eval_rows else "train" for i in range(n)]
 
 
-def encode(rows: Sequence[Row], splits: Sequence[str]) -> bytes:
-    """The stored plaintext of a version."""
-    return b"".join(
-        row_bytes({**row, "split": s}) + b"\n" for row, s in zip(rows, splits, strict=True)
-    )
+def with_split(encoded: bytes, split_name: str) -> bytes:
+    """``row_bytes({**row, "split": split_name})`` from ``row_bytes(row)`` without encoding
+    again: a canonical row has the one key "messages" (sorted before "split") or "text"
+    (sorted after it)."""
+    tag = b'"split":"' + split_name.encode() + b'"'
+    if encoded.startswith(b'{"messages":'):
+        return encoded[:-1] + b"," + tag + b"}"
+    return b"{" + tag + b"," + encoded[1:]
+
+
+def encode(encoded: Sequence[bytes], splits: Sequence[str]) -> bytes:
+    """The stored plaintext of a version from its rows' canonical bytes and splits."""
+    return b"".join(with_split(e, s) + b"\n" for e, s in zip(encoded, splits, strict=True))
 
 
 def decode(data: bytes | bytearray, what: str) -> list[Row]:
@@ -89,7 +106,9 @@ def decode(data: bytes | bytearray, what: str) -> list[Row]:
             written wrongly; should never happen).
     """
     rows = []
-    for number, line in enumerate(bytes(data).split(b"\n")[:-1], start=1):
+    # bytearray.split gives bytearrays, which json.loads reads without another copy.
+    lines: list[bytes | bytearray] = list(data.split(b"\n"))
+    for number, line in enumerate(lines[:-1], start=1):
         try:
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -88,9 +88,10 @@ def prepare(
         if problems:
             raise DatasetValidationError(src.file, problems, "no valid row is left to import")
         raise DatasetError(f"{src.file}: no examples found; nothing was imported")
-    rows, removed = canonical.dedupe(row for _, row in numbered)
-    splits = canonical.split(rows, eval_fraction, seed)
-    plaintext = canonical.encode(rows, splits)
+    rows, encoded, removed = canonical.dedupe(row for _, row in numbered)
+    splits = canonical.split(encoded, eval_fraction, seed)
+    plaintext = canonical.encode(encoded, splits)
+    del encoded
     return Prepared(
         source_name=src.file,
         format=chosen,

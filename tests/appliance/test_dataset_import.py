@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from appliance import datasets, workspace
-from appliance.datasets.canonical import content, split
+from appliance.datasets.canonical import content, row_bytes, split, with_split
 from appliance.datasets.problems import DatasetValidationError
 from appliance.datasets.sources import MAX_ROW_BYTES
 from appliance.errors import DatasetError, IntegrityError, UsageError
@@ -340,9 +340,10 @@ def test_versions_duplicates_and_split(env: Env, tmp_path: Path) -> None:
         assert [content(r) for r in loaded] == rows
         # The split is frozen in the stored rows and independent of row order.
         stored = [r["split"] for r in loaded]
-        assert stored == split(rows, 0.1, 1)
-        reordered = list(reversed(rows))
-        assert list(reversed(split(reordered, 0.1, 1))) == stored
+        encoded = [row_bytes(r) for r in rows]
+        assert stored == split(encoded, 0.1, 1)
+        assert list(reversed(split(encoded[::-1], 0.1, 1))) == stored
+        assert all(row_bytes(r) == with_split(row_bytes(content(r)), r["split"]) for r in loaded)
         assert reg.dataset_version("split")["version"] == 3
     finally:
         for v in (v1, v2, v3):
