@@ -1,12 +1,109 @@
-"""``appliance export``: merged, adapter and GGUF exports (placeholder until export lands)."""
+"""``appliance export``: merged safetensors, PEFT adapter or GGUF + Modelfile, verified."""
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from appliance.cli import stubs
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from appliance.cli.context import err, out, print_json, state
+
+_STAGES = {
+    "checking": "Checking adapter and base",
+    "loading": "Loading base model",
+    "reference": "Running the adapter",
+    "merging": "Merging",
+    "writing": "Writing",
+    "verifying": "Reloading and verifying",
+    "finishing": "Manifest and model card",
+}
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the ``appliance`` command."""
-    stubs.command(app, "export", "Export an adapter: merged safetensors, PEFT adapter or GGUF.")
+    app.command("export")(export)
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Any]:
+    """A ``(done, total, stage)`` callback drawn on stderr when it is a terminal."""
+    if not err.is_terminal:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("Starting", total=None)
+
+    def update(done: int, total: int, stage: str) -> None:
+        bar.update(
+            task,
+            description=_STAGES.get(stage, stage),
+            completed=done,
+            total=total if total > 0 else None,
+        )
+
+    with bar:
+        yield update
+
+
+def export(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Adapter version: NAME, NAME@N or NAME@TAG."),
+    format: str = typer.Option(
+        ..., "--format", "-f", help="merged (safetensors), adapter (PEFT) or gguf (+ Modelfile)."
+    ),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Destination folder (created)."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="bf16, fp16 or fp32 (default bf16; adapter: as trained)."
+    ),
+    gguf_type: str | None = typer.Option(
+        None, "--gguf-type", help="GGUF matrices: f16, q8_0 (default) or q4_0."
+    ),
+    max_shard_size: str | None = typer.Option(
+        None, "--max-shard-size", help="Largest safetensors shard, e.g. 500MB or 5GB (merged)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace the destination if it exists."),
+    json_out: bool = typer.Option(False, "--json", help="Print the export record as JSON."),
+) -> None:
+    """Export an adapter for local serving, verified against the unmerged model."""
+    from appliance.export import ExportOptions, export_adapter
+    from appliance.export.verify import describe
+
+    options = ExportOptions.checked(
+        format,
+        out_dir,
+        dtype=dtype,
+        gguf_type=gguf_type,
+        max_shard_size=max_shard_size,
+        force=force,
+    )
+    st = state(ctx)
+    ws = st.workspace()
+    vault = st.vault(ws)
+    with st.registry(ws) as reg, _progress_bar() as callback:
+        result = export_adapter(vault, reg, ref, options, progress=callback)
+    if json_out:
+        print_json(result.to_json())
+        return
+    for warning in result.warnings:
+        err.print(f"warning: {warning}")
+    what = options.format
+    if options.format == "gguf":
+        what = f"GGUF {options.gguf_type.upper()}"
+    elif result.details.get("dtype"):
+        what = f"{options.format} {result.details['dtype']}"
+    out.print(
+        f"Exported {result.ref} as {what} to {result.path} "
+        f"({len(result.files)} files, {result.bytes / 1024**2:.1f} MiB)"
+    )
+    out.print(f"Verified: {describe(result.verification)}")

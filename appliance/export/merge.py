@@ -1,0 +1,170 @@
+"""Load the base unquantised, apply the adapter, merge it, and save merged or adapter folders.
+
+The base is always loaded from its safetensors folder in the export's dtype on the CPU, never in
+4-bit: merging into NF4 weights requantises the sum and loses about the adapter's own effect
+(FACTS.md). ``merge_and_unload`` then adds each LoRA product into its layer in place, one layer
+at a time, so the peak stays at one copy of the model plus one layer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.adapters import AdapterWeights, apply_to
+from appliance.errors import ExportError
+from appliance.export import shards
+from appliance.export.options import check_cancel
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+TORCH_DTYPES = ("bf16", "fp16", "fp32")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``bf16``/``fp16``/``fp32`` as a torch dtype."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The base model's ``config.json`` as a dict."""
+    try:
+        data: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"cannot read {folder / 'config.json'}: {exc}; run 'appliance verify' on the workspace"
+        ) from None
+    return data
+
+
+def stored_dtype(config: dict[str, Any]) -> str:
+    """The precision the base's weights are stored in, as ``bf16``/``fp16``/``fp32``."""
+    raw = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(raw, "fp32")
+
+
+def refuse_quantized(config: dict[str, Any], folder: Path) -> None:
+    """An export merges into full-precision weights only.
+
+    Raises:
+        ExportError: the base folder holds quantised weights (bitsandbytes, GPTQ, AWQ...).
+    """
+    quant = config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+        raise ExportError(
+            f"the base model in {folder} is stored quantised ({method}); merging into quantised "
+            "weights loses the adapter's effect, so the appliance does not do it: import the "
+            "unquantised base model (safetensors in bf16/fp16/fp32) and train on that"
+        )
+
+
+def load_base(folder: Path, dtype: str) -> PreTrainedModel:
+    """The base model, unquantised, in ``dtype``, on the CPU, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    refuse_quantized(read_config(folder), folder)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=torch_dtype(dtype),
+        local_files_only=True,
+        trust_remote_code=False,
+        device_map=None,
+    )
+    return model.eval()
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The base model's tokenizer (local files only)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+
+
+def apply_adapter(base: PreTrainedModel, weights: AdapterWeights) -> PeftModel:
+    """The base with the adapter applied (unmerged): the reference every export is checked on."""
+    model = apply_to(base, weights)
+    return model.eval()
+
+
+def merge(model: PeftModel) -> PreTrainedModel:
+    """Add the adapter into the base weights (in place) and drop the LoRA layers.
+
+    Raises:
+        ExportError: the merge produced NaN or infinite weights.
+    """
+    try:
+        merged: PreTrainedModel = model.merge_and_unload(progressbar=False, safe_merge=True)
+    except ValueError as exc:  # peft's safe_merge reports broken weights as ValueError
+        raise ExportError(
+            f"merging the adapter gave invalid weights ({exc}); try --dtype fp32"
+        ) from None
+    return merged.eval()
+
+
+def save_merged(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    folder: Path,
+    dtype: str,
+    max_shard_size: int,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[str]:
+    """Write a transformers model folder: config, generation config, shards, tokenizer."""
+    model.config.dtype = torch_dtype(dtype)
+    if hasattr(model.config, "quantization_config"):  # a plain model: no quantiser marker
+        del model.config.quantization_config
+    files = shards.save_sharded(
+        folder, model.state_dict(), max_shard_size, on_bytes=on_bytes, cancel=cancel
+    )
+    check_cancel(cancel)
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return files
+
+
+def save_adapter(
+    weights: AdapterWeights,
+    folder: Path,
+    *,
+    base_name: str,
+    base_sha256: str,
+    dtype: str | None,
+) -> list[str]:
+    """Write a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``).
+
+    ``base_model_name_or_path`` names the workspace's base model; its hash is in the
+    safetensors metadata, so the base it must be loaded on can always be identified.
+    """
+    config = {**weights.config, "base_model_name_or_path": base_name, "inference_mode": True}
+    tensors = weights.tensors
+    if dtype is not None:
+        target = torch_dtype(dtype)
+        tensors = {k: v.to(target) for k, v in tensors.items()}
+    meta = {"format": "pt", "base_model": base_name, "base_model_sha256": base_sha256}
+    shards.write_file(folder / ADAPTER_WEIGHTS, tensors, meta)
+    with open(folder / ADAPTER_CONFIG, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+
+
+def load_saved_adapter(base: PreTrainedModel, folder: Path) -> PeftModel:
+    """Load an exported adapter folder onto ``base`` the way a user would, with peft."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, folder, is_trainable=False, local_files_only=True)
+    return model.eval()

@@ -1,0 +1,465 @@
+"""One export, start to finish: checks, build in a staging folder, verify, rename, record.
+
+The staging folder sits next to the destination (``.NAME.partial-xxxx``), so plaintext weights
+are only ever written where the user asked, and the final rename is atomic on that file
+system. Nothing reaches the destination, the registry or the audit log's ``export.create``
+until the reloaded files verified; any failure (verification, cancel, full disk) removes the
+staging folder and leaves an existing destination untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import secrets
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance import adapters
+from appliance.errors import ExportError
+from appliance.export import card, gguf_writer, merge, modelfile, verify
+from appliance.export.options import ExportOptions, Progress, check_cancel
+from appliance.fsutil import fsync_dir, sha256_file
+from appliance.models import resolve_model_for_use
+from appliance.registry import Registry
+from appliance.registry.folders import manifest_digest
+from appliance.vault import Vault
+
+BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_0": 0.6}
+
+
+@dataclass
+class ExportResult:
+    """A verified export, in place and recorded."""
+
+    ref: str
+    format: str
+    path: Path
+    files: list[str]
+    bytes: int
+    sha256: str
+    export_id: int
+    verification: dict[str, Any]
+    details: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.export_id,
+            "adapter": self.ref,
+            "format": self.format,
+            "path": str(self.path),
+            "files": self.files,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "verification": self.verification,
+            "details": self.details,
+            "warnings": self.warnings,
+        }
+
+
+def _no_progress(done: int, total: int, stage: str) -> None:
+    pass
+
+
+def check_destination(out: Path, force: bool, workspace_home: Path) -> None:
+    """Refuse a destination that exists (without ``force``) or lies inside the workspace.
+
+    Raises:
+        ExportError: naming the path and what to do.
+    """
+    home = workspace_home.resolve()
+    target = out.resolve()
+    if target == home or home in target.parents:
+        raise ExportError(
+            f"{out} is inside the workspace {home}, where only encrypted data may live; "
+            "choose a destination outside it with --out"
+        )
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; choose another --out, or pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ExportError(f"the folder {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"cannot write in {out.parent}; choose a destination you can write to")
+
+
+def export_adapter(
+    vault: Vault,
+    reg: Registry,
+    ref: str,
+    options: ExportOptions,
+    *,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ExportResult:
+    """Export adapter version ``ref`` (NAME[@N|@TAG]) as ``options`` say, verified.
+
+    Holds the workspace's writer lock throughout. ``progress(done, total, stage)`` is called
+    from this thread; setting ``cancel`` stops the export at the next step.
+
+    Raises:
+        NotFoundError: no such adapter version.
+        IntegrityError: the adapter or its base model is damaged (nothing is written).
+        ExportError: refused, failed verification, cancelled, or the disk is full; the
+            destination is left as it was.
+    """
+    report = progress or _no_progress
+    ws = vault.ws
+    out = options.out
+    check_destination(out, options.force, ws.home)
+    with ws.writer("export"):
+        report(0, 0, "checking")
+        record, weights = adapters.load(vault, reg, ref)  # authenticated before any write
+        lineage = reg.adapter_lineage(record["ref"])
+        base = lineage["base_model"]
+        if base is None:
+            raise ExportError(
+                f"adapter {record['ref']} has no base model in its lineage (no training run "
+                "recorded), so it cannot be merged or verified"
+            )
+        folder = resolve_model_for_use(ws, reg, base["name"])
+        config = merge.read_config(folder)
+        merge.refuse_quantized(config, folder)
+        if options.format == "gguf":
+            gguf_writer.check_supported(config)
+            gguf_writer.check_tokenizer(folder)
+        dtype = options.weights_dtype or merge.stored_dtype(config)
+        _check_space(out.parent, _estimate_bytes(options, weights, base, dtype))
+        check_cancel(cancel)
+        staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            build = _Build(options, record, lineage, weights, folder, config, dtype, staging)
+            build.run(report, cancel)
+            if not build.figures["passed"]:
+                reg.audit(
+                    "export.failed",
+                    record["ref"],
+                    {"format": options.format, "path": str(out), "verification": build.figures},
+                )
+                raise ExportError(
+                    f"the {options.format} export of {record['ref']} failed verification "
+                    f"({verify.describe(build.figures)}); its files were removed and nothing "
+                    "was written to the destination: report this with the figures"
+                )
+            report(0, 0, "finishing")
+            details = build.finish()
+            return _install(reg, record["ref"], options, staging, details, build)
+        except OSError as exc:
+            raise _disk_error(exc, out) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Build:
+    """The work inside the staging folder for one export."""
+
+    def __init__(
+        self,
+        options: ExportOptions,
+        record: dict[str, Any],
+        lineage: dict[str, Any],
+        weights: adapters.AdapterWeights,
+        base_folder: Path,
+        config: dict[str, Any],
+        dtype: str,
+        staging: Path,
+    ) -> None:
+        self.options = options
+        self.record = record
+        self.lineage = lineage
+        self.weights = weights
+        self.base_folder = base_folder
+        self.config = config
+        self.dtype = dtype
+        self.staging = staging
+        self.figures: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self.warnings: list[str] = []
+
+    def run(self, report: Progress, cancel: threading.Event | None) -> None:
+        tokenizer = merge.load_tokenizer(self.base_folder)
+        translation = None
+        if self.options.format == "gguf":
+            try:
+                translation = modelfile.translate(tokenizer)
+            except ExportError as exc:
+                self.warnings.append(f"no Modelfile written: {exc}")
+        prompts = verify.probe_prompts(tokenizer)
+        report(0, 0, "loading")
+        check_cancel(cancel)
+        model = merge.apply_adapter(merge.load_base(self.base_folder, self.dtype), self.weights)
+        report(0, 0, "reference")
+        reference = verify.run_probe(model, prompts)
+        check_cancel(cancel)
+        written = _Counter(report, self._write_total())
+        if self.options.format == "adapter":
+            merge.save_adapter(
+                self.weights,
+                self.staging,
+                base_name=self.lineage["base_model"]["name"],
+                base_sha256=self.lineage["base_model"]["sha256"],
+                dtype=self.options.dtype,
+            )
+            report(0, 0, "verifying")
+            reloaded = merge.load_saved_adapter(model.unload(), self.staging)
+            candidate = verify.run_probe(reloaded, prompts)
+            exact = self.options.dtype in (None, "fp32")
+            self.figures = verify.compare(
+                reference, candidate, dtype=self.dtype, require_greedy=exact
+            )
+            self.extra["lora_rank"] = self.weights.config.get("r")
+            return
+        report(0, 0, "merging")
+        merged = merge.merge(model)
+        del model
+        check_cancel(cancel)
+        if self.options.format == "merged":
+            merge.save_merged(
+                merged,
+                tokenizer,
+                self.staging,
+                self.dtype,
+                self.options.max_shard_size,
+                on_bytes=written,
+                cancel=cancel,
+            )
+            del merged
+            gc.collect()
+            report(0, 0, "verifying")
+            reloaded = _load_merged(self.staging, self.dtype)
+            self.figures = verify.compare(
+                reference,
+                verify.run_probe(reloaded, prompts),
+                dtype=self.dtype,
+                require_greedy=self.dtype == "fp32",
+            )
+            return
+        gguf_name = (
+            f"{self.record['name']}-{self.record['version']}.{self.options.gguf_type.upper()}.gguf"
+        )
+        stats = gguf_writer.write_gguf(
+            self.staging / gguf_name,
+            merged.state_dict(),
+            self.config,
+            self.base_folder,
+            self.options.gguf_type,
+            model_name=self.record["ref"],
+            on_bytes=written,
+            cancel=cancel,
+        )
+        del merged
+        gc.collect()
+        report(0, 0, "verifying")
+        self.figures = _verify_gguf(self.staging, gguf_name, tokenizer, prompts, reference, self)
+        self.figures["weight_error"] = stats["weight_error"]
+        self.extra["gguf_file"] = gguf_name
+        if translation is not None:
+            self._write_modelfile(gguf_name, translation)
+
+    def _write_total(self) -> int:
+        params = int(self.lineage["base_model"].get("parameters") or 0)
+        per = BYTES_PER_PARAM[
+            self.options.gguf_type if self.options.format == "gguf" else self.dtype
+        ]
+        return int(params * per)
+
+    def _write_modelfile(self, gguf_name: str, translation: modelfile.Translation) -> None:
+        gen_path = self.base_folder / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        params = modelfile.parameters(gen, self.config.get("max_position_embeddings"))
+        header = (
+            f"{self.record['ref']} on {self.lineage['base_model']['name']}, exported by the "
+            f"appliance.\nollama create {self.record['name']} -f Modelfile"
+        )
+        text = modelfile.render_modelfile(gguf_name, translation, params, header)
+        with open(self.staging / "Modelfile", "x", encoding="utf-8") as handle:
+            handle.write(text)
+        self.extra["modelfile_stops"] = translation.stops
+
+    def finish(self) -> dict[str, Any]:
+        """Write the model card and MANIFEST; returns the export's details."""
+        export = {
+            "adapter": self.record["ref"],
+            "format": self.options.format,
+            "dtype": self.dtype,
+            "base_model": self.lineage["base_model"]["name"],
+            "base_model_sha256": self.lineage["base_model"]["sha256"],
+            **({"gguf_type": self.options.gguf_type} if self.options.format == "gguf" else {}),
+            **self.extra,
+        }
+        text = card.model_card(
+            lineage=self.lineage, export=export, verification=self.figures, out=self.options.out
+        )
+        card.write_card(self.staging, text)
+        document = card.manifest(self.staging, export=export, verification=self.figures)
+        card.write_manifest(self.staging, document)
+        for rel in [*document["files"], card.MANIFEST]:
+            _fsync(self.staging / rel)
+        fsync_dir(self.staging)
+        hashes = {**document["files"], card.MANIFEST: sha256_file(self.staging / card.MANIFEST)}
+        total = sum((self.staging / rel).stat().st_size for rel in hashes)
+        return {**export, "files": sorted(hashes), "bytes": total, "hashes": hashes}
+
+
+def _verify_gguf(
+    staging: Path,
+    gguf_name: str,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    reference: verify.Probe,
+    build: _Build,
+) -> dict[str, Any]:
+    """Reload the GGUF file with transformers' own reader and compare; tokenizer included."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        staging,
+        gguf_file=gguf_name,
+        dtype=torch.float32,
+        local_files_only=True,
+        trust_remote_code=False,
+    ).eval()
+    figures = verify.compare(
+        reference,
+        verify.run_probe(model, prompts),
+        dtype=build.dtype,
+        gguf_type=build.options.gguf_type,
+        require_greedy=False,
+    )
+    del model
+    gguf_tokenizer = AutoTokenizer.from_pretrained(
+        staging, gguf_file=gguf_name, local_files_only=True, trust_remote_code=False
+    )
+    texts = [tokenizer.decode(ids) for ids in prompts]
+    same = all(
+        gguf_tokenizer(t, add_special_tokens=False)["input_ids"]
+        == tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in texts
+    )
+    figures["tokenizer_match"] = same
+    figures["passed"] = bool(figures["passed"] and same)
+    return figures
+
+
+def _load_merged(folder: Path, dtype: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=merge.torch_dtype(dtype),
+        local_files_only=True,
+        trust_remote_code=False,
+    ).eval()
+
+
+class _Counter:
+    """Turns per-chunk byte counts into ``progress(done, total, "writing")`` calls."""
+
+    def __init__(self, report: Progress, total: int) -> None:
+        self.report = report
+        self.total = total
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.report(self.done, max(self.total, self.done), "writing")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _install(
+    reg: Registry,
+    ref: str,
+    options: ExportOptions,
+    staging: Path,
+    details: dict[str, Any],
+    build: _Build,
+) -> ExportResult:
+    """Rename the verified folder into place, then record it; undo the rename if that fails."""
+    out = options.out
+    hashes: dict[str, str] = details.pop("hashes")
+    digest = manifest_digest(hashes)
+    old: Path | None = None
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    fsync_dir(out.parent)
+    registry_details = {
+        **details,
+        "verification": build.figures,
+        "warnings": build.warnings,
+    }
+    try:
+        export_id = reg.add_export(
+            ref, format=options.format, path=out, sha256=digest, details=registry_details
+        )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return ExportResult(
+        ref=ref,
+        format=options.format,
+        path=out,
+        files=details["files"],
+        bytes=details["bytes"],
+        sha256=digest,
+        export_id=export_id,
+        verification=build.figures,
+        details=registry_details,
+        warnings=build.warnings,
+    )
+
+
+def _estimate_bytes(
+    options: ExportOptions, weights: adapters.AdapterWeights, base: dict[str, Any], dtype: str
+) -> int:
+    if options.format == "adapter":
+        return sum(t.numel() * t.element_size() for t in weights.tensors.values()) + (1 << 20)
+    params = int(base.get("parameters") or 0)
+    per = BYTES_PER_PARAM[options.gguf_type if options.format == "gguf" else dtype]
+    return int(params * per * 1.02) + (16 << 20)  # headers, tokenizer, card
+
+
+def _check_space(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise ExportError(
+            f"not enough disk space in {folder}: the export needs about {_mib(need)} and "
+            f"{_mib(free)} are free; free some space or choose another --out"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def _disk_error(exc: OSError, out: Path) -> ExportError:
+    if exc.errno == errno.ENOSPC:
+        return ExportError(
+            f"out of disk space while writing the export to {out.parent}; the partial output "
+            "was removed: free some space or choose another --out"
+        )
+    return ExportError(
+        f"cannot write the export to {out}: {exc.strerror or exc}; the partial output was removed"
+    )

@@ -1,0 +1,242 @@
+"""Export on the tiny model: every format written, reloaded, verified and checked exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from appliance import adapters, workspace
+from appliance.export import ExportOptions, export_adapter
+from appliance.export import card as export_card
+from appliance.export.gguf_writer import permute
+from appliance.registry import Registry
+from appliance.vault import Vault
+from tests.helpers.adapters import make_adapter, open_store
+
+Store = tuple[Vault, Registry, str]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Store]:
+    """One workspace with the tiny base model and one random LoRA adapter, for the module."""
+    torch.set_num_threads(1)
+    ws, _ = workspace.init(tmp_path_factory.mktemp("export") / "ws")
+    vault, reg = open_store(ws)
+    ref = make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    yield vault, reg, ref
+    reg.close()
+
+
+def _export(store: Store, out: Path, fmt: str, **options: object) -> object:
+    vault, reg, ref = store
+    stages: list[str] = []
+    result = export_adapter(
+        vault,
+        reg,
+        ref,
+        ExportOptions.checked(fmt, out, **options),  # type: ignore[arg-type]
+        progress=lambda done, total, stage: stages.append(stage),
+    )
+    assert stages[0] == "checking"
+    assert stages[-1] == "finishing"
+    assert "verifying" in stages
+    return result
+
+
+def _hand_merge(base_dir: Path, weights: adapters.AdapterWeights) -> dict[str, torch.Tensor]:
+    """W + (alpha / r) B A for every adapted layer, computed without peft."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(base_dir / "model.safetensors"))
+    scale = weights.config["lora_alpha"] / weights.config["r"]
+    merged = dict(base)
+    for key, a in weights.tensors.items():
+        if ".lora_A." not in key:
+            continue
+        b = weights.tensors[key.replace(".lora_A.", ".lora_B.")]
+        target = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight")
+        merged[target] = base[target] + scale * (b @ a)
+    return merged
+
+
+def test_merged_fp32_equals_a_hand_merge(store: Store, tiny_llama: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    vault, reg, ref = store
+    out = tmp_path / "merged"
+    result = _export(store, out, "merged", dtype="fp32")
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(result.files)  # type: ignore[attr-defined]
+    assert {"MANIFEST", "README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(
+        result.files  # type: ignore[attr-defined]
+    )
+    _, weights = adapters.load(vault, reg, ref)
+    expected = _hand_merge(tiny_llama, weights)
+    written = load_file(str(out / "model.safetensors"))
+    assert written.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert written[key].dtype == torch.float32
+        torch.testing.assert_close(written[key], tensor, atol=2e-6, rtol=0)
+    changed = [k for k in expected if "q_proj" in k]
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    assert all(not torch.equal(written[k], base[k]) for k in changed)
+
+    figures = result.verification  # type: ignore[attr-defined]
+    assert figures["passed"]
+    assert figures["greedy_required"]
+    assert figures["greedy_tokens_matching"] == figures["greedy_tokens"] == 24
+    assert figures["max_abs_diff"] <= figures["tolerance"] < 1e-4
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert "im_start" in (out / "chat_template.jinja").read_text()
+    assert not list(tmp_path.glob(".merged*"))  # no staging folder left behind
+
+    assert export_card.check_manifest(out) == []
+    manifest = json.loads((out / "MANIFEST").read_text())
+    assert manifest["verification"] == figures
+    card = (out / "README.md").read_text()
+    assert "tiny" in card
+    assert "contracts@" in card
+    assert "max |Δlogit|" in card
+
+    rows = [e for e in reg.exports(ref) if e["path"] == str(out)]
+    assert len(rows) == 1
+    assert rows[0]["format"] == "merged"
+    assert rows[0]["details"]["verification"]["passed"] is True
+    assert rows[0]["sha256"] == result.sha256  # type: ignore[attr-defined]
+    audit = reg.audit_rows(action="export.create")
+    details = [
+        r["details"] if isinstance(r["details"], dict) else json.loads(r["details"]) for r in audit
+    ]
+    assert any(d["path"] == str(out) for d in details)
+
+
+def test_merged_bf16_in_shards_reloads(store: Store, tmp_path: Path) -> None:
+    vault, reg, ref = store
+    out = tmp_path / "sharded"
+    options = dataclasses.replace(ExportOptions.checked("merged", out), max_shard_size=40_000)
+    result = export_adapter(vault, reg, ref, options)
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    assert (out / "model.safetensors.index.json").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    assert result.details["dtype"] == "bf16"
+    assert result.verification["passed"]
+    # bf16: within a few units in the last place at the logits' scale, and not trivially 0.
+    assert result.verification["tolerance"] < 0.1 * result.verification["logits_scale"]
+
+
+def test_adapter_folder_is_peft_and_exact(store: Store, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    vault, reg, ref = store
+    out = tmp_path / "adapter"
+    result = _export(store, out, "adapter")
+    _, weights = adapters.load(vault, reg, ref)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny"
+    assert config["peft_type"] == "LORA"
+    assert config["r"] == weights.config["r"]
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+        assert meta["base_model_sha256"] == reg.base_model("tiny")["sha256"]
+        assert set(handle.keys()) == set(weights.tensors)
+        for key in handle:
+            assert torch.equal(handle.get_tensor(key), weights.tensors[key])
+    assert result.verification["max_abs_diff"] == 0.0  # type: ignore[attr-defined]
+
+
+def test_gguf_f16_layout_is_what_llama_cpp_expects(
+    store: Store, tiny_llama: Path, tmp_path: Path
+) -> None:
+    import gguf
+
+    vault, reg, ref = store
+    out = tmp_path / "gguf"
+    result = _export(store, out, "gguf", gguf_type="f16", dtype="fp32")
+    assert result.verification["passed"]
+    assert result.verification["tokenizer_match"]
+    path = out / "legal-1.F16.gguf"
+    reader = gguf.GGUFReader(path)
+
+    def field(name: str) -> object:
+        return reader.fields[name].contents()
+
+    assert field("general.architecture") == "llama"
+    assert field("llama.block_count") == 2
+    assert field("llama.attention.head_count") == 4
+    assert field("llama.attention.head_count_kv") == 2
+    assert field("llama.rope.freq_base") == pytest.approx(10000.0)
+    assert field("general.file_type") == gguf.LlamaFileType.MOSTLY_F16
+    assert field("tokenizer.ggml.model") == "gpt2"
+    assert "<|im_start|>" in str(field("tokenizer.chat_template"))
+    assert len(field("tokenizer.ggml.merges")) > 0  # type: ignore[arg-type]
+    tokens = field("tokenizer.ggml.tokens")
+    types = field("tokenizer.ggml.token_type")
+    assert tokens[1] == "<|im_start|>"
+    assert types[1] == gguf.TokenType.CONTROL
+    assert types[100] == gguf.TokenType.NORMAL  # type: ignore[index]
+    assert field("tokenizer.ggml.eos_token_id") == 2
+
+    _, weights = adapters.load(vault, reg, ref)
+    merged = _hand_merge(tiny_llama, weights)
+    tensors = {t.name: t for t in reader.tensors}
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    q = tensors["blk.1.attn_q.weight"]
+    assert q.tensor_type == gguf.GGMLQuantizationType.F16
+    expected_q = permute(merged["model.layers.1.self_attn.q_proj.weight"].numpy(), 4)
+    np.testing.assert_array_equal(np.asarray(q.data), expected_q.astype(np.float16))
+    k = np.asarray(tensors["blk.0.attn_k.weight"].data)
+    expected_k = permute(merged["model.layers.0.self_attn.k_proj.weight"].numpy(), 2)
+    np.testing.assert_array_equal(k, expected_k.astype(np.float16))
+    v = np.asarray(tensors["blk.0.attn_v.weight"].data)  # v is not permuted
+    v_expected = merged["model.layers.0.self_attn.v_proj.weight"].numpy().astype(np.float16)
+    np.testing.assert_array_equal(v, v_expected)
+    assert "output.weight" in tensors  # this model does not tie its embeddings
+
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./legal-1.F16.gguf" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+@pytest.mark.parametrize("gguf_type", ["q8_0", "q4_0"])
+def test_gguf_quantised_verifies_within_its_error(
+    store: Store, tmp_path: Path, gguf_type: str
+) -> None:
+    import gguf
+
+    out = tmp_path / gguf_type
+    result = _export(store, out, "gguf", gguf_type=gguf_type)
+    figures = result.verification  # type: ignore[attr-defined]
+    assert figures["passed"]
+    assert figures["tokenizer_match"]
+    assert figures["weight_error"] > 0
+    assert 0 < figures["max_abs_diff"] <= figures["tolerance"]
+    reader = gguf.GGUFReader(out / f"legal-1.{gguf_type.upper()}.gguf")
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    wanted = getattr(gguf.GGMLQuantizationType, gguf_type.upper())
+    assert types["blk.0.ffn_down.weight"] == wanted
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+
+
+def test_existing_destination_needs_force(store: Store, tmp_path: Path) -> None:
+    from appliance.errors import ExportError
+
+    vault, reg, ref = store
+    out = tmp_path / "dest"
+    out.mkdir()
+    (out / "old.txt").write_text("previous export")
+    with pytest.raises(ExportError, match=r"exists; choose another --out, or pass --force"):
+        export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out))
+    assert (out / "old.txt").read_text() == "previous export"
+    export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out, force=True))
+    assert not (out / "old.txt").exists()
+    assert (out / "adapter_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
