@@ -363,3 +363,15 @@ def test_bad_sources_are_refused(ws: Workspace, reg: Registry, tmp_path: Path) -
     with pytest.raises(UsageError, match="invalid model name"):
         import_model(ws, reg, fake, "../escape")
     assert _state(ws)[:3] == ([], [], 0)
+
+
+def test_import_holds_the_workspace_writer_lock(
+    ws: Workspace, reg: Registry, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance import workspace
+    from appliance.errors import WorkspaceLockedError
+
+    monkeypatch.setattr(workspace, "LOCK_WAIT_S", 0.2)
+    with ws.writer("dataset import"), pytest.raises(WorkspaceLockedError, match="dataset import"):
+        import_model(ws, reg, tiny_llama, "tiny")
+    assert _state(ws)[:3] == ([], [], 0)
