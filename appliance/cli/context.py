@@ -50,9 +50,11 @@ class CliState:
         Raises:
             PassphraseError: no passphrase could be read, it is wrong, or ``ws`` has no vault.
         """
-        from appliance.vault import Vault
+        from appliance.vault import Vault, keyslots
 
         if self._vault is None or self._vault.ws.home != ws.home:
+            # Slots are read (and their KDF settings bounded) before anybody is asked to type.
+            keyslots.read_slots(ws)
             self._vault = Vault.unlock(ws, self.passphrase())
         return self._vault
 
