@@ -34,6 +34,7 @@ Progress = Callable[[int, int, str], None]
 saving, verifying."""
 
 FILES_DIR = "files"
+STAGING_PREFIX = "import-"
 
 
 def _no_progress(done: int, total: int, stage: str) -> None:
@@ -83,8 +84,9 @@ def import_model(
     if is_gguf and link:
         raise UsageError("--link works with model folders only; a GGUF file is converted")
     with ws.writer("model import"):
+        _remove_dead_staging(ws)
         _check_name_free(ws, reg, name)
-        staging = ws.tmp_dir / f"import-{name}-{secrets.token_hex(4)}"
+        staging = ws.tmp_dir / f"{STAGING_PREFIX}{name}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
         try:
             if is_gguf:
@@ -105,6 +107,13 @@ def import_model(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return reg.base_model(name)
+
+
+def _remove_dead_staging(ws: Workspace) -> None:
+    # Every import holds the writer lock, so a staging folder seen under it belongs to an
+    # import that crashed or was killed: its half-copied model is of no use to anyone.
+    for leftover in ws.tmp_dir.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _check_name_free(ws: Workspace, reg: Registry, name: str) -> None:

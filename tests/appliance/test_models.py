@@ -375,3 +375,14 @@ def test_import_holds_the_workspace_writer_lock(
     with ws.writer("dataset import"), pytest.raises(WorkspaceLockedError, match="dataset import"):
         import_model(ws, reg, tiny_llama, "tiny")
     assert _state(ws)[:3] == ([], [], 0)
+
+
+def test_staging_left_by_a_killed_import_is_cleared(
+    ws: Workspace, reg: Registry, tiny_llama: Path
+) -> None:
+    leftover = ws.tmp_dir / "import-big-0badc0de" / "files"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half a model")
+    (ws.tmp_dir / "someone-elses-file").write_bytes(b"kept")
+    import_model(ws, reg, tiny_llama, "tiny")
+    assert sorted(p.name for p in ws.tmp_dir.iterdir()) == ["someone-elses-file"]
