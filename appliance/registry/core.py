@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -67,6 +67,12 @@ class RegistryBase:
         conn = connect(path)
         try:
             migrate(conn, str(path))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise RegistryError(
+                f"the registry {path} is damaged ({exc}); run 'appliance verify --rebuild-index' "
+                "to rebuild it from the workspace folders"
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -286,6 +292,6 @@ def connect(path: Path) -> sqlite3.Connection:
             f"the registry {path} is not a usable SQLite database ({exc}); run "
             "'appliance verify --rebuild-index' to rebuild it from the workspace folders"
         ) from None
-    if path.exists():
+    with suppress(OSError):  # another user's file on a shared workstation: leave it
         path.chmod(0o600)
     return conn
