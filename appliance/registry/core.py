@@ -120,12 +120,19 @@ class RegistryBase:
         self._depth = 1
         try:
             yield
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Disk full, a lock held past the busy timeout, a constraint we did not foresee.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise RegistryError(
+                f"the registry {self.ws.registry_path} refused the change ({exc}); nothing was "
+                "written; check free disk space and try again"
+            ) from exc
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
-        else:
-            self.conn.execute("COMMIT")
         finally:
             self._depth = 0
 

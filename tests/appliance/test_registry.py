@@ -338,3 +338,20 @@ def test_concurrent_readers_see_only_committed_states(populated: Registry) -> No
             t.join()
     assert errors == []
     assert seen == [30, 30, 30]
+
+
+def _write_bad_tag(reg: Registry) -> None:
+    with reg.transaction():
+        add_dataset(reg, "lost")
+        reg.conn.execute(
+            "INSERT INTO tags (name, tag, adapter_version_id, updated_at, updated_by) "
+            "VALUES ('x', 'y', 999, 'now', 'me')"
+        )
+
+
+def test_sqlite_failure_inside_a_transaction_is_a_registry_error(populated: Registry) -> None:
+    with pytest.raises(
+        RegistryError, match=r"refused the change .*FOREIGN KEY.*nothing was written"
+    ):
+        _write_bad_tag(populated)
+    assert populated.dataset_versions("lost") == []
