@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def write_object(
     )
 
 
-def _open(path: Path, what: str) -> BinaryIO:
+def _open(path: Path, what: str) -> io.BufferedReader:
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -191,7 +192,7 @@ def decrypt_with_data_key(
 
 
 def _read_rest(
-    handle: BinaryIO, header: Header, data_key: bytes, object_id: str | None, what: str
+    handle: io.BufferedReader, header: Header, data_key: bytes, object_id: str | None, what: str
 ) -> bytearray:
     expected = None if object_id is None else _id_bytes(object_id)
     payload_key = header.authenticate(data_key, what, expected)
