@@ -426,3 +426,43 @@ def test_export_refuses_the_workspace_and_existing_files(env: Env, tmp_path: Pat
         assert existing.read_bytes().count(b"\n") == 3
     finally:
         datasets.delete_version(vault, reg, version)
+
+
+def test_csv_cells_holding_conversations(env: Env, tmp_path: Path) -> None:
+    _, vault, reg = env
+    path = tmp_path / "chats.csv"
+    good = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    path.write_text(
+        "messages,source\n"
+        f'"{good.replace(chr(34), chr(34) * 2)}",crm\n'
+        '"[{""role"": ""user"", ""content"": ""Hi""",crm\n'
+        "not json at all,crm\n"
+    )
+    with pytest.raises(DatasetValidationError) as info:
+        datasets.import_file(vault, reg, path, "chats")
+    assert info.value.details() == [
+        "chats.csv:3: field 'messages': invalid JSON in the cell: Expecting ',' delimiter "
+        "(column 34)",
+        "chats.csv:4: field 'messages': must be an array of turns, not a string",
+    ]
+    version, _ = datasets.import_file(vault, reg, path, "chats", skip_invalid=True)
+    try:
+        assert [content(r) for r in datasets.load_rows(vault, version)] == [
+            _msgs(("user", "Hi"), ("assistant", "Yo"))
+        ]
+        assert version["format"] == "messages"
+    finally:
+        datasets.delete_version(vault, reg, version)
+
+
+def test_text_file_that_is_not_utf8(env: Env, tmp_path: Path) -> None:
+    _, vault, reg = env
+    path = tmp_path / "notes.txt"
+    path.write_bytes("First line.\n\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    with pytest.raises(DatasetError) as info:
+        datasets.import_file(vault, reg, path, "notes", skip_invalid=True)
+    assert str(info.value) == (
+        "notes.txt:3: not valid UTF-8 (byte 0xE9 at column 4); save the file as UTF-8; nothing "
+        "was imported"
+    )
+    _assert_nothing_written(env)
