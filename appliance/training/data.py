@@ -1,0 +1,244 @@
+"""Training data in memory: canonical rows -> token ids and labels -> deterministic batches.
+
+Chat rows are rendered with the base model's own chat template, exactly as the model will see
+them at inference. With ``loss_on=assistant`` (the default) only the tokens of the assistant's
+replies (their text and the template's end-of-turn marker) carry a label; everything else is
+``-100``, which the loss ignores. Text rows are trained on every token.
+
+The order of examples is a pure function of the seed and the position in the run: epoch ``e``
+visits the training examples in ``randperm(n, seed(e))`` and optimizer step ``s`` consumes
+micro-batches ``s*accum .. (s+1)*accum - 1`` of that endless sequence. So the data position of a
+checkpoint is just its step number, and a resumed run sees exactly the batches an uninterrupted
+one would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from appliance.datasets.canonical import Row, content
+from appliance.errors import DatasetError
+from appliance.training.config import DataSettings
+
+IGNORE = -100
+"""Label of a token the loss skips."""
+
+log = logging.getLogger("appliance.training")
+
+
+@dataclass
+class Example:
+    """One tokenised conversation."""
+
+    input_ids: list[int]
+    labels: list[int]
+    """Same length as ``input_ids``; ``IGNORE`` where no loss is taken."""
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels[1:] if label != IGNORE)
+
+
+@dataclass
+class Tokenised:
+    """The train and eval examples of a dataset version, and what had to be cut."""
+
+    train: list[Example]
+    eval: list[Example]
+    truncated: int
+    """Examples longer than max_seq_length that were cut (over_length=truncate)."""
+    dropped: int
+    """Examples left out: too long with over_length=drop, or nothing left to learn after a cut."""
+
+
+def _chat_template_text(tokenizer: Any, messages: list[dict[str, str]], prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return str(text)
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[range]]:
+    """The rendered conversation and the character ranges of the assistant's replies.
+
+    Each reply's range runs from the end of the prompt the template writes before it (the
+    rendering of the earlier messages with the generation prompt) to the end of the rendering
+    that includes it, so it covers the reply and its end-of-turn marker. Templates whose
+    renderings are not prefixes of each other fall back to finding the reply's text.
+    """
+    full = _chat_template_text(tokenizer, messages, prompt=False)
+    spans: list[range] = []
+    search_from = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        try:
+            before = _chat_template_text(tokenizer, messages[:index], prompt=True)
+            through = _chat_template_text(tokenizer, messages[: index + 1], prompt=False)
+        except Exception:  # a template that refuses a partial conversation
+            before = through = ""
+        if before and through.startswith(before) and full.startswith(through):
+            spans.append(range(len(before), len(through)))
+            search_from = len(through)
+            continue
+        found = full.find(message["content"], search_from)
+        if found < 0:
+            raise DatasetError(
+                "the model's chat template changes the assistant's text, so replies cannot be "
+                "located for loss masking; train with --set loss_on=all"
+            )
+        spans.append(range(found, found + len(message["content"])))
+        search_from = found + len(message["content"])
+    return full, spans
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]], loss_on: str) -> Example:
+    """Token ids and labels of one conversation."""
+    if loss_on == "all":
+        text = _chat_template_text(tokenizer, messages, prompt=False)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return Example(ids, list(ids))
+    if not getattr(tokenizer, "is_fast", False):
+        raise DatasetError(
+            "loss on assistant tokens needs a fast tokenizer (tokenizer.json) to map replies to "
+            "tokens; this model has none: train with --set loss_on=all"
+        )
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [IGNORE] * len(ids)
+    for position, (start, _end) in enumerate(encoded["offset_mapping"]):
+        if any(start in span for span in spans):
+            labels[position] = ids[position]
+    return Example(ids, labels)
+
+
+def encode_text(tokenizer: Any, text: str) -> Example:
+    """A plain-text row: every token is learned, ending with the end-of-sequence token."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    return Example(ids, list(ids))
+
+
+def tokenise(rows: Sequence[Row], tokenizer: Any, settings: DataSettings) -> Tokenised:
+    """Tokenise the rows of a dataset version into train and eval examples.
+
+    Raises:
+        DatasetError: chat rows and the model has no chat template, or no training example
+            is left.
+    """
+    if any("messages" in r for r in rows) and not getattr(tokenizer, "chat_template", None):
+        raise DatasetError(
+            "this model's tokenizer has no chat template, so chat examples cannot be trained; "
+            "choose an instruct/chat model"
+        )
+    out: dict[str, list[Example]] = {"train": [], "eval": []}
+    truncated = dropped = 0
+    limit = settings.max_seq_length
+    for row in rows:
+        body = content(row)
+        if "messages" in body:
+            example = encode_chat(tokenizer, body["messages"], settings.loss_on)
+        else:
+            example = encode_text(tokenizer, body["text"])
+        if len(example.input_ids) > limit:
+            if settings.over_length == "drop":
+                dropped += 1
+                continue
+            truncated += 1
+            example = Example(example.input_ids[:limit], example.labels[:limit])
+        if example.trained_tokens == 0:
+            dropped += 1
+            continue
+        out[row["split"]].append(example)
+    if not out["train"]:
+        raise DatasetError(
+            f"no training example is left after tokenising ({dropped} dropped, {truncated} "
+            "truncated); raise max_seq_length or check the dataset's train split"
+        )
+    if truncated or dropped:
+        log.warning(
+            "%d examples were truncated and %d dropped at max_seq_length=%d",
+            truncated,
+            dropped,
+            limit,
+        )
+    return Tokenised(out["train"], out["eval"], truncated, dropped)
+
+
+@dataclass
+class Batch:
+    """A padded micro-batch as tensors."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def trained_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    """Right-pad examples to the longest one; padding is masked and unlabelled."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.labels)
+    return Batch(ids, mask, labels)
+
+
+class BatchPlan:
+    """Which examples each micro-batch of the run holds, from the seed alone."""
+
+    def __init__(self, examples: Sequence[Example], micro_batch_size: int, seed: int) -> None:
+        self.examples = list(examples)
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.per_epoch = math.ceil(len(self.examples) / micro_batch_size)
+        """Micro-batches in one pass over the examples."""
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def order(self, epoch: int) -> list[int]:
+        """The shuffled order of examples in ``epoch`` (0-based)."""
+        if epoch != self._epoch:
+            # A private generator: the global RNG (dropout) is not touched by shuffling.
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(len(self.examples), generator=generator).tolist()
+            self._epoch = epoch
+        return self._order
+
+    def micro_batch(self, index: int) -> list[Example]:
+        """The examples of micro-batch ``index`` of the run (0-based, across epochs)."""
+        epoch, within = divmod(index, self.per_epoch)
+        order = self.order(epoch)
+        start = within * self.micro_batch_size
+        return [self.examples[i] for i in order[start : start + self.micro_batch_size]]
+
+    def epoch_at(self, micro_batches_done: int) -> float:
+        """Fractional epochs after ``micro_batches_done`` micro-batches."""
+        return micro_batches_done / self.per_epoch
+
+
+def total_steps(plan: BatchPlan, epochs: float, max_steps: int, accumulation: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or enough for ``epochs`` passes."""
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(epochs * plan.per_epoch / accumulation))

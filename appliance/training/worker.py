@@ -1,0 +1,306 @@
+"""The training child: ``python -m appliance.training.worker RUN_DIR [--threads N]``.
+
+Started by the launcher (``appliance train``, ``run resume``, the GUI), and runnable by hand:
+
+1. :func:`appliance.offline.enforce` before anything else;
+2. the config and run description from ``RUN_DIR``;
+3. the keys from stdin as one JSON line ``{"dataset_key": HEX, "run_key": HEX}``: the data key
+   of the one dataset object it trains on, and the run key that seals its checkpoints and its
+   adapter. Never the master key, never argv, environment or disk;
+4. decrypt and tokenise in memory, train (:mod:`appliance.training.loop`), write events.
+
+Events go to the original stdout, one JSON line each, flushed, and to ``RUN_DIR/metrics.jsonl``;
+file descriptor 1 is pointed at stderr first, so a library that prints cannot corrupt the
+stream. Logs and warnings go to stderr and ``RUN_DIR/train.log``. SIGTERM (or Ctrl-C when run by
+hand) finishes the current step, saves a checkpoint, emits ``stopped`` and exits 0. A failure
+emits ``failed`` with a message for the user and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from appliance import offline
+from appliance.errors import (
+    ApplianceError,
+    DatasetError,
+    IntegrityError,
+    NotFoundError,
+    TrainingError,
+    UsageError,
+)
+from appliance.training import events as ev
+from appliance.training.runfolder import LOG_FILE, RunSpec
+
+log = logging.getLogger("appliance.training")
+
+
+class KeyHandoverError(TrainingError):
+    """The keys on stdin are missing or malformed."""
+
+
+def read_keys(stream: IO[str]) -> dict[str, bytes]:
+    """The keys the launcher wrote on stdin as one JSON line.
+
+    Raises:
+        KeyHandoverError: no line, not JSON, or a key that is not 32 bytes of hex.
+    """
+    line = stream.readline()
+    if not line.strip():
+        raise KeyHandoverError(
+            "no keys arrived on stdin: the worker expects one JSON line with dataset_key and "
+            "run_key; start runs with 'appliance train' or 'appliance run resume'"
+        )
+    try:
+        data = json.loads(line)
+        keys = {name: bytes.fromhex(data[name]) for name in ("dataset_key", "run_key")}
+    except (ValueError, KeyError, TypeError):
+        raise KeyHandoverError("the keys on stdin are not a JSON line of two hex keys") from None
+    for name, key in keys.items():
+        if len(key) != 32:
+            raise KeyHandoverError(f"the {name} on stdin is not a 32-byte key")
+    return keys
+
+
+def load_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
+    """Decrypt the dataset version in memory and check it is the one the registry recorded.
+
+    Raises:
+        NotFoundError: the dataset file is gone.
+        DatasetError: it cannot be decrypted with the key given, or its content changed.
+    """
+    from appliance.datasets.canonical import decode
+    from appliance.vault.objects import decrypt_with_data_key
+
+    what = f"dataset {spec.dataset} version {spec.dataset_version}"
+    try:
+        data = decrypt_with_data_key(
+            Path(spec.dataset_path), data_key, spec.dataset_object_id, what
+        )
+    except IntegrityError as exc:
+        raise DatasetError(
+            f"{what} cannot be decrypted with the key the launcher handed over ({exc}); "
+            "if 'appliance verify' finds the file intact, the key was wrong: start the run "
+            "again from 'appliance train' or 'appliance run resume'"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != spec.dataset_sha256:
+        raise DatasetError(f"{what} does not match its registry record (sha256)")
+    return decode(data, what)
+
+
+def choose_threads(requested: int | None) -> int:
+    """Torch threads: one per core that is really free, leaving one for the parent and the OS.
+
+    On the project's 2-core machines this is one thread, which FACTS.md measured to be both
+    faster and far steadier than two.
+    """
+    if requested:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    busy = round(os.getloadavg()[0])
+    return max(1, min(cores - 1, cores - busy))
+
+
+def _take_stdout() -> IO[str]:
+    """The original stdout for events; fd 1 (and ``sys.stdout``) now lead to stderr."""
+    events_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
+
+
+def _setup_logging(run_dir: Path) -> None:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    logging.getLogger("appliance").setLevel(logging.INFO)
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(formatter)
+    root.addHandler(to_stderr)
+    log_path = run_dir / LOG_FILE
+    try:
+        same = os.path.samefile(log_path, f"/proc/self/fd/{sys.stderr.fileno()}")
+    except OSError:
+        same = False
+    if not same and run_dir.is_dir():
+        # The launcher already sends stderr to train.log; by hand, write it there too.
+        to_file = logging.FileHandler(log_path, encoding="utf-8")
+        to_file.setFormatter(formatter)
+        root.addHandler(to_file)
+    logging.captureWarnings(True)
+
+
+def _run_id(run_dir: Path) -> str:
+    try:
+        return RunSpec.load(run_dir).run_id
+    except TrainingError:
+        return run_dir.name
+
+
+def failure_event(exc: BaseException, run_id: str, trainer: Any, run_dir: Path) -> ev.Failed:
+    """The ``failed`` event for an exception, with a message a user can act on."""
+    step = trainer.state.step if trainer is not None else None
+    at = f" at step {step + 1}" if step is not None else ""
+    oom_type = _cuda_oom_type()
+    if oom_type is not None and isinstance(exc, oom_type):
+        return ev.Failed(run_id=run_id, step=step, kind="oom", message=_oom_message(trainer, at))
+    if isinstance(exc, MemoryError):
+        return ev.Failed(
+            run_id=run_id,
+            step=step,
+            kind="oom",
+            message=f"the computer ran out of memory{at}; lower micro_batch_size or "
+            "max_seq_length, or use method qlora",
+        )
+    if isinstance(exc, UsageError | KeyHandoverError) or (
+        isinstance(exc, TrainingError) and "config" in str(exc)
+    ):
+        return ev.Failed(run_id=run_id, step=step, kind="config", message=str(exc))
+    if isinstance(exc, DatasetError | IntegrityError | NotFoundError):
+        return ev.Failed(run_id=run_id, step=step, kind="data", message=str(exc))
+    if isinstance(exc, ApplianceError):
+        return ev.Failed(run_id=run_id, step=step, kind="error", message=str(exc))
+    return ev.Failed(
+        run_id=run_id,
+        step=step,
+        kind="error",
+        message=f"internal error{at}: {type(exc).__name__}: {exc}; the details are in "
+        f"{run_dir / LOG_FILE}",
+    )
+
+
+def _cuda_oom_type() -> type[BaseException] | None:
+    torch = sys.modules.get("torch")
+    return getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+
+
+def _oom_message(trainer: Any, at: str) -> str:
+    from appliance.gpu import format_bytes
+
+    parts = [f"CUDA out of memory{at}"]
+    estimate = getattr(trainer, "estimate", None)
+    free = getattr(trainer, "free_at_start", None)
+    if estimate:
+        parts.append(f"the estimate was {format_bytes(estimate['total_bytes'])}")
+    if free is not None:
+        parts.append(f"{format_bytes(free)} was free at the start")
+    hint = "lower micro_batch_size or max_seq_length, or turn gradient_checkpointing on"
+    try:
+        from appliance.training.estimate import suggest_changes
+
+        if free is not None and trainer.model_config:
+            found = suggest_changes(trainer.model_config, trainer.config, free)
+            if found:
+                hint = "try --set " + " --set ".join(found[0].assignments)
+    except Exception:  # a hint is a courtesy; the failure itself must still be reported
+        log.exception("no suggestion for the out-of-memory failure")
+    return "; ".join(parts) + f"; {hint}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one training session of the run in ``RUN_DIR``; 0 finished or stopped, 1 failed."""
+    offline.enforce()
+    parser = argparse.ArgumentParser(prog="python -m appliance.training.worker")
+    parser.add_argument("run_dir", type=Path, help="the run folder made by 'appliance train'")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir).absolute()
+    stream = _take_stdout()
+    _setup_logging(run_dir)
+    run_id = _run_id(run_dir)
+    trainer: Any = None
+    stop_early = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop_early
+        log.info("signal %d: stopping after the current step", signum)
+        stop_early = True
+        if trainer is not None:
+            trainer.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    events = ev.EventLog(run_dir / ev.METRICS_FILE if run_dir.is_dir() else None, stream)
+    try:
+        from appliance.training.config import load_config
+
+        if not run_dir.is_dir():
+            raise TrainingError(f"{run_dir} is not a run folder")
+        spec = RunSpec.load(run_dir)
+        config = load_config(run_dir)
+        keys = read_keys(sys.stdin)
+        rows = load_rows(spec, keys["dataset_key"])
+
+        import torch
+
+        from appliance.training.loop import Trainer
+        from appliance.training.memory import MemorySampler
+
+        threads = choose_threads(args.threads)
+        torch.set_num_threads(threads)
+        log.info("run %s: torch %s, %d CPU thread(s)", run_id, torch.__version__, threads)
+        trainer = Trainer(
+            spec=spec,
+            config=config,
+            run_dir=run_dir,
+            run_key=keys["run_key"],
+            rows=rows,
+            events=events,
+        )
+        del rows
+        if stop_early:
+            trainer.request_stop()
+        trainer.setup()
+        nvml = None
+        if trainer.cuda:
+            from appliance.gpu import NvmlSession
+
+            nvml = NvmlSession()
+            nvml.open()
+        sampler = MemorySampler(
+            events,
+            run_id,
+            nvml=nvml,
+            devices=[0] if trainer.cuda else [],
+            step=lambda: trainer.state.step,
+            interval=1.0,
+        )
+        with sampler:
+            outcome = trainer.run()
+        sampler.sample()
+        if nvml is not None:
+            nvml.close()
+        log.info("run %s %s at step %d", run_id, outcome, trainer.state.step)
+        return 0
+    except BaseException as exc:
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            raise
+        event = failure_event(exc, run_id, trainer, run_dir)
+        if event.kind == "error" and not isinstance(exc, ApplianceError):
+            log.exception("training failed")
+        else:
+            log.error("training failed: %s", event.message)
+        events.emit(event)
+        return 1
+    finally:
+        events.close()
+        stream.flush()
+
+
+def _exit_code(code: int) -> int:
+    return code if 0 <= code < 256 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_exit_code(main()))
