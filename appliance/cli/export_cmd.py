@@ -64,7 +64,9 @@ def export(
     ),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Destination folder (created)."),
     dtype: str | None = typer.Option(
-        None, "--dtype", help="bf16, fp16 or fp32 (default bf16; adapter: as trained)."
+        None,
+        "--dtype",
+        help="bf16, fp16 or fp32 to merge in (default: bf16 merged, fp32 gguf, adapter as is).",
     ),
     gguf_type: str | None = typer.Option(
         None, "--gguf-type", help="GGUF matrices: f16, q8_0 (default) or q4_0."

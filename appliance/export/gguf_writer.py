@@ -113,6 +113,16 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
+def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of :func:`permute`."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
 def _file_type(gguf_type: str) -> int:
     from gguf import LlamaFileType
 
@@ -175,10 +185,16 @@ def write_gguf(
     gguf_type: str,
     *,
     model_name: str,
+    write_back: bool = False,
     on_bytes: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Write the GGUF file; returns figures (tensor count, max weight quantisation error).
+
+    With ``write_back`` (float32 tensors only), each tensor of ``state`` is overwritten in
+    place with the values the file holds (quantised and dequantised), so the model that owns
+    ``state`` then computes exactly what a correct reader of the file computes: verification
+    compares the two to check the file itself, apart from the quantisation it chose.
 
     Raises:
         ExportError: unsupported architecture or tokenizer (before anything is written).
@@ -212,19 +228,37 @@ def write_gguf(
     for t, data in zip(tensors, _arrays(tensors, state, config, arch), strict=True):
         check_cancel(cancel)
         if t.qtype == gguf.GGMLQuantizationType.F32:
-            packed = data
+            packed, stored = data, None
         elif t.qtype == gguf.GGMLQuantizationType.F16:
             packed = data.astype(np.float16)
-            worst = max(worst, float(np.abs(packed.astype(np.float32) - data).max()))
+            stored = packed.astype(np.float32)
         else:
             packed = quantize(data, t.qtype)
-            worst = max(worst, float(np.abs(dequantize(packed, t.qtype) - data).max()))
+            stored = dequantize(packed, t.qtype)
+        if stored is not None:
+            worst = max(worst, float(np.abs(stored - data).max()))
+            if write_back:
+                _write_back(state[t.source], stored, t.source, config, arch)
         writer.write_tensor_data(packed)
         if on_bytes is not None:
             on_bytes(int(packed.nbytes))
         del packed, data
     writer.close()
     return {"tensors": len(tensors), "weight_error": worst}
+
+
+def _write_back(
+    target: torch.Tensor, stored: np.ndarray, source: str, config: Mapping[str, Any], arch: str
+) -> None:
+    import torch
+
+    if arch == "llama" and source.endswith(("q_proj.weight", "k_proj.weight")):
+        heads = int(config["num_attention_heads"])
+        if source.endswith("k_proj.weight"):
+            heads = int(config.get("num_key_value_heads") or heads)
+        stored = unpermute(stored, heads)
+    with torch.no_grad():
+        target.copy_(torch.from_numpy(np.ascontiguousarray(stored)).reshape(target.shape))
 
 
 def _numel(shape: tuple[int, ...] | list[int]) -> int:

@@ -33,8 +33,9 @@ class ExportOptions:
     out: Path
     """The destination folder, created by the export (absolute)."""
     dtype: str | None = None
-    """Precision of the base while merging and of the written weights; ``None`` picks bf16
-    (merged, gguf) or keeps the adapter's own precision (adapter)."""
+    """Precision of the base while merging and of the written weights. ``None`` picks bf16 for
+    merged, fp32 for gguf (the GGUF type sets the file's precision; merging in fp32 keeps bf16
+    rounding out of it, at twice the RAM) and the adapter's own precision for adapter."""
     gguf_type: str = "q8_0"
     """Type of the GGUF matrices: ``f16``, ``q8_0`` or ``q4_0`` (norms stay F32)."""
     max_shard_size: int = DEFAULT_SHARD_SIZE
@@ -85,7 +86,7 @@ class ExportOptions:
         """The dtype the base is loaded and merged in (``None``: the adapter keeps its own)."""
         if self.dtype is not None:
             return self.dtype
-        return None if self.format == "adapter" else "bf16"
+        return {"merged": "bf16", "gguf": "fp32"}.get(self.format)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)

@@ -243,6 +243,7 @@ class _Build:
         gguf_name = (
             f"{self.record['name']}-{self.record['version']}.{self.options.gguf_type.upper()}.gguf"
         )
+        exact = self.dtype == "fp32"  # the file's values fit back into the model's tensors
         stats = gguf_writer.write_gguf(
             self.staging / gguf_name,
             merged.state_dict(),
@@ -250,13 +251,18 @@ class _Build:
             self.base_folder,
             self.options.gguf_type,
             model_name=self.record["ref"],
+            write_back=exact,
             on_bytes=written,
             cancel=cancel,
         )
+        # The merged model now holds exactly the file's (quantised) weights.
+        quantised = verify.run_probe(merged, prompts) if exact else None
         del merged
         gc.collect()
         report(0, 0, "verifying")
-        self.figures = _verify_gguf(self.staging, gguf_name, tokenizer, prompts, reference, self)
+        self.figures = _verify_gguf(
+            self.staging, gguf_name, tokenizer, prompts, reference, quantised, self
+        )
         self.figures["weight_error"] = stats["weight_error"]
         self.extra["gguf_file"] = gguf_name
         if translation is not None:
@@ -313,9 +319,15 @@ def _verify_gguf(
     tokenizer: Any,
     prompts: list[list[int]],
     reference: verify.Probe,
+    quantised: verify.Probe | None,
     build: _Build,
 ) -> dict[str, Any]:
-    """Reload the GGUF file with transformers' own reader and compare; tokenizer included."""
+    """Reload the GGUF file with transformers' own reader and compare; tokenizer included.
+
+    The headline figures compare the file with the unmerged adapter (quantisation included,
+    within a sanity bound); ``file_check`` compares it with the same quantised weights in
+    memory, which must agree to float32 precision, greedy tokens included.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -326,14 +338,19 @@ def _verify_gguf(
         local_files_only=True,
         trust_remote_code=False,
     ).eval()
+    candidate = verify.run_probe(model, prompts)
+    del model
     figures = verify.compare(
         reference,
-        verify.run_probe(model, prompts),
+        candidate,
         dtype=build.dtype,
         gguf_type=build.options.gguf_type,
         require_greedy=False,
     )
-    del model
+    if quantised is not None:
+        check = verify.compare(quantised, candidate, dtype="fp32", require_greedy=True)
+        figures["file_check"] = check
+        figures["passed"] = bool(figures["passed"] and check["passed"])
     gguf_tokenizer = AutoTokenizer.from_pretrained(
         staging, gguf_file=gguf_name, local_files_only=True, trust_remote_code=False
     )

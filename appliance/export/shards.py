@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from appliance.export.options import check_cancel
 
@@ -51,7 +51,8 @@ def tensor_buffer(tensor: torch.Tensor) -> memoryview:
         t = t.contiguous()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the same bits
         t = t.view(torch.int16)
-    return memoryview(t.numpy()).cast("B")
+    array: Any = t.numpy()
+    return memoryview(array).cast("B")
 
 
 def _write(handle: IO[bytes], data: bytes | memoryview) -> None:

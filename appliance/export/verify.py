@@ -28,9 +28,12 @@ ULPS = {"fp32": 64, "bf16": 8, "fp16": 8}
 """Allowed difference in units in the last place at the logits' scale. Merging reorders the
 arithmetic (W x + B A x becomes (W + B A) x) in every layer, and the rounding differences add up
 through the depth of the model; the figures measured are printed with every export."""
-QUANT_REL = {"f16": 2e-3, "q8_0": 2.5e-2, "q4_0": 0.4}
-"""Expected logits error of a GGUF type, as a fraction of the logits' scale (FACTS.md: Q8_0 under
-1%, checked with llama.cpp; Q4_0's 4-bit blocks move logits by several percent)."""
+QUANT_REL = {"f16": 0.01, "q8_0": 0.1, "q4_0": 0.5}
+"""Largest logits difference accepted from a GGUF type's quantisation, as a fraction of the
+logits' scale: a sanity bound, as the effect depends on the model (measured maximum over every
+position and vocabulary entry: SmolLM2-135M Q8_0 4.1%, F16 0.2%; a tiny random model Q4_0 26%).
+The file itself is checked tightly against the same quantised weights in memory
+(:func:`compare` of ``file_check``)."""
 
 
 @dataclass
@@ -155,6 +158,13 @@ def describe(figures: dict[str, Any]) -> str:
     )
     if "weight_error" in figures:
         line += f", max weight quantisation error {figures['weight_error']:.3g}"
+    if "file_check" in figures:
+        check = figures["file_check"]
+        line += (
+            f"; file vs its quantised weights in memory: max |Δlogit| "
+            f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}), greedy "
+            f"{check['greedy_tokens_matching']}/{check['greedy_tokens']}"
+        )
     if "tokenizer_match" in figures:
         line += ", tokenizer " + ("identical" if figures["tokenizer_match"] else "DIFFERS")
     return line

@@ -6,13 +6,14 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from appliance import adapters, workspace
-from appliance.export import ExportOptions, export_adapter
+from appliance.export import ExportOptions, ExportResult, export_adapter
 from appliance.export import card as export_card
 from appliance.export.gguf_writer import permute
 from appliance.registry import Registry
@@ -33,14 +34,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
     reg.close()
 
 
-def _export(store: Store, out: Path, fmt: str, **options: object) -> object:
+def _export(store: Store, out: Path, fmt: str, **options: Any) -> ExportResult:
     vault, reg, ref = store
     stages: list[str] = []
     result = export_adapter(
         vault,
         reg,
         ref,
-        ExportOptions.checked(fmt, out, **options),  # type: ignore[arg-type]
+        ExportOptions.checked(fmt, out, **options),
         progress=lambda done, total, stage: stages.append(stage),
     )
     assert stages[0] == "checking"
@@ -72,9 +73,9 @@ def test_merged_fp32_equals_a_hand_merge(store: Store, tiny_llama: Path, tmp_pat
     out = tmp_path / "merged"
     result = _export(store, out, "merged", dtype="fp32")
 
-    assert sorted(p.name for p in out.iterdir()) == sorted(result.files)  # type: ignore[attr-defined]
+    assert sorted(p.name for p in out.iterdir()) == sorted(result.files)
     assert {"MANIFEST", "README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(
-        result.files  # type: ignore[attr-defined]
+        result.files
     )
     _, weights = adapters.load(vault, reg, ref)
     expected = _hand_merge(tiny_llama, weights)
@@ -87,7 +88,7 @@ def test_merged_fp32_equals_a_hand_merge(store: Store, tiny_llama: Path, tmp_pat
     base = load_file(str(tiny_llama / "model.safetensors"))
     assert all(not torch.equal(written[k], base[k]) for k in changed)
 
-    figures = result.verification  # type: ignore[attr-defined]
+    figures = result.verification
     assert figures["passed"]
     assert figures["greedy_required"]
     assert figures["greedy_tokens_matching"] == figures["greedy_tokens"] == 24
@@ -108,7 +109,7 @@ def test_merged_fp32_equals_a_hand_merge(store: Store, tiny_llama: Path, tmp_pat
     assert len(rows) == 1
     assert rows[0]["format"] == "merged"
     assert rows[0]["details"]["verification"]["passed"] is True
-    assert rows[0]["sha256"] == result.sha256  # type: ignore[attr-defined]
+    assert rows[0]["sha256"] == result.sha256
     audit = reg.audit_rows(action="export.create")
     details = [
         r["details"] if isinstance(r["details"], dict) else json.loads(r["details"]) for r in audit
@@ -147,9 +148,9 @@ def test_adapter_folder_is_peft_and_exact(store: Store, tmp_path: Path) -> None:
         meta = handle.metadata()
         assert meta["base_model_sha256"] == reg.base_model("tiny")["sha256"]
         assert set(handle.keys()) == set(weights.tensors)
-        for key in handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
             assert torch.equal(handle.get_tensor(key), weights.tensors[key])
-    assert result.verification["max_abs_diff"] == 0.0  # type: ignore[attr-defined]
+    assert result.verification["max_abs_diff"] == 0.0
 
 
 def test_gguf_f16_layout_is_what_llama_cpp_expects(
@@ -165,7 +166,7 @@ def test_gguf_f16_layout_is_what_llama_cpp_expects(
     path = out / "legal-1.F16.gguf"
     reader = gguf.GGUFReader(path)
 
-    def field(name: str) -> object:
+    def field(name: str) -> Any:
         return reader.fields[name].contents()
 
     assert field("general.architecture") == "llama"
@@ -176,12 +177,12 @@ def test_gguf_f16_layout_is_what_llama_cpp_expects(
     assert field("general.file_type") == gguf.LlamaFileType.MOSTLY_F16
     assert field("tokenizer.ggml.model") == "gpt2"
     assert "<|im_start|>" in str(field("tokenizer.chat_template"))
-    assert len(field("tokenizer.ggml.merges")) > 0  # type: ignore[arg-type]
+    assert len(field("tokenizer.ggml.merges")) > 0
     tokens = field("tokenizer.ggml.tokens")
     types = field("tokenizer.ggml.token_type")
     assert tokens[1] == "<|im_start|>"
     assert types[1] == gguf.TokenType.CONTROL
-    assert types[100] == gguf.TokenType.NORMAL  # type: ignore[index]
+    assert types[100] == gguf.TokenType.NORMAL
     assert field("tokenizer.ggml.eos_token_id") == 2
 
     _, weights = adapters.load(vault, reg, ref)
@@ -213,7 +214,7 @@ def test_gguf_quantised_verifies_within_its_error(
 
     out = tmp_path / gguf_type
     result = _export(store, out, "gguf", gguf_type=gguf_type)
-    figures = result.verification  # type: ignore[attr-defined]
+    figures = result.verification
     assert figures["passed"]
     assert figures["tokenizer_match"]
     assert figures["weight_error"] > 0

@@ -9,6 +9,7 @@ so a template using more than this fails the test instead of rendering wrongly.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +138,7 @@ def _term(tok: str, dot: Any, scope: _Scope) -> Any:
     raise ValueError(f"unsupported term {tok!r}")
 
 
-_FUNCS = {
+_FUNCS: dict[str, Callable[..., Any]] = {
     "eq": lambda a, *b: any(a == x for x in b),
     "ne": lambda a, b: a != b,
     "not": lambda a: not _truth(a),
