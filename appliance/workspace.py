@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -220,6 +221,42 @@ def open_workspace(home: Path | str | None = None) -> Workspace:
     return Workspace(path)
 
 
+def check_home(home: Path | str | None = None) -> bool:
+    """Check that a workspace can be created or opened at ``home``, touching nothing.
+
+    Returns:
+        Whether a workspace exists there already.
+
+    Raises:
+        WorkspaceError: a file, an unwritable place, a foreign non-empty folder, or a workspace
+            of a newer version.
+    """
+    path = resolve_home(home)
+    _check_folder_usable(path)
+    if (path / "FORMAT").exists():
+        _read_format(path)
+        return True
+    if path.exists() and any(
+        p.name not in SUBFOLDERS and p.name != ".lock" for p in path.iterdir()
+    ):
+        raise WorkspaceError(
+            f"{path} is not empty and is not a workspace; choose an empty or new folder"
+        )
+    return False
+
+
+def discard_new(home: Path, existed_before: bool) -> None:
+    """Undo :func:`init` of a workspace that a failed command had just created."""
+    if not existed_before:
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    for child in home.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def init(home: Path | str | None = None) -> tuple[Workspace, bool]:
     """Create a workspace at ``home`` (or the default), or open the one already there.
 
@@ -230,15 +267,8 @@ def init(home: Path | str | None = None) -> tuple[Workspace, bool]:
         The workspace and whether it was created now (False: it existed already).
     """
     path = resolve_home(home)
-    _check_folder_usable(path)
-    if (path / "FORMAT").exists():
+    if check_home(path):
         return open_workspace(path), False
-    if path.exists() and any(
-        p.name not in SUBFOLDERS and p.name != ".lock" for p in path.iterdir()
-    ):
-        raise WorkspaceError(
-            f"{path} is not empty and is not a workspace; choose an empty or new folder"
-        )
     created: list[Path] = []
     try:
         for folder in [*reversed(path.parents), path]:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import typer
 
 from appliance import workspace
-from appliance.cli.context import PASSPHRASE_ENV, CliState, err, out, state
+from appliance.cli.context import out, state
 from appliance.registry.refs import os_user
 from appliance.vault import DEFAULT_TARGET_S, Vault, has_vault
-from appliance.vault.keyslots import check_label
+from appliance.vault.keyslots import check_label, check_new_passphrase
 
 KDF_TIME_HELP = (
     "Seconds one unlock should take on this machine (Argon2id is calibrated to it; never "
@@ -26,16 +24,10 @@ def default_label() -> str:
     return label or "owner"
 
 
-def passphrase_available(st: CliState) -> bool:
-    """Whether a passphrase can be had without failing: a file, the environment or a terminal."""
-    return st.passphrase_file is not None or PASSPHRASE_ENV in os.environ or sys.stdin.isatty()
-
-
-def create_vault(st: CliState, ws: workspace.Workspace, label: str, kdf_time: float) -> Vault:
-    """Ask for a new passphrase (twice on a terminal), make the vault, and audit it."""
+def create_vault(ws: workspace.Workspace, passphrase: str, label: str, kdf_time: float) -> Vault:
+    """Make the vault of ``ws`` with its first key slot, and audit it."""
     from appliance.registry import Registry
 
-    passphrase = st.passphrase(prompt="New workspace passphrase", confirm=True)
     with ws.writer("init"):
         vault = Vault.create(ws, passphrase, label, target_s=kdf_time)
         slot = vault.slots()[0]
@@ -55,26 +47,28 @@ def init(
     """Create the workspace and set its passphrase (or check the workspace already there).
 
     The passphrase comes from --passphrase-file, APPLIANCE_PASSPHRASE or a prompt (asked
-    twice). Without any of them (a script with no terminal) the workspace is created without
-    its vault; run 'appliance init' again with a passphrase before importing data.
+    twice). Everything is checked before anything is created: a refused init leaves nothing.
     """
     st = state(ctx)
-    ws, created = workspace.init(st.home)
-    if created:
-        out.print(f"Created workspace {ws.home}")
-    else:
-        out.print(f"Workspace {ws.home} already exists (format {ws.info().get('format')})")
-    if has_vault(ws):
-        return
-    if not passphrase_available(st):
-        err.print(
-            f"note: no passphrase was given, so {ws.home} has no vault yet and cannot hold "
-            f"datasets; run 'appliance init' again with --passphrase-file FILE or "
-            f"{PASSPHRASE_ENV} (or on a terminal)",
-            markup=False,
-        )
-        return
-    vault = create_vault(st, ws, check_label(label or default_label()), kdf_time)
+    home = workspace.resolve_home(st.home)
+    existed_before = home.exists()
+    if workspace.check_home(home):
+        ws = workspace.open_workspace(home)
+        if has_vault(ws):
+            out.print(f"Workspace {ws.home} already exists (format {ws.info().get('format')})")
+            return
+    slot_label = check_label(label or default_label())
+    passphrase = check_new_passphrase(
+        st.passphrase(prompt="New workspace passphrase", confirm=True)
+    )
+    ws, created = workspace.init(home)
+    try:
+        vault = create_vault(ws, passphrase, slot_label, kdf_time)
+    except BaseException:
+        if created:
+            workspace.discard_new(ws.home, existed_before)
+        raise
+    out.print(f"Created workspace {ws.home}" if created else f"Added a vault to {ws.home}")
     slot = vault.slots()[0]
     out.print(
         f"Set the passphrase of key slot '{slot.label}' (Argon2id, {slot.kdf.memory_kib // 1024} "
@@ -83,4 +77,4 @@ def init(
     )
 
 
-__all__ = ["create_vault", "default_label", "init", "passphrase_available"]
+__all__ = ["create_vault", "default_label", "init"]

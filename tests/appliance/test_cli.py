@@ -46,16 +46,38 @@ def test_unknown_flag_is_a_usage_error(cli: CliRunner) -> None:
     assert "No such option" in result.stderr
 
 
+PASS = {"APPLIANCE_PASSPHRASE": "a test passphrase"}
+
+
 def test_init_creates_and_reports(cli: CliRunner, home: Path) -> None:
-    result = cli("init")
+    result = cli("init", "--kdf-time", "0", env=PASS)
     assert result.returncode == 0, result.stderr
     assert str(home) in result.stdout
     assert (home / "FORMAT").is_file()
+    again = cli("init", env=PASS)
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout
+
+
+def test_init_without_any_passphrase_creates_nothing(cli: CliRunner, home: Path) -> None:
+    result = cli("init")  # no terminal, no file, no environment variable
+    assert result.returncode == 1
+    _assert_one_line_error(result.stderr)
+    assert "no terminal to ask on" in result.stderr
+    assert not home.exists()
+
+
+def test_init_with_an_empty_passphrase_env_creates_nothing(cli: CliRunner, home: Path) -> None:
+    result = cli("init", env={"APPLIANCE_PASSPHRASE": ""})
+    assert result.returncode == 1
+    _assert_one_line_error(result.stderr)
+    assert "APPLIANCE_PASSPHRASE is set but empty" in result.stderr
+    assert not home.exists()
 
 
 def test_appliance_home_env_is_used(cli: CliRunner, tmp_path: Path) -> None:
     target = tmp_path / "from-env"
-    result = cli("init", home=False, env={"APPLIANCE_HOME": str(target)})
+    result = cli("init", "--kdf-time", "0", home=False, env={"APPLIANCE_HOME": str(target), **PASS})
     assert result.returncode == 0, result.stderr
     assert (target / "FORMAT").is_file()
 
@@ -63,7 +85,7 @@ def test_appliance_home_env_is_used(cli: CliRunner, tmp_path: Path) -> None:
 def test_home_pointing_at_a_file(cli: CliRunner, tmp_path: Path) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    result = CliRunner(target)("init")
+    result = CliRunner(target)("init", env=PASS)
     assert result.returncode == 1
     _assert_one_line_error(result.stderr)
     assert "is a file" in result.stderr
@@ -72,35 +94,19 @@ def test_home_pointing_at_a_file(cli: CliRunner, tmp_path: Path) -> None:
 
 def test_unwritable_location(cli: CliRunner) -> None:
     # /proc refuses new folders even to root, so this holds wherever the tests run.
-    result = CliRunner(Path("/proc/appliance-test-ws"))("init")
+    result = CliRunner(Path("/proc/appliance-test-ws"))("init", env=PASS)
     assert result.returncode == 1
     _assert_one_line_error(result.stderr)
     assert "cannot create a workspace" in result.stderr
 
 
 def test_newer_workspace_is_refused(cli: CliRunner, home: Path) -> None:
-    assert cli("init").returncode == 0
+    assert cli("init", "--kdf-time", "0", env=PASS).returncode == 0
     (home / "FORMAT").write_text(json.dumps({"format": 999}))
-    result = cli("init")
+    result = cli("init", env=PASS)
     assert result.returncode == 1
     _assert_one_line_error(result.stderr)
     assert "newer appliance" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("verb", "label"),
-    [
-        (["train", "--model", "m"], "train"),
-        (["export", "x", "--format", "gguf"], "export"),
-    ],
-)
-def test_verbs_to_come_say_so_in_one_line(cli: CliRunner, verb: list[str], label: str) -> None:
-    result = cli(*verb)
-    if result.returncode == 0:
-        pytest.skip(f"'{label}' is implemented now")
-    assert result.returncode == 1
-    _assert_one_line_error(result.stderr)
-    assert "not available yet" in result.stderr
 
 
 def test_gpu_without_nvidia_is_a_clean_state(cli: CliRunner) -> None:
