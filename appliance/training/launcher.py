@@ -32,7 +32,13 @@ from typing import Any
 from appliance import adapters
 from appliance.datasets.store import describe as describe_dataset
 from appliance.datasets.store import resolve as resolve_dataset
-from appliance.errors import NotFoundError, TrainingError, UsageError, WorkspaceLockedError
+from appliance.errors import (
+    ApplianceError,
+    NotFoundError,
+    TrainingError,
+    UsageError,
+    WorkspaceLockedError,
+)
 from appliance.models.use import resolve_model_for_use
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
@@ -205,8 +211,14 @@ def launch(
     if run["state"] == "running" and process_alive(run["pid"], run_id):
         raise UsageError(f"run {run_id} is running already (pid {run['pid']})")
     folder = run_dir(vault, run)
-    prepare_spec(vault, reg, run_id)
-    keys = key_line(vault, reg, run_id)
+    try:
+        prepare_spec(vault, reg, run_id)
+        keys = key_line(vault, reg, run_id)
+    except ApplianceError as exc:
+        # The model or dataset is gone or changed: the run cannot start, and says why.
+        with vault.ws.writer("train"):
+            reg.update_run(run_id, state="failed", failure_reason=str(exc))
+        raise
     metrics = folder / ev.METRICS_FILE
     offset = metrics.stat().st_size if metrics.exists() else 0
     with open(folder / LOG_FILE, "ab") as log_file:
