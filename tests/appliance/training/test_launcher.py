@@ -1,0 +1,203 @@
+"""The parent side: start the child, hand over keys, settle outcomes in the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from appliance import datasets
+from appliance.errors import NotFoundError, UsageError
+from appliance.registry import Registry
+from appliance.training import events as ev
+from appliance.training import launcher
+from appliance.training.config import ConfigError
+from appliance.training.runfolder import ADAPTER_FILE, LOG_FILE
+from tests.helpers.training import make_workspace, new_run, run_folder, tiny_config
+
+# The real worker, whose loop raises a bug-like error in the middle of step 3.
+CRASH_AT_STEP_3 = (
+    "import sys\n"
+    "import appliance.training.loop as loop\n"
+    "real = loop.Trainer._train_step\n"
+    "def step(self, index):\n"
+    "    if index == 2:\n"
+    "        raise RuntimeError('simulated crash')\n"
+    "    return real(self, index)\n"
+    "loop.Trainer._train_step = step\n"
+    "from appliance.training.worker import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+# A child that dies at once with exit code 3, before any event (after reading its keys).
+DIE_AT_ONCE = "import os, sys; sys.stdin.readline(); os._exit(3)  # appliance.training.worker"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Any:
+    torch.set_num_threads(1)
+    return make_workspace(tmp_path_factory.mktemp("launch"), tiny_llama)
+
+
+def _registry(vault: Any) -> Registry:
+    return Registry.open(vault.ws, audit_key=vault.audit_key)
+
+
+def _launch_and_settle(vault: Any, run_id: str) -> tuple[list[ev.Event], launcher.Outcome]:
+    with _registry(vault) as reg:
+        process = launcher.launch(vault, reg, run_id, threads=1)
+        seen = list(process.events())
+        return seen, launcher.wait_settled(process, vault, reg)
+
+
+def _command(code: str) -> Any:
+    return lambda folder, threads=None: [sys.executable, "-c", code, str(folder)]
+
+
+def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> None:
+    _ws, vault = setup
+    config = tiny_config("max_steps=6", "save_every=2", "eval_every=3")
+    run_id = new_run(vault, config, adapter="facts-qa")
+    folder = run_folder(vault, run_id)
+    with _registry(vault) as reg:
+        assert reg.run(run_id)["state"] == "queued"
+        process = launcher.launch(vault, reg, run_id, detach=True, threads=1)
+        run = reg.run(run_id)
+        assert (run["state"], run["pid"]) == ("running", process.pid)
+        assert launcher.process_alive(process.pid, run_id)
+        assert list(process.events()) == []  # detached: events go only to metrics.jsonl
+        assert process.wait(timeout=120) == 0
+        # No parent settled it; the next command that holds the vault does.
+        assert reg.run(run_id)["state"] == "running"
+        (settled,) = launcher.reconcile(vault, reg)
+        assert (settled.state, settled.adapter) == ("finished", "facts-qa@1")
+        run = reg.run(run_id)
+        assert (run["state"], run["pid"]) == ("finished", None)
+        lineage = reg.adapter_lineage("facts-qa@1")
+        assert launcher.reconcile(vault, reg) == []
+    assert lineage["run"]["id"] == run_id
+    assert lineage["base_model"]["name"] == "tiny"
+    assert (lineage["dataset"]["name"], lineage["dataset"]["version"]) == ("facts", 1)
+    assert lineage["seed"] == 7
+    assert lineage["config"]["schedule"]["max_steps"] == 6
+    metrics = lineage["metrics"]
+    assert set(metrics) >= {"train_loss", "eval_loss", "tokens_seen", "wall_s", "peak_memory"}
+    assert metrics["tokens_seen"] > 0
+    assert metrics["peak_memory"] > 0
+    assert set(lineage["lib_versions"]) >= {"torch", "transformers", "peft"}
+    assert not (folder / ADAPTER_FILE).exists()  # registered copy only
+    events = list(ev.replay(folder / ev.METRICS_FILE))
+    kinds = [e.type for e in events if not isinstance(e, ev.Memory)]
+    assert kinds[0] == "started"
+    assert kinds[-1] == "finished"
+    assert [e.step for e in events if isinstance(e, ev.Step)] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events if isinstance(e, ev.Checkpoint)] == [2, 4]
+    assert any(isinstance(e, ev.Memory) and e.rss for e in events)
+    assert (folder / LOG_FILE).exists()
+
+
+def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config())
+    real = launcher.key_line
+
+    def wrong(vault: Any, reg: Any, run: str) -> bytes:
+        keys = json.loads(real(vault, reg, run))
+        keys["dataset_key"] = os.urandom(32).hex()
+        return (json.dumps(keys) + "\n").encode()
+
+    monkeypatch.setattr(launcher, "key_line", wrong)
+    seen, outcome = _launch_and_settle(vault, run_id)
+    (failed,) = seen
+    assert isinstance(failed, ev.Failed)
+    assert failed.kind == "data"
+    assert "dataset facts version 1 cannot be decrypted with the key" in failed.message
+    assert outcome.state == "failed"
+    with _registry(vault) as reg:
+        run = reg.run(run_id)
+    assert run["state"] == "failed"
+    assert "cannot be decrypted" in run["failure_reason"]
+
+
+def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
+    _ws, vault = setup
+    with _registry(vault) as reg, pytest.raises(NotFoundError, match="no dataset named 'nope'"):
+        launcher.create_run(
+            vault, reg, model="tiny", dataset="nope", adapter_name="x", config=tiny_config()
+        )
+    with pytest.raises(ConfigError, match=r"lora\.rank is 0"):
+        tiny_config("rank=0")
+
+    run_id = new_run(vault, tiny_config())
+    with _registry(vault) as reg:
+        version = datasets.resolve(reg, "facts")
+        (vault.ws.home / version["path"]).rename(vault.ws.home / "moved.enc")
+        try:
+            with pytest.raises(NotFoundError, match="missing from the workspace"):
+                launcher.launch(vault, reg, run_id)
+        finally:
+            (vault.ws.home / "moved.enc").rename(vault.ws.home / version["path"])
+        run = reg.run(run_id)
+    assert run["state"] == "failed"
+    assert "missing from the workspace" in run["failure_reason"]
+
+    # A config file damaged after the run was created: the child reports it.
+    config_file = run_folder(vault, run_id) / "config.json"
+    data = json.loads(config_file.read_text())
+    data["schedule"]["micro_batch_size"] = 0
+    config_file.write_text(json.dumps(data))
+    (failed,), outcome = _launch_and_settle(vault, run_id)
+    assert isinstance(failed, ev.Failed)
+    assert failed.kind == "config"
+    assert "config.json" in failed.message
+    assert "micro_batch_size is 0" in failed.message
+    assert outcome.state == "failed"
+
+
+def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config("save_every=2"))
+    monkeypatch.setattr(launcher, "worker_command", _command(CRASH_AT_STEP_3))
+    seen, outcome = _launch_and_settle(vault, run_id)
+    assert [e.step for e in seen if isinstance(e, ev.Step)] == [1, 2]
+    failed = seen[-1]
+    assert isinstance(failed, ev.Failed)
+    assert failed.step == 2
+    assert "internal error at step 3: RuntimeError: simulated crash" in failed.message
+    assert outcome.state == "failed"
+    log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
+    assert "Traceback" in log_text  # the details are in the log, not in the message
+
+    monkeypatch.setattr(launcher, "worker_command", _command(DIE_AT_ONCE))
+    seen, outcome = _launch_and_settle(vault, run_id)
+    assert seen == []
+    assert outcome.state == "failed"
+    assert outcome.message == "the training process exited with code 3 without a report"
+    with _registry(vault) as reg:
+        assert reg.run(run_id)["failure_reason"] == outcome.message
+
+
+def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> None:
+    _ws, vault = setup
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with _registry(vault) as reg:
+        lost = reg.add_run(
+            base_model="tiny", config={}, dataset="facts", state="running", pid=gone.pid
+        )
+        # A live process that is not this run's worker (a reused PID) does not count either.
+        reused = reg.add_run(
+            base_model="tiny", config={}, dataset="facts", state="running", pid=os.getpid()
+        )
+        settled = {o.run_id: o for o in launcher.reconcile(vault, reg)}
+        assert settled[lost].state == settled[reused].state == "failed"
+        for run_id in (lost, reused):
+            run = reg.run(run_id)
+            assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
+        with pytest.raises(UsageError, match="is failed, not running"):
+            launcher.stop_run(vault, reg, lost)
