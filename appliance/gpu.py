@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
+from appliance.units import format_bytes
+
+__all__ = ["GpuReading", "GpuState", "NvmlSession", "format_bytes", "read_gpus"]
+
 
 @dataclass(frozen=True)
 class GpuReading:
@@ -66,15 +70,6 @@ class GpuState:
             "driver_version": self.driver_version,
             "unavailable_reason": self.unavailable_reason,
         }
-
-
-def format_bytes(value: float) -> str:
-    """Human-readable binary size: ``1.5 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _text(value: object) -> str:

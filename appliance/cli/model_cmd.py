@@ -19,6 +19,9 @@ from rich.progress import (
 from rich.table import Table
 
 from appliance.cli.context import err, out, print_json, state
+from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
+from appliance.errors import UsageError
+from appliance.units import format_bytes, format_count
 
 model_app = typer.Typer(
     name="model",
@@ -70,28 +73,6 @@ def progress_bar() -> Iterator[Any]:
         yield update
 
 
-def human_bytes(n: int | None) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def human_count(n: int | None) -> str:
-    """``134515008`` -> ``134.5M``."""
-    if n is None:
-        return "-"
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f}{suffix}"
-    return str(n)
-
-
 def _public(model: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
     row = {k: v for k, v in model.items() if k not in ("id", "deleted_at")}
     if not manifest:
@@ -102,8 +83,15 @@ def _public(model: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
 @model_app.command("import")
 def import_(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="A Hugging Face model folder or a .gguf file."),
-    name: str = typer.Option(..., "--name", help="Name of the model in the workspace."),
+    path: Path | None = typer.Argument(
+        None, help="A Hugging Face model folder or a .gguf file (or --demo)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Name of the model in the workspace."),
+    demo: bool = typer.Option(
+        False,
+        "--demo",
+        help=f"Import the bundled SmolLM2-135M-Instruct as {DEMO_MODEL_NAME} (or --name).",
+    ),
     link: bool = typer.Option(
         False, "--link", help="Reference the folder in place (hashes re-checked before each use)."
     ),
@@ -112,6 +100,14 @@ def import_(
     """Import a base model: safetensors folder (copied, or --link) or GGUF file (converted)."""
     from appliance.models import import_model
 
+    if demo:
+        if path is not None:
+            raise UsageError("give either PATH or --demo, not both")
+        path, name = demo_model_gguf(), name or DEMO_MODEL_NAME
+    if path is None:
+        raise UsageError("give the model folder or .gguf file to import (or --demo)")
+    if name is None:
+        raise UsageError("give the model's name in the workspace with --name NAME")
     st = state(ctx)
     ws = st.workspace()
     with st.registry(ws) as reg, progress_bar() as callback:
@@ -122,8 +118,8 @@ def import_(
     how = "linked in place" if model["linked"] else f"copied to {ws.home / model['path']}"
     out.print(
         f"Imported {model['name']}: {model['architecture']}, "
-        f"{human_count(model['parameters'])} parameters, {model['dtype']}, "
-        f"{human_bytes(model['total_bytes'])}, {how}"
+        f"{format_count(model['parameters'])} parameters, {model['dtype']}, "
+        f"{format_bytes(model['total_bytes'])}, {how}"
     )
 
 
@@ -149,11 +145,11 @@ def list_(
         table.add_row(
             m["name"],
             m["architecture"],
-            human_count(m["parameters"]),
+            format_count(m["parameters"]),
             m["dtype"] or "-",
             str(m["context_length"] or "-"),
             "yes" if m["has_chat_template"] else "no",
-            human_bytes(m["total_bytes"]),
+            format_bytes(m["total_bytes"]),
             "linked" if m["linked"] else "copy",
         )
     out.print(table)
@@ -195,9 +191,9 @@ def show(
     ):
         value = model.get(key)
         if key == "parameters":
-            value = f"{value} ({human_count(value)})"
+            value = f"{value} ({format_count(value)})"
         elif key == "total_bytes":
-            value = f"{value} ({human_bytes(value)})"
+            value = f"{value} ({format_bytes(value)})"
         table.add_row(key, "-" if value is None else str(value))
     table.add_row("files", str(len(model["manifest"])))
     table.add_row("adapters", ", ".join(adapters) or "none yet")

@@ -20,9 +20,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.gpu import format_bytes
 from appliance.models import import_model
 from appliance.session import Session
+from appliance.units import format_bytes, format_count
 from gui.pages.base import Page
 from gui.tasks import Progress, Task
 
@@ -35,13 +35,6 @@ _STAGES = {
     "saving": "Saving",
     "verifying": "Verifying",
 }
-
-
-def _parameters(count: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return str(count)
 
 
 class ModelsPage(Page):
@@ -103,7 +96,7 @@ class ModelsPage(Page):
             cells = (
                 model["name"],
                 model["architecture"],
-                _parameters(int(model["parameters"])),
+                format_count(int(model["parameters"])),
                 str(model.get("context_length") or "?"),
                 "yes" if model.get("has_chat_template") else "no",
                 format_bytes(int(model["total_bytes"])),

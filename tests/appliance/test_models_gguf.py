@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.demo import DEMO_MODEL_NAME
 from appliance.fsutil import sha256_file
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
@@ -18,9 +19,11 @@ def test_smollm2_gguf_import_then_chat(ws: Workspace, cli: CliRunner, smollm2_gg
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
-    result = cli("model", "import", str(smollm2_gguf), "--name", "smollm2", "--json")
+    # --demo imports the bundled file: the same path as the smollm2_gguf fixture.
+    result = cli("model", "import", "--demo", "--json")
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
+    assert model["name"] == DEMO_MODEL_NAME
     assert model["format"] == "gguf"
     assert model["source_sha256"] == sha256_file(smollm2_gguf)
     assert model["architecture"] == "LlamaForCausalLM"
