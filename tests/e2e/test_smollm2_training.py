@@ -1,0 +1,127 @@
+"""End to end on the real demo model: SmolLM2-135M-Instruct learns facts about an organisation
+that does not exist, on CPU, with QLoRA, through a stop and a resume.
+
+The dataset (``tests/data/orgfacts/orgfacts.jsonl``) has four phrasings of each of 20 made-up
+facts about "the Quillmere Institute"; ``heldout.jsonl`` asks 14 of them in a fifth phrasing
+that is in neither split. The base model cannot know any answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from appliance import adapters, datasets, workspace
+from appliance.models import import_model
+from appliance.registry import Registry
+from appliance.training import events as ev
+from appliance.training import launcher
+from appliance.training.quant import load_4bit
+from appliance.training.settings import build_config
+from appliance.vault import Vault
+from tests.helpers.training import ORGFACTS, PASS
+
+SETTINGS = [
+    "target_modules=all-linear",
+    "rank=16",
+    "alpha=32",
+    "max_steps=36",
+    "micro_batch_size=4",
+    "gradient_accumulation_steps=1",
+    "lr=2e-3",
+    "warmup_steps=2",
+    "eval_every=0",
+    "save_every=18",
+    "max_seq_length=256",
+    "gradient_checkpointing=false",
+]
+
+
+def _answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
+    replies = []
+    for question in questions:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+        replies.append(
+            tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+    return replies
+
+
+@pytest.mark.slow
+def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(tmp_path: Path, smollm2_gguf: Path) -> None:
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    ws, _ = workspace.init(tmp_path / "ws")
+    vault = Vault.create(ws, PASS, "tester", target_s=0)
+    with Registry.open(ws, audit_key=vault.audit_key) as reg:
+        model_row = import_model(ws, reg, smollm2_gguf, "smollm2")
+        datasets.import_file(vault, reg, ORGFACTS / "orgfacts.jsonl", "orgfacts", eval_fraction=0.1)
+        run_id = launcher.create_run(
+            vault,
+            reg,
+            model="smollm2",
+            dataset="orgfacts",
+            adapter_name="quillmere",
+            config=build_config("quick-test", SETTINGS),
+        )
+        # First session: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
+        process = launcher.launch(vault, reg, run_id)
+        first: list[ev.Event] = []
+        for event in process.events():
+            first.append(event)
+            if isinstance(event, ev.Step) and event.step == 20:
+                process.stop()
+        outcome = launcher.wait_settled(process, vault, reg)
+        assert outcome.state == "stopped", outcome
+        (stopped,) = [e for e in first if isinstance(e, ev.Stopped)]
+        assert stopped.step in (20, 21)
+        assert reg.run(run_id)["state"] == "stopped"
+        # Second session: resumed from that checkpoint to the end.
+        process = launcher.launch(vault, reg, run_id)
+        second = list(process.events())
+        outcome = launcher.wait_settled(process, vault, reg)
+        assert outcome.state == "finished", outcome
+        assert outcome.adapter == "quillmere@1"
+        _, weights = adapters.load(vault, reg, "quillmere@1")
+        lineage = reg.adapter_lineage("quillmere@1")
+
+    started = second[0]
+    assert isinstance(started, ev.Started)
+    assert started.start_step == stopped.step
+    assert started.trainable_params > 0
+    base_eval = next(e for e in first if isinstance(e, ev.Eval) and e.step == 0).eval_loss
+    (done,) = [e for e in second if isinstance(e, ev.Finished)]
+    assert done.eval_loss is not None
+    assert done.eval_loss < 0.5 * base_eval, (base_eval, done.eval_loss)
+    steps = [e for e in first + second if isinstance(e, ev.Step)]
+    assert steps[-1].loss < steps[0].loss
+    assert lineage["base_model"]["name"] == "smollm2"
+    assert lineage["metrics"]["eval_loss"] == pytest.approx(done.eval_loss)
+
+    folder = Path(ws.home / model_row["path"])
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = adapters.apply_to(load_4bit(folder, torch.float32), weights).eval()
+    heldout = [json.loads(line) for line in (ORGFACTS / "heldout.jsonl").read_text().splitlines()]
+    questions = [h["question"] for h in heldout]
+    tuned = _answers(model, tokenizer, questions)
+    with model.disable_adapter():
+        base = _answers(model, tokenizer, questions)
+    right = [h["expect"].lower() in a.lower() for h, a in zip(heldout, tuned, strict=True)]
+    base_right = [h["expect"].lower() in a.lower() for h, a in zip(heldout, base, strict=True)]
+    report = "\n".join(
+        f"{ok} {q} -> {a!r}" for ok, q, a in zip(right, questions, tuned, strict=True)
+    )
+    assert sum(right) >= 4, report
+    assert sum(right) >= sum(base_right) + 3, report
