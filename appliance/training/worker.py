@@ -243,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = load_rows(spec, keys["dataset_key"])
 
         import torch
+        from transformers.utils import logging as hf_logging
 
         from appliance.training.loop import Trainer
         from appliance.training.memory import MemorySampler
 
         threads = choose_threads(args.threads)
         torch.set_num_threads(threads)
+        hf_logging.disable_progress_bar()  # bars are for terminals, not for train.log
         log.info("run %s: torch %s, %d CPU thread(s)", run_id, torch.__version__, threads)
         trainer = Trainer(
             spec=spec,
