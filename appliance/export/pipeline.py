@@ -24,6 +24,7 @@ from appliance import adapters
 from appliance.errors import ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
 from appliance.export.options import ExportOptions, Progress, check_cancel
+from appliance.export.quiet import quiet_libraries
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
 from appliance.registry import Registry
@@ -112,7 +113,7 @@ def export_adapter(
     ws = vault.ws
     out = options.out
     check_destination(out, options.force, ws.home)
-    with ws.writer("export"):
+    with ws.writer("export"), quiet_libraries():
         report(0, 0, "checking")
         record, weights = adapters.load(vault, reg, ref)  # authenticated before any write
         lineage = reg.adapter_lineage(record["ref"])

@@ -202,6 +202,7 @@ def test_cli_exports_and_refuses_an_existing_destination(
     out = tmp_path / "served"
     r = cli("export", "legal@1", "--format", "adapter", "--out", str(out), "--json", env=env)
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no library progress bars or warnings around the CLI's own output
     record = json.loads(r.stdout)
     assert record["adapter"] == "legal@1"
     assert record["verification"]["passed"] is True
