@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import PassphraseError, TrainingError
@@ -303,7 +303,8 @@ def list_(
     if not runs:
         out.print("No runs yet; start one with 'appliance train'.")
         return
-    table = Table("run", "state", "model", "dataset", "adapter", "created")
+    table = Table("state", "model", "dataset", "adapter", "created")
+    table.columns.insert(0, Column("run", no_wrap=True))
     for r in runs:
         label = r["state"] + (f" ({r['failure_reason']})" if r["state"] == "failed" else "")
         table.add_row(

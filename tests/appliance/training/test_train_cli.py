@@ -23,7 +23,7 @@ ENV = {"APPLIANCE_PASSPHRASE": PASS}
 # Slow enough steps (4 micro-batches each) that a stop lands mid-run.
 SETTINGS = [
     "--preset", "quick-test",
-    "--set", "max_steps=60",
+    "--set", "max_steps=80",
     "--set", "micro_batch_size=2",
     "--set", "gradient_accumulation_steps=4",
     "--set", "save_every=10",
@@ -81,7 +81,7 @@ def test_train_stop_resume_from_the_cli_equals_an_uninterrupted_run(prepared: Cl
     assert "No NVIDIA GPU found" in done.stdout
     assert "Estimated peak RAM memory" in done.stdout
     assert "eval loss" in done.stdout
-    assert "step 60/60  loss" in done.stdout
+    assert "step 80/80  loss" in done.stdout
     assert "Finished run" in done.stdout
     assert "adapter straight@1" in done.stdout
 
@@ -134,7 +134,7 @@ def test_train_stop_resume_from_the_cli_equals_an_uninterrupted_run(prepared: Cl
     assert kinds[-1] in ("finished", "memory")
     text = cli("run", "show", run_id, env=ENV).stdout
     assert "stopped at step" in text
-    assert "finished at step 60" in text
+    assert "finished at step 80" in text
 
     ws = workspace.open_workspace(home)
     vault = Vault.unlock(ws, PASS)

@@ -19,7 +19,7 @@ from appliance.training import events as ev
 from appliance.training.config import DataSettings
 from appliance.training.data import IGNORE, BatchPlan, Example, encode_chat, encode_text, tokenise
 from appliance.training.runfolder import CHECKPOINTS_DIR
-from appliance.training.worker import KeyHandoverError, failure_event, read_keys
+from appliance.training.worker import KeyHandoverError, choose_threads, failure_event, read_keys
 from tests.helpers.training import (
     CaptureLog,
     chat_rows,
@@ -271,3 +271,11 @@ def test_failure_messages_speak_to_the_user(tmp_path: Path) -> None:
     assert crash.kind == "error"
     assert "internal error at step 12: ZeroDivisionError" in crash.message
     assert "train.log" in crash.message
+
+
+def test_cpu_threads_leave_a_core_free() -> None:
+    import os
+
+    assert choose_threads(3) == 3  # --threads wins
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= choose_threads(None) <= max(1, cores - 1)
