@@ -63,22 +63,28 @@ def probe_prompts(tokenizer: Any) -> list[list[int]]:
 
 
 def run_probe(model: Any, prompts: list[list[int]], greedy_tokens: int = GREEDY_TOKENS) -> Probe:
-    """Logits of each prompt and its greedy continuation (no sampling, no cache quirks)."""
+    """Logits of each prompt, and its greedy continuation decoded with the KV cache.
+
+    Both sides of a comparison run this same code, so they take the same arithmetic path.
+    """
     import torch
 
     logits: list[torch.Tensor] = []
     greedy: list[list[int]] = []
     with torch.inference_mode():
         for ids in prompts:
-            seq = torch.tensor([ids])
-            out = model(input_ids=seq, use_cache=False).logits[0].float()
-            logits.append(out.clone())
+            out = model(input_ids=torch.tensor([ids]), use_cache=True)
+            logits.append(out.logits[0].float().clone())
             tokens: list[int] = []
+            step = out
             for _ in range(greedy_tokens):
-                nxt = int(out[-1].argmax())
+                nxt = int(step.logits[0, -1].argmax())
                 tokens.append(nxt)
-                seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
-                out = model(input_ids=seq, use_cache=False).logits[0].float()
+                step = model(
+                    input_ids=torch.tensor([[nxt]]),
+                    past_key_values=step.past_key_values,
+                    use_cache=True,
+                )
             greedy.append(tokens)
     return Probe(logits, greedy)
 
