@@ -12,7 +12,8 @@ which holds the vault, unseals the adapter and stores it as ``NAME@N`` under the
 States in the registry: queued (created) -> running (with the child's PID) -> finished,
 stopped or failed. The outcome of a session is read back from ``metrics.jsonl`` (the events
 after this session's start), so any process holding the vault can settle a run whose parent
-is gone: :func:`reconcile` does it for every run marked running whose process has ended.
+is gone: :func:`reconcile` (in :mod:`appliance.training.settle`) does it for every run marked
+running whose process has ended.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from appliance import adapters
 from appliance.datasets.store import describe as describe_dataset
 from appliance.datasets.store import resolve as resolve_dataset
 from appliance.errors import (
@@ -37,7 +35,6 @@ from appliance.errors import (
     NotFoundError,
     TrainingError,
     UsageError,
-    WorkspaceLockedError,
 )
 from appliance.models.use import resolve_model_for_use
 from appliance.registry import Registry
@@ -45,24 +42,27 @@ from appliance.registry.refs import check_name
 from appliance.training import events as ev
 from appliance.training.config import TrainConfig, save_config
 from appliance.training.runfolder import (
-    ADAPTER_FILE,
     LOG_FILE,
     RUN_KEY_FILE,
     RunSpec,
     read_session,
     write_session,
 )
+from appliance.training.settle import (
+    LOST,
+    Outcome,
+    finalize,
+    process_alive,
+    reconcile,
+    run_adapters,
+    run_dir,
+    session_events,
+    try_reconcile,
+)
 from appliance.vault import Vault, new_object_id
-from appliance.vault.objects import read_object
 
 STOP_TIMEOUT_S = 120.0
 """How long a stop waits for the child to checkpoint before killing it."""
-LOST = "process lost"
-TERMINAL = (ev.Finished, ev.Stopped, ev.Failed)
-
-
-def run_dir(vault: Vault, run: dict[str, Any]) -> Path:
-    return vault.ws.home / str(run["path"])
 
 
 # --- creating and launching --------------------------------------------------------------------
@@ -188,18 +188,27 @@ class TrainingProcess:
         return self.proc.wait(timeout)
 
 
-def launch(
-    vault: Vault,
-    reg: Registry,
-    run_id: str,
-    *,
-    detach: bool = False,
-    threads: int | None = None,
-) -> TrainingProcess:
-    """Start (or resume) ``run_id`` in a child process and mark it running with its PID.
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start one session of a run, in this process or through QProcess."""
 
-    With ``detach`` the child's events go only to ``metrics.jsonl`` (its stdout is not piped),
-    so it outlives this process; any later command settles its outcome via :func:`reconcile`.
+    run_id: str
+    folder: Path
+    command: list[str]
+    """The child's command line (:func:`worker_command`)."""
+    keys: bytes = field(repr=False)
+    """The line to write to the child's stdin, then close it (:func:`key_line`)."""
+    log_file: Path
+    """Where the child's stderr belongs (the run's ``train.log``, appended)."""
+
+
+def prepare_launch(
+    vault: Vault, reg: Registry, run_id: str, *, threads: int | None = None
+) -> LaunchPlan:
+    """Check that ``run_id`` can start, refresh its run description, and gather its keys.
+
+    A run whose model or dataset is gone or changed is marked failed with the reason.
+    The session's start in ``metrics.jsonl`` is recorded here, before any child can write.
 
     Raises:
         UsageError: the run is finished, or running already.
@@ -221,9 +230,44 @@ def launch(
         raise
     metrics = folder / ev.METRICS_FILE
     offset = metrics.stat().st_size if metrics.exists() else 0
-    with open(folder / LOG_FILE, "ab") as log_file:
+    write_session(folder, {"pid": None, "metrics_offset": offset, "launched": time.time()})
+    return LaunchPlan(run_id, folder, worker_command(folder, threads), keys, folder / LOG_FILE)
+
+
+def mark_started(vault: Vault, reg: Registry, plan: LaunchPlan, pid: int) -> None:
+    """Record the started child's PID in ``session.json`` and mark the run running."""
+    session = read_session(plan.folder)
+    write_session(plan.folder, {**session, "pid": pid})
+    with vault.ws.writer("train"):
+        if reg.run(plan.run_id)["state"] != "running":
+            reg.update_run(plan.run_id, state="running", pid=pid)
+        else:
+            reg.update_run(plan.run_id, pid=pid)
+
+
+def launch(
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    *,
+    detach: bool = False,
+    threads: int | None = None,
+) -> TrainingProcess:
+    """Start (or resume) ``run_id`` in a child process and mark it running with its PID.
+
+    With ``detach`` the child's events go only to ``metrics.jsonl`` (its stdout is not piped),
+    so it outlives this process; any later command settles its outcome via :func:`reconcile`.
+    The GUI does the same with QProcess: :func:`prepare_launch`, start ``plan.command``, write
+    ``plan.keys``, :func:`mark_started`; then :func:`finalize` when the child has exited.
+
+    Raises:
+        UsageError: the run is finished, or running already.
+        NotFoundError / IntegrityError: its model or dataset is gone or changed.
+    """
+    plan = prepare_launch(vault, reg, run_id, threads=threads)
+    with open(plan.log_file, "ab") as log_file:
         proc = subprocess.Popen(
-            worker_command(folder, threads),
+            plan.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL if detach else subprocess.PIPE,
             stderr=log_file,
@@ -234,182 +278,15 @@ def launch(
         )
     assert proc.stdin is not None
     try:
-        proc.stdin.write(keys)
+        proc.stdin.write(plan.keys)
         proc.stdin.close()
     except BrokenPipeError:
         pass  # the child died at once; its exit code tells why
-    write_session(folder, {"pid": proc.pid, "metrics_offset": offset, "launched": time.time()})
-    with vault.ws.writer("train"):
-        if reg.run(run_id)["state"] != "running":
-            reg.update_run(run_id, state="running", pid=proc.pid)
-        else:
-            reg.update_run(run_id, pid=proc.pid)
-    return TrainingProcess(run_id, folder, proc)
+    mark_started(vault, reg, plan, proc.pid)
+    return TrainingProcess(run_id, plan.folder, proc)
 
 
 # --- outcomes ----------------------------------------------------------------------------------
-
-
-def session_events(folder: Path) -> list[ev.Event]:
-    """The events of the latest session (those after its start offset in ``metrics.jsonl``)."""
-    metrics = folder / ev.METRICS_FILE
-    if not metrics.exists():
-        return []
-    offset = int(read_session(folder).get("metrics_offset", 0))
-    with open(metrics, "rb") as handle:
-        handle.seek(offset)
-        tail = handle.read()
-    found = []
-    for raw in tail.split(b"\n"):
-        if raw.strip():
-            try:
-                found.append(ev.parse_event(raw))
-            except ev.EventError:
-                continue  # a line torn by a kill
-    return found
-
-
-def describe_exit(code: int | None) -> str:
-    """Why a child ended without reporting, in words."""
-    if code is None:
-        return LOST
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = "; the system may have run out of memory" if -code == signal.SIGKILL else ""
-        return f"the training process was killed by {name}{hint}"
-    return f"the training process exited with code {code} without a report"
-
-
-@dataclass
-class Outcome:
-    """How a session ended, as settled in the registry."""
-
-    run_id: str
-    state: str
-    message: str | None = None
-    adapter: str | None = None
-    """NAME@N of the registered adapter when finished."""
-    finished: ev.Finished | None = None
-
-
-def lib_versions() -> dict[str, str]:
-    found = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "safetensors"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def finalize(vault: Vault, reg: Registry, run_id: str, exit_code: int | None = None) -> Outcome:
-    """Settle a session that has ended: register the adapter, or record stopped / failed.
-
-    Safe to call twice and from two processes (a foreground CLI and a ``run list``): under the
-    writer lock, a run that is no longer marked running is left as it is.
-    """
-    with vault.ws.writer("train: finish run"):
-        run = reg.run(run_id)
-        if run["state"] not in ("running", "queued"):
-            return _settled(reg, run)
-        folder = run_dir(vault, run)
-        found = [e for e in session_events(folder) if isinstance(e, TERMINAL)]
-        last = found[-1] if found else None
-        if isinstance(last, ev.Finished) and (folder / ADAPTER_FILE).exists():
-            return _register(vault, reg, run, folder, last)
-        if isinstance(last, ev.Stopped):
-            reg.update_run(run_id, state="stopped")
-            return Outcome(run_id, "stopped", f"stopped at step {last.step}")
-        if isinstance(last, ev.Failed):
-            reg.update_run(run_id, state="failed", failure_reason=last.message)
-            return Outcome(run_id, "failed", last.message)
-        reason = describe_exit(exit_code)
-        reg.update_run(run_id, state="failed", failure_reason=reason)
-        return Outcome(run_id, "failed", reason)
-
-
-def _register(
-    vault: Vault, reg: Registry, run: dict[str, Any], folder: Path, done: ev.Finished
-) -> Outcome:
-    spec = RunSpec.load(folder)
-    run_key = bytes(vault.read(folder / RUN_KEY_FILE, what=f"the key of run {run['id']}"))
-    label = f"the adapter of run {run['id']}"
-    weights = adapters.unpack(read_object(folder / ADAPTER_FILE, run_key, what=label), label)
-    metrics = {
-        "train_loss": done.train_loss,
-        "eval_loss": done.eval_loss,
-        "tokens_seen": done.tokens_seen,
-        "steps": done.step,
-        "wall_s": done.total_wall_s if done.total_wall_s is not None else done.wall_s,
-        "peak_memory": done.peak_memory,
-    }
-    version = adapters.store(
-        vault,
-        reg,
-        spec.adapter_name,
-        weights,
-        run_id=run["id"],
-        metrics=metrics,
-        lib_versions=lib_versions(),
-    )
-    reg.update_run(run["id"], state="finished")
-    (folder / ADAPTER_FILE).unlink(missing_ok=True)
-    ref = f"{spec.adapter_name}@{version}"
-    return Outcome(run["id"], "finished", None, ref, done)
-
-
-def _settled(reg: Registry, run: dict[str, Any]) -> Outcome:
-    refs = [a["ref"] for a in reg.adapter_versions() if a["run_id"] == run["id"]]
-    return Outcome(run["id"], run["state"], run["failure_reason"], refs[-1] if refs else None)
-
-
-def run_adapters(reg: Registry, run_id: str) -> list[str]:
-    """NAME@N of the adapter versions a run produced."""
-    return [a["ref"] for a in reg.adapter_versions() if a["run_id"] == run_id]
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def process_alive(pid: int | None, run_id: str) -> bool:
-    """Whether ``pid`` is still this run's training process (not a zombie, not a reused PID)."""
-    if not pid:
-        return False
-    proc = Path(f"/proc/{pid}")
-    if Path("/proc/self").exists():
-        try:
-            status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            return False
-        return (
-            status not in ("Z", "X")
-            and "appliance.training.worker" in cmdline
-            and (run_id in cmdline)
-        )
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reconcile(vault: Vault, reg: Registry) -> list[Outcome]:
-    """Settle every run marked running whose process is gone (finished, stopped or failed).
-
-    A run whose child ended without a final event becomes ``failed`` with the reason
-    "process lost": a run never hangs in "running".
-    """
-    settled = []
-    for run in reg.runs("running"):
-        if not process_alive(run["pid"], run["id"]):
-            settled.append(finalize(vault, reg, run["id"]))
-    return settled
 
 
 def stop_run(
@@ -444,14 +321,6 @@ def stop_run(
     return outcome
 
 
-def try_reconcile(vault: Vault, reg: Registry) -> list[Outcome]:
-    """:func:`reconcile`, skipped when another command holds the workspace for long."""
-    try:
-        return reconcile(vault, reg)
-    except WorkspaceLockedError:
-        return []
-
-
 def wait_settled(process: TrainingProcess, vault: Vault, reg: Registry) -> Outcome:
     """After the events ended: reap the child and settle its run."""
     code = process.wait()
@@ -460,6 +329,7 @@ def wait_settled(process: TrainingProcess, vault: Vault, reg: Registry) -> Outco
 
 __all__ = [
     "LOST",
+    "LaunchPlan",
     "Outcome",
     "TrainingError",
     "TrainingProcess",
@@ -467,10 +337,13 @@ __all__ = [
     "finalize",
     "key_line",
     "launch",
+    "mark_started",
+    "prepare_launch",
     "prepare_spec",
     "process_alive",
     "reconcile",
     "run_adapters",
+    "run_dir",
     "session_events",
     "stop_run",
     "try_reconcile",
