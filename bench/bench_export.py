@@ -161,7 +161,8 @@ def synthetic_model(out: Path) -> Path:
     )
     (out / "model.safetensors").unlink()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model: Any = LlamaForCausalLM(config)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(out)
     return out
 

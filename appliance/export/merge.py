@@ -126,7 +126,7 @@ def _plain_lora_layers(model: PeftModel) -> list[Any] | None:
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     adapter = model.active_adapter
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
     for layer in layers:
         if (
             not isinstance(layer, LoraLinear)
