@@ -47,6 +47,10 @@ class KeyHandoverError(TrainingError):
     """The keys on stdin are missing or malformed."""
 
 
+class RunConfigError(TrainingError):
+    """The run folder's config.json or run.json cannot be used."""
+
+
 def read_keys(stream: IO[str]) -> dict[str, bytes]:
     """The keys the launcher wrote on stdin as one JSON line.
 
@@ -163,9 +167,7 @@ def failure_event(exc: BaseException, run_id: str, trainer: Any, run_dir: Path) 
             message=f"the computer ran out of memory{at}; lower micro_batch_size or "
             "max_seq_length, or use method qlora",
         )
-    if isinstance(exc, UsageError | KeyHandoverError) or (
-        isinstance(exc, TrainingError) and "config" in str(exc)
-    ):
+    if isinstance(exc, UsageError | RunConfigError):
         return ev.Failed(run_id=run_id, step=step, kind="config", message=str(exc))
     if isinstance(exc, DatasetError | IntegrityError | NotFoundError):
         return ev.Failed(run_id=run_id, step=step, kind="data", message=str(exc))
@@ -237,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if not run_dir.is_dir():
             raise TrainingError(f"{run_dir} is not a run folder")
-        spec = RunSpec.load(run_dir)
-        config = load_config(run_dir)
+        try:
+            spec = RunSpec.load(run_dir)
+            config = load_config(run_dir)
+        except TrainingError as exc:
+            raise RunConfigError(str(exc)) from None
         keys = read_keys(sys.stdin)
         rows = load_rows(spec, keys["dataset_key"])
 
@@ -300,9 +305,5 @@ def main(argv: list[str] | None = None) -> int:
         stream.flush()
 
 
-def _exit_code(code: int) -> int:
-    return code if 0 <= code < 256 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(_exit_code(main()))
+    sys.exit(main())
