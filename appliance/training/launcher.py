@@ -312,13 +312,13 @@ def stop_run(
         os.kill(pid, signal.SIGKILL)
         while process_alive(pid, run_id):
             time.sleep(0.1)
-    outcome = finalize(vault, reg, run_id, exit_code=-signal.SIGKILL if killed else None)
-    if killed and outcome.state == "failed":
-        outcome.message = (
+    reason = None
+    if killed:
+        reason = (
             f"it did not stop within {timeout:.0f} s and was killed; resume it from its last "
             "checkpoint with 'appliance run resume'"
         )
-    return outcome
+    return finalize(vault, reg, run_id, reason=reason)
 
 
 def wait_settled(process: TrainingProcess, vault: Vault, reg: Registry) -> Outcome:

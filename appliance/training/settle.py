@@ -86,8 +86,17 @@ def lib_versions() -> dict[str, str]:
     return found
 
 
-def finalize(vault: Vault, reg: Registry, run_id: str, exit_code: int | None = None) -> Outcome:
+def finalize(
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    exit_code: int | None = None,
+    reason: str | None = None,
+) -> Outcome:
     """Settle a session that has ended: register the adapter, or record stopped / failed.
+
+    ``exit_code`` (negative: killed by that signal) or ``reason`` explain a child that ended
+    without a final event; without either the run failed with "process lost".
 
     Safe to call twice and from two processes (a foreground CLI and a ``run list``): under the
     writer lock, a run that is no longer marked running is left as it is.
@@ -107,7 +116,7 @@ def finalize(vault: Vault, reg: Registry, run_id: str, exit_code: int | None = N
         if isinstance(last, ev.Failed):
             reg.update_run(run_id, state="failed", failure_reason=last.message)
             return Outcome(run_id, "failed", last.message)
-        reason = describe_exit(exit_code)
+        reason = reason or describe_exit(exit_code)
         reg.update_run(run_id, state="failed", failure_reason=reason)
         return Outcome(run_id, "failed", reason)
 

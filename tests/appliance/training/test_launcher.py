@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,30 @@ def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> No
             assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
         with pytest.raises(UsageError, match="is failed, not running"):
             launcher.stop_run(vault, reg, lost)
+
+
+# A child that ignores SIGTERM (a hung step): 'run stop' must kill it after the timeout.
+IGNORES_SIGTERM = (
+    "import signal, sys, time  # appliance.training.worker\n"
+    "sys.stdin.readline()\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_stop_kills_a_child_that_does_not_stop_in_time(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config())
+    monkeypatch.setattr(launcher, "worker_command", _command(IGNORES_SIGTERM))
+    with _registry(vault) as reg:
+        process = launcher.launch(vault, reg, run_id, detach=True)
+        time.sleep(0.5)  # let it install its handler
+        outcome = launcher.stop_run(vault, reg, run_id, timeout=1)
+        assert process.wait(timeout=10) == -9
+        run = reg.run(run_id)
+    assert outcome.state == "failed"
+    assert "did not stop within 1 s and was killed" in (outcome.message or "")
+    assert run["state"] == "failed"
+    assert run["failure_reason"] == outcome.message
