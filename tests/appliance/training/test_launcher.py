@@ -100,6 +100,29 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     assert [e.step for e in events if isinstance(e, ev.Checkpoint)] == [2, 4]
     assert any(isinstance(e, ev.Memory) and e.rss for e in events)
     assert (folder / LOG_FILE).exists()
+    # Nothing of the dataset or the weights reaches the run folder in plaintext.
+    for path in folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"plus one" not in data, path
+            assert b"The answer is" not in data, path
+            assert b"lora_A" not in data, path
+
+
+def test_the_child_gets_one_data_key_and_the_run_key_never_the_master_key(setup: Any) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config())
+    with _registry(vault) as reg:
+        line = launcher.key_line(vault, reg, run_id)
+        version = datasets.resolve(reg, "facts")
+    keys = json.loads(line)
+    assert sorted(keys) == ["dataset_key", "run_key"]
+    assert vault.master_key.hex().encode() not in line
+    path = vault.ws.home / version["path"]
+    assert bytes.fromhex(keys["dataset_key"]) == vault.data_key(path, version["object_id"])
+    sealed = run_folder(vault, run_id) / "run-key.enc"
+    assert bytes.fromhex(keys["run_key"]) == bytes(vault.read(sealed))
+    assert bytes.fromhex(keys["run_key"]) not in sealed.read_bytes()
 
 
 def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
