@@ -141,8 +141,8 @@ def _plain_lora_layers(model: PeftModel) -> list[Any] | None:
     return layers
 
 
-def _merge_rows(layer: Any, adapter: str) -> None:
-    """``W += scale * B @ A`` a block of rows at a time, in place.
+def _merge_rows(layer: Any, adapter: str) -> bool:
+    """``W += scale * B @ A`` a block of rows at a time, in place; False on a non-finite result.
 
     The same arithmetic as peft's merge (float32 product, added into the weight and rounded
     once), but each temporary is a block of about 4 MB rather than a whole float32 copy of the
@@ -156,8 +156,12 @@ def _merge_rows(layer: Any, adapter: str) -> None:
     rows = max(1, (1 << 20) // max(1, a.shape[1]))
     with torch.no_grad():
         for start in range(0, weight.shape[0], rows):
-            weight[start : start + rows] += b[start : start + rows] @ a
+            block = weight[start : start + rows]
+            block += b[start : start + rows] @ a
+            if not bool(torch.isfinite(block).all()):  # checked while the block is in cache
+                return False
     layer.merged_adapters.append(adapter)
+    return True
 
 
 def merge(model: PeftModel) -> PreTrainedModel:
@@ -175,19 +179,25 @@ def merge(model: PeftModel) -> PreTrainedModel:
 
     layers = _plain_lora_layers(model)
     if layers is not None:
+        names = {id(m): n for n, m in model.named_modules()}
         for layer in layers:
-            _merge_rows(layer, model.active_adapter)
+            if not _merge_rows(layer, model.active_adapter):
+                raise _nan_error(names[id(layer)])
         merged: PreTrainedModel = model.unload()
-    else:
-        release_large_frees()
-        merged = model.merge_and_unload(progressbar=False, safe_merge=False)
+        return merged.eval()
+    release_large_frees()
+    merged = model.merge_and_unload(progressbar=False, safe_merge=False)
     for name, param in merged.named_parameters():
         if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-            raise ExportError(
-                f"merging the adapter gave NaN or infinite weights in {name}; the adapter is "
-                "unusable with this base, or try --dtype fp32"
-            )
+            raise _nan_error(name)
     return merged.eval()
+
+
+def _nan_error(name: str) -> ExportError:
+    return ExportError(
+        f"merging the adapter gave NaN or infinite weights in {name}; the adapter is unusable "
+        "with this base, or try --dtype fp32"
+    )
 
 
 def save_merged(
