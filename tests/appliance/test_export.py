@@ -264,3 +264,24 @@ def test_row_block_merge_matches_peft(
         assert float((a.float() - b.float()).abs().max()) <= ulp * max(1.0, float(b.abs().max()))
         if "proj" in key:
             assert not torch.equal(a, base[key])
+
+
+def test_qwen2_gguf_keeps_biases_and_needs_no_permutation(
+    store: Store, tiny_llama: Path, tmp_path: Path
+) -> None:
+    import gguf
+
+    from tests.helpers.adapters import build_tiny_qwen2
+
+    vault, reg, _ = store
+    source = build_tiny_qwen2(tmp_path / "qwen2-src", tiny_llama)
+    ref = make_adapter(vault, reg, source, model_name="qwen2", adapter_name="qwen-legal")
+    out = tmp_path / "qwen2"
+    result = export_adapter(vault, reg, ref, ExportOptions.checked("gguf", out, gguf_type="f16"))
+    assert result.verification["passed"]
+    assert result.verification["file_check"]["max_abs_diff"] == 0.0
+    assert result.verification["file_check"]["greedy_tokens_matching"] == 24
+    reader = gguf.GGUFReader(out / "qwen-legal-1.F16.gguf")
+    assert reader.fields["general.architecture"].contents() == "qwen2"
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"} <= names

@@ -149,6 +149,37 @@ def make_adapter(
     return f"{adapter_name}@{version}"
 
 
+def build_tiny_qwen2(out: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen2 (q/k/v biases, non-zero) with the tokenizer of ``tokenizer_source``."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):  # zero at init: make the biases matter
+                param.normal_(0, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
 def _lib_versions() -> dict[str, str]:
     from importlib.metadata import version
 
