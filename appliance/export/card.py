@@ -102,7 +102,7 @@ def model_card(
         f"sha256 `{base.get('sha256', '-')}`) |",
         f"| dataset | {data.get('name', '-')}@{data.get('version', '-')} "
         f"({data.get('rows', '-')} rows, sha256 `{data.get('sha256', '-')}`) |",
-        f"| run | {run.get('id', '-')} ({run.get('state', '-')}, finished "
+        f"| run | {run.get('id', '-')} ({run.get('state', '-')}, ended "
         f"{run.get('finished_at') or '-'}) |",
         f"| adapter created | {lineage['created_at']} by {lineage['created_by']} |",
         f"| metrics | {json.dumps(lineage.get('metrics') or {}, sort_keys=True)} |",

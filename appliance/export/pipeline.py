@@ -152,7 +152,7 @@ def export_adapter(
             details = build.finish()
             return _install(reg, record["ref"], options, staging, details, build)
         except OSError as exc:
-            raise _disk_error(exc, out) from None
+            raise _os_error(exc, out, record["ref"]) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -472,12 +472,20 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:.0f} MiB"
 
 
-def _disk_error(exc: OSError, out: Path) -> ExportError:
+def _os_error(exc: OSError, out: Path, ref: str) -> ExportError:
     if exc.errno == errno.ENOSPC:
         return ExportError(
             f"out of disk space while writing the export to {out.parent}; the partial output "
             "was removed: free some space or choose another --out"
         )
+    if exc.errno is not None:
+        return ExportError(
+            f"cannot write the export to {out}: {exc.strerror or exc}; the partial output was "
+            "removed"
+        )
+    # An OSError without errno comes from a library failing to read the model's files.
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ExportError(
-        f"cannot write the export to {out}: {exc.strerror or exc}; the partial output was removed"
+        f"the export of {ref} failed while reading model files ({first}); run 'appliance "
+        "verify' and re-import the base model if it reports a problem"
     )
