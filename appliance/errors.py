@@ -69,13 +69,3 @@ class TrainingError(ApplianceError):
 
 class ExportError(ApplianceError):
     """An export could not be written or did not verify."""
-
-
-class NotAvailableError(ApplianceError):
-    """A verb that a later release of the appliance will provide."""
-
-    def __init__(self, verb: str) -> None:
-        super().__init__(
-            f"'appliance {verb}' is not available yet in this version of the appliance; "
-            "see README.md for the verbs that are"
-        )
