@@ -42,20 +42,18 @@ from appliance import offline  # noqa: E402
 
 offline.enforce()
 
+from appliance.training.memory import process_peak_rss, process_rss  # noqa: E402
+
 
 def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return process_rss() or 0
 
 
 def _peak() -> int:
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child would report
-    # the parent's peak (which has built the workspace and a model) as its own.
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    peak = process_peak_rss()
+    if peak is None:
+        raise RuntimeError("no VmHWM in /proc/self/status")
+    return peak
 
 
 def _load_adapter(folder: Path) -> Any:

@@ -19,8 +19,10 @@ def selftest(
         "the training stack instead of failing them.",
     ),
 ) -> None:
-    """Check the vault's cryptography, stored formats, dependencies, NVML and the no-egress
-    guard. Exit 1 when any check fails."""
+    """Check cryptography, stored formats, dependencies, NVML and the no-egress guard.
+
+    Exit 1 when any check fails.
+    """
     # Imported here so that `appliance --help` stays fast and never pays for the checks.
     from appliance.selftest import run_selftest
 

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import resource
 import threading
 import time
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from appliance.training import checkpoint as ckpt
 from appliance.training import events as ev
 from appliance.training.config import TrainConfig
 from appliance.training.data import IGNORE, Batch, BatchPlan, collate, tokenise, total_steps
+from appliance.training.memory import process_peak_rss
 from appliance.training.runfolder import ADAPTER_FILE, CHECKPOINTS_DIR, RunSpec
 from appliance.vault.objects import new_object_id, write_object
 
@@ -77,7 +77,7 @@ def peak_memory(device: str) -> int:
     """Torch's peak allocation on a GPU, the process's peak resident memory on CPU."""
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return process_peak_rss() or 0
 
 
 class Trainer:

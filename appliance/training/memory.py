@@ -32,6 +32,22 @@ def process_rss() -> int | None:
             return None
 
 
+def process_peak_rss() -> int | None:
+    """Peak resident memory of this process in bytes (``VmHWM``; None where unreadable).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across fork and exec, so a training child
+    would report its parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _torch_cuda() -> Any:
     torch = sys.modules.get("torch")
     if torch is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from appliance.gpu import NvmlSession
 from appliance.training.events import Memory, parse_event
-from appliance.training.memory import MemorySampler, process_rss, read_memory
+from appliance.training.memory import MemorySampler, process_peak_rss, process_rss, read_memory
 
 
 def test_importing_the_light_modules_loads_no_deep_learning_stack() -> None:
@@ -30,6 +30,23 @@ def test_process_rss_is_plausible() -> None:
     rss = process_rss()
     assert rss is not None
     assert 10 * 2**20 < rss < 64 * 2**30
+
+
+def test_peak_rss_is_this_process_own_not_its_parents() -> None:
+    import subprocess
+    import sys
+
+    here = process_peak_rss()
+    assert here is not None
+    rss = process_rss()
+    assert rss is not None
+    assert here >= rss
+    ballast = bytearray(200 * 1024 * 1024)  # raise this process's peak well above a child's
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from appliance.training.memory import process_peak_rss as p; print(p())"
+    child = int(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert child < (process_peak_rss() or 0) - 150 * 1024 * 1024
+    del ballast
 
 
 def test_read_memory_without_cuda_reports_rss_and_round_trips() -> None:
