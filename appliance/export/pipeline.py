@@ -24,9 +24,9 @@ from appliance import adapters
 from appliance.errors import ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
 from appliance.export.options import ExportOptions, Progress, check_cancel
-from appliance.export.quiet import quiet_libraries
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
+from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
 from appliance.registry.folders import manifest_digest
 from appliance.vault import Vault

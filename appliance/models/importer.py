@@ -24,6 +24,7 @@ from appliance.errors import ModelImportError, NotFoundError, UsageError
 from appliance.fsutil import CHUNK, fsync_dir
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
+from appliance.quiet import quiet_libraries
 from appliance.registry import Registry, write_meta
 from appliance.registry.folders import manifest_digest
 from appliance.registry.refs import check_name, now, os_user
@@ -246,6 +247,12 @@ def _stage_gguf(ws: Workspace, source: Path, staging: Path, report: Progress) ->
 
 def _convert_gguf(src_dir: Path, filename: str, out: Path, report: Progress) -> None:
     """Dequantise a GGUF model with transformers and save it as a bf16 safetensors folder."""
+    # Our own progress callback reports the stages; the libraries' bars would garble the CLI's.
+    with quiet_libraries():
+        _convert_gguf_quietly(src_dir, filename, out, report)
+
+
+def _convert_gguf_quietly(src_dir: Path, filename: str, out: Path, report: Progress) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

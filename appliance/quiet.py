@@ -1,4 +1,4 @@
-"""Keep the libraries' chatter off stderr while an export runs.
+"""Keep the libraries' chatter off stderr while an import or export runs.
 
 The CLI owns stderr (its own progress bar, and on failure one ``error:`` line), and the GUI
 reports progress through callbacks, so transformers' progress bars, peft's and transformers'
