@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from appliance.cli.context import err, out, print_json, state
+from appliance.cli.progress import stage_progress
 
 _STAGES = {
     "checking": "Checking adapter and base",
@@ -26,34 +23,6 @@ _STAGES = {
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the ``appliance`` command."""
     app.command("export")(export)
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Any]:
-    """A ``(done, total, stage)`` callback drawn on stderr when it is a terminal."""
-    if not err.is_terminal:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("Starting", total=None)
-
-    def update(done: int, total: int, stage: str) -> None:
-        bar.update(
-            task,
-            description=_STAGES.get(stage, stage),
-            completed=done,
-            total=total if total > 0 else None,
-        )
-
-    with bar:
-        yield update
 
 
 def export(
@@ -92,7 +61,7 @@ def export(
     st = state(ctx)
     ws = st.workspace()
     vault = st.vault(ws)
-    with st.registry(ws) as reg, _progress_bar() as callback:
+    with st.registry(ws) as reg, stage_progress(_STAGES) as callback:
         result = export_adapter(vault, reg, ref, options, progress=callback)
     if json_out:
         print_json(result.to_json())

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from appliance.cli.context import err, out, print_json, state
+from appliance.cli.context import out, print_json, state
+from appliance.cli.progress import stage_progress
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import UsageError
 from appliance.units import format_bytes, format_count
@@ -42,35 +33,6 @@ _STAGES = {
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the ``appliance`` command."""
     app.add_typer(model_app)
-
-
-@contextmanager
-def progress_bar() -> Iterator[Any]:
-    """A ``(done, total, stage)`` callback drawn as a rich progress bar on stderr (a terminal)."""
-    if not err.is_terminal:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("Starting", total=None)
-
-    def update(done: int, total: int, stage: str) -> None:
-        bar.update(
-            task,
-            description=_STAGES.get(stage, stage),
-            completed=done,
-            total=total if total > 0 else None,
-        )
-
-    with bar:
-        yield update
 
 
 def _public(model: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
@@ -110,7 +72,7 @@ def import_(
         raise UsageError("give the model's name in the workspace with --name NAME")
     st = state(ctx)
     ws = st.workspace()
-    with st.registry(ws) as reg, progress_bar() as callback:
+    with st.registry(ws) as reg, stage_progress(_STAGES) as callback:
         model = import_model(ws, reg, path, name, link=link, progress=callback)
     if json_out:
         print_json(_public(model, manifest=False))
