@@ -96,6 +96,32 @@ def pack(weights: AdapterWeights) -> bytes:
     return bytes(save(weights.tensors, metadata=metadata))
 
 
+def check_packed(blob: bytes | bytearray, what: str) -> dict[str, Any]:
+    """Check that ``blob`` is what :func:`pack` writes, reading only its header (no torch).
+
+    Returns:
+        The PEFT config carried in the metadata.
+
+    Raises:
+        IntegrityError: the bytes are not an adapter of a known format.
+    """
+    try:
+        header_len = int.from_bytes(bytes(blob[:8]), "little")
+        if not 2 <= header_len <= len(blob) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(bytes(blob[8 : 8 + header_len]))
+        metadata = header.get("__metadata__") or {}
+        config = json.loads(metadata[CONFIG_METADATA_KEY])
+        fmt = metadata.get(FORMAT_METADATA_KEY)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(
+            f"{what} is not a readable adapter ({exc}); restore it from backup"
+        ) from None
+    if fmt != FORMAT or not isinstance(config, dict):
+        raise IntegrityError(f"{what} has an unknown adapter format {fmt!r}; upgrade the appliance")
+    return config
+
+
 def unpack(blob: bytes | bytearray, what: str) -> AdapterWeights:
     """Parse what :func:`pack` produced.
 
@@ -105,20 +131,13 @@ def unpack(blob: bytes | bytearray, what: str) -> AdapterWeights:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    config = check_packed(blob, what)
     try:
         tensors = load(bytes(blob))
-        # The metadata sits in the JSON header after the 8-byte length prefix.
-        header_len = int.from_bytes(bytes(blob[:8]), "little")
-        header = json.loads(bytes(blob[8 : 8 + header_len]))
-        metadata = header.get("__metadata__") or {}
-        config = json.loads(metadata[CONFIG_METADATA_KEY])
-        fmt = metadata.get(FORMAT_METADATA_KEY)
-    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise IntegrityError(
             f"{what} is not a readable adapter ({exc}); restore it from backup"
         ) from None
-    if fmt != FORMAT or not isinstance(config, dict):
-        raise IntegrityError(f"{what} has an unknown adapter format {fmt!r}; upgrade the appliance")
     return AdapterWeights(config, tensors)
 
 
@@ -126,13 +145,16 @@ def store(
     vault: Vault,
     reg: Registry,
     name: str,
-    weights: AdapterWeights,
+    weights: AdapterWeights | bytes,
     *,
     run_id: str | None,
     metrics: dict[str, Any] | None = None,
     lib_versions: dict[str, Any] | None = None,
 ) -> int:
     """Encrypt ``weights`` and register them as the next version of adapter ``name``.
+
+    ``weights`` may come already packed (bytes from :func:`pack`, e.g. the training child's
+    sealed adapter): it is then checked by its header alone, without importing torch.
 
     The folder is built under the workspace's tmp folder and renamed into place by the registry
     in the same transaction that records it, so a failure leaves neither file nor row.
@@ -143,7 +165,12 @@ def store(
     staging = vault.ws.tmp_dir / f"adapter-{name}-{secrets.token_hex(4)}"
     staging.mkdir(mode=0o700)
     try:
-        vault.write(staging / ADAPTER_FILE, new_object_id(), [pack(weights)])
+        if isinstance(weights, bytes):
+            check_packed(weights, f"adapter {name}")
+            blob = weights
+        else:
+            blob = pack(weights)
+        vault.write(staging / ADAPTER_FILE, new_object_id(), [blob])
         return reg.add_adapter_version(
             name,
             run_id=run_id,

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     window = MainWindow(home, session=Session(dialog.vault))
     window.monitor.start()
     window.show()
+    window.settle_runs()
     window.ensure_demo_model()
     code = app.exec()
     window.monitor.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSize
+from PySide6.QtCore import QSize, Slot
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -20,11 +20,13 @@ from PySide6.QtWidgets import (
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
+from appliance.training.settle import Outcome, try_reconcile
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
 from gui.pages.models import ModelsPage
 from gui.pages.settings import SettingsPage
+from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
 
 _ICONS = {
@@ -119,6 +121,31 @@ class MainWindow(QMainWindow):
         task.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
         task.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
         return True
+
+    def settle_runs(self) -> Task | None:
+        """Settle, in the background, runs marked running whose training process is gone.
+
+        A run never stays "running" after a crash or a reboot: a finished one gets its adapter
+        registered, the others become stopped or failed with the reason.
+        """
+        if self.session is None:
+            return None
+        session = self.session
+
+        def work(progress: Progress) -> list[Outcome]:
+            with session.registry() as reg:
+                return try_reconcile(session.vault, reg)
+
+        task = Task("settling runs", work, self)
+        task.succeeded.connect(self._runs_settled)
+        task.start()
+        return task
+
+    @Slot(object)
+    def _runs_settled(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            states = ", ".join(f"{o.run_id}: {o.state}" for o in outcomes)
+            self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.monitor.stop()

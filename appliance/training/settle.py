@@ -127,7 +127,9 @@ def _register(
     spec = RunSpec.load(folder)
     run_key = bytes(vault.read(folder / RUN_KEY_FILE, what=f"the key of run {run['id']}"))
     label = f"the adapter of run {run['id']}"
-    weights = adapters.unpack(read_object(folder / ADAPTER_FILE, run_key, what=label), label)
+    # Stored as packed bytes, checked by header: settling needs no torch (the GUI settles too).
+    blob = bytes(read_object(folder / ADAPTER_FILE, run_key, what=label))
+    adapters.check_packed(blob, label)
     metrics = {
         "train_loss": done.train_loss,
         "eval_loss": done.eval_loss,
@@ -140,7 +142,7 @@ def _register(
         vault,
         reg,
         spec.adapter_name,
-        weights,
+        blob,
         run_id=run["id"],
         metrics=metrics,
         lib_versions=lib_versions(),

@@ -111,3 +111,39 @@ def test_failed_registration_leaves_nothing(
 def test_garbage_is_not_an_adapter() -> None:
     with pytest.raises(IntegrityError, match="not a readable adapter"):
         adapters.unpack(b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "adapter x@1")
+
+
+def test_packed_bytes_are_stored_after_a_header_check(
+    store: tuple[Vault, Registry], tiny_llama: Path
+) -> None:
+    vault, reg = store
+    weights = adapters.from_peft_model(_peft_model(tiny_llama))
+    blob = adapters.pack(weights)
+    assert adapters.check_packed(blob, "x") == weights.config
+    assert adapters.store(vault, reg, "legal", blob, run_id=None) == 1
+    _, loaded = adapters.load(vault, reg, "legal@1")
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in weights.tensors.items())
+    with pytest.raises(IntegrityError, match="adapter legal is not a readable adapter"):
+        adapters.store(vault, reg, "legal", b"\x00" * 64, run_id=None)
+    assert [a["version"] for a in reg.adapter_versions("legal")] == [1]
+
+
+def test_settling_a_run_needs_no_torch(tmp_path: Path, tiny_llama: Path) -> None:
+    import subprocess
+    import sys
+
+    blob_file = tmp_path / "adapter.bin"
+    blob_file.write_bytes(adapters.pack(adapters.from_peft_model(_peft_model(tiny_llama))))
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from appliance import adapters\n"
+        "import appliance.training.settle\n"
+        f"config = adapters.check_packed(Path({str(blob_file)!r}).read_bytes(), 'x')\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "print(config['r'], heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert out.strip() == "4 []"

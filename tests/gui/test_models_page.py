@@ -66,3 +66,31 @@ def test_first_start_prepares_the_demo_model(qtbot: QtBot, session: Session) -> 
     assert window.models_page.names() == [DEMO_MODEL_NAME]
     # Already there: a second start imports nothing.
     assert not window.ensure_demo_model()
+
+
+def test_start_up_settles_runs_whose_process_is_gone(
+    qtbot: QtBot, tmp_path: Path, tiny_llama: Path
+) -> None:
+    import subprocess
+
+    from tests.helpers.training import make_workspace
+
+    _ws, vault = make_workspace(tmp_path, tiny_llama)
+    session = Session(vault)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with session.registry() as reg:
+        run_id = reg.add_run(
+            base_model="tiny", config={}, dataset="facts", state="running", pid=gone.pid
+        )
+    window = MainWindow(vault.ws.home, session=session)
+    qtbot.addWidget(window)
+    task = window.settle_runs()
+    assert task is not None
+    with qtbot.waitSignal(task.done, timeout=30_000):
+        pass
+    assert task.error is None
+    with session.registry() as reg:
+        run = reg.run(run_id)
+    assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
+    assert run_id in window.statusBar().currentMessage()
