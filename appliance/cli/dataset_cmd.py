@@ -150,6 +150,10 @@ def show(
     with st.registry(ws, unlock=needs_data) as reg:
         version = datasets.resolve(reg, ref)
         result = _public(version)
+        # Lineage the other way: every adapter version trained on this dataset version.
+        result["adapters"] = [
+            a["ref"] for a in reg.adapters_from_dataset(version["name"], version["version"])
+        ]
         if needs_data:
             data = datasets.load_rows(st.vault(ws), version)
             chosen = [r for r in data if split is None or r["split"] == split]
@@ -205,6 +209,7 @@ def _print_version(v: dict[str, Any]) -> None:
             f"min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
             f"{t['over_max_length']} over {t['max_length']} ({t['model']})",
         )
+    table.add_row("adapters", ", ".join(v.get("adapters") or []) or "-")
     out.print(table)
     for problem in (v.get("skipped_detail") or [])[:5]:
         field = f"field '{problem['field']}': " if problem.get("field") else ""

@@ -131,7 +131,7 @@ def test_dataset_versions_count_up_and_latest_skips_deleted(reg: Registry) -> No
     assert add_dataset(reg, rows=20) == 2
     latest = reg.dataset_version("docs")
     assert (latest["version"], latest["rows"]) == (2, 20)
-    assert latest["skipped_detail"] == [{"line": 3, "reason": "empty"}]
+    assert latest["skipped_detail"] == [{"line": 3, "field": None, "problem": "empty line"}]
     assert latest["stats"] == {"tokens": 99}
     reg.delete_dataset_version("docs", 2)
     assert reg.dataset_version("docs")["version"] == 1

@@ -42,6 +42,13 @@ def test_adapter_list_show_tag(ws: Workspace, cli: CliRunner) -> None:
     first = json.loads(cli("adapter", "show", "contracts@1", "--json").stdout)
     assert first["run"]["id"] == run_id
 
+    # Lineage the other way: what was made from a dataset version, from a base model.
+    made_from = cli("dataset", "show", "docs@1", "--rows", "0", "--json")
+    assert made_from.returncode == 0, made_from.stderr
+    assert json.loads(made_from.stdout)["adapters"] == ["contracts@1", "contracts@2"]
+    base = json.loads(cli("model", "show", "base", "--json").stdout)
+    assert base["adapters"] == ["contracts@1", "contracts@2"]
+
     table = cli("adapter", "list")
     assert "contracts@2" in table.stdout
     assert "production" in table.stdout

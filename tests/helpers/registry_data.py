@@ -46,7 +46,7 @@ def add_dataset(reg: Registry, name: str = "docs", **extra: Any) -> int:
         "eval_rows": 1,
         "duplicates_removed": 0,
         "skipped_rows": 1,
-        "skipped_detail": [{"line": 3, "reason": "empty"}],
+        "skipped_detail": [{"line": 3, "field": None, "problem": "empty line"}],
         "chars": 1234,
         "eval_fraction": 0.1,
         "seed": 7,
