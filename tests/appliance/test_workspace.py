@@ -16,6 +16,7 @@ import pytest
 
 from appliance import workspace
 from appliance.errors import WorkspaceError, WorkspaceLockedError
+from tests.helpers.cli import CliRunner
 
 
 def test_init_creates_private_layout(home: Path) -> None:
@@ -153,3 +154,20 @@ def test_writer_waits_for_a_short_writer(ws: workspace.Workspace) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_second_cli_writer_gets_one_clear_line(
+    ws: workspace.Workspace, cli: CliRunner, tiny_llama: Path
+) -> None:
+    holder = _hold_lock(ws.home, "train --adapter legal")
+    try:
+        result = cli("model", "import", str(tiny_llama), "--name", "tiny")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert result.err_lines == [
+        f"error: workspace {ws.home} is in use by PID {holder.pid} (train --adapter legal); "
+        "wait for it to finish or stop it, then try again"
+    ]
+    assert not (ws.models_dir / "tiny").exists()
