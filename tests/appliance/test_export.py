@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from appliance import adapters, workspace
+from appliance import adapters
 from appliance.export import ExportOptions, ExportResult, export_adapter
 from appliance.export import card as export_card
 from appliance.export.gguf_writer import permute
 from appliance.registry import Registry
 from appliance.vault import Vault
-from tests.helpers.adapters import make_adapter, open_store
+from tests.helpers.adapters import make_adapter, tiny_adapter_store
 
 Store = tuple[Vault, Registry, str]
 
@@ -27,9 +27,7 @@ Store = tuple[Vault, Registry, str]
 def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Store]:
     """One workspace with the tiny base model and one random LoRA adapter, for the module."""
     torch.set_num_threads(1)
-    ws, _ = workspace.init(tmp_path_factory.mktemp("export") / "ws")
-    vault, reg = open_store(ws)
-    ref = make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    vault, reg, ref = tiny_adapter_store(tmp_path_factory.mktemp("export"), tiny_llama)
     yield vault, reg, ref
     reg.close()
 

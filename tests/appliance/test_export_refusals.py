@@ -26,7 +26,7 @@ from appliance.export import (
 )
 from appliance.registry import Registry
 from appliance.vault import Vault
-from tests.helpers.adapters import PASSPHRASE, make_adapter, open_store
+from tests.helpers.adapters import PASSPHRASE, make_adapter, open_store, tiny_adapter_store
 from tests.helpers.cli import CliRunner
 
 Store = tuple[Vault, Registry, str]
@@ -35,9 +35,7 @@ Store = tuple[Vault, Registry, str]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Store]:
     torch.set_num_threads(1)
-    ws, _ = workspace.init(tmp_path_factory.mktemp("refusals") / "ws")
-    vault, reg = open_store(ws)
-    ref = make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    vault, reg, ref = tiny_adapter_store(tmp_path_factory.mktemp("refusals"), tiny_llama)
     yield vault, reg, ref
     reg.close()
 

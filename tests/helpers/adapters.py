@@ -32,6 +32,19 @@ def open_store(ws: Workspace, passphrase: str = PASSPHRASE) -> tuple[Vault, Regi
     return vault, Registry.open(ws, audit_key=vault.audit_key)
 
 
+def tiny_adapter_store(folder: Path, tiny_llama: Path) -> tuple[Vault, Registry, str]:
+    """A new workspace in ``folder`` with base model ``tiny`` and one random adapter ``legal``.
+
+    Returns the vault, the open registry (the caller closes it) and the adapter's ``NAME@N``.
+    """
+    from appliance import workspace
+
+    ws, _ = workspace.init(folder / "ws")
+    vault, reg = open_store(ws)
+    ref = make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    return vault, reg, ref
+
+
 def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> dict[str, Any]:
     """The base model ``name``, imported from ``source`` (folder or .gguf) if not there yet."""
     try:
