@@ -14,24 +14,18 @@ diverged loss) travel as ``null``, keeping every line strict JSON, and read back
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import threading
 import time
-import types
-import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, get_args, get_origin
+from typing import IO, Any, ClassVar
 
-from appliance.errors import TrainingError
+from appliance.events import EventError, EventReader, decode_object, fields_of, finite, to_json_line
 
 METRICS_FILE = "metrics.jsonl"
 
-
-class EventError(TrainingError):
-    """A line of the event stream is not a valid event."""
+__all__ = ["EventError", "EventReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,21 +44,11 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with ``type`` first; non-finite floats become None."""
-        return {"type": self.TYPE, **_finite(dataclasses.asdict(self))}
+        return {"type": self.TYPE, **finite(dataclasses.asdict(self))}
 
     def to_json(self) -> str:
         """One line of strict JSON, without the newline."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        return to_json_line(self.to_dict())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,91 +225,21 @@ def parse_event(line: str | bytes, where: str = "event") -> Event:
         EventError: the line is not JSON, not an object, lacks ``type``/``run_id``/``time`` or
             a required field, or has a value of the wrong type.
     """
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise EventError(f"{where}: not UTF-8 text") from None
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise EventError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise EventError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    kind = data.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise EventError(f"{where}: the 'type' field is missing or not a string")
+    data = decode_object(line, where)
+    kind = data["type"]
     cls = EVENT_TYPES.get(kind)
     if cls is None:
-        base = _fields_of(Event, data, where, kind)
+        base = fields_of(Event, data, where, kind)
         rest = {k: v for k, v in data.items() if k not in ("type", "run_id", "time")}
         return UnknownEvent(name=kind, data=rest, **base)
-    return cls(**_fields_of(cls, data, where, kind))
+    return cls(**fields_of(cls, data, where, kind))
 
 
-def _fields_of(
-    cls: type[Any], data: dict[str, Any], where: str, kind: str, prefix: str = ""
-) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for spec in dataclasses.fields(cls):
-        name = prefix + spec.name
-        if spec.name in data:
-            values[spec.name] = _coerce(data[spec.name], hints[spec.name], where, kind, name)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise EventError(f"{where}: '{kind}' event lacks the required field '{name}'")
-        elif spec.name == "time":
-            raise EventError(f"{where}: '{kind}' event lacks the required field 'time'")
-    return values
-
-
-def _coerce(value: Any, hint: Any, where: str, kind: str, name: str) -> Any:
-    def bad(expected: str) -> typing.NoReturn:
-        raise EventError(
-            f"{where}: '{kind}' event field '{name}' must be {expected}, got {json.dumps(value)}"
-        )
-
-    origin = get_origin(hint)
-    if isinstance(hint, types.UnionType) or origin is typing.Union:
-        options = [a for a in get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, options[0], where, kind, name)
-    if hint is float:
-        if value is None:
-            return math.nan  # a non-finite float written as null
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            bad("a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            bad("a whole number")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            bad("a string")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            bad("true or false")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            bad("a list")
-        (item_hint,) = get_args(hint)
-        return [
-            _coerce(item, item_hint, where, kind, f"{name}[{i}]") for i, item in enumerate(value)
-        ]
-    if origin is dict:
-        if not isinstance(value, dict):
-            bad("an object")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            bad("an object")
-        target = typing.cast(type[Any], hint)
-        return target(**_fields_of(target, value, where, kind, prefix=f"{name}."))
-    raise AssertionError(f"no coercion for {hint!r}")
+def reader(
+    source: str = "training output", on_bad_line: Callable[[str], None] | None = None
+) -> EventReader[Event]:
+    """An incremental reader of training events: ``reader().feed(chunk)`` returns whole events."""
+    return EventReader(parse_event, source, on_bad_line)
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -1,0 +1,14 @@
+"""The kinds of job, each as ``"module:function"`` of its handler (imported only in the child).
+
+A handler is ``def handler(ctx: JobContext) -> dict[str, Any]``: it does the work, reports with
+``ctx.progress`` / ``ctx.output``, raises an :class:`~appliance.errors.ApplianceError` with the
+CLI's message on failure, and returns the result's data (JSON-ready). The data a kind returns is
+documented on its handler.
+"""
+
+from __future__ import annotations
+
+KINDS: dict[str, str] = {
+    # Kinds used by the tests of the job mechanism itself.
+    "selftest-echo": "appliance.jobs.selftest:echo",
+}
