@@ -50,8 +50,14 @@ def _available_ram() -> int | None:
     return None
 
 
-def estimate_lines(ws: Workspace, reg: Registry, model: str, config: Any) -> list[str]:
-    """The estimate beside the free memory of GPU 0 (NVML), or a CPU note with free RAM."""
+def estimate_lines(
+    ws: Workspace, reg: Registry, model: str, config: Any, lengths: list[int] | None = None
+) -> list[str]:
+    """The estimate beside the free memory of GPU 0 (NVML), or a CPU note with free RAM.
+
+    ``lengths`` are the training examples' token lengths: activations are sized from the
+    longest micro-batch they form, not from max_seq_length.
+    """
     import json
 
     from appliance.gpu import read_gpus
@@ -67,12 +73,14 @@ def estimate_lines(ws: Workspace, reg: Registry, model: str, config: Any) -> lis
     try:
         if gpus.available:
             free = gpus.gpus[0].memory_free
-            estimate = estimate_memory(model_config, config, device="cuda")
+            estimate = estimate_memory(model_config, config, device="cuda", lengths=lengths)
             lines = render_estimate(
-                estimate, free, suggest_changes(model_config, config, free, device="cuda")
+                estimate,
+                free,
+                suggest_changes(model_config, config, free, device="cuda", lengths=lengths),
             )
             return [f"GPU 0: {gpus.gpus[0].name}", *lines]
-        estimate = estimate_memory(model_config, config, device="cpu")
+        estimate = estimate_memory(model_config, config, device="cpu", lengths=lengths)
     except TrainingError as exc:
         return [f"No memory estimate for this model: {exc}"]
     note = (
@@ -250,7 +258,10 @@ def train(
         launcher.try_reconcile(vault, reg)
         reg.base_model(model)
         resolve_dataset(reg, dataset)
-        for line in estimate_lines(ws, reg, model, config):
+        from appliance.training.lengths import training_lengths
+
+        lengths = training_lengths(vault, reg, model, dataset, config)
+        for line in estimate_lines(ws, reg, model, config, lengths):
             out.print(line, markup=False)
         run_id = launcher.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config

@@ -227,6 +227,9 @@ class SpeedSettings:
     time, never the whole logits tensor (same loss and gradients, far less memory)."""
     fast_dropout: bool = True
     """On CPU, draw LoRA's dropout masks four values per random number instead of one."""
+    release_memory: bool = True
+    """On CPU, hand freed memory back to the system while the model loads and after each step
+    (glibc), so the process's resident memory stays near what training needs."""
 
 
 @dataclass

@@ -57,10 +57,19 @@ fp32 temporary, and the 16/32-bit probabilities fed to the input-gradient matmul
 CPU_RUNTIME_BYTES = 520_000_000
 """Resident memory of the training child on the CPU before any weight is loaded: Python, torch,
 transformers, peft, bitsandbytes, the tokenizer (measured: bench/estimate.py)."""
-CPU_SLACK_FACTOR = 1.0
-"""Allocator slack on the CPU, as a factor on the tensors' bytes (calibrated)."""
+CPU_LOAD_FILE_FACTOR = 0.9
+"""Share of the checkpoint file's bytes resident while the model loads on the CPU (its pages are
+mapped and read; calibrated: bench/estimate.py)."""
+CPU_CHECKPOINT_COPIES = 2.0
+"""Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
+is serialised and encrypted on the CPU."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+TENSOR_TERMS = frozenset(
+    {"weights", "embeddings", "lora", "activations", "lora_inputs", "logits", "dequant"}
+)
+"""Terms torch allocates on the training device (the rest: CUDA context, CPU process terms)."""
 
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The seven linear projections of a LLaMA-style decoder layer."""
@@ -185,7 +194,8 @@ class EstimateItem:
     """One term of the estimate."""
 
     key: str
-    """Stable id: weights, embeddings, lora, activations, lora_inputs, logits, dequant, context."""
+    """Stable id: weights, embeddings, lora, activations, lora_inputs, logits, dequant, context
+    (GPU); checkpoint, loading, runtime (CPU)."""
     label: str
     bytes: int
     detail: str
@@ -216,7 +226,7 @@ class MemoryEstimate:
     @property
     def allocated_bytes(self) -> int:
         """The part torch allocates (compare with ``torch.cuda.max_memory_allocated``)."""
-        return sum(item.bytes for item in self.items if item.key not in ("context", "runtime"))
+        return sum(item.bytes for item in self.items if item.key in TENSOR_TERMS)
 
     def item(self, key: str) -> EstimateItem:
         for entry in self.items:
@@ -430,17 +440,7 @@ def estimate_memory(
             )
         )
     else:
-        tensors = sum(item.bytes for item in items)
-        slack = round((CPU_SLACK_FACTOR - 1.0) * tensors)
-        items.append(
-            EstimateItem(
-                "runtime",
-                "process runtime (CPU)",
-                CPU_RUNTIME_BYTES + slack,
-                "interpreter, torch, transformers, peft, tokenizer"
-                + (f", allocator slack {CPU_SLACK_FACTOR - 1:.0%}" if slack else ""),
-            )
-        )
+        items.extend(_cpu_items(shape, model_config, lora_params, items))
     return MemoryEstimate(
         items=tuple(items),
         device=device,
@@ -450,6 +450,50 @@ def estimate_memory(
         tokens=tokens,
         sized_from=sized_from,
     )
+
+
+def _cpu_items(
+    shape: ModelShape,
+    model_config: Mapping[str, Any],
+    lora_params: int,
+    items: Sequence[EstimateItem],
+) -> list[EstimateItem]:
+    """The CPU process's terms: its runtime, a checkpoint being saved, and model loading.
+
+    Loading and training do not overlap: loading holds the checkpoint file's pages on top of the
+    final weights, training holds LoRA states, activations and logits. The larger of the two
+    sets the peak; the ``loading`` term is what loading adds beyond training's own terms.
+    """
+    saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
+    training = saving + sum(
+        i.bytes
+        for i in items
+        if i.key in ("lora", "activations", "lora_inputs", "logits", "dequant")
+    )
+    stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
+    file_bytes = (4 if "32" in stored else 2) * shape.total_params
+    loading = max(0, round(CPU_LOAD_FILE_FACTOR * file_bytes) - training)
+    return [
+        EstimateItem(
+            "checkpoint",
+            "checkpoint being saved",
+            saving,
+            f"{CPU_CHECKPOINT_COPIES:g} x {lora_params / 1e6:,.2f} M LoRA params x 12 B",
+        ),
+        EstimateItem(
+            "loading",
+            "model loading (beyond training)",
+            loading,
+            f"{CPU_LOAD_FILE_FACTOR:g} x the {file_bytes / 1e6:,.0f} MB {stored} weights file "
+            "mapped while loading, less what training holds",
+        ),
+        EstimateItem(
+            "runtime",
+            "process runtime",
+            CPU_RUNTIME_BYTES,
+            "interpreter, torch, transformers, peft, tokenizer, data",
+        ),
+    ]
 
 
 # --- what to change when it does not fit --------------------------------------------------------

@@ -12,6 +12,7 @@ run key and decrypted rows, and :meth:`Trainer.run` trains until the end or a st
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import torch
 from appliance import adapters
 from appliance.datasets.canonical import Row
 from appliance.errors import TrainingError
+from appliance.training import allocator
 from appliance.training import checkpoint as ckpt
 from appliance.training import events as ev
 from appliance.training.batching import Batch, BatchPlan, collate, total_steps
@@ -147,13 +149,15 @@ class Trainer:
         found = ckpt.latest(root, self.run_key)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        loaded = load_for_training(
-            model_dir,
-            cfg,
-            cuda=self.cuda,
-            dtype=dtype,
-            batching=(found[1].state.batching or None) if found is not None else None,
-        )
+        self.trim_memory = cfg.speed.release_memory and not self.cuda
+        with allocator.loading() if self.trim_memory else contextlib.nullcontext():
+            loaded = load_for_training(
+                model_dir,
+                cfg,
+                cuda=self.cuda,
+                dtype=dtype,
+                batching=(found[1].state.batching or None) if found is not None else None,
+            )
         self.model = loaded.model
         self.paths = loaded
         order, layout = MODES[loaded.batching]
@@ -322,6 +326,8 @@ class Trainer:
             self.config.optim.max_grad_norm,
         )
         self.state.data_position = start + accum
+        if self.trim_memory:
+            allocator.trim()
         return result
 
     def _evaluate(self) -> float | None:

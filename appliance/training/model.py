@@ -190,4 +190,5 @@ def load_for_training(
     chunked = config.speed.chunked_loss and hidden_state_loss_supported(model)
     if config.speed.chunked_loss and not chunked:
         log.info("this model's logits are not a plain LM head: the loss uses whole logits")
+    model.train()
     return TrainingModel(model, batching, chunked, attention, upcast)

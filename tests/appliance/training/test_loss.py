@@ -116,6 +116,25 @@ def test_packed_batch_loss_is_the_sum_over_examples_one_by_one(model: Any) -> No
     assert abs(float(packed_loss.detach()) / packed_count - total / count) <= 1e-5 * (total / count)
 
 
+def test_the_packing_probe_fails_where_examples_see_each_other(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without transformers' detection of restarting positions, the second example attends to
+    the first; the probe must say so (and the run falls back to grouping)."""
+    import transformers.masking_utils as masking
+
+    from appliance.training.batching import packing_honoured
+    from appliance.training.model import resolve_batching
+
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda position_ids: None)
+    honoured = packing_honoured(model.get_base_model(), "cpu", torch.float32)
+    assert not honoured
+    assert resolve_batching("packed", "sdpa", honoured) == "grouped"
+    assert resolve_batching("packed", "sdpa", True) == "packed"
+    assert resolve_batching("auto", "sdpa", None) == "grouped"
+    assert resolve_batching("auto", "flash_attention_2", True) == "packed"
+
+
 def test_splitting_a_step_into_micro_batches_keeps_the_gradients(model: Any) -> None:
     """Normalised by the label tokens of the whole step: 1x8, 2x4, 4x2, 8x1 give one gradient."""
     examples = _examples(model.config.vocab_size, count=8, seed=2)
@@ -123,9 +142,7 @@ def test_splitting_a_step_into_micro_batches_keeps_the_gradients(model: Any) -> 
     for size in (8, 4, 2, 1):
         plan = BatchPlan(examples, size, seed=5)  # random order: the same 8 for every size
         batches = [plan.batch(i) for i in range(8 // size)]
-        total, denominator = accumulate(
-            model, batches, lambda m, b: causal_lm_loss(m, b), "cpu"
-        )
+        total, denominator = accumulate(model, batches, lambda m, b: causal_lm_loss(m, b), "cpu")
         results.append((float(total) / denominator, _lora_grads(model)))
     loss, grads = results[0]
     for other_loss, other_grads in results[1:]:
