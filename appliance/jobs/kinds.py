@@ -9,6 +9,10 @@ documented on its handler.
 from __future__ import annotations
 
 KINDS: dict[str, str] = {
+    # Chat with a base model and adapter versions side by side (interactive).
+    "generate": "appliance.generation.job:generate",
+    # Score adapter versions (and their base) on a dataset version; stores the results.
+    "eval": "appliance.evaluation.job:evaluate",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }
