@@ -225,6 +225,22 @@ def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli:
     assert store.golden_set("legal")["dataset"] == "essays@1"
 
 
+def test_chat_answers_once_with_the_adapter_or_the_base(store: Registry, cli: CliRunner) -> None:
+    asked = ["--prompt", "What is 3 plus one?", "--max-new-tokens", "6"]
+    base = cli("chat", "legal", "--base-only", *asked, "--json", env=ENV)
+    assert base.returncode == 0, base.stderr
+    plain = json.loads(base.stdout)
+    assert (plain["adapter"], plain["base_model"]) == (None, "tiny")
+    assert plain["tokens"] == 6
+    assert plain["finish"] == "length"
+    assert plain["prompt_tokens"] > 0
+    assert plain["tokens_per_s"] > 0
+    tuned = cli("chat", "legal", *asked, env=ENV)  # streamed as plain text
+    assert tuned.returncode == 0, tuned.stderr
+    assert tuned.stdout.endswith("\n")
+    assert tuned.stdout[:-1] != plain["text"]
+
+
 def test_chat_refuses_an_adapter_whose_base_model_was_deleted(
     store: Registry, cli: CliRunner
 ) -> None:

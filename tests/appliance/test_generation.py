@@ -78,6 +78,28 @@ def test_switching_adapters_gives_the_logits_of_each_loaded_alone(store: Store) 
     assert not torch.allclose(seen[store.one], seen[None], atol=1e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA")
+def test_on_a_gpu_the_base_is_4bit_and_switching_still_matches(store: Store) -> None:
+    ids = list(range(5, 40))
+    loaded = plan(store.vault.ws, store.reg, [store.one, store.two])
+    both = Engine.load(
+        loaded.folder,
+        [(ref, adapters.load(store.vault, store.reg, ref)[1]) for ref in (store.one, store.two)],
+    )
+    assert both.precision.startswith("nf4-")
+    assert both.device == "cuda:0"
+    seen = {ref: both.logits(ids, ref) for ref in (store.two, None, store.one)}
+    for ref in (store.one, store.two, None):
+        alone = _load_alone(store, ref).logits(ids, ref)
+        scale = float(alone.abs().max())
+        assert float((seen[ref] - alone).abs().max()) <= 1e-2 * scale, ref
+    answer = both.generate(
+        both.prompt_ids(QUESTION), store.one, GenerationSettings(max_new_tokens=8)
+    )
+    assert answer.tokens == 8
+
+
 def test_greedy_answers_repeat_and_sampling_follows_its_seed(store: Store) -> None:
     engine = _load_alone(store, store.one)
     prompt = engine.prompt_ids(QUESTION)
