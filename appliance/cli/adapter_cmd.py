@@ -189,9 +189,14 @@ def tag(
             _score_for_gate(st, reg, check)
     with ws.writer("adapter tag"), st.registry(ws) as reg:
         result, check = gate.promote(reg, ref, tag_name, override=override)
-    moved = f" (moved from version {result['previous']})" if result["previous"] else ""
+    version = int(result["ref"].rpartition("@")[2])
+    moved = ""
+    if result["previous"] == version:
+        moved = " (it was already)"
+    elif result["previous"]:
+        moved = f" (moved from version {result['previous']})"
     out.print(f"Tagged {result['ref']} as {tag_name}{moved}")
-    if check.gated:
+    if check.gated and not check.already:
         golden = check.golden["dataset"] if check.golden else "-"
         figures = f"{gate.describe(check.metric, check.candidate)}"
         if check.production is not None:

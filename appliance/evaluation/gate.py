@@ -52,6 +52,8 @@ class GateCheck:
     """Golden set versions (``D@V``) of older figures that no longer count."""
     problem: str | None = None
     """Why the gate cannot pass whatever is scored (the golden set is unusable)."""
+    already: bool = False
+    """The candidate is the version in production: nothing to compare."""
 
     @property
     def gated(self) -> bool:
@@ -64,11 +66,11 @@ class GateCheck:
     @property
     def decided(self) -> bool:
         """Whether the figures are all there (or no comparison is needed)."""
-        return not self.gated or (not self.missing and self.problem is None)
+        return not self.gated or self.already or (not self.missing and self.problem is None)
 
     @property
     def passed(self) -> bool:
-        if not self.gated:
+        if not self.gated or self.already:
             return True
         if not self.decided or self.candidate is None:
             return False
@@ -154,7 +156,10 @@ def check(reg: Registry, ref: str, tag: str = PRODUCTION) -> GateCheck:
         incumbent = reg.adapter_version(f"{adapter['name']}@{PRODUCTION}")
     except NotFoundError:
         incumbent = None
-    if incumbent is not None and incumbent["id"] != adapter["id"]:
+    if incumbent is not None and incumbent["id"] == adapter["id"]:
+        result.already = True
+        return result
+    if incumbent is not None:
         result.production = incumbent["ref"]
     candidate_rows = _usable(reg, adapter, golden, result)
     latest = candidate_rows[-1] if candidate_rows else None

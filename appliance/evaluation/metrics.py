@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import UsageError
@@ -97,8 +97,6 @@ class Scores:
     contained: int = 0
     generated_tokens: int = 0
     generation_s: float = 0.0
-    answers: list[str] = field(default_factory=list, repr=False)
-    """The greedy answers, in memory only (never stored: they may quote private data)."""
 
     def add_answer(self, answer: str, reference: str, tokens: int, seconds: float) -> None:
         self.reference_rows += 1
@@ -106,7 +104,6 @@ class Scores:
         self.contained += contains(answer, reference)
         self.generated_tokens += tokens
         self.generation_s += seconds
-        self.answers.append(answer)
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready figures (what the registry stores): numbers only."""

@@ -85,6 +85,9 @@ class CommandReader:
             except ApplianceError as exc:
                 self.queue.put(exc)
                 continue
+            except Exception as exc:  # a malformed command must not silence the session
+                self.queue.put(UsageError(f"a command could not be read ({exc})"))
+                continue
             if isinstance(command, Stop):
                 if self.busy.is_set():
                     self.stop.set()

@@ -151,6 +151,10 @@ def test_eval_scores_adapter_and_base_and_stores_the_result(
     assert set(row["lib_versions"]) >= {"torch", "transformers", "peft", "appliance"}
     shown = json.loads(cli("adapter", "show", "legal@1", "--json").stdout)
     assert [e["id"] for e in shown["evaluations"]] == [row["id"]]
+    table = cli("adapter", "show", "legal@1").stdout
+    assert "evaluations" in table
+    assert "facts@1 eval" in table
+    assert f"{row['metrics']['answer_loss']:.4f}" in table
 
 
 def test_the_table_shows_adapter_and_base(capsys: pytest.CaptureFixture[str]) -> None:

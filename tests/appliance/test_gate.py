@@ -229,6 +229,15 @@ def test_a_deleted_golden_set_refuses_until_replaced(reg: Registry) -> None:
     assert reg.adapter_version("legal@production")["ref"] == "legal@1"
 
 
+def test_the_version_in_production_is_tagged_again_without_figures(reg: Registry) -> None:
+    gate.promote(reg, "legal@1")
+    reg.set_golden_set("legal", "golden", 1)
+    check = gate.check(reg, "legal@1")
+    assert check.already
+    assert check.passed
+    assert check.missing == []
+
+
 def test_other_tags_are_not_gated(reg: Registry) -> None:
     reg.set_golden_set("legal", "golden", 1)
     moved, check = gate.promote(reg, "legal@2", "staging")
