@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import IntegrityError, ModelImportError
+from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
 from appliance.models import describe as desc
 from appliance.models.importer import Progress
 from appliance.models.safety import scan_folder
 from appliance.registry import Registry
-from appliance.registry.folders import tree_files
 from appliance.workspace import Workspace
 
 

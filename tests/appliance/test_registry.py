@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
-from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry, read_meta
+from appliance.folders import read_meta
+from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model

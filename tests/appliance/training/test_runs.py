@@ -17,8 +17,9 @@ from appliance import datasets
 from appliance.errors import NotFoundError, UsageError
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.config import ConfigError
+from appliance.training.process import process_alive
 from appliance.training.runfolder import ADAPTER_FILE, LOG_FILE
 from tests.helpers.training import make_workspace, new_run, run_folder, tiny_config
 
@@ -49,11 +50,11 @@ def _registry(vault: Any) -> Registry:
     return Registry.open(vault.ws, audit_key=vault.audit_key)
 
 
-def _launch_and_settle(vault: Any, run_id: str) -> tuple[list[ev.Event], launcher.Outcome]:
+def _launch_and_settle(vault: Any, run_id: str) -> tuple[list[ev.Event], runs.Outcome]:
     with _registry(vault) as reg:
-        process = launcher.launch(vault, reg, run_id, threads=1)
+        process = runs.launch(vault, reg, run_id, threads=1)
         seen = list(process.events())
-        return seen, launcher.wait_settled(process, vault, reg)
+        return seen, runs.wait_settled(process, vault, reg)
 
 
 def _command(code: str) -> Any:
@@ -67,20 +68,20 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     folder = run_folder(vault, run_id)
     with _registry(vault) as reg:
         assert reg.run(run_id)["state"] == "queued"
-        process = launcher.launch(vault, reg, run_id, detach=True, threads=1)
+        process = runs.launch(vault, reg, run_id, detach=True, threads=1)
         run = reg.run(run_id)
         assert (run["state"], run["pid"]) == ("running", process.pid)
-        assert launcher.process_alive(process.pid, run_id)
+        assert process_alive(process.pid, run_id)
         assert list(process.events()) == []  # detached: events go only to metrics.jsonl
         assert process.wait(timeout=120) == 0
         # No parent settled it; the next command that holds the vault does.
         assert reg.run(run_id)["state"] == "running"
-        (settled,) = launcher.reconcile(vault, reg)
+        (settled,) = runs.reconcile(vault, reg)
         assert (settled.state, settled.adapter) == ("finished", "facts-qa@1")
         run = reg.run(run_id)
         assert (run["state"], run["pid"]) == ("finished", None)
         lineage = reg.adapter_lineage("facts-qa@1")
-        assert launcher.reconcile(vault, reg) == []
+        assert runs.reconcile(vault, reg) == []
     assert lineage["run"]["id"] == run_id
     assert lineage["base_model"]["name"] == "tiny"
     assert (lineage["dataset"]["name"], lineage["dataset"]["version"]) == ("facts", 1)
@@ -113,7 +114,7 @@ def test_the_child_gets_one_data_key_and_the_run_key_never_the_master_key(setup:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
     with _registry(vault) as reg:
-        line = launcher.key_line(vault, reg, run_id)
+        line = runs.key_line(vault, reg, run_id)
         version = datasets.resolve(reg, "facts")
     keys = json.loads(line)
     assert sorted(keys) == ["dataset_key", "run_key"]
@@ -128,14 +129,14 @@ def test_the_child_gets_one_data_key_and_the_run_key_never_the_master_key(setup:
 def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
-    real = launcher.key_line
+    real = runs.key_line
 
     def wrong(vault: Any, reg: Any, run: str) -> bytes:
         keys = json.loads(real(vault, reg, run))
         keys["dataset_key"] = os.urandom(32).hex()
         return (json.dumps(keys) + "\n").encode()
 
-    monkeypatch.setattr(launcher, "key_line", wrong)
+    monkeypatch.setattr(runs, "key_line", wrong)
     seen, outcome = _launch_and_settle(vault, run_id)
     (failed,) = seen
     assert isinstance(failed, ev.Failed)
@@ -151,7 +152,7 @@ def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPa
 def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
     _ws, vault = setup
     with _registry(vault) as reg, pytest.raises(NotFoundError, match="no dataset named 'nope'"):
-        launcher.create_run(
+        runs.create_run(
             vault, reg, model="tiny", dataset="nope", adapter_name="x", config=tiny_config()
         )
     with pytest.raises(ConfigError, match=r"lora\.rank is 0"):
@@ -163,22 +164,25 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
         (vault.ws.home / version["path"]).rename(vault.ws.home / "moved.enc")
         try:
             with pytest.raises(NotFoundError, match="missing from the workspace"):
-                launcher.launch(vault, reg, run_id)
+                runs.launch(vault, reg, run_id)
         finally:
             (vault.ws.home / "moved.enc").rename(vault.ws.home / version["path"])
         run = reg.run(run_id)
     assert run["state"] == "failed"
     assert "missing from the workspace" in run["failure_reason"]
 
-    # A config file damaged after the run was created: the child reports it.
-    config_file = run_folder(vault, run_id) / "config.json"
-    data = json.loads(config_file.read_text())
-    data["schedule"]["micro_batch_size"] = 0
-    config_file.write_text(json.dumps(data))
+    # A config that no longer validates (edited in the registry, which rewrites meta.json at
+    # every change): the child reads it from meta.json and reports it.
+    with _registry(vault) as reg:
+        config = reg.run(run_id)["config"]
+        config["schedule"]["micro_batch_size"] = 0
+        reg.update_run(run_id, config=config)
+    meta = json.loads((run_folder(vault, run_id) / "meta.json").read_text())
+    assert meta["record"]["config"]["schedule"]["micro_batch_size"] == 0
     (failed,), outcome = _launch_and_settle(vault, run_id)
     assert isinstance(failed, ev.Failed)
     assert failed.kind == "config"
-    assert "config.json" in failed.message
+    assert "meta.json" in failed.message
     assert "micro_batch_size is 0" in failed.message
     assert outcome.state == "failed"
 
@@ -186,7 +190,7 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
 def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config("save_every=2"))
-    monkeypatch.setattr(launcher, "worker_command", _command(CRASH_AT_STEP_3))
+    monkeypatch.setattr(runs, "worker_command", _command(CRASH_AT_STEP_3))
     seen, outcome = _launch_and_settle(vault, run_id)
     assert [e.step for e in seen if isinstance(e, ev.Step)] == [1, 2]
     failed = seen[-1]
@@ -197,7 +201,7 @@ def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch
     log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
     assert "Traceback" in log_text  # the details are in the log, not in the message
 
-    monkeypatch.setattr(launcher, "worker_command", _command(DIE_AT_ONCE))
+    monkeypatch.setattr(runs, "worker_command", _command(DIE_AT_ONCE))
     seen, outcome = _launch_and_settle(vault, run_id)
     assert seen == []
     assert outcome.state == "failed"
@@ -218,13 +222,13 @@ def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> No
         reused = reg.add_run(
             base_model="tiny", config={}, dataset="facts", state="running", pid=os.getpid()
         )
-        settled = {o.run_id: o for o in launcher.reconcile(vault, reg)}
+        settled = {o.run_id: o for o in runs.reconcile(vault, reg)}
         assert settled[lost].state == settled[reused].state == "failed"
         for run_id in (lost, reused):
             run = reg.run(run_id)
             assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
         with pytest.raises(UsageError, match="is failed, not running"):
-            launcher.stop_run(vault, reg, lost)
+            runs.stop_run(vault, reg, lost)
 
 
 # A child that ignores SIGTERM (a hung step): 'run stop' must kill it after the timeout.
@@ -241,11 +245,11 @@ def test_stop_kills_a_child_that_does_not_stop_in_time(
 ) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
-    monkeypatch.setattr(launcher, "worker_command", _command(IGNORES_SIGTERM))
+    monkeypatch.setattr(runs, "worker_command", _command(IGNORES_SIGTERM))
     with _registry(vault) as reg:
-        process = launcher.launch(vault, reg, run_id, detach=True)
+        process = runs.launch(vault, reg, run_id, detach=True)
         time.sleep(0.5)  # let it install its handler
-        outcome = launcher.stop_run(vault, reg, run_id, timeout=1)
+        outcome = runs.stop_run(vault, reg, run_id, timeout=1)
         assert process.wait(timeout=10) == -9
         run = reg.run(run_id)
     assert outcome.state == "failed"
