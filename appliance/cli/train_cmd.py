@@ -11,6 +11,7 @@ and the run carries on in the background. ``run show`` replays the same model fr
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -47,9 +48,9 @@ class ProgressView:
     """Prints a run's :class:`RunProgress` as it moves: one rewritten line on a terminal, else
     one line per step, and a line of its own for each milestone (:func:`describe`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: RunProgress | None = None) -> None:
         self.live = sys.stdout.isatty()
-        self.progress = RunProgress()
+        self.progress = progress if progress is not None else RunProgress()
         self._pending = False
 
     def _line(self, text: str) -> None:
@@ -86,9 +87,15 @@ class ProgressView:
             self._pending = False
 
 
-def follow(process: TrainingProcess, vault: Vault, reg: Registry) -> runs.Outcome:
-    """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it."""
-    view = ProgressView()
+def follow(
+    process: TrainingProcess, vault: Vault, reg: Registry, history: RunProgress | None = None
+) -> runs.Outcome:
+    """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it.
+
+    ``history`` holds the run's earlier sessions, so that a resumed run's smoothed loss and
+    elapsed time go on from where they were, as on the Train page.
+    """
+    view = ProgressView(history)
     interrupts = 0
     while True:
         try:
@@ -128,6 +135,8 @@ def report(outcome: runs.Outcome) -> None:
 def _start(
     st: CliState, ws: Workspace, vault: Vault, reg: Registry, run_id: str, detach: bool
 ) -> None:
+    metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
+    history = _replay(metrics)  # read before the new session can append to it
     process = runs.launch(vault, reg, run_id, detach=detach)
     out.print(
         f"Run {run_id} started (pid {process.pid}); log: {process.folder / LOG_FILE}",
@@ -140,7 +149,15 @@ def _start(
             markup=False,
         )
         return
-    report(follow(process, vault, reg))
+    report(follow(process, vault, reg, history))
+
+
+def _replay(metrics: Path) -> RunProgress:
+    """The progress recorded in ``metrics``; empty for a new run or an unreadable file."""
+    try:
+        return RunProgress.replay(metrics) if metrics.exists() else RunProgress()
+    except (OSError, ev.EventError):
+        return RunProgress()
 
 
 # --- verbs -------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,17 @@ class RunFolder:
         folders.write_section(self.path, "run", LAUNCH_SECTION, dataclasses.asdict(launch))
         for name in LEGACY_FILES:
             (self.path / name).unlink(missing_ok=True)
+
+    def note(self, message: str) -> None:
+        """Append one line to ``train.log`` for what the child could not write itself (a kill)."""
+        if not self.path.is_dir():
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        fd = open_append(self.log)
+        try:
+            os.write(fd, f"{stamp} INFO appliance.training.runs: {message}\n".encode())
+        finally:
+            os.close(fd)
 
     def prepare_stream_files(self) -> None:
         """Create ``metrics.jsonl`` and ``train.log`` owner-only before any session appends.

@@ -347,6 +347,7 @@ def finalize(
             return Outcome(run_id, "failed", last.message)
         reason = reason or describe_exit(exit_code)
         reg.update_run(run_id, state="failed", failure_reason=reason)
+        folder.note(f"run {run_id} failed: {reason}")
         return Outcome(run_id, "failed", reason)
 
 

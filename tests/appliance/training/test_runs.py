@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.config import ConfigError
 from appliance.training.process import process_alive
+from appliance.training.progress import RunProgress
 from appliance.training.runfolder import ADAPTER_FILE, LOG_FILE
 from tests.helpers.training import make_workspace, new_run, run_folder, tiny_config
 
@@ -101,6 +103,28 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     assert [e.step for e in events if isinstance(e, ev.Checkpoint)] == [2, 4]
     assert any(isinstance(e, ev.Memory) and e.rss for e in events)
     assert (folder / LOG_FILE).exists()
+    # Owner-only, like every file of the workspace (the event stream and the log included).
+    for name in (ev.METRICS_FILE, LOG_FILE, "meta.json", "run-key.enc"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    # One description of the run: the registry's record and the launch section, nothing else.
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoints", "meta.json", "metrics.jsonl", "run-key.enc", "train.log"
+    ]  # fmt: skip
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta) == {"kind", "format", "record", "launch"}
+    assert (meta["record"]["state"], meta["record"]["pid"]) == ("finished", None)
+    assert meta["launch"]["adapter_name"] == "facts-qa"
+    # The real run's metrics.jsonl replays into the view-model the CLI and the GUI render.
+    progress = RunProgress.replay(folder / ev.METRICS_FILE)
+    assert progress.state == "finished"
+    assert [p.step for p in progress.steps] == [1, 2, 3, 4, 5, 6]
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert [p.loss for p in progress.steps] == [s.loss for s in steps]
+    assert [p.step for p in progress.evals] == [e.step for e in events if isinstance(e, ev.Eval)]
+    assert progress.host
+    assert progress.gpus == {}
+    assert progress.final is not None
+    assert progress.final.tokens_seen == metrics["tokens_seen"]
     # Nothing of the dataset or the weights reaches the run folder in plaintext.
     for path in folder.rglob("*"):
         if path.is_file():
@@ -206,6 +230,9 @@ def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch
     assert seen == []
     assert outcome.state == "failed"
     assert outcome.message == "the training process exited with code 3 without a report"
+    # The child could not say it; the parent leaves the one line in the run's log.
+    last = (run_folder(vault, run_id) / LOG_FILE).read_text().splitlines()[-1]
+    assert last.endswith(f"run {run_id} failed: {outcome.message}")
     with _registry(vault) as reg:
         assert reg.run(run_id)["failure_reason"] == outcome.message
 
@@ -256,3 +283,46 @@ def test_stop_kills_a_child_that_does_not_stop_in_time(
     assert "did not stop within 1 s and was killed" in (outcome.message or "")
     assert run["state"] == "failed"
     assert run["failure_reason"] == outcome.message
+
+
+# The real worker, reporting at exit which registry or SQLite modules it loaded (on stderr,
+# which is the run's train.log).
+REPORTS_ITS_MODULES = (
+    "import atexit, sys  # appliance.training.worker\n"
+    "def report():\n"
+    "    names = [m for m in sys.modules if m.startswith(('appliance.registry', 'sqlite'))]\n"
+    "    print('loaded by the child:', sorted(names), file=sys.stderr)\n"
+    "atexit.register(report)\n"
+    "from appliance.training.worker import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_child_never_loads_the_registry(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config("max_steps=3", "warmup_steps=0", "save_every=0"))
+    monkeypatch.setattr(runs, "worker_command", _command(REPORTS_ITS_MODULES))
+    seen, outcome = _launch_and_settle(vault, run_id)
+    assert outcome.state == "finished", outcome
+    assert any(isinstance(e, ev.Finished) for e in seen)  # it trained and packed its adapter
+    log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
+    assert "loaded by the child: []" in log_text
+
+
+def test_a_parent_that_stops_reading_does_not_stop_the_run(setup: Any) -> None:
+    """A killed ``appliance train`` (its pipe closes): the child trains on, no traceback."""
+    _ws, vault = setup
+    config = tiny_config("max_steps=6", "save_every=0", "eval_every=0")
+    run_id = new_run(vault, config, adapter="orphaned")
+    with _registry(vault) as reg:
+        process = runs.launch(vault, reg, run_id, threads=1)
+        first = next(process.events())
+        assert isinstance(first, ev.Started)
+        assert process.proc.stdout is not None
+        process.proc.stdout.close()  # what the parent's death does to the pipe
+        assert process.wait(timeout=120) == 0
+        (outcome,) = runs.reconcile(vault, reg)
+    assert (outcome.state, outcome.adapter) == ("finished", "orphaned@1")
+    log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
+    assert "Traceback" not in log_text
+    assert "the parent stopped reading the events; they go on to" in log_text
