@@ -12,6 +12,7 @@ from rich.table import Table
 from appliance import datasets
 from appliance.cli.context import err, out, print_json, state
 from appliance.cli.passphrase_cmd import confirm
+from appliance.datasets.columns import ROLES
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.problems import problem_lines
 from appliance.datasets.tokens import DEFAULT_MAX_LENGTH
@@ -41,12 +42,21 @@ def _print_problems(lines: list[str]) -> None:
 @dataset_app.command("import")
 def import_(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="A .jsonl, .json (array), .csv, .tsv or .txt file."),
+    path: Path = typer.Argument(
+        ..., help="A .jsonl, .json (array), .csv, .tsv, .parquet or .txt file."
+    ),
     name: str = typer.Option(
         ..., "--name", help="Dataset name; an existing name gets version N+1."
     ),
     fmt: str = typer.Option(
         "auto", "--format", help=f"auto (from the fields) or one of: {', '.join(FORMATS)}."
+    ),
+    mapping: list[str] = typer.Option(
+        [],
+        "--map",
+        metavar="ROLE=COLUMN",
+        help="Read a role from a column of another name, e.g. --map output=answer (repeat it). "
+        f"Roles: {', '.join(ROLES)}.",
     ),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="Import the valid rows and record the skipped ones."
@@ -72,6 +82,7 @@ def import_(
                 skip_invalid=skip_invalid,
                 eval_fraction=eval_fraction,
                 seed=seed,
+                columns=mapping,
             )
     except datasets.DatasetValidationError as exc:
         _print_problems(exc.details())

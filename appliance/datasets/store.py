@@ -7,10 +7,13 @@ ones (import, delete) and an unlocked :class:`~appliance.vault.Vault`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from appliance.datasets import canonical
+from appliance.datasets.columns import ColumnMap
+from appliance.datasets.control import CancelFlag, Control, Progress
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import IntegrityError, UsageError
 from appliance.fsutil import atomic_writer, fsync_dir
@@ -55,23 +58,75 @@ def import_file(
     skip_invalid: bool = False,
     eval_fraction: float = 0.1,
     seed: int = 42,
+    columns: Iterable[str] | Mapping[str, str] | ColumnMap | None = None,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
 ) -> tuple[dict[str, Any], Prepared]:
     """Import ``source`` as the next version of dataset ``name``.
 
     The file is validated in memory, encrypted straight into the workspace, then recorded; if
     recording fails the encrypted file is removed again, so a failed import changes nothing.
 
+    Args:
+        columns: role -> column mapping (``["output=answer"]``, the CLI's ``--map``).
+        progress, cancel: see :mod:`appliance.datasets.control`; a cancelled import stores
+            nothing.
+
     Returns:
         The new registry row and the prepared data (for the summary the caller prints).
     """
     check_name(name, "dataset name")
     prepared = prepare(
-        source, fmt, skip_invalid=skip_invalid, eval_fraction=eval_fraction, seed=seed
+        source,
+        fmt,
+        skip_invalid=skip_invalid,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        columns=columns,
+        progress=progress,
+        cancel=cancel,
     )
+    return store_prepared(vault, reg, prepared, name, progress=progress, cancel=cancel), prepared
+
+
+_PIECE = 1024 * 1024
+
+
+def _pieces(data: bytes, control: Control) -> Iterator[memoryview]:
+    """The plaintext in 1 MiB pieces, checking for cancellation before each."""
+    view = memoryview(data)
+    total = len(view)
+    for start in range(0, total, _PIECE):
+        control.step(start, total, "encrypting")
+        yield view[start : start + _PIECE]
+    control.step(total, total, "encrypting")
+
+
+def store_prepared(
+    vault: Vault,
+    reg: Registry,
+    prepared: Prepared,
+    name: str,
+    *,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
+) -> dict[str, Any]:
+    """Encrypt prepared data into the workspace and record it as the next version of ``name``.
+
+    Cancellation is checked between pieces of the encryption and once more just before the
+    registry row is written; a cancelled or failed store leaves no file and no row.
+
+    Returns:
+        The new registry row.
+    """
+    check_name(name, "dataset name")
+    control = Control(progress, cancel)
+    control.check()
     object_id = new_object_id()
     target = object_path(vault, object_id)
-    info = vault.write(target, object_id, [prepared.plaintext])
+    info = vault.write(target, object_id, _pieces(prepared.plaintext, control))
     try:
+        control.check()
         version = reg.add_dataset_version(
             name,
             object_id=object_id,
@@ -82,7 +137,7 @@ def import_file(
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return reg.dataset_version(name, version), prepared
+    return reg.dataset_version(name, version)
 
 
 def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
@@ -149,6 +204,9 @@ def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None
     read from the workspace any more (backups of the datasets folder keep it, by design).
     """
     reg.delete_dataset_version(version["name"], version["version"])
+    from appliance.datasets.token_cache import forget_version
+
+    forget_version(vault.ws, version)
     path = vault.path(version["path"])
     try:
         path.unlink()
@@ -166,4 +224,5 @@ __all__ = [
     "object_path",
     "read_plaintext",
     "resolve",
+    "store_prepared",
 ]
