@@ -64,11 +64,16 @@ class ParquetSource:
     """An open Parquet file: its columns and row count now, its rows batch by batch."""
 
     def __init__(self, path: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.path = path
         self.file = path.name
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DatasetError(
+                f"{self.file}: reading Parquet needs pyarrow, which this installation lacks; "
+                "export the file as JSONL or CSV, or install the full bundle"
+            ) from None
         try:
             size = path.stat().st_size
         except OSError as exc:
