@@ -218,7 +218,8 @@ def _print_version(v: dict[str, Any]) -> None:
         table.add_row(
             "tokens",
             f"min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
-            f"{t['over_max_length']} over {t['max_length']} ({t['model']})",
+            f"{t['over_max_length']} over {t['max_length']}, {t['answer_lost']} of them with "
+            f"no answer left ({t['model']})",
         )
     table.add_row("adapters", ", ".join(v.get("adapters") or []) or "-")
     out.print(table)

@@ -102,15 +102,19 @@ def token_counts(rows: Sequence[Row], tokenizer: Any) -> list[int]:
 
 
 def token_stats(rows: Sequence[Row], tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """min, median, p95 and max tokens per example, and how many exceed ``max_length``."""
+    """min, median, p95 and max tokens per example, how many exceed ``max_length``, and how
+    many would lose their answer entirely (the prompt alone fills ``max_length``)."""
     if max_length < 1:
         raise UsageError("--max-length must be a positive number of tokens")
-    counts = token_counts(rows, tokenizer)
+    lengths, first, masking = measure(rows, tokenizer)
+    stats = TokenStats("", "", "", "", lengths, first, "t" * len(lengths), masking)
+    cut = truncation(stats, max_length)
     return {
-        **summary(counts),
-        "total": sum(counts),
+        **summary(lengths),
+        "total": sum(lengths),
         "max_length": max_length,
-        "over_max_length": sum(1 for c in counts if c > max_length),
+        "over_max_length": cut.truncated,
+        "answer_lost": cut.answer_lost,
     }
 
 
