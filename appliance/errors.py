@@ -43,6 +43,10 @@ class PassphraseError(ApplianceError):
     """No usable passphrase was given, or it is wrong."""
 
 
+class VaultLockedError(PassphraseError):
+    """The workspace was locked (its master key forgotten); unlock it to go on."""
+
+
 class IntegrityError(ApplianceError):
     """Stored data is damaged or was modified."""
 
