@@ -358,6 +358,8 @@ class JobProcess(QObject):
     """After succeeded or failed: the child is gone."""
     hung = Signal(str)
     """No event for ``hang_s`` while the child lives; the message quotes its last log lines."""
+    resumed = Signal()
+    """An event arrived after :attr:`hung`."""
 
     def __init__(
         self,
@@ -384,6 +386,7 @@ class JobProcess(QObject):
         )
         self.child.event_received.connect(self._on_event)
         self.child.hung.connect(self.hung)
+        self.child.resumed.connect(self.resumed)
         self.child.ended.connect(self._on_ended)
 
     def start(self) -> None:

@@ -6,7 +6,7 @@ them (default 0), ``fail`` (a message: fail with it), ``internal`` (raise a plai
 this text as a line of the event stream itself, as a foreign or torn write would), ``read_key``
 (an object id whose key must have been handed over), ``commands`` (true: echo each command line
 read from stdin as an output event until stdin closes), ``silent_s`` (sleep this long without
-any event).
+any event), ``no_return`` (pass the point of no return first: a cancel is then ignored).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from appliance.cancel import point_of_no_return
 from appliance.errors import ApplianceError
 from appliance.jobs.child import JobContext
 
@@ -25,6 +26,8 @@ def echo(ctx: JobContext) -> dict[str, Any]:
     if params.get("garbage"):
         ctx._writer.stream.write(str(params["garbage"]) + "\n")
         ctx._writer.stream.flush()
+    if params.get("no_return"):
+        point_of_no_return()
     steps = int(params.get("steps", 3))
     for done in range(1, steps + 1):
         if params.get("delay_s"):
