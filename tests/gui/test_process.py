@@ -125,6 +125,23 @@ def test_a_silent_child_is_reported_hung_then_killed(qtbot: QtBot, tmp_path: Pat
     assert job.outcome.stopped == "killed"
 
 
+def test_a_child_that_speaks_again_is_resumed(qtbot: QtBot, tmp_path: Path) -> None:
+    job = JobProcess(
+        JobRequest("selftest-echo", tmp_path, {"steps": 2, "delay_s": 1.5}), hang_s=0.5
+    )
+    seen = Recorder(job)
+    job.hung.connect(lambda message: seen.signals.append(("hung", message)))
+    job.resumed.connect(lambda: seen.signals.append(("resumed", None)))
+    with qtbot.waitSignal(job.progress, timeout=WAIT_MS):
+        job.start()
+    with qtbot.waitSignal(job.done, timeout=WAIT_MS):
+        pass
+    after_first = seen.names()[seen.names().index("progress") :]
+    assert after_first == ["progress", "hung", "resumed", "progress", "succeeded", "done"]
+    assert job.outcome is not None
+    assert job.outcome.hung
+
+
 def test_events_keep_the_watchdog_quiet(qtbot: QtBot, tmp_path: Path) -> None:
     # Events 0.3 s apart against a 1 s watchdog: never hung, though the job takes ~2 s after its
     # first event (the start of the interpreter, before it, can be slow on a busy machine).
