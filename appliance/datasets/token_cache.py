@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.datasets.store import describe, resolve
-from appliance.datasets.tokens import TokenStats
+from appliance.datasets.token_stats import TokenStats
 from appliance.errors import IntegrityError
 from appliance.fsutil import fsync_dir
 from appliance.jobs.events import JobEvent

@@ -10,7 +10,7 @@ import pytest
 
 from appliance import datasets, workspace
 from appliance.datasets import token_cache, tokens
-from appliance.datasets.tokens import TokenStats, effective_lengths, truncation
+from appliance.datasets.token_stats import TokenStats, effective_lengths, truncation
 from appliance.errors import DatasetError, NotFoundError, UsageError
 from appliance.models import import_model
 from appliance.registry import Registry
