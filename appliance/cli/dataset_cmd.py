@@ -223,7 +223,9 @@ def export(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
     out_file: Path = typer.Option(..., "--out", help="Plaintext JSONL file to write."),
-    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an unchanged earlier dataset export at --out."
+    ),
 ) -> None:
     """Write a version as plaintext canonical JSONL to a file you choose (audited)."""
     st = state(ctx)

@@ -250,7 +250,7 @@ def test_show_export_delete_flow(shared: tuple[CliRunner, dict[str, str]], tmp_p
     target = tmp_path / "notes.jsonl"
     _ok(cli("dataset", "export", "notes@2", "--out", str(target), env=env))
     again = cli("dataset", "export", "notes@2", "--out", str(target), env=env)
-    assert again.returncode == 2
+    assert again.returncode == 1  # a refused destination is not a usage error
     assert "exists already" in again.stderr
     refused = cli("dataset", "delete", "notes@2", env=env)  # no terminal and no --yes
     assert refused.returncode == 2
@@ -268,3 +268,30 @@ def test_show_export_delete_flow(shared: tuple[CliRunner, dict[str, str]], tmp_p
     assert ("dataset.export", "notes@2", True) in actions
     assert ("dataset.delete", "notes@2", True) in actions
     assert actions[0][0] == "vault.create"
+
+
+def test_export_destinations_are_checked_like_adapter_exports(
+    shared: tuple[CliRunner, dict[str, str]], tmp_path: Path
+) -> None:
+    """Refusals exit 1 with one line, and every file that was there is still there."""
+    cli, env = shared
+    parent = cli.home.parent
+    (tmp_path / "to-parent").symlink_to(parent)
+    foreign = tmp_path / "user.jsonl"
+    foreign.write_text('{"text": "the user\'s own data"}\n')
+    cases = {
+        str(parent): f"{parent} contains the workspace {cli.home}",
+        str(tmp_path / "to-parent"): "to-parent contains the workspace",
+        str(tmp_path / "missing" / "x.jsonl"): f"the folder {tmp_path / 'missing'} does not exist",
+        "/sys/x.jsonl": "cannot write",  # read-only even to root
+        str(foreign): f"{foreign} exists and is not an unchanged dataset export of this workspace",
+    }
+    before = sorted(str(p) for p in parent.rglob("*"))
+    for dest, message in cases.items():
+        result = cli("dataset", "export", "notes", "--out", dest, "--force", env=env)
+        assert result.returncode == 1, result.stderr
+        assert len(result.err_lines) == 1
+        assert message in result.stderr
+    assert sorted(str(p) for p in parent.rglob("*")) == before
+    assert foreign.read_text() == '{"text": "the user\'s own data"}\n'
+    assert not Path("/sys/x.jsonl").exists()
