@@ -75,6 +75,7 @@ def prepare(
         UsageError: an option is out of range.
     """
     canonical.check_eval_fraction(eval_fraction)
+    canonical.check_seed(seed)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose auto, {', '.join(FORMATS)}")
     src = read_source(Path(path))
