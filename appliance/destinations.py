@@ -58,22 +58,38 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def relation_to_workspace(path: Path, workspace_home: Path) -> str | None:
+    """``"is"``, ``"inside"`` or ``"contains"`` when ``path`` touches the workspace, else None.
+
+    Both are resolved (symlinks, ``..``) and compared by file identity as well as by name.
+    """
+    target = Path(path).resolve()
+    home = Path(workspace_home).resolve()
+    if _same(target, home):
+        return "is"
+    if any(_same(folder, home) for folder in target.parents):
+        return "inside"
+    if any(_same(target, folder) for folder in home.parents):
+        return "contains"
+    return None
+
+
 def check_apart_from_workspace(dest: Path, workspace_home: Path) -> None:
     """Refuse a destination that is the workspace, lies inside it or contains it.
 
     Raises:
         DestinationError: naming the workspace and what to do.
     """
-    target = Path(dest).resolve()
     home = Path(workspace_home).resolve()
-    if _same(target, home):
+    relation = relation_to_workspace(dest, home)
+    if relation == "is":
         raise DestinationError(f"{dest} is the workspace {home}; choose a destination outside it")
-    if any(_same(folder, home) for folder in target.parents):
+    if relation == "inside":
         raise DestinationError(
             f"{dest} is inside the workspace {home}, where only encrypted data may live; "
             "choose a destination outside it"
         )
-    if any(_same(target, folder) for folder in home.parents):
+    if relation == "contains":
         raise DestinationError(
             f"{dest} contains the workspace {home}; an export there could overwrite it: "
             "choose a new folder outside the workspace"
@@ -331,5 +347,6 @@ __all__ = [
     "check_parent_writable",
     "inspect_export_folder",
     "normalise",
+    "relation_to_workspace",
     "remove_earlier_export",
 ]

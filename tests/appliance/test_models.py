@@ -372,6 +372,35 @@ def test_failed_registry_write_removes_the_imported_folder(
     assert list(ws.tmp_dir.iterdir()) == []
 
 
+def test_a_failed_linked_import_leaves_the_source_alone(
+    ws: Workspace, reg: Registry, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = sorted((p.name, p.stat().st_size) for p in model_dir.iterdir())
+
+    def fail(*args: object, **kwargs: object) -> int:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reg, "add_base_model", fail)
+    with pytest.raises(OSError, match="disk full"):
+        import_model(ws, reg, model_dir, "linked", link=True)
+    assert sorted((p.name, p.stat().st_size) for p in model_dir.iterdir()) == before
+    assert list(ws.models_dir.iterdir()) == []
+    assert list(ws.tmp_dir.iterdir()) == []
+
+
+def test_sources_that_hold_the_workspace_or_link_into_it_are_refused(
+    ws: Workspace, reg: Registry, tiny_llama: Path
+) -> None:
+    for source in (ws.home, ws.home.parent, ws.home / "models" / ".."):
+        for link in (False, True):
+            with pytest.raises(UsageError, match=r"contains the workspace .*model's own folder"):
+                import_model(ws, reg, source, "home", link=link)
+    copied = shutil.copytree(tiny_llama, ws.home / "tmp" / "model")
+    with pytest.raises(UsageError, match=r"inside the workspace; --link needs a model folder"):
+        import_model(ws, reg, Path(copied), "inside", link=True)
+    assert reg.base_models() == []
+
+
 def test_bad_sources_are_refused(ws: Workspace, reg: Registry, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         import_model(ws, reg, tmp_path / "nothing", "x")
