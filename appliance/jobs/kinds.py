@@ -9,6 +9,7 @@ documented on its handler.
 from __future__ import annotations
 
 KINDS: dict[str, str] = {
+    "model-import": "appliance.models.job:import_job",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }

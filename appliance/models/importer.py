@@ -2,7 +2,7 @@
 
 An import is built in a staging folder under ``ws.tmp_dir`` and renamed to
 ``models/NAME`` only after every check passed; the registry row and its audit row are then
-written in one transaction. A refused or failed import leaves nothing behind.
+written in one transaction. A refused, failed or cancelled import leaves nothing behind.
 
 Layout of an imported model::
 
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.cancel import point_of_no_return
 from appliance.destinations import relation_to_workspace
 from appliance.errors import ModelImportError, NotFoundError, UsageError
 from appliance.fsutil import CHUNK, fsync_dir
@@ -100,6 +101,9 @@ def import_model(
             stamp = {"created_at": now(), "created_by": os_user()}
             write_meta(staging, "base_model", {"name": name, **fields, **stamp})
             target = ws.models_dir / name
+            # The folder and its registry row appear together: a cancel (SIGTERM in a job) from
+            # here on is ignored, so neither is ever left without the other.
+            point_of_no_return()
             os.replace(staging, target)
             fsync_dir(ws.models_dir)
             try:
