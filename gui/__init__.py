@@ -3,7 +3,3 @@
 The GUI process never loads torch, transformers, peft or bitsandbytes (a test enforces it): heavy
 work runs in child processes (:mod:`gui.process`), and GPU state is read through NVML only.
 """
-
-from gui import pyside_fix
-
-pyside_fix.apply()
