@@ -16,6 +16,8 @@ from appliance.datasets.columns import ROLES
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.problems import problem_lines
 from appliance.datasets.tokens import DEFAULT_MAX_LENGTH
+from appliance.errors import NotFoundError
+from appliance.registry.refs import check_name
 
 dataset_app = typer.Typer(
     name="dataset",
@@ -112,8 +114,24 @@ def list_(
 ) -> None:
     """List dataset versions (no passphrase needed: only the registry is read)."""
     st = state(ctx)
+    if name is not None:
+        check_name(name, "dataset name")
     with st.registry(st.workspace(), unlock=False) as reg:
         versions = reg.dataset_versions(name, include_deleted=deleted)
+        if name is not None and not versions:
+            # "No datasets yet" would be wrong while others exist: say which name is unknown.
+            if reg.dataset_versions(name, include_deleted=True):
+                if json_out:
+                    print_json([])
+                else:
+                    out.print(
+                        f"Every version of dataset {name} is deleted; add --deleted to list them.",
+                        markup=False,
+                    )
+                return
+            names = sorted({v["name"] for v in reg.dataset_versions()})
+            have = ", ".join(names) if names else "none yet"
+            raise NotFoundError(f"no dataset named {name!r} (datasets: {have})")
     if json_out:
         print_json([_public(v) for v in versions])
         return
@@ -235,7 +253,9 @@ def export(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
     out_file: Path = typer.Option(..., "--out", help="Plaintext JSONL file to write."),
-    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an unchanged earlier dataset export at --out."
+    ),
 ) -> None:
     """Write a version as plaintext canonical JSONL to a file you choose (audited)."""
     st = state(ctx)

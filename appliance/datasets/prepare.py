@@ -86,6 +86,7 @@ def prepare(
         ImportCancelled: ``cancel`` was set.
     """
     canonical.check_eval_fraction(eval_fraction)
+    canonical.check_seed(seed)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose auto, {', '.join(FORMATS)}")
     parsed = parse_file(Path(path), fmt, columns, progress=progress, cancel=cancel)

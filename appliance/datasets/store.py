@@ -6,17 +6,19 @@ ones (import, delete) and an unlocked :class:`~appliance.vault.Vault`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance import destinations
 from appliance.datasets import canonical
 from appliance.datasets.columns import ColumnMap
 from appliance.datasets.control import CancelFlag, Control, Progress
 from appliance.datasets.prepare import Prepared, prepare
-from appliance.errors import IntegrityError, UsageError
-from appliance.fsutil import atomic_writer, fsync_dir
+from appliance.errors import DestinationError, IntegrityError, UsageError
+from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
@@ -166,35 +168,61 @@ def export_version(
 ) -> Path:
     """Write a version's canonical JSONL as plaintext to ``out`` and audit it.
 
+    ``force`` replaces an existing file only when it is an unchanged earlier dataset export of
+    this workspace (its sha256 is one a ``dataset.export`` audit row recorded); anything else
+    there is refused, so an export can never destroy data the appliance did not write.
+
+    Returns:
+        The file written (absolute, its folder's symlinks resolved).
+
     Raises:
-        UsageError: ``out`` lies inside the workspace (plaintext must never be there), is a
-            folder, its folder does not exist, or it exists and ``force`` is off.
+        DestinationError: ``out`` touches the workspace (plaintext must never be there), is a
+            folder, symlink or device, exists (without ``force``, or is not an earlier export),
+            or cannot be written; see :mod:`appliance.destinations`.
     """
-    out = Path(out).expanduser().absolute()
-    home = vault.ws.home.resolve()
-    if out.resolve() == home or home in out.resolve().parents:
-        raise UsageError(
-            f"{out} is inside the workspace, where plaintext must never be written; choose a "
-            "place outside it"
-        )
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name, e.g. {out / 'data.jsonl'}")
-    if not out.parent.is_dir():
-        raise UsageError(f"the folder {out.parent} does not exist; create it first")
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists already; choose another file or pass --force")
+    out = destinations.check_export_file(
+        out,
+        force=force,
+        workspace_home=vault.ws.home,
+        is_earlier_export=lambda path: _is_earlier_export(reg, path),
+        what="an unchanged dataset export of this workspace",
+    )
     data = read_plaintext(vault, version)
-    with reg.transaction():
-        # Audited first, inside the transaction: if the write fails the row rolls back, and no
-        # export can happen without its row.
-        reg.audit(
-            "dataset.export",
-            f"{version['name']}@{version['version']}",
-            {"out": str(out), "sha256": version["sha256"], "rows": version["rows"]},
-        )
-        with atomic_writer(out, mode=0o600) as handle:
-            handle.write(data)
+    try:
+        with reg.transaction():
+            # Audited first, inside the transaction: if the write fails the row rolls back, and
+            # no export can happen without its row.
+            reg.audit(
+                "dataset.export",
+                f"{version['name']}@{version['version']}",
+                {"out": str(out), "sha256": version["sha256"], "rows": version["rows"]},
+            )
+            with atomic_writer(out, mode=0o600) as handle:
+                handle.write(data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DestinationError(
+                f"out of disk space while writing {out}; nothing was written: free some space "
+                "or choose another place"
+            ) from None
+        raise DestinationError(
+            f"cannot write {out}: {exc.strerror or exc}; nothing was written: choose a place "
+            "you can write to"
+        ) from None
     return out
+
+
+def _is_earlier_export(reg: Registry, path: Path) -> bool:
+    """Whether ``path`` holds exactly the bytes of a dataset export this workspace audited."""
+    exported = {
+        row["details"].get("sha256")
+        for row in reg.audit_rows(action="dataset.export")
+        if isinstance(row["details"], dict)
+    }
+    try:
+        return sha256_file(path) in exported
+    except OSError:
+        return False
 
 
 def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None:
