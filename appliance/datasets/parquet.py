@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from appliance.datasets import sources
 from appliance.datasets.problems import Problem, file_error
 from appliance.datasets.sources import MAX_ROW_BYTES, Record, Source
 from appliance.errors import DatasetError
+from appliance.units import format_bytes
 
 EXTENSIONS = (".parquet", ".pq")
 MAGIC = b"PAR1"
@@ -90,8 +92,23 @@ class ParquetSource:
                 "or give it the extension of its real format",
             ) from None
         self.fields: list[str] = list(self._pf.schema_arrow.names)
-        self.num_rows: int = int(self._pf.metadata.num_rows)
-        self.row_groups: int = int(self._pf.metadata.num_row_groups)
+        meta = self._pf.metadata
+        self.num_rows: int = int(meta.num_rows)
+        self.row_groups: int = int(meta.num_row_groups)
+        # The same limit as a text file, on the data once decoded: the canonical rows are kept
+        # in memory, and a compressed file can hold many times its size.
+        # (The encoded size is checked here; the text actually read, batch by batch.)
+        encoded = sum(int(meta.row_group(i).total_byte_size) for i in range(self.row_groups))
+        if encoded > sources.MAX_FILE_BYTES:
+            self._pf.close()
+            raise self._too_large(encoded)
+
+    def _too_large(self, size: int) -> DatasetError:
+        return DatasetError(
+            f"{self.path} holds over {format_bytes(size)} of data once decoded, over the "
+            f"{format_bytes(sources.MAX_FILE_BYTES)} limit of one import; split it into smaller "
+            "files (each becomes a version)"
+        )
 
     def close(self) -> None:
         self._pf.close()
@@ -110,7 +127,7 @@ class ParquetSource:
         import pyarrow as pa
 
         wanted = [c for c in (columns if columns is not None else self.fields) if c in self.fields]
-        row = 0
+        row = text = 0
         batches = self._pf.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False)
         while True:
             try:
@@ -129,7 +146,11 @@ class ParquetSource:
                 row += 1
                 # A null cell is a missing field, as an absent key is in JSON.
                 record = {k: v for k, v in data.items() if v is not None}
-                if _size(record) > MAX_ROW_BYTES:
+                size = _size(record)
+                text += size
+                if text > sources.MAX_FILE_BYTES:
+                    raise self._too_large(text)
+                if size > MAX_ROW_BYTES:
                     src.problems.append(Problem(self.file, row, None, "row over the 1 MiB limit"))
                     continue
                 src.records.append(Record(row, record))

@@ -245,3 +245,27 @@ def test_cli_imports_parquet_with_a_mapping(tmp_path: Path) -> None:
     bad = cli("dataset", "import", str(path), "--name", "qa", "--map", "nonsense", env=env)
     assert bad.returncode == 2
     assert "write ROLE=COLUMN" in bad.err_lines[-1]
+
+
+def test_decoded_size_is_capped_like_a_text_file(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, vault, reg = env
+    # Repeated values compress to almost nothing: caught while reading. Distinct values: caught
+    # from the file's metadata before reading.
+    repeated = _write(tmp_path / "repeated.parquet", {"text": ["x" * 1000] * 50})
+    distinct = _write(tmp_path / "distinct.parquet", {"text": [f"{i} " * 400 for i in range(50)]})
+    from appliance.datasets import sources
+
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 10_000)
+    assert pq.ParquetFile(repeated).metadata.row_group(0).total_byte_size < 10_000
+    assert pq.ParquetFile(distinct).metadata.row_group(0).total_byte_size > 10_000
+    for path in (repeated, distinct):
+        with pytest.raises(DatasetError) as info:
+            datasets.import_file(vault, reg, path, "large")
+        assert str(info.value).startswith(f"{path} holds over ")
+        assert str(info.value).endswith(
+            "of data once decoded, over the 9.8 KiB limit of one import; split it into smaller "
+            "files (each becomes a version)"
+        )
+    _assert_nothing_stored(env, "large")
