@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
-from appliance.training.settle import Outcome, try_reconcile
+from appliance.training.runs import Outcome, try_reconcile
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
@@ -104,7 +104,7 @@ class MainWindow(QMainWindow):
         return self.pages[index]
 
     def ensure_demo_model(self) -> bool:
-        """Import the bundled demo model in the background if the workspace lacks it.
+        """Import the bundled demo model (a child process) if the workspace lacks it.
 
         Returns:
             Whether an import was started.
@@ -116,10 +116,12 @@ class MainWindow(QMainWindow):
         except ApplianceError as exc:
             self.statusBar().showMessage(f"Demo model unavailable: {exc}")
             return False
-        task = self.models_page.start_import(source, DEMO_MODEL_NAME)
+        if self.models_page.busy:
+            return False
+        job = self.models_page.start_import(source, DEMO_MODEL_NAME)
         self.statusBar().showMessage("Preparing the demo model SmolLM2-135M-Instruct…")
-        task.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
-        task.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
+        job.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
+        job.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
         return True
 
     def settle_runs(self) -> Task | None:
@@ -148,5 +150,6 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.models_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)

@@ -106,7 +106,8 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     versions = lib_versions()
     seconds = time.perf_counter() - started
     ids: dict[str, int] = {}
-    with ctx.ws.writer("eval"), ctx.registry() as reg:
+    # One transaction: a cancel or a failure stores the results of all versions or of none.
+    with ctx.ws.writer("eval"), ctx.registry() as reg, reg.transaction():
         for ref in adapters:
             ids[ref] = reg.add_evaluation(
                 ref,

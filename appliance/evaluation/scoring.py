@@ -18,7 +18,8 @@ from appliance.errors import UsageError
 from appliance.evaluation.metrics import EvalSettings, Scores, is_reference
 from appliance.generation.engine import Engine
 from appliance.generation.settings import GenerationSettings
-from appliance.training.data import Example, collate, encode_chat
+from appliance.training.data import collate
+from appliance.training.encoding import Example, encode_chat
 from appliance.training.loop import loss_sum
 
 Progress = Callable[[int], None]

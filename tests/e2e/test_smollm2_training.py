@@ -48,6 +48,7 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(quillmere: QuillmereRun)
     assert quillmere.first_outcome.state == "stopped", quillmere.first_outcome
     (stopped,) = [e for e in first if isinstance(e, ev.Stopped)]
     assert stopped.step in (STOP_AT_STEP, STOP_AT_STEP + 1)
+    assert quillmere.state_after_first == "stopped"
     outcome = quillmere.second_outcome
     assert outcome is not None
     assert outcome.state == "finished", outcome

@@ -17,7 +17,7 @@ from appliance import datasets, workspace
 from appliance.models import import_model
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.settings import build_config
 from appliance.vault import Vault
 from tests.helpers.training import ORGFACTS, PASS
@@ -50,6 +50,8 @@ class QuillmereRun:
     first: list[ev.Event]
     """Events of the first session (stopped at step ~20)."""
     first_outcome: Any
+    state_after_first: str
+    """The run's registry state between the sessions."""
     second: list[ev.Event]
     """Events of the resumed session (to the end)."""
     second_outcome: Any
@@ -63,7 +65,7 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         model_row = import_model(ws, reg, smollm2_gguf, "smollm2")
         datasets.import_file(vault, reg, ORGFACTS / "orgfacts.jsonl", "orgfacts", eval_fraction=0.1)
-        run_id = launcher.create_run(
+        run_id = runs.create_run(
             vault,
             reg,
             model="smollm2",
@@ -72,18 +74,29 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
             config=build_config("quick-test", SETTINGS),
         )
         # First session: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
-        process = launcher.launch(vault, reg, run_id)
+        process = runs.launch(vault, reg, run_id)
         first: list[ev.Event] = []
         for event in process.events():
             first.append(event)
             if isinstance(event, ev.Step) and event.step == STOP_AT_STEP:
                 process.stop()
-        first_outcome = launcher.wait_settled(process, vault, reg)
+        first_outcome = runs.wait_settled(process, vault, reg)
+        state_after_first = reg.run(run_id)["state"]
         # Second session: resumed from that checkpoint to the end.
         second: list[ev.Event] = []
         second_outcome = None
         if first_outcome.state == "stopped":
-            process = launcher.launch(vault, reg, run_id)
+            process = runs.launch(vault, reg, run_id)
             second = list(process.events())
-            second_outcome = launcher.wait_settled(process, vault, reg)
-    return QuillmereRun(ws, vault, model_row, run_id, first, first_outcome, second, second_outcome)
+            second_outcome = runs.wait_settled(process, vault, reg)
+    return QuillmereRun(
+        ws,
+        vault,
+        model_row,
+        run_id,
+        first,
+        first_outcome,
+        state_after_first,
+        second,
+        second_outcome,
+    )
