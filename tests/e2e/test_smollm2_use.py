@@ -41,8 +41,8 @@ def test_eval_and_chat_show_what_the_adapter_learned(trained: QuillmereRun, tmp_
 
     cli = CliRunner(trained.ws.home)
     done = cli(
-        "eval", "quillmere@1", "--dataset", "heldout", "--split", "all", "--json",
-        env=ENV, timeout=900,
+        "eval", "quillmere@1", "--dataset", "heldout", "--split", "all",
+        "--max-new-tokens", "32", "--json", env=ENV, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
