@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import appliance.workspace as workspace_module
 from appliance.errors import NotFoundError, PassphraseError, UsageError, WorkspaceLockedError
 from appliance.passphrases import add_key_slot, change_passphrase, remove_key_slot
 from appliance.registry import Registry
@@ -42,7 +43,9 @@ def test_change_add_remove_with_audit(ws: Workspace) -> None:
     ]
 
 
-def test_refusals_carry_the_core_messages_and_change_nothing(ws: Workspace) -> None:
+def test_refusals_carry_the_core_messages_and_change_nothing(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vault = Vault.create(ws, OLD, "alice", target_s=0)
     before = sorted(p.read_bytes() for p in ws.keys_dir.iterdir())
     with pytest.raises(UsageError, match="at least 8 characters"):
@@ -56,12 +59,6 @@ def test_refusals_carry_the_core_messages_and_change_nothing(ws: Workspace) -> N
     with pytest.raises(UsageError, match="is the last one"):
         remove_key_slot(vault, "alice")
     assert sorted(p.read_bytes() for p in ws.keys_dir.iterdir()) == before
+    monkeypatch.setattr(workspace_module, "LOCK_WAIT_S", 0.1)
     with ws.writer("another process"), pytest.raises(WorkspaceLockedError):
-        import appliance.workspace as workspace_module
-
-        original = workspace_module.LOCK_WAIT_S
-        workspace_module.LOCK_WAIT_S = 0.1
-        try:
-            change_passphrase(vault, NEW, target_s=0)
-        finally:
-            workspace_module.LOCK_WAIT_S = original
+        change_passphrase(vault, NEW, target_s=0)

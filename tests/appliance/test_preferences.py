@@ -15,7 +15,8 @@ from appliance.workspace import Workspace
 def test_defaults_without_a_file(ws: Workspace) -> None:
     prefs = preferences.load(ws)
     assert prefs == Preferences(auto_lock_minutes=15, training_gpus=None)
-    assert prefs.allows_gpu(0) and prefs.allows_gpu(7)
+    assert prefs.allows_gpu(0)
+    assert prefs.allows_gpu(7)
     assert not preferences.settings_path(ws).exists()
 
 
@@ -27,7 +28,8 @@ def test_update_round_trips_and_keeps_other_fields(ws: Workspace) -> None:
     path = preferences.settings_path(ws)
     assert json.loads(path.read_text()) == {"auto_lock_minutes": 0, "training_gpus": [1]}
     assert path.stat().st_mode & 0o777 == 0o600
-    assert not prefs.allows_gpu(0) and prefs.allows_gpu(1)
+    assert not prefs.allows_gpu(0)
+    assert prefs.allows_gpu(1)
     assert not Preferences(training_gpus=()).allows_gpu(0)  # none: train on the CPU
 
 
