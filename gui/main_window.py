@@ -56,6 +56,7 @@ class MainWindow(QMainWindow):
         self.datasets_page = DatasetsPage(session)
         self.settings_page = SettingsPage(home, session)
         self.settle_task: Task | None = None
+        self.models_page.imported.connect(self.datasets_page.refresh_models)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [

@@ -98,6 +98,7 @@ class DatasetsPage(Page):
         self._selected_ref: str | None = None
         self._items: dict[str, QTreeWidgetItem] = {}
         self._generation = 0
+        self._locking = False
         self.setAcceptDrops(True)
 
         buttons = QHBoxLayout()
@@ -190,7 +191,9 @@ class DatasetsPage(Page):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked
+        """Whether the page may show data: the session is unlocked and the window is not being
+        locked (the key waits for running tasks, whose results must not fill the page)."""
+        return self.session is not None and not self.session.locked and not self._locking
 
     @Slot()
     def refresh(self) -> None:
@@ -238,6 +241,13 @@ class DatasetsPage(Page):
         if not self.versions:
             self.status.setText("No datasets yet: import a file, or drop one on this page.")
         self._update_buttons()
+
+    @Slot()
+    def refresh_models(self) -> None:
+        """Offer the base models of the registry for token statistics (a model was imported)."""
+        if self.unlocked and self.session is not None:
+            with self.session.registry() as reg:
+                self.tokens.set_models([m["name"] for m in reg.base_models()])
 
     def names(self) -> list[str]:
         return sorted({v["name"] for v in self.versions})
@@ -338,6 +348,8 @@ class DatasetsPage(Page):
     @Slot(object)
     def _stored(self, version: dict[str, Any]) -> None:
         self._selected_ref = version_ref(version)
+        if not self.unlocked:
+            return  # stored while the window was locking: shown after the unlock
         self.refresh()
         self._info(
             f"Imported {version['name']} version {version['version']}: {version['rows']:,} rows "
@@ -540,6 +552,8 @@ class DatasetsPage(Page):
     # -- lock ------------------------------------------------------------------------------------
 
     def on_lock(self) -> None:
+        self._locking = True
+        self.tokens.suspended = True
         if self.wizard is not None:
             self.wizard.abandon()
         self._clear_all()
@@ -547,6 +561,8 @@ class DatasetsPage(Page):
         self._update_buttons()
 
     def on_unlock(self) -> None:
+        self._locking = False
+        self.tokens.suspended = False
         self.refresh()
 
     def vault_tasks(self) -> list[Task]:

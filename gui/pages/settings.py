@@ -94,6 +94,7 @@ class SettingsPage(Page):
         self.slot_task: Task | None = None
         self.dialog: NewPassphraseDialog | None = None
         self.gpu_boxes: dict[int, QCheckBox] = {}
+        self._locking = False
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -268,7 +269,7 @@ class SettingsPage(Page):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked
+        return self.session is not None and not self.session.locked and not self._locking
 
     def refresh_slots(self) -> None:
         """List the key slots (their files only: no passphrase needed)."""
@@ -484,6 +485,7 @@ class SettingsPage(Page):
     # -- lock ------------------------------------------------------------------------------------
 
     def on_lock(self) -> None:
+        self._locking = True
         if self.dialog is not None:
             self.dialog.reject()  # a derivation under way finishes first (see vault_tasks)
         self.slots_table.setRowCount(0)
@@ -492,6 +494,7 @@ class SettingsPage(Page):
             button.setEnabled(False)
 
     def on_unlock(self) -> None:
+        self._locking = False
         self.refresh_slots()
 
     def vault_tasks(self) -> list[Task]:

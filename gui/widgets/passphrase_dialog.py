@@ -59,6 +59,7 @@ class PassphraseDialog(QDialog):
         intro.setWordWrap(True)
         intro.setTextFormat(Qt.TextFormat.RichText)
         layout.addWidget(intro)
+        self.intro = intro
 
         form = QFormLayout()
         self.passphrase = QLineEdit()

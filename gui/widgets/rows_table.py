@@ -85,11 +85,15 @@ class RowsModel(QAbstractTableModel):
         if self._has_split():
             cols.append("Split")
         if self._chat:
-            cols += ["Turns", "System", "User", "Assistant"] if self._system else [
-                "Turns",
-                "User",
-                "Assistant",
-            ]
+            cols += (
+                ["Turns", "System", "User", "Assistant"]
+                if self._system
+                else [
+                    "Turns",
+                    "User",
+                    "Assistant",
+                ]
+            )
         else:
             cols.append("Text")
         return cols

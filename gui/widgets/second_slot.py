@@ -56,10 +56,10 @@ class SecondSlotOffer(QDialog):
         self.setWindowTitle("A second key slot")
         self.setMinimumWidth(520)
         layout = QVBoxLayout(self)
-        text = QLabel(OFFER)
-        text.setWordWrap(True)
-        text.setTextFormat(Qt.TextFormat.RichText)
-        layout.addWidget(text)
+        self.text = QLabel(OFFER)
+        self.text.setWordWrap(True)
+        self.text.setTextFormat(Qt.TextFormat.RichText)
+        layout.addWidget(self.text)
         self.buttons = QDialogButtonBox()
         self.add_button = self.buttons.addButton(
             "Add a second key slot…", QDialogButtonBox.ButtonRole.AcceptRole

@@ -64,6 +64,8 @@ class TokenPanel(QWidget):
         self.job: JobProcess | None = None
         self.task: Task | None = None
         self._generation = 0
+        self.suspended = False
+        """Set while the window locks: nothing is read or drawn, even before the key goes."""
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -170,7 +172,7 @@ class TokenPanel(QWidget):
     def read_cache(self) -> Task | None:
         """Read the cached statistics of the selection in the background."""
         session, ref, model = self.session, self.dataset_ref, self.model
-        if session is None or session.locked or ref is None or model is None:
+        if session is None or session.locked or self.suspended or ref is None or model is None:
             return None
         generation = self._generation
 
@@ -186,7 +188,7 @@ class TokenPanel(QWidget):
         return task
 
     def _cache_read(self, stats: TokenStats | None, generation: int) -> None:
-        if generation != self._generation:
+        if generation != self._generation or self.suspended:
             return  # the selection changed meanwhile
         if stats is None:
             self.status.setText(
@@ -226,7 +228,9 @@ class TokenPanel(QWidget):
     def count(self) -> JobProcess | None:
         """Start the token-stats job for the selection (in a child process)."""
         session, ref, model = self.session, self.dataset_ref, self.model
-        if session is None or session.locked or ref is None or model is None or self.busy:
+        if session is None or session.locked or self.suspended or not ref or not model:
+            return None
+        if self.busy:
             return None
         with session.registry() as reg:
             request = token_stats_request(session.vault, reg, ref, model)
@@ -261,7 +265,7 @@ class TokenPanel(QWidget):
     @Slot(object)
     def _job_done(self, result: dict[str, Any]) -> None:
         self._update_buttons()
-        if self.session is None or self.session.locked:
+        if self.session is None or self.session.locked or self.suspended:
             return  # the page selects the version again on unlock, which reads the cache
         if self.dataset_ref == result.get("dataset") and self.model == result.get("model"):
             self.read_cache()
@@ -269,7 +273,7 @@ class TokenPanel(QWidget):
     @Slot(str)
     def _job_failed(self, message: str) -> None:
         self._update_buttons()
-        if self.session is not None and self.session.locked:
+        if self.session is None or self.session.locked or self.suspended:
             return
         if self.job is not None and self.job.cancelled:
             self.status.setText("Counting cancelled.")
