@@ -175,6 +175,7 @@ class DatasetsPage(Page):
         inner.addWidget(self.tokens)
         inner.setStretchFactor(0, 3)
         inner.setStretchFactor(1, 4)
+        inner.setSizes([260, 360])
         right_layout.addWidget(inner, 1)
         splitter.addWidget(right)
         splitter.setStretchFactor(1, 1)

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -130,6 +131,8 @@ class SettingsPage(Page):
         usage_row.addWidget(self.usage_button)
         form.addRow("Size on disk:", usage_row)
         self.usage_table = _table(["Kind", "Size", "Files"], "usageTable")
+        self.usage_table.horizontalHeader().setStretchLastSection(False)
+        self.usage_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         fit_rows(self.usage_table, 3)
         form.addRow(self.usage_table)
         column.addWidget(box)
@@ -229,6 +232,12 @@ class SettingsPage(Page):
             else "WARNING: the no-egress guard is not active in this process"
         )
         self.refresh_slots()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        """Count again each time the page is shown: imports and runs change the sizes."""
+        super().showEvent(event)
+        if self.usage_task is not None and not self.usage_task.running:
+            self.measure_usage()
 
     @Slot()
     def measure_usage(self) -> Task:

@@ -165,6 +165,7 @@ class ImportWizard(QDialog):
         self.problems.setObjectName("problemsTable")
         self.problems.setHorizontalHeaderLabels(["File", "Line", "Field", "Problem"])
         self.problems.verticalHeader().hide()
+        self.problems.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.problems.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         header = self.problems.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

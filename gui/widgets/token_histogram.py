@@ -60,6 +60,8 @@ class TokenHistogram(QWidget):
         self.caption = QLabel()
         self.caption.setObjectName("truncationCaption")
         self.caption.setWordWrap(True)
+        # Two lines always reserved: a wrapped label's height is not known before it is laid out.
+        self.caption.setMinimumHeight(2 * self.caption.fontMetrics().lineSpacing() + 4)
         self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.caption)
         self.line = pg.InfiniteLine(

@@ -73,7 +73,8 @@ class TokenPanel(QWidget):
         controls.addWidget(QLabel("Base model:"))
         self.model_box = QComboBox()
         self.model_box.setObjectName("tokenModel")
-        self.model_box.setMinimumContentsLength(14)
+        self.model_box.setMinimumContentsLength(22)
+        self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.model_box.currentIndexChanged.connect(self._selection_changed)
         controls.addWidget(self.model_box)
         controls.addWidget(QLabel("max_seq_length:"))
@@ -113,6 +114,7 @@ class TokenPanel(QWidget):
         layout.addWidget(self.status)
         self.histogram = TokenHistogram()
         layout.addWidget(self.histogram, 1)
+        self.setMinimumHeight(320)
         self._update_buttons()
 
     # -- what is selected ------------------------------------------------------------------------
