@@ -17,17 +17,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
-from appliance.training.settle import Outcome, try_reconcile
+from appliance.training.runs import Outcome, try_reconcile
+from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
-from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
+from gui.pages.datasets import DatasetsPage
+from gui.pages.jobs import ExportPage, RegistryPage, TrainPage
 from gui.pages.models import ModelsPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
+from gui.window_lock import WindowLock
 
 _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
@@ -49,15 +53,19 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.datasets_page = DatasetsPage(session)
+        self.settings_page = SettingsPage(home, session)
+        self.settle_task: Task | None = None
+        self.models_page.imported.connect(self.datasets_page.refresh_models)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
-            DatasetsPage(),
+            self.datasets_page,
             self.models_page,
             TrainPage(),
             RegistryPage(),
             ExportPage(),
-            SettingsPage(home),
+            self.settings_page,
         ]
         self.nav = QListWidget()
         self.nav.setObjectName("navigation")
@@ -84,13 +92,22 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.statusBar().addWidget(
-            QLabel(
-                f"Offline · unlocked as {session.vault.label}"
-                if session is not None
-                else "Offline · locked"
-            )
+        self.lock_label = QLabel(
+            f"Offline · unlocked as {session.vault.label}"
+            if session is not None
+            else "Offline · locked"
         )
+        self.statusBar().addWidget(self.lock_label)
+        self.locker: WindowLock | None = None
+        if session is not None:
+            self.locker = WindowLock(
+                self, session, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
+            )
+            self.locker.locked.connect(lambda: self.lock_label.setText("Offline · locked"))
+            self.locker.unlocked.connect(
+                lambda: self.lock_label.setText(f"Offline · unlocked as {session.vault.label}")
+            )
+            self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
 
@@ -104,7 +121,7 @@ class MainWindow(QMainWindow):
         return self.pages[index]
 
     def ensure_demo_model(self) -> bool:
-        """Import the bundled demo model in the background if the workspace lacks it.
+        """Import the bundled demo model (a child process) if the workspace lacks it.
 
         Returns:
             Whether an import was started.
@@ -116,10 +133,12 @@ class MainWindow(QMainWindow):
         except ApplianceError as exc:
             self.statusBar().showMessage(f"Demo model unavailable: {exc}")
             return False
-        task = self.models_page.start_import(source, DEMO_MODEL_NAME)
+        if self.models_page.busy:
+            return False
+        job = self.models_page.start_import(source, DEMO_MODEL_NAME)
         self.statusBar().showMessage("Preparing the demo model SmolLM2-135M-Instruct…")
-        task.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
-        task.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
+        job.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
+        job.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
         return True
 
     def settle_runs(self) -> Task | None:
@@ -138,8 +157,17 @@ class MainWindow(QMainWindow):
 
         task = Task("settling runs", work, self)
         task.succeeded.connect(self._runs_settled)
+        self.settle_task = task
         task.start()
         return task
+
+    def lock_now(self) -> None:
+        """Lock the workspace (what the Lock now action does)."""
+        if self.locker is not None:
+            self.locker.lock_now()
+
+    def _own_vault_tasks(self) -> list[Task]:
+        return [self.settle_task] if self.settle_task is not None else []
 
     @Slot(object)
     def _runs_settled(self, outcomes: list[Outcome]) -> None:
@@ -148,5 +176,17 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.locker is not None:
+            self.locker.shutdown()
+        self.models_page.shutdown()
+        self.datasets_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
+
+
+def _auto_lock_minutes(home: Path) -> int:
+    """The workspace's auto-lock setting (the default where its settings file is damaged)."""
+    try:
+        return preferences.load(Workspace(home)).auto_lock_minutes
+    except ApplianceError:
+        return preferences.Preferences().auto_lock_minutes

@@ -1,8 +1,13 @@
-"""Background work for the GUI: anything slower than ~50 ms runs here, never on the GUI thread.
+"""Light background work: slower than ~50 ms, so off the GUI thread, but torch-free.
 
 A :class:`Task` runs one callable on Qt's global thread pool and reports through signals, which
 Qt delivers on the GUI thread. The callable receives a ``progress(done, total, stage)`` function
 to call as it goes; errors become a one-line message, as in the CLI.
+
+For light work only: the key derivation of the passphrase dialog, SQLite reads, settling runs.
+Anything that needs torch, transformers, peft or bitsandbytes (or holds the GIL for long) runs
+as a job in a child process instead (:class:`gui.process.JobProcess`): a thread here would load
+those libraries into the desktop process and could freeze its window.
 """
 
 from __future__ import annotations
@@ -82,3 +87,23 @@ class _Runner(QRunnable):
         # nobody left to tell.
         with contextlib.suppress(RuntimeError):
             task._completed.emit(result, error)
+
+
+def delete_when_done(obj: QObject, tasks: list[Task]) -> None:
+    """``obj.deleteLater()`` once none of ``tasks`` (its children) runs any more.
+
+    A dialog closed while its task still works must outlive it: deleting it would delete the
+    task, and the task's ``done`` (which, for a task on the vault, a lock waits for) would never
+    be emitted.
+    """
+    running = [t for t in tasks if t.running]
+    if not running:
+        obj.deleteLater()
+        return
+
+    def check() -> None:
+        if not any(t.running for t in running):
+            obj.deleteLater()
+
+    for task in running:
+        task.done.connect(check)

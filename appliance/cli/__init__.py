@@ -1,7 +1,8 @@
 """The ``appliance`` command: the same verbs as the desktop app, for administrators' scripts.
 
 Exit codes: 0 success, 2 usage error (usage on stderr), 1 any other failure with one clear line
-on stderr and no traceback (``--debug`` shows one).
+on stderr and no traceback (``--debug`` shows one). A well-formed command refused for what it
+finds (an export destination that exists or holds other files, an unknown name) exits 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from appliance import __version__, offline
 from appliance.cli import (
     adapter_cmd,
     audit_cmd,
+    chat_cmd,
     dataset_cmd,
+    eval_cmd,
     export_cmd,
     model_cmd,
     passphrase_cmd,
@@ -70,6 +73,8 @@ dataset_cmd.register(app)
 model_cmd.register(app)
 train_cmd.register(app)
 adapter_cmd.register(app)
+chat_cmd.register(app)
+eval_cmd.register(app)
 export_cmd.register(app)
 app.command("gpu")(gpu)
 passphrase_cmd.register(app)

@@ -30,29 +30,16 @@ from typing import Any, Literal
 
 import torch
 
+from appliance.training.encoding import IGNORE, Example
 from appliance.training.estimate import longest_micro_batch
 
-IGNORE = -100
-"""Label of a token the loss skips."""
+__all__ = ["IGNORE", "Batch", "BatchPlan", "Example", "collate", "pack", "packing_honoured"]
 
 Order = Literal["random", "grouped"]
 Layout = Literal["padded", "packed"]
 
 GROUP_MULTIPLE = 50
 """Micro-batches per mega-batch sorted by length in grouped order (Hugging Face's default)."""
-
-
-@dataclass
-class Example:
-    """One tokenised conversation."""
-
-    input_ids: list[int]
-    labels: list[int]
-    """Same length as ``input_ids``; ``IGNORE`` where no loss is taken."""
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Token lengths of a run's training examples, for the pre-flight estimate in the parent.
 
 The estimate sizes activations from the longest micro-batch the data can form, so the parent
-(``appliance train``) needs the lengths before the child starts. They are computed exactly as
-the child will: the dataset version decrypted in memory, rendered with the base model's chat
-template, cut or dropped at ``max_seq_length``, train split only. Only the tokenizer is loaded.
+(``appliance train``) needs the lengths before the child starts. They come from the dataset
+version's token statistics against the base model (:mod:`appliance.datasets.token_cache`:
+encrypted, cached per version and model, measured by a ``token-stats`` job on a miss, with the
+same encoding as training), cut or dropped at ``max_seq_length`` as training will.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ def training_lengths(
     vault: Any, reg: Any, model: str, dataset: str, config: TrainConfig
 ) -> list[int] | None:
     """Token lengths of the training examples of ``dataset`` for ``model``; None when they
-    cannot be computed (the estimate then assumes ``max_seq_length``)."""
-    from appliance.datasets.store import load_rows, resolve
-    from appliance.datasets.tokens import load_tokenizer
-    from appliance.models.use import model_folder
-    from appliance.training.data import tokenise
+    cannot be had (the estimate then assumes ``max_seq_length``)."""
+    from appliance.datasets.token_cache import compute_token_stats
+    from appliance.datasets.token_stats import effective_lengths
 
+    data = config.data
     try:
-        rows = load_rows(vault, resolve(reg, dataset))
-        tokenizer = load_tokenizer(model_folder(vault.ws, reg.base_model(model)))
-        return [len(e.input_ids) for e in tokenise(rows, tokenizer, config.data).train]
+        stats = compute_token_stats(vault, reg, dataset, model)
+        return effective_lengths(
+            stats, data.max_seq_length, loss_on=data.loss_on, over_length=data.over_length
+        )
     except ApplianceError as exc:
         log.info("no token lengths for the estimate: %s", exc)
         return None

@@ -42,7 +42,7 @@ from appliance.training.runfolder import ADAPTER_FILE, CHECKPOINTS_DIR, RunSpec
 from appliance.training.steps import StepResult, train_step
 from appliance.vault.objects import new_object_id, write_object
 
-__all__ = ["Trainer", "enable_checkpointing", "lr_factor", "peak_memory"]
+__all__ = ["Trainer", "enable_checkpointing", "loss_sum", "lr_factor", "peak_memory"]
 
 log = logging.getLogger("appliance.training")
 
@@ -67,6 +67,15 @@ def peak_memory(device: str) -> int:
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
     return process_peak_rss() or 0
+
+
+def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy of the batch's labelled tokens (divide by ``trained_tokens``).
+
+    The one definition of the loss (:func:`appliance.training.loss.causal_lm_loss`, chunked
+    where the model allows): training, its eval passes and ``appliance eval`` use it.
+    """
+    return causal_lm_loss(model, batch)[0]
 
 
 class Trainer:

@@ -59,7 +59,7 @@ def _id_bytes(object_id: str) -> bytes:
 
 def write_object(
     path: Path,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     object_id: str,
     pieces: Iterable[bytes | bytearray | memoryview],
     *,
@@ -128,7 +128,7 @@ def _what(what: str | None, path: Path) -> str:
 
 
 def read_object(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> bytearray:
     """The whole plaintext, returned only after every chunk authenticated.
 
@@ -147,7 +147,7 @@ def read_object(
 
 
 def iter_object(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> Iterator[bytes]:
     """Stream the plaintext chunk by chunk in bounded memory.
 
@@ -164,7 +164,7 @@ def iter_object(
 
 
 def unwrap_data_key(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> bytes:
     """The data key of one object, checked against its header MAC.
 
@@ -177,6 +177,18 @@ def unwrap_data_key(
     key = header.unwrap(master_key, what)
     header.authenticate(key, what, None if object_id is None else _id_bytes(object_id))
     return key
+
+
+def object_id_of(path: Path, what: str | None = None) -> str:
+    """The object id written in an object's header (hex), read without any key.
+
+    Not authenticated here: :func:`unwrap_data_key` with this id checks it against the
+    header's MAC, so a parent learns the id of an object whose key it hands to a child.
+    """
+    what = _what(what, path)
+    with _open(path, what) as handle:
+        header = Header.parse(handle.read(HEADER_SIZE), what)
+    return header.object_id.hex()
 
 
 def decrypt_with_data_key(

@@ -51,7 +51,6 @@ def test_cpu_smoke_run_records_replayable_events(tmp_path: Path) -> None:
     assert summary["packing_honoured"] == {"sdpa": True, "eager": True}
 
 
-
 def test_without_cuda_it_says_so_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -57,7 +57,8 @@ def _lora_grads(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys() and a
+    assert a.keys() == b.keys()
+    assert a
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
