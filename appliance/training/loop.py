@@ -271,7 +271,7 @@ class Trainer:
         while self.state.step < self.total_steps and not self.stop_requested:
             t0 = time.perf_counter()
             lr = float(self.optimizer.param_groups[0]["lr"])
-            result = self._train_step()
+            result = self._train_step(self.state.step)
             loss = result.loss
             self.state.step += 1
             step = self.state.step
@@ -319,8 +319,9 @@ class Trainer:
     def _loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
         return causal_lm_loss(model, batch, chunked=self.paths.chunked_loss)
 
-    def _train_step(self) -> StepResult:
-        """One optimizer step over the next ``accum`` micro-batches of the plan."""
+    def _train_step(self, step_index: int) -> StepResult:
+        """Optimizer step ``step_index`` (0-based) over the next ``accum`` micro-batches of the
+        plan (the data position is the checkpointed ``state.data_position``)."""
         accum = self.config.schedule.gradient_accumulation_steps
         start = self.state.data_position
         batches = [self.plan.batch(m) for m in range(start, start + accum)]
