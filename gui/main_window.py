@@ -84,13 +84,20 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.statusBar().addWidget(
-            QLabel(
-                f"Offline · unlocked as {session.vault.label}"
-                if session is not None
-                else "Offline · locked"
-            )
+        self.lock_label = QLabel(
+            f"Offline · unlocked as {session.vault.label}"
+            if session is not None
+            else "Offline · locked"
         )
+        if session is not None and session.vault.warnings:
+            # A damaged key slot locks its owner out: whoever unlocks should hear about it.
+            count = len(session.vault.warnings)
+            self.lock_label.setText(
+                f"{self.lock_label.text()} · {count} damaged key slot(s) skipped"
+            )
+            self.lock_label.setToolTip("\n\n".join(session.vault.warnings))
+            self.lock_label.setStyleSheet("color: #b00020;")
+        self.statusBar().addWidget(self.lock_label)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
 

@@ -56,6 +56,8 @@ class CliState:
             # Slots are read (and their KDF settings bounded) before anybody is asked to type.
             keyslots.read_slots(ws)
             self._vault = Vault.unlock(ws, self.passphrase())
+            for warning in self._vault.warnings:
+                err.print(f"warning: {warning}", markup=False)
         return self._vault
 
     def registry(self, ws: Workspace, *, unlock: bool = True) -> Registry:

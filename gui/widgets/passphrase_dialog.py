@@ -22,7 +22,8 @@ from PySide6.QtWidgets import (
 
 from appliance.errors import UsageError
 from appliance.vault import Vault
-from appliance.vault.keyslots import MIN_PASSPHRASE_CHARS, check_label
+from appliance.vault.keyslots import check_label
+from appliance.vault.passphrase_rules import passphrase_problem
 from appliance.workspace import Workspace
 from gui.tasks import Progress, Task
 
@@ -104,8 +105,10 @@ class PassphraseDialog(QDialog):
             self.show_error("Enter a passphrase.")
             return
         if self.creating:
-            if len(passphrase) < MIN_PASSPHRASE_CHARS:
-                self.show_error(f"Use at least {MIN_PASSPHRASE_CHARS} characters.")
+            # The core's rule, the same the CLI applies: one place decides what is acceptable.
+            problem = passphrase_problem(passphrase)
+            if problem is not None:
+                self.show_error(f"{problem[0].upper()}{problem[1:]}.")
                 return
             if passphrase != self.confirm.text():
                 self.show_error("The two passphrases differ.")
