@@ -15,12 +15,12 @@ The training worker stores adapters (and checkpoints) with these functions, expo
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError
+from appliance.fsutil import temp_name
 from appliance.registry import Registry
 from appliance.registry.folders import artifact_sha256
 from appliance.vault import Vault, new_object_id
@@ -162,7 +162,7 @@ def store(
     Returns:
         The new version number.
     """
-    staging = vault.ws.tmp_dir / f"adapter-{name}-{secrets.token_hex(4)}"
+    staging = vault.ws.tmp_dir / temp_name(f"adapter-{name}")
     staging.mkdir(mode=0o700)
     try:
         if isinstance(weights, bytes):

@@ -35,7 +35,7 @@ def list_(
 ) -> None:
     """List adapter versions with tags, base model, dataset, eval loss and date."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         rows = reg.adapter_versions(name)
     if json_out:
         print_json(
@@ -82,7 +82,7 @@ def show(
 ) -> None:
     """Show an adapter version with its full lineage."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         lineage = reg.adapter_lineage(ref)
     if json_out:
         print_json(lineage)

@@ -101,7 +101,7 @@ def list_(
 ) -> None:
     """List dataset versions (no passphrase needed: only the registry is read)."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         versions = reg.dataset_versions(name, include_deleted=deleted)
     if json_out:
         print_json([_public(v) for v in versions])
@@ -147,7 +147,7 @@ def show(
     st = state(ctx)
     ws = st.workspace()
     needs_data = rows > 0 or model is not None
-    with st.registry(ws, unlock=needs_data) as reg:
+    with st.registry(ws, unlock=needs_data, readonly=True) as reg:
         version = datasets.resolve(reg, ref)
         result = _public(version)
         # Lineage the other way: every adapter version trained on this dataset version.

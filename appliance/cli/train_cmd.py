@@ -22,7 +22,7 @@ from appliance.training import events as ev
 from appliance.training import launcher
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, read_only_reason
 
 run_app = typer.Typer(
     name="run",
@@ -260,9 +260,16 @@ def train(
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
     """The registry, unlocked (to settle lost runs) when some run needs settling."""
-    reg = st.registry(ws, unlock=False)
+    reg = st.registry(ws, unlock=False, readonly=True)
     lost = [r for r in reg.runs("running") if not launcher.process_alive(r["pid"], r["id"])]
     if not lost:
+        return reg, None
+    if read_only_reason(ws.home) is not None:
+        err.print(
+            f"note: {len(lost)} run(s) marked running have no process; they are settled by the "
+            "next command run where the workspace is writable",
+            markup=False,
+        )
         return reg, None
     try:
         vault = st.vault(ws)

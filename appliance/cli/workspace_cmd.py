@@ -10,7 +10,8 @@ import typer
 from appliance import workspace
 from appliance.cli.context import PASSPHRASE_ENV, CliState, err, out, state
 from appliance.registry.refs import os_user
-from appliance.vault import DEFAULT_TARGET_S, Vault, has_vault
+from appliance.session import create_vault
+from appliance.vault import DEFAULT_TARGET_S, has_vault
 from appliance.vault.keyslots import check_label
 from appliance.vault.passphrase_rules import check_new_passphrase
 
@@ -24,19 +25,6 @@ def default_label() -> str:
     """The OS user name made into a slot label."""
     label = re.sub(r"[^A-Za-z0-9._-]", "-", os_user()).strip("-._")[:64]
     return label or "owner"
-
-
-def create_vault(ws: workspace.Workspace, passphrase: str, label: str, kdf_time: float) -> Vault:
-    """Make the vault of ``ws`` with its first key slot, and audit it."""
-    from appliance.registry import Registry
-
-    with ws.writer("init"):
-        vault = Vault.create(ws, passphrase, label, target_s=kdf_time)
-        slot = vault.slots()[0]
-        with Registry.open(ws, audit_key=vault.audit_key) as reg:
-            # The first keyed row: from here on nobody without a passphrase can extend the log.
-            reg.audit("vault.create", label, {"kdf": {**slot.kdf.to_json(), "salt": None}})
-    return vault
 
 
 def init(

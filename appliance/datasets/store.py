@@ -15,6 +15,7 @@ from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import IntegrityError, UsageError
 from appliance.fsutil import atomic_writer, fsync_dir
 from appliance.registry import Registry
+from appliance.registry.folders import sidecar_path
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
 
@@ -81,6 +82,7 @@ def import_file(
         )
     except BaseException:
         target.unlink(missing_ok=True)
+        sidecar_path(target).unlink(missing_ok=True)
         raise
     return reg.dataset_version(name, version), prepared
 

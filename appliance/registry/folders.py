@@ -1,8 +1,10 @@
-"""Self-describing folders: each model, run and adapter folder carries ``meta.json``.
+"""Self-describing folders: each model, run and adapter folder carries ``meta.json``, and each
+dataset version's encrypted file a ``<object id>.meta.json`` beside it.
 
 The registry is an index over these folders; ``appliance verify --rebuild-index`` rebuilds the
-rows from them. ``meta.json`` holds ``{"kind": ..., "format": 1, "record": {...}}`` where the
-record is the registry row with names instead of internal ids.
+rows from them. A metadata file holds ``{"kind": ..., "format": 1, "record": {...}}`` where the
+record is the registry row with names instead of internal ids. Like the registry, it holds
+names, counts and hashes, never a row of anybody's data.
 """
 
 from __future__ import annotations
@@ -19,19 +21,32 @@ from appliance.fsutil import atomic_write_bytes, sha256_file
 
 META_FILE = "meta.json"
 META_FORMAT = 1
-KINDS = ("base_model", "run", "adapter_version")
+MAX_META_BYTES = 16 << 20
+"""A model's manifest lists every file, so allow a few MiB; never read a huge file whole."""
+KINDS = ("base_model", "run", "adapter_version", "dataset_version")
+SIDECAR_SUFFIX = ".meta.json"
+"""A dataset version's metadata: ``datasets/<object id>.meta.json`` beside ``<object id>.enc``."""
 
 
 def write_meta(folder: Path, kind: str, record: dict[str, Any]) -> None:
     """Write ``folder/meta.json`` atomically (the folder is created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_meta_file(folder / META_FILE, kind, record)
+
+
+def write_meta_file(path: Path, kind: str, record: dict[str, Any]) -> None:
+    """Write the metadata file ``path`` atomically (its folder must exist)."""
     if kind not in KINDS:
         raise ValueError(f"unknown meta kind {kind!r}")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     body = {"kind": kind, "format": META_FORMAT, "record": record}
     atomic_write_bytes(
-        folder / META_FILE,
-        (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode(),
+        path, (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode()
     )
+
+
+def sidecar_path(data_file: Path) -> Path:
+    """The metadata file beside a dataset version's encrypted file."""
+    return data_file.with_name(data_file.name.removesuffix(".enc") + SIDECAR_SUFFIX)
 
 
 def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
@@ -40,12 +55,26 @@ def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
     Raises:
         IntegrityError: the file is missing, not JSON or not a metadata file.
     """
-    path = folder / META_FILE
+    return read_meta_file(folder / META_FILE)
+
+
+def read_meta_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(kind, record)`` of the metadata file ``path``.
+
+    Raises:
+        IntegrityError: the file is missing, not JSON or not a metadata file.
+    """
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        if path.exists() and not path.is_file():
+            raise IntegrityError(f"{path} is not a regular file")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_META_BYTES + 1)
+        if len(raw) > MAX_META_BYTES:
+            raise IntegrityError(f"{path} is larger than any metadata file ({MAX_META_BYTES} B)")
+        body = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise IntegrityError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise IntegrityError(f"{path} is unreadable: {exc}") from None
     if (
         not isinstance(body, dict)
