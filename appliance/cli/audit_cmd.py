@@ -102,7 +102,7 @@ def audit(
         for r in rows:
             mark = "keyed" if r["keyed"] else "ok"
             if r["seq"] in acked:
-                mark = "BAD (acknowledged)"
+                mark = "ACK"
             table.add_row(
                 str(r["seq"]),
                 r["time"][:19].replace("T", " "),
