@@ -321,14 +321,19 @@ def unlock(ws: Workspace, passphrase: str, label: str | None = None) -> Unlocked
     )
 
 
-def slots_opened_by(ws: Workspace, passphrase: str) -> list[KeySlot]:
-    """Every usable slot that ``passphrase`` opens (one Argon2id run per slot).
+def slots_opened_by(ws: Workspace, passphrase: str, *, skip: str | None = None) -> list[KeySlot]:
+    """Every usable slot that ``passphrase`` opens (one Argon2id run per slot tried).
 
     A passphrase shared by two slots would let one person change or remove the other's slot,
     so new passphrases are checked against this before they are sealed.
+
+    Args:
+        skip: a slot label not to try (the caller's own, already known).
     """
     opened = []
     for slot in read_slots(ws):
+        if slot.label == skip:
+            continue
         try:
             if slot.try_open(passphrase) is not None:
                 opened.append(slot)
@@ -338,7 +343,7 @@ def slots_opened_by(ws: Workspace, passphrase: str) -> list[KeySlot]:
 
 
 def _refuse_shared(ws: Workspace, passphrase: str, keep: str | None = None) -> None:
-    others = [s.label for s in slots_opened_by(ws, passphrase) if s.label != keep]
+    others = [s.label for s in slots_opened_by(ws, passphrase, skip=keep)]
     if others:
         raise UsageError(
             f"this passphrase already opens key slot {others[0]!r}; every person needs a "

@@ -74,7 +74,7 @@ def test_change_add_remove(cli: CliRunner, home: Path) -> None:
     _ok(cli("init", "--label", "alice", "--kdf-time", "0", env=_as(ALICE)))
     _ok(cli("dataset", "import", str(DATA / "messages.jsonl"), "--name", "m", env=_as(ALICE)))
     files = {p: p.read_bytes() for p in (home / "datasets").iterdir()}
-    assert len(files) == 1
+    assert sorted(p.suffix for p in files) == [".enc", ".json"]  # the data and its metadata
 
     wrong = cli(
         "passphrase",

@@ -407,3 +407,25 @@ def test_fresh_workspace_registry_is_created_by_a_reader(tmp_path: Path) -> None
     with Registry.open(fresh, readonly=True) as reg:
         assert reg.dataset_versions() == []
     assert fresh.registry_path.is_file()
+
+
+def test_cli_rebuild_of_a_truncated_vault_registry_uses_the_passphrase_given(
+    cli: CliRunner, home: Path
+) -> None:
+    env = {"APPLIANCE_PASSPHRASE": PASS}
+    assert cli("init", "--kdf-time", "0", env=env).returncode == 0
+    imported = cli("dataset", "import", str(DATA / "messages.jsonl"), "--name", "m", env=env)
+    assert imported.returncode == 0, imported.stderr
+    ws = workspace.open_workspace(home)
+    _truncate(ws, keep=0.4)
+
+    fixed = cli("verify", "--rebuild-index", env=env)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "rebuild: added dataset m@1" in fixed.stdout
+    assert "verify: all checks passed" in fixed.stdout
+    listed = cli("dataset", "list", "--json")
+    assert [d["name"] for d in json.loads(listed.stdout)] == ["m"]
+    again = cli("verify", "--rebuild-index", env=env)
+    assert again.returncode == 0
+    assert "rebuild: the registry is healthy" in again.stdout
+    assert len(list(home.glob("registry.sqlite.damaged-*[0-9]"))) == 1

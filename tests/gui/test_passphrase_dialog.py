@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QDialog
 from pytestqt.qtbot import QtBot
 
+from appliance.registry import Registry
 from appliance.vault import has_vault
 from appliance.workspace import Workspace
 from gui.widgets.passphrase_dialog import PassphraseDialog
@@ -52,6 +53,10 @@ def test_create_then_unlock_then_wrong_passphrase(qtbot: QtBot, ws: Workspace) -
     assert dialog.vault is not None
     assert has_vault(ws)
     created_key = dialog.vault.master_key
+    # Born with its first keyed audit row, exactly as 'appliance init' makes it.
+    with Registry.open(ws, audit_key=dialog.vault.audit_key, readonly=True) as reg:
+        assert [r["action"] for r in reg.audit_rows()] == ["vault.create"]
+        assert reg.verify_audit().keyed_rows == 1
 
     wrong = _dialog(qtbot, ws, create=False)
     wrong.passphrase.setText("not the passphrase")
