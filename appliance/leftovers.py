@@ -8,9 +8,9 @@ temporary is somebody's, and is only reported.
 
 Names written before temporary names carried a PID (the atomic writer's ``.NAME.xxxxxxxx.tmp``,
 model import's ``tmp/import-NAME-xxxxxxxx``, adapter staging's ``tmp/adapter-NAME-xxxxxxxx``)
-have no PID to check. They are only made under the writer lock, so a writer that holds the
-lock knows their maker is gone; the training child, which works without the lock, never made
-any of them.
+have no PID to check. Where only lock holders write, a writer that holds the lock knows their
+maker is gone; in run folders and the token-stats cache, which child processes write without
+the lock, they are only reported.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def find(home: Path) -> list[Leftover]:
     places = [(home / rel, True) for rel in _LOCKED_PLACES]
     places += [(p, True) for p in _subfolders(home / "adapters")]
     places += [(p, False) for p in _subfolders(home / "runs")]
+    # Children (training, the token-stats job) may write here without holding the lock.
+    places.append((home / "datasets" / "token-stats", False))
     for folder, locked in places:
         for entry in _entries(folder):
             if not is_temp_name(entry.name):

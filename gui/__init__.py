@@ -1,5 +1,5 @@
 """The desktop app: PySide6 views over the ``appliance`` core.
 
-Never imports torch, transformers, peft or bitsandbytes at module level (a test enforces it):
-the GUI process reads GPU state through NVML only and leaves CUDA to the training child.
+The GUI process never loads torch, transformers, peft or bitsandbytes (a test enforces it): heavy
+work runs in child processes (:mod:`gui.process`), and GPU state is read through NVML only.
 """

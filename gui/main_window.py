@@ -111,7 +111,7 @@ class MainWindow(QMainWindow):
         return self.pages[index]
 
     def ensure_demo_model(self) -> bool:
-        """Import the bundled demo model in the background if the workspace lacks it.
+        """Import the bundled demo model (a child process) if the workspace lacks it.
 
         Returns:
             Whether an import was started.
@@ -123,10 +123,12 @@ class MainWindow(QMainWindow):
         except ApplianceError as exc:
             self.statusBar().showMessage(f"Demo model unavailable: {exc}")
             return False
-        task = self.models_page.start_import(source, DEMO_MODEL_NAME)
+        if self.models_page.busy:
+            return False
+        job = self.models_page.start_import(source, DEMO_MODEL_NAME)
         self.statusBar().showMessage("Preparing the demo model SmolLM2-135M-Instruct…")
-        task.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
-        task.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
+        job.succeeded.connect(lambda _: self.statusBar().showMessage("Demo model ready", 10_000))
+        job.failed.connect(lambda msg: self.statusBar().showMessage(f"Demo model: {msg}"))
         return True
 
     def settle_runs(self) -> Task | None:
@@ -155,5 +157,6 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.models_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)

@@ -1,8 +1,13 @@
-"""Background work for the GUI: anything slower than ~50 ms runs here, never on the GUI thread.
+"""Light background work: slower than ~50 ms, so off the GUI thread, but torch-free.
 
 A :class:`Task` runs one callable on Qt's global thread pool and reports through signals, which
 Qt delivers on the GUI thread. The callable receives a ``progress(done, total, stage)`` function
 to call as it goes; errors become a one-line message, as in the CLI.
+
+For light work only: the key derivation of the passphrase dialog, SQLite reads, settling runs.
+Anything that needs torch, transformers, peft or bitsandbytes (or holds the GIL for long) runs
+as a job in a child process instead (:class:`gui.process.JobProcess`): a thread here would load
+those libraries into the desktop process and could freeze its window.
 """
 
 from __future__ import annotations

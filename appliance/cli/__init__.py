@@ -1,7 +1,8 @@
 """The ``appliance`` command: the same verbs as the desktop app, for administrators' scripts.
 
 Exit codes: 0 success, 2 usage error (usage on stderr), 1 any other failure with one clear line
-on stderr and no traceback (``--debug`` shows one).
+on stderr and no traceback (``--debug`` shows one). A well-formed command refused for what it
+finds (an export destination that exists or holds other files, an unknown name) exits 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from appliance.cli.context import CliState, err
 from appliance.cli.gpu_cmd import gpu
 from appliance.cli.workspace_cmd import init
 from appliance.errors import ApplianceError
-from appliance.registry.diagnosis import is_damage
+from appliance.registry.failures import is_damage
 
 app = typer.Typer(
     name="appliance",

@@ -6,9 +6,13 @@ Pipeline (all in memory)::
          --vault--> workspace/datasets/<object id>.enc  +  registry row (counts, sha256, stats)
 
 Modules: :mod:`.sources` (JSONL, JSON array, CSV/TSV, text; file-level checks),
+:mod:`.parquet` (Parquet, a batch of rows at a time), :mod:`.columns` (column -> role mapping),
+:mod:`.reading` (the one reading path: open, detect, normalise with progress and cancel),
 :mod:`.formats` (alpaca, sharegpt, messages, completion, text -> canonical rows),
 :mod:`.canonical` (bytes, duplicates, split, statistics), :mod:`.prepare` (the whole
-in-memory pipeline), :mod:`.store` (vault + registry), :mod:`.tokens` (token statistics).
+in-memory pipeline), :mod:`.store` (vault + registry), :mod:`.wizard` (the desktop import
+wizard's preview and store), :mod:`.tokens` (token statistics as training encodes) and
+:mod:`.token_cache` (their encrypted cache and the ``token-stats`` job's parent side).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@
 * :mod:`~appliance.export.card`: ``MANIFEST`` and the model card.
 * :mod:`~appliance.export.pipeline`: :func:`export_adapter`, the whole export.
 
+The destination is checked by :mod:`appliance.destinations` (shared with ``dataset export``
+and the desktop app's export pages): ``force`` replaces only an earlier export.
+
 Typical use::
 
     options = ExportOptions.checked("gguf", "/srv/models/legal", gguf_type="q8_0")

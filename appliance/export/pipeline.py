@@ -9,6 +9,7 @@ staging folder and leaves an existing destination untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance import adapters
-from appliance.errors import ExportError
+from appliance import adapters, destinations
+from appliance.errors import DestinationError, ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
 from appliance.export.options import ExportOptions, Progress, check_cancel
 from appliance.fsutil import fsync_dir, sha256_file
@@ -68,27 +69,6 @@ def _no_progress(done: int, total: int, stage: str) -> None:
     pass
 
 
-def check_destination(out: Path, force: bool, workspace_home: Path) -> None:
-    """Refuse a destination that exists (without ``force``) or lies inside the workspace.
-
-    Raises:
-        ExportError: naming the path and what to do.
-    """
-    home = workspace_home.resolve()
-    target = out.resolve()
-    if target == home or home in target.parents:
-        raise ExportError(
-            f"{out} is inside the workspace {home}, where only encrypted data may live; "
-            "choose a destination outside it with --out"
-        )
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; choose another --out, or pass --force to replace it")
-    if not out.parent.is_dir():
-        raise ExportError(f"the folder {out.parent} does not exist; create it first")
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"cannot write in {out.parent}; choose a destination you can write to")
-
-
 def export_adapter(
     vault: Vault,
     reg: Registry,
@@ -106,13 +86,14 @@ def export_adapter(
     Raises:
         NotFoundError: no such adapter version.
         IntegrityError: the adapter or its base model is damaged (nothing is written).
+        DestinationError: the destination is refused (see :mod:`appliance.destinations`).
         ExportError: refused, failed verification, cancelled, or the disk is full; the
             destination is left as it was.
     """
     report = progress or _no_progress
     ws = vault.ws
-    out = options.out
-    check_destination(out, options.force, ws.home)
+    out = destinations.check_export_folder(options.out, force=options.force, workspace_home=ws.home)
+    options = dataclasses.replace(options, out=out)
     with ws.writer("export"), quiet_libraries():
         report(0, 0, "checking")
         record, weights = adapters.load(vault, reg, ref)  # authenticated before any write
@@ -133,7 +114,13 @@ def export_adapter(
         _check_space(out.parent, _estimate_bytes(options, weights, base, dtype))
         check_cancel(cancel)
         staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o700)
+        try:
+            staging.mkdir(mode=0o700)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot write in {out.parent}: {exc.strerror or exc}; choose a destination "
+                "you can write to"
+            ) from None
         try:
             build = _Build(options, record, lineage, weights, folder, config, dtype, staging)
             build.run(report, cancel)
@@ -410,8 +397,11 @@ def _install(
     out = options.out
     hashes: dict[str, str] = details.pop("hashes")
     digest = manifest_digest(hashes)
+    # Checked again: the folder may have changed during a long export. Only an empty folder
+    # or an earlier export is ever moved aside, and only its listed files are deleted.
+    destinations.check_export_folder(out, force=options.force, workspace_home=reg.ws.home)
     old: Path | None = None
-    if out.exists() or out.is_symlink():
+    if out.exists():
         old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
         os.replace(out, old)
     os.replace(staging, out)
@@ -426,15 +416,14 @@ def _install(
             ref, format=options.format, path=out, sha256=digest, details=registry_details
         )
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        os.replace(out, staging)  # the caller removes the staging folder
         if old is not None:
             os.replace(old, out)
         raise
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        left = destinations.remove_earlier_export(old)
+        if left is not None:
+            build.warnings.append(left)
     return ExportResult(
         ref=ref,
         format=options.format,

@@ -9,7 +9,9 @@
 
 SIGTERM (the parent's Cancel) raises :class:`JobCancelled` in the handler at the next Python
 instruction: ``finally`` blocks and context managers clean up, then ``failed`` with kind
-``cancelled`` and exit 130.
+``cancelled`` and exit 130. Only the first SIGTERM counts, and none after the handler called
+:func:`appliance.cancel.point_of_no_return` (see :mod:`appliance.cancel`): such a job finishes
+and reports its result.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ import importlib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
-from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from appliance import offline
+from appliance.cancel import Cancelled, point_of_no_return, raise_on_sigterm
 from appliance.errors import ApplianceError, UsageError
 from appliance.jobs.events import JobEvent, JobFailed, JobOutput, JobProgress, JobResult
 from appliance.jobs.kinds import KINDS
@@ -43,12 +44,8 @@ PROGRESS_INTERVAL_S = 0.1
 """Progress events of one stage are sent at most this often (the first and last always)."""
 
 
-class JobCancelled(BaseException):
-    """Raised in the job's main thread when the parent asks it to stop (SIGTERM).
-
-    A BaseException, like KeyboardInterrupt, so ``except Exception`` in library code does not
-    swallow it.
-    """
+JobCancelled = Cancelled
+"""Raised in the job's main thread when the parent asks it to stop (SIGTERM)."""
 
 
 class EventWriter:
@@ -155,10 +152,6 @@ def _take_stdout() -> IO[str]:
     return os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
 
-def _cancel(signum: int, frame: FrameType | None) -> None:
-    raise JobCancelled()
-
-
 def handler_for(kind: str) -> Any:
     """The handler function of ``kind`` (imported only now: kinds pull in heavy libraries).
 
@@ -177,44 +170,43 @@ def handler_for(kind: str) -> Any:
 def run(kind: str, home: Path, stdin: IO[str], writer: EventWriter) -> int:
     """Run one job to its end; returns the exit code. Every outcome is reported as an event."""
     try:
-        try:
-            handler = handler_for(kind)
-            params, keys, audit_key = parse_request(stdin.readline())
-            ctx = JobContext(kind, home, params, keys, audit_key, writer, stdin)
-            data = handler(ctx)
-        except JobCancelled:
-            writer.emit(JobFailed(job=kind, message="cancelled", kind="cancelled", exit_code=130))
-            return CANCELLED_EXIT
-        except ApplianceError as exc:
-            usage = isinstance(exc, UsageError)
-            writer.emit(
-                JobFailed(
-                    job=kind,
-                    message=str(exc),
-                    kind="usage" if usage else "error",
-                    exit_code=exc.exit_code,
-                )
-            )
-            return exc.exit_code
-        except MemoryError:
-            writer.emit(
-                JobFailed(job=kind, message=f"the computer ran out of memory during {kind}")
-            )
-            return 1
-        except Exception as exc:
-            traceback.print_exc()
-            writer.emit(
-                JobFailed(
-                    job=kind,
-                    kind="internal",
-                    message=f"internal error in {kind}: {type(exc).__name__}: {exc}",
-                )
-            )
-            return 1
-        writer.emit(JobResult(job=kind, data=dict(data or {})))
-        return 0
-    except JobCancelled:  # a second SIGTERM while reporting
-        return CANCELLED_EXIT
+        event, code = _execute(kind, home, stdin, writer)
+        point_of_no_return()  # the outcome is decided: a cancel from now on is ignored
+    except JobCancelled:
+        event, code = _cancelled(kind), CANCELLED_EXIT
+    # Past here SIGTERM is ignored (one cancel was raised, or the point of no return passed),
+    # so the final line is never torn.
+    writer.emit(event)
+    return code
+
+
+def _cancelled(kind: str) -> JobFailed:
+    return JobFailed(job=kind, message="cancelled", kind="cancelled", exit_code=CANCELLED_EXIT)
+
+
+def _execute(kind: str, home: Path, stdin: IO[str], writer: EventWriter) -> tuple[JobEvent, int]:
+    """The job's final event and exit code; the handler's errors become ``failed`` events."""
+    try:
+        handler = handler_for(kind)
+        params, keys, audit_key = parse_request(stdin.readline())
+        ctx = JobContext(kind, home, params, keys, audit_key, writer, stdin)
+        result = JobResult(job=kind, data=dict(handler(ctx) or {}))
+        result.to_json()  # a result that is not JSON-ready is the kind's bug: report it here
+        return result, 0
+    except JobCancelled:
+        return _cancelled(kind), CANCELLED_EXIT
+    except ApplianceError as exc:
+        usage = isinstance(exc, UsageError)
+        failed = JobFailed(
+            job=kind, message=str(exc), kind="usage" if usage else "error", exit_code=exc.exit_code
+        )
+        return failed, exc.exit_code
+    except MemoryError:
+        return JobFailed(job=kind, message=f"the computer ran out of memory during {kind}"), 1
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"internal error in {kind}: {type(exc).__name__}: {exc}"
+        return JobFailed(job=kind, kind="internal", message=message), 1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.captureWarnings(True)
-    signal.signal(signal.SIGTERM, _cancel)
+    raise_on_sigterm()
     writer = EventWriter(events, args.kind)
     code = run(args.kind, args.home, sys.stdin, writer)
     events.flush()

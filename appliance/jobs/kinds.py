@@ -9,6 +9,10 @@ documented on its handler.
 from __future__ import annotations
 
 KINDS: dict[str, str] = {
+    "model-import": "appliance.models.job:import_job",
+    # Token statistics of a dataset version against a base model, cached encrypted
+    # (appliance.datasets.token_cache starts it and reads the cache back).
+    "token-stats": "appliance.datasets.tokens:token_stats_job",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }

@@ -2,7 +2,7 @@
 
 An import is built in a staging folder under ``ws.tmp_dir`` and renamed to
 ``models/NAME`` only after every check passed; the registry row and its audit row are then
-written in one transaction. A refused or failed import leaves nothing behind.
+written in one transaction. A refused, failed or cancelled import leaves nothing behind.
 
 Layout of an imported model::
 
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.cancel import point_of_no_return
+from appliance.destinations import relation_to_workspace
 from appliance.errors import ModelImportError, NotFoundError, UsageError
 from appliance.fsutil import CHUNK, fsync_dir, temp_name
 from appliance.models import describe as desc
@@ -83,6 +85,7 @@ def import_model(
         )
     if is_gguf and link:
         raise UsageError("--link works with model folders only; a GGUF file is converted")
+    _check_source_apart(ws, source, link)
     # Taking the writer lock removes the staging folders of imports that were killed.
     with ws.writer("model import"):
         _check_name_free(ws, reg, name)
@@ -97,6 +100,9 @@ def import_model(
             stamp = {"created_at": now(), "created_by": os_user()}
             write_meta(staging, "base_model", {"name": name, **fields, **stamp})
             target = ws.models_dir / name
+            # The folder and its registry row appear together: a cancel (SIGTERM in a job) from
+            # here on is ignored, so neither is ever left without the other.
+            point_of_no_return()
             os.replace(staging, target)
             fsync_dir(ws.models_dir)
             try:
@@ -107,6 +113,24 @@ def import_model(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return reg.base_model(name)
+
+
+def _check_source_apart(ws: Workspace, source: Path, link: bool) -> None:
+    """Refuse a source holding the workspace, or a link into the folders the appliance manages.
+
+    A folder that contains the workspace would be scanned, hashed and copied into itself; a
+    link into the workspace would point at files the appliance may replace or remove.
+    """
+    relation = relation_to_workspace(source, ws.home)
+    if relation in ("is", "contains"):
+        raise UsageError(
+            f"{source} contains the workspace {ws.home.resolve()}; give the model's own folder"
+        )
+    if relation == "inside" and link:
+        raise UsageError(
+            f"{source} is inside the workspace; --link needs a model folder outside it (or "
+            "import it without --link to copy it)"
+        )
 
 
 def _check_name_free(ws: Workspace, reg: Registry, name: str) -> None:

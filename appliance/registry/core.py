@@ -14,7 +14,8 @@ import sqlite_utils
 
 from appliance.errors import IntegrityError, PassphraseError, RegistryError
 from appliance.registry import audit as audit_chain
-from appliance.registry.diagnosis import RegistryReadOnlyError, explain
+from appliance.registry import failures
+from appliance.registry.failures import RegistryReadOnlyError, explain
 from appliance.registry.refs import dumps, loads, now, os_user
 from appliance.registry.schema import SCHEMA_VERSION, migrate, user_version
 from appliance.workspace import Workspace, read_only_reason
@@ -87,7 +88,7 @@ class RegistryBase:
 
         Raises:
             RegistryError: the file is damaged, from a newer version, or cannot be opened;
-                the message says which (:func:`appliance.registry.diagnosis.explain`).
+                the message says which (:func:`appliance.registry.failures.explain`).
         """
         path = path or ws.registry_path
         if readonly:
@@ -149,19 +150,18 @@ class RegistryBase:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise explain(exc, self.path, "starting a change") from None
+            raise failures.change_refused(exc, self.path) from None
         self._depth = 1
         try:
             yield
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # Disk full, a lock held past the busy timeout, a damaged page, a constraint we did
-            # not foresee: said as what it is, never guessed.
+            # A damaged file, a full disk, a lock held past the busy timeout, a constraint we
+            # did not foresee: each has its own advice.
             if self.conn.in_transaction:
-                with suppress(sqlite3.Error):
+                with suppress(sqlite3.Error):  # a damaged file may refuse the rollback too
                     self.conn.execute("ROLLBACK")
-            error = explain(exc, self.path, "writing a change")
-            raise type(error)(f"{error}; nothing was written") from exc
+            raise failures.change_refused(exc, self.path) from exc
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
@@ -358,7 +358,7 @@ def connect(path: Path) -> sqlite3.Connection:
     keys).
 
     Raises:
-        RegistryError: classified by :func:`~appliance.registry.diagnosis.explain`: a damaged
+        RegistryError: classified by :func:`~appliance.registry.failures.explain`: a damaged
             file, a read-only workspace, a folder that cannot be opened.
     """
     try:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from appliance.registry import Registry
 
 REGISTRY_FILES = ("registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm")
+TOKEN_STATS = "token-stats"
+"""``datasets/token-stats/``: the encrypted cache of token statistics (one entry per dataset
+version and base model; see :mod:`appliance.datasets.token_cache`)."""
 DAMAGED_PREFIX = "registry.sqlite.damaged-"
 """Copies of a damaged registry that a rebuild moved aside; kept until the user deletes them."""
 
@@ -39,6 +42,8 @@ class Known:
     """The names the registry accounts for, per folder."""
 
     datasets: set[str]
+    object_ids: set[str]
+    """Object ids of the dataset versions that still have their data (token-stats cache keys)."""
     models: set[str]
     runs: set[str]
     adapters: set[str]
@@ -48,11 +53,14 @@ class Known:
 
     @classmethod
     def from_registry(cls, reg: Registry) -> Known:
-        datasets: set[str] = set()
+        datasets: set[str] = {TOKEN_STATS}
+        object_ids: set[str] = set()
         for row in reg.dataset_versions(include_deleted=True):
             if row.get("path"):
                 data = Path(row["path"])
                 datasets |= {data.name, sidecar_path(data).name}
+            if row.get("object_id") and row.get("deleted_at") is None:
+                object_ids.add(str(row["object_id"]))
         models = {r[0] for r in reg.conn.execute("SELECT name FROM base_models")}
         runs = {r["id"] for r in reg.runs()}
         adapters = {
@@ -65,7 +73,7 @@ class Known:
             for e in reg.exports()
             if not Path(e["path"]).is_absolute() and Path(e["path"]).parts[:1] == ("exports",)
         }
-        return cls(datasets, models, runs, adapters, exports)
+        return cls(datasets, object_ids, models, runs, adapters, exports)
 
 
 def take(ws: Workspace, known: Known) -> Inventory:
@@ -89,6 +97,14 @@ def take(ws: Workspace, known: Known) -> Inventory:
         if entry.name in known.datasets or is_temp_name(entry.name):
             continue
         inv.unknown.append(f"datasets/{entry.name}: {_dataset_kind(entry)}")
+    for entry in _entries(ws.datasets_dir / TOKEN_STATS):
+        if is_temp_name(entry.name) or (
+            entry.suffix == ".enc" and entry.name.split(".", 1)[0] in known.object_ids
+        ):
+            continue
+        inv.unknown.append(
+            f"datasets/{TOKEN_STATS}/{entry.name}: token statistics of no dataset version"
+        )
     for folder, names, what in (
         (ws.models_dir, known.models, "model"),
         (ws.runs_dir, known.runs, "run"),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import ApplianceError, IntegrityError, PassphraseError, RegistryError
 from appliance.fsutil import fsync_dir, sha256_file, temp_name
 from appliance.registry import inventory
-from appliance.registry.diagnosis import explain, is_damage
+from appliance.registry.failures import explain, is_damage
 from appliance.registry.folders import META_FILE, SIDECAR_SUFFIX, read_meta_file
 from appliance.registry.refs import now, os_user
 from appliance.registry.schema import SCHEMA_VERSION, restore_triggers

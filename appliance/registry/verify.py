@@ -18,7 +18,7 @@ from appliance import leftovers
 from appliance.errors import IntegrityError
 from appliance.fsutil import sha256_file
 from appliance.registry import inventory
-from appliance.registry.diagnosis import REBUILD_HINT
+from appliance.registry.failures import REBUILD_HINT
 from appliance.registry.folders import artifact_sha256, sidecar_path
 from appliance.registry.schema import trigger_problems
 from appliance.units import format_bytes

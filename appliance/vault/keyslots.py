@@ -33,7 +33,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from appliance.errors import IntegrityError, NotFoundError, PassphraseError, UsageError
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.vault.kdf import DEFAULT_TARGET_S, KdfParams, calibrate
-from appliance.vault.passphrase_rules import check_new_passphrase
+# The rule for new passphrases lives in passphrase_rules (shared with the desktop app).
+from appliance.vault.passphrase_rules import MIN_PASSPHRASE_CHARS as MIN_PASSPHRASE_CHARS
+from appliance.vault.passphrase_rules import check_new_passphrase as check_new_passphrase
 from appliance.workspace import Workspace
 
 SLOT_FORMAT = "appliance-keyslot"
@@ -54,7 +56,7 @@ def check_label(label: str) -> str:
     return label
 
 
-def key_id(master_key: bytes) -> str:
+def key_id(master_key: bytes | bytearray) -> str:
     """A public fingerprint of the master key, the same in every slot of a workspace."""
     return hmac.new(master_key, b"appliance master key id v1", hashlib.sha256).hexdigest()[:32]
 
@@ -133,7 +135,7 @@ def seal_slot(
     path: Path,
     label: str,
     vault_id: str,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     passphrase: str,
     kdf: KdfParams,
 ) -> KeySlot:
@@ -372,7 +374,7 @@ def create_first_slot(
 
 def add_slot(
     ws: Workspace,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     passphrase: str,
     label: str,
     target_s: float = DEFAULT_TARGET_S,
@@ -410,7 +412,11 @@ def change_passphrase(
 
 
 def reseal_slot(
-    ws: Workspace, label: str, master_key: bytes, new: str, target_s: float = DEFAULT_TARGET_S
+    ws: Workspace,
+    label: str,
+    master_key: bytes | bytearray,
+    new: str,
+    target_s: float = DEFAULT_TARGET_S,
 ) -> KeySlot:
     """Rewrite slot ``label`` to seal ``master_key`` under ``new`` (an unlocked caller's own
     slot: the old passphrase was checked when the master key was unlocked).

@@ -1,4 +1,9 @@
-"""Models: the base models of the workspace, and importing new ones in the background."""
+"""Models: the base models of the workspace, and importing new ones in a child process.
+
+An import (a GGUF file is converted with transformers and torch) runs as the ``model-import``
+job through :class:`~gui.process.JobProcess`: this process never loads those libraries, the
+window stays responsive, and Cancel stops the child, which removes what it had staged.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +25,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.models import import_model
+from appliance.jobs import JobRequest
 from appliance.session import Session
 from appliance.units import format_bytes, format_count
 from gui.pages.base import Page
-from gui.tasks import Progress, Task
+from gui.process import JobProcess
 
 COLUMNS = ("Name", "Architecture", "Parameters", "Context", "Chat template", "Size", "Imported")
+IMPORT_HANG_S = 600.0
+"""A GGUF conversion sends no progress while transformers loads the file: only a silence longer
+than this (minutes, on a large model) is reported as hung."""
+CANCEL_GRACE_S = 10.0
+"""How long a cancelled import may take to clean up before it is killed."""
 _STAGES = {
     "checking": "Checking files",
     "hashing": "Hashing",
@@ -38,7 +48,7 @@ _STAGES = {
 
 
 class ModelsPage(Page):
-    """Lists base models from the registry; imports run as background tasks."""
+    """Lists base models from the registry; imports run as child processes (jobs)."""
 
     title = "Models"
     purpose = (
@@ -51,7 +61,8 @@ class ModelsPage(Page):
     def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
-        self.task: Task | None = None
+        self.job: JobProcess | None = None
+        self._busy_text = ""
 
         buttons = QHBoxLayout()
         self.import_folder_button = QPushButton("Import folder…")
@@ -77,8 +88,15 @@ class ModelsPage(Page):
         self.status.setObjectName("importStatus")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the import; nothing of it is kept.")
+        self.cancel_button.clicked.connect(self.cancel_import)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.cancel_button)
         self.progress.hide()
-        self.body.addWidget(self.progress)
+        self.cancel_button.hide()
+        self.body.addLayout(progress_row)
         self.body.addWidget(self.status)
         self.refresh()
 
@@ -116,43 +134,91 @@ class ModelsPage(Page):
         items = (self.table.item(r, 0) for r in range(self.table.rowCount()))
         return [item.text() for item in items if item is not None]
 
-    def start_import(self, source: Path, name: str) -> Task:
-        """Import ``source`` as ``name`` on a background task; the page shows its progress."""
+    def start_import(self, source: Path, name: str, *, link: bool = False) -> JobProcess:
+        """Import ``source`` as ``name`` in a child process; the page shows its progress.
+
+        Raises:
+            RuntimeError: no unlocked workspace, or an import is running already (the buttons
+                are disabled then, so only a caller in code can get here).
+        """
         if self.session is None:
             raise RuntimeError("no unlocked workspace")
-        if self.task is not None and self.task.running:
+        if self.busy:
             raise RuntimeError("an import is already running")
-        session = self.session
+        request = JobRequest.for_vault(
+            self.session.vault,
+            "model-import",
+            {"source": str(source), "name": name, "link": link},
+            writes_registry=True,
+        )
+        job = JobProcess(request, hang_s=IMPORT_HANG_S, parent=self)
+        job.progress.connect(self._show_progress)
+        job.succeeded.connect(self._import_done)
+        job.failed.connect(self._import_failed)
+        job.hung.connect(self._import_hung)
+        job.resumed.connect(self._import_resumed)
+        if self.job is not None:
+            self.job.deleteLater()  # the previous import's, kept until now for its outcome
+        self.job = job
+        self._busy_text = f"Importing {name} from {source}"
+        self._set_busy(True, f"{self._busy_text}…")
+        job.start()
+        return job
 
-        def work(progress: Progress) -> dict[str, Any]:
-            with session.registry() as reg:
-                return import_model(session.ws, reg, source, name, progress=progress)
+    @property
+    def busy(self) -> bool:
+        """Whether an import is running."""
+        return self.job is not None and self.job.outcome is None
 
-        self.task = Task(f"import of {name}", work, self)
-        self.task.progress.connect(self._show_progress)
-        self.task.succeeded.connect(self._import_done)
-        self.task.failed.connect(self._import_failed)
-        self._set_busy(True, f"Importing {name} from {source}…")
-        self.task.start()
-        return self.task
+    @Slot()
+    def cancel_import(self) -> None:
+        """Cancel the running import (after a hang: kill it)."""
+        job = self.job
+        if job is None or not self.busy:
+            return
+        self.cancel_button.setEnabled(False)
+        if self.cancel_button.text() == "Kill":
+            self.status.setText("Killing the import…")
+            job.kill()
+        else:
+            self.status.setText("Cancelling the import…")
+            job.cancel(CANCEL_GRACE_S)
+
+    def shutdown(self, timeout_s: float = CANCEL_GRACE_S) -> None:
+        """Cancel a running import and wait for its child to clean up (the window is closing)."""
+        job = self.job
+        if job is not None and self.busy:
+            job.cancel(timeout_s)
+            if not job.child.wait(timeout_s):
+                job.kill()
+                job.child.wait(timeout_s)
 
     def _set_busy(self, busy: bool, text: str) -> None:
         self.import_folder_button.setEnabled(not busy)
         self.import_gguf_button.setEnabled(not busy)
         self.progress.setVisible(busy)
         self.progress.setRange(0, 0)
+        self.progress.setFormat("Starting")
+        self.cancel_button.setVisible(busy)
+        self.cancel_button.setEnabled(busy)
+        self.cancel_button.setText("Cancel")
         self.status.setStyleSheet("")
         self.status.setText(text)
 
     @Slot(int, int, str)
     def _show_progress(self, done: int, total: int, stage: str) -> None:
-        if total > 0:
-            # QProgressBar holds an int: count in KiB so multi-GB models fit.
-            self.progress.setRange(0, max(1, total // 1024))
-            self.progress.setValue(done // 1024)
+        label = _STAGES.get(stage, stage.capitalize())
+        self.progress.setFormat(f"{label}: %p%")
+        if total > 1 or (total == 1 and done >= 1):
+            # QProgressBar holds an int: count large totals (bytes) in KiB so multi-GB fit.
+            scale = 1024 if total >= 2**31 else 1
+            self.progress.setRange(0, max(1, total // scale))
+            self.progress.setValue(min(done, total) // scale)
         else:
+            # No measure (a whole conversion is one step): a busy bar, which shows no text.
             self.progress.setRange(0, 0)
-        self.progress.setFormat(f"{_STAGES.get(stage, stage.capitalize())}: %p%")
+        if self.job is not None and not self.job.cancelled:
+            self.status.setText(f"{self._busy_text}: {label}…")
 
     @Slot(object)
     def _import_done(self, model: dict[str, Any]) -> None:
@@ -162,8 +228,26 @@ class ModelsPage(Page):
 
     @Slot(str)
     def _import_failed(self, message: str) -> None:
+        if self.job is not None and self.job.cancelled:
+            self._set_busy(False, "Import cancelled; nothing was added to the workspace.")
+            return
         self._set_busy(False, f"Import failed: {message}")
         self.status.setStyleSheet("color: #b00020;")
+
+    @Slot(str)
+    def _import_hung(self, message: str) -> None:
+        self.status.setText(f"The import seems stuck: {message}.")
+        self.status.setStyleSheet("color: #b00020;")
+        self.cancel_button.setText("Kill")
+        self.cancel_button.setToolTip("Kill the import process now.")
+        self.cancel_button.setEnabled(True)
+
+    @Slot()
+    def _import_resumed(self) -> None:
+        self.status.setStyleSheet("")
+        self.status.setText("The import is making progress again…")
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setToolTip("Stop the import; nothing of it is kept.")
 
     def _ask_name(self, source: Path) -> str | None:
         suggestion = source.stem.lower().replace(" ", "-").replace(".", "-")

@@ -100,6 +100,38 @@ def test_sigterm_cancels_with_exit_130(tmp_path: Path) -> None:
     assert events[-1].kind == "cancelled"
 
 
+def test_a_cancel_past_the_point_of_no_return_is_ignored(tmp_path: Path) -> None:
+    request = JobRequest(
+        "selftest-echo", tmp_path, {"steps": 1, "no_return": True, "silent_s": 1.5}
+    )
+    proc = subprocess.Popen(
+        request.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(request.request_line())
+    proc.stdin.close()
+    reader = job_reader()
+    assert [e.type for e in reader.feed(proc.stdout.readline())] == ["progress"]
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert [e.type for e in reader.feed(rest) + reader.finish()] == ["result"]
+
+
+def test_model_import_params_are_checked(tmp_path: Path) -> None:
+    for params, message in [
+        ({}, "model-import needs 'source'"),
+        ({"source": "/x"}, "model-import needs 'name'"),
+        ({"source": "/x", "name": "m", "link": "yes"}, "'link' must be true or false"),
+    ]:
+        outcome = run_job(JobRequest("model-import", tmp_path, params))
+        assert (outcome.exit_code, outcome.failed is not None) == (2, True)
+        assert message in outcome.message
+
+
 def test_a_killed_child_is_reported_with_its_signal(tmp_path: Path) -> None:
     started = time.monotonic()
     outcome = run_job(JobRequest("selftest-echo", tmp_path, {"silent_s": 60}), timeout=2)

@@ -18,7 +18,7 @@ from appliance.datasets import store
 from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyError
 from appliance.registry import Registry
 from appliance.registry import rebuild as rebuild_mod
-from appliance.registry.diagnosis import (
+from appliance.registry.failures import (
     RegistryDamagedError,
     RegistryReadOnlyError,
     explain,

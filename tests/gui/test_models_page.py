@@ -1,18 +1,26 @@
-"""The Models page over a real unlocked workspace: list, background import, refusals."""
+"""The Models page over a real unlocked workspace: imports in a real child, cancel, refusals."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QDialog
 from pytestqt.qtbot import QtBot
 
 from appliance.demo import DEMO_MODEL_NAME
+from appliance.errors import NotFoundError
 from appliance.session import Session
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.main_window import MainWindow
+from gui.pages import models as models_page
 from gui.pages.models import ModelsPage
+from gui.process import JobProcess
+
+WAIT_MS = 120_000
 
 
 @pytest.fixture
@@ -20,41 +28,168 @@ def session(ws: Workspace) -> Session:
     return Session(Vault.create(ws, "models page passphrase", "alice", target_s=0))
 
 
-def test_import_runs_in_background_and_lists_the_model(
-    qtbot: QtBot, session: Session, tiny_llama: Path
-) -> None:
+def _page(qtbot: QtBot, session: Session) -> ModelsPage:
     page = ModelsPage(session)
     qtbot.addWidget(page)
+    page.show()
+    return page
+
+
+def _stages(page: ModelsPage, job: JobProcess) -> list[str]:
+    """The progress bar's label at each progress event, without repeats."""
+    shown: list[str] = []
+
+    def record(done: int, total: int, stage: str) -> None:
+        text = page.progress.format()
+        if not shown or shown[-1] != text:
+            shown.append(text)
+
+    job.progress.connect(record)
+    return shown
+
+
+def _nothing_left(session: Session, name: str) -> None:
+    """No registry row, no model folder, no staging folder, and the writer lock is free."""
+    with session.registry() as reg, pytest.raises(NotFoundError):
+        reg.base_model(name)
+    assert not (session.ws.models_dir / name).exists()
+    assert list(session.ws.tmp_dir.iterdir()) == []
+    with session.ws.writer("test", wait_s=0):
+        pass
+
+
+def _no_dialog() -> None:
+    dialogs = [w for w in QApplication.topLevelWidgets() if isinstance(w, QDialog)]
+    assert not [d for d in dialogs if d.isVisible()]
+
+
+def test_import_runs_in_a_child_and_lists_the_model(
+    qtbot: QtBot, session: Session, tiny_llama: Path
+) -> None:
+    page = _page(qtbot, session)
     assert page.names() == []
-    with qtbot.waitSignal(page.imported, timeout=60_000) as blocker:
-        page.start_import(tiny_llama, "tiny")
-        assert page.progress.isVisible() or not page.isVisible()
+    with qtbot.waitSignal(page.imported, timeout=WAIT_MS) as blocker:
+        job = page.start_import(tiny_llama, "tiny")
+        stages = _stages(page, job)
+        assert page.progress.isVisible()
+        assert page.cancel_button.isVisible()
         assert not page.import_folder_button.isEnabled()
+        assert job.child.pid != os.getpid()
     assert blocker.args == ["tiny"]
+    assert stages == ["Checking files: %p%", "Copying: %p%", "Verifying: %p%"]
     assert page.names() == ["tiny"]
     assert page.table.item(0, 1).text() == "LlamaForCausalLM"
     assert page.import_gguf_button.isEnabled()
-    assert page.status.text().startswith("Imported tiny")
+    assert not page.cancel_button.isVisible()
+    assert not page.progress.isVisible()
+    assert page.status.text() == "Imported tiny (LlamaForCausalLM)."
     with session.registry() as reg:
         assert reg.base_model("tiny")["architecture"] == "LlamaForCausalLM"
+        (audit,) = reg.audit_rows(action="model.import")
+        assert audit["keyed"]  # the job was handed the audit key over its stdin
+        assert reg.verify_audit().ok
 
 
-def test_refused_import_is_explained_and_changes_nothing(
-    qtbot: QtBot, session: Session, tmp_path: Path
+def test_cancel_stops_the_child_and_leaves_nothing(
+    qtbot: QtBot, session: Session, tiny_llama: Path
 ) -> None:
-    bad = tmp_path / "bad-model"
-    bad.mkdir()
-    (bad / "config.json").write_text('{"model_type": "llama"}')
-    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    page = ModelsPage(session)
-    qtbot.addWidget(page)
-    task = page.start_import(bad, "bad")
-    with qtbot.waitSignal(task.done, timeout=30_000):
-        pass
-    assert page.status.text().startswith("Import failed: ")
-    assert "pytorch_model.bin" in page.status.text()
+    page = _page(qtbot, session)
+    job = page.start_import(tiny_llama, "tiny")
+    # Verifying loads the tokenizer (transformers: seconds to import), with the whole copy
+    # staged: the cleanup has a full folder to remove.
+    qtbot.waitUntil(lambda: page.progress.format().startswith("Verifying"), timeout=WAIT_MS)
+    with qtbot.waitSignal(job.done, timeout=WAIT_MS):
+        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+        assert page.status.text() == "Cancelling the import…"
+        assert not page.cancel_button.isEnabled()
+    assert job.outcome is not None
+    assert job.outcome.exit_code == 130  # the child cleaned up and reported, not killed
+    assert page.status.text() == "Import cancelled; nothing was added to the workspace."
     assert page.names() == []
-    assert not (session.ws.models_dir / "bad").exists()
+    assert page.import_folder_button.isEnabled()
+    _nothing_left(session, "tiny")
+    _no_dialog()
+
+
+def test_a_stuck_import_can_be_killed_and_the_next_one_cleans_up(
+    qtbot: QtBot, session: Session, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watchdog shorter than the tokenizer's load: the import looks stuck while verifying.
+    monkeypatch.setattr(models_page, "IMPORT_HANG_S", 0.3)
+    page = _page(qtbot, session)
+    job = page.start_import(tiny_llama, "tiny")
+    qtbot.waitUntil(lambda: page.progress.format().startswith("Verifying"), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: page.cancel_button.text() == "Kill", timeout=WAIT_MS)
+    assert page.status.text().startswith(
+        "The import seems stuck: the model-import job has sent no progress for 0.3 s"
+    )
+    with qtbot.waitSignal(job.done, timeout=WAIT_MS):
+        qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    assert page.status.text().startswith(
+        "Import failed: the model-import process was killed from the desktop app"
+    )
+    assert page.names() == []
+    with session.registry() as reg, pytest.raises(NotFoundError):
+        reg.base_model("tiny")
+    # SIGKILL left the staged copy; the next import (a writer) removes it, then succeeds.
+    assert [p.name.startswith("import-tiny-") for p in session.ws.tmp_dir.iterdir()] == [True]
+    monkeypatch.setattr(models_page, "IMPORT_HANG_S", 600.0)
+    with qtbot.waitSignal(page.imported, timeout=WAIT_MS):
+        page.start_import(tiny_llama, "tiny")
+    assert page.names() == ["tiny"]
+    assert list(session.ws.tmp_dir.iterdir()) == []
+
+
+def test_gguf_import_converts_in_the_child(qtbot: QtBot, session: Session, tiny_gguf: Path) -> None:
+    page = _page(qtbot, session)
+    with qtbot.waitSignal(page.imported, timeout=WAIT_MS):
+        job = page.start_import(tiny_gguf, "tiny-gguf")
+        stages = _stages(page, job)
+    assert stages == [
+        "Checking files: %p%",
+        "Hashing: %p%",
+        "Converting GGUF to safetensors: %p%",
+        "Saving: %p%",
+        "Hashing: %p%",
+        "Verifying: %p%",
+    ]
+    with session.registry() as reg:
+        model = reg.base_model("tiny-gguf")
+    assert (model["format"], model["dtype"]) == ("gguf", "bfloat16")
+    assert page.names() == ["tiny-gguf"]
+
+
+@pytest.mark.parametrize("case", ["pickle", "missing", "not-a-model"])
+def test_bad_sources_are_one_line_in_the_page(
+    qtbot: QtBot, session: Session, tmp_path: Path, case: str
+) -> None:
+    if case == "pickle":
+        source = tmp_path / "bad-model"
+        source.mkdir()
+        (source / "config.json").write_text('{"model_type": "llama"}')
+        (source / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+        expected = "Import failed: refused "
+    elif case == "missing":
+        source = tmp_path / "nowhere"
+        expected = f"Import failed: {source} does not exist; give a model folder or a .gguf file"
+    else:
+        source = tmp_path / "weights.safetensors"
+        source.write_bytes(b"\0" * 64)
+        expected = "Import failed: refused "
+    page = _page(qtbot, session)
+    with qtbot.waitSignal(page.start_import(source, "bad").done, timeout=WAIT_MS):
+        pass
+    text = page.status.text()
+    assert text.startswith(expected)
+    assert "\n" not in text
+    assert "Traceback" not in text
+    if case == "pickle":
+        assert "pytorch_model.bin" in text
+    assert page.names() == []
+    assert page.import_folder_button.isEnabled()
+    assert not page.cancel_button.isVisible()
+    _nothing_left(session, "bad")
+    _no_dialog()
 
 
 @pytest.mark.slow

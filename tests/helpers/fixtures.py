@@ -9,7 +9,7 @@ import pytest
 
 from appliance import workspace
 from tests.helpers.cli import CliRunner
-from tests.helpers.models import build_tiny_llama, smollm2_gguf_path
+from tests.helpers.models import build_tiny_gguf, build_tiny_llama, smollm2_gguf_path
 
 
 @pytest.fixture
@@ -50,6 +50,12 @@ def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LLaMA (safetensors, local tokenizer, chat template), built once a session."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaMA as one F16 GGUF file (written by the exporter's GGUF writer)."""
+    return build_tiny_gguf(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny.F16.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,234 @@
+"""Drive the desktop app in a fresh process, then report which heavy libraries it loaded.
+
+The rule "the GUI process never loads torch, transformers, peft or bitsandbytes" cannot be
+checked inside pytest (other tests load torch there), so :func:`drive_gui` starts a process of
+its own, ``python -m tests.helpers.gui_probe``, that does what ``appliance-gui`` does (unlock the
+workspace, build the MainWindow offscreen, start the GPU monitor), runs the named *steps*
+through the pages as a person would, closes the window and prints a JSON report: each step's
+result and every heavy module in ``sys.modules``.
+
+A page adds its own steps here (train, export, playground...)::
+
+    @step("train")
+    def train(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+        page = probe.window.show_page("Train")
+        ...  # click, then probe.wait(page.job.done)
+        return {"state": ...}
+
+and a test drives them: ``drive_gui(home, PASSPHRASE, [("import-model", {...}), ("train", {})])``.
+A step raises :class:`StepFailed` (or any exception) to fail the run with its message.
+
+This module imports nothing from the test fixtures (they load torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PySide6.QtCore import SignalInstance
+
+    from appliance.session import Session
+    from gui.main_window import MainWindow
+
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+"""The libraries the desktop process must never load (their submodules count too)."""
+
+Step = Callable[["Probe", dict[str, Any]], dict[str, Any]]
+STEPS: dict[str, Step] = {}
+"""Every step a probe can run, by name."""
+
+
+class StepFailed(Exception):
+    """A step did not see what it expected."""
+
+
+def step(name: str) -> Callable[[Step], Step]:
+    """Register a step under ``name``."""
+
+    def register(fn: Step) -> Step:
+        STEPS[name] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class Probe:
+    """What a step gets: the window over an unlocked workspace, and ways to wait for it."""
+
+    window: MainWindow
+    session: Session
+
+    def wait(self, signal: SignalInstance, timeout_s: float = 300.0) -> None:
+        """Run the event loop until ``signal`` fires (the GUI stays live meanwhile).
+
+        Raises:
+            StepFailed: it did not fire in time.
+        """
+        from PySide6.QtCore import QEventLoop, QTimer
+
+        loop = QEventLoop()
+        fired: list[bool] = []
+
+        def on_signal(*_args: Any) -> None:
+            fired.append(True)
+            loop.quit()
+
+        signal.connect(on_signal)
+        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+        loop.exec()
+        signal.disconnect(on_signal)
+        if not fired:
+            raise StepFailed(f"no signal within {timeout_s:g} s")
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+        """Process events until ``predicate()`` holds.
+
+        Raises:
+            StepFailed: it did not hold in time.
+        """
+        from PySide6.QtCore import QCoreApplication, QEventLoop
+
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise StepFailed(f"condition not met within {timeout_s:g} s")
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+
+@step("settle-runs")
+def settle_runs(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """What the app does at start: settle runs whose process is gone (a light task)."""
+    task = probe.window.settle_runs()
+    if task is None:
+        raise StepFailed("settle_runs started nothing: no unlocked workspace")
+    if task.running:
+        probe.wait(task.done)
+    if task.error is not None:
+        raise StepFailed(f"settling runs failed: {task.error}")
+    return {"settled": len(task.result or [])}
+
+
+@step("import-model")
+def import_model(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Import ``params["source"]`` as ``params["name"]`` from the Models page, to its end."""
+    page = probe.window.show_page("Models")
+    job = page.start_import(Path(params["source"]), params["name"])  # type: ignore[attr-defined]
+    probe.wait(job.done, float(params.get("timeout_s", 300)))
+    status = page.status.text()  # type: ignore[attr-defined]
+    if params["name"] not in page.names():  # type: ignore[attr-defined]
+        raise StepFailed(f"the import did not finish: {status}")
+    return {"status": status}
+
+
+@step("import-module")
+def import_module(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Import ``params["module"]`` in the GUI process: proves the probe sees what is loaded."""
+    importlib.import_module(params["module"])
+    return {}
+
+
+# -- the probe process ---------------------------------------------------------------------------
+
+
+def heavy_modules() -> list[str]:
+    """The heavy libraries (and their submodules) loaded in this process."""
+    return sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+
+
+def main() -> int:
+    """Read the request on stdin, drive the window, print the report; 1 if a step failed."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from appliance import offline
+
+    offline.enforce()
+    from PySide6.QtWidgets import QApplication
+
+    from appliance.session import Session
+    from appliance.vault import Vault
+    from appliance.workspace import open_workspace
+    from gui.main_window import MainWindow
+
+    request = json.loads(sys.stdin.readline())
+    app = QApplication(sys.argv[:1])
+    ws = open_workspace(Path(request["home"]))
+    session = Session(Vault.unlock(ws, request["passphrase"]))
+    window = MainWindow(ws.home, session=session)
+    window.monitor.start()
+    window.show()
+    probe = Probe(window, session)
+    results: list[dict[str, Any]] = []
+    error = ""
+    for name, params in request["steps"]:
+        try:
+            results.append({"step": name, **STEPS[name](probe, params)})
+        except Exception as exc:
+            traceback.print_exc()
+            error = f"step {name}: {type(exc).__name__}: {exc}"
+            break
+    window.close()
+    app.processEvents()
+    report = {"results": results, "error": error, "heavy": heavy_modules()}
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    return 1 if error else 0
+
+
+# -- the test side -------------------------------------------------------------------------------
+
+
+@dataclass
+class GuiReport:
+    """What a probe process did and loaded."""
+
+    results: list[dict[str, Any]]
+    heavy: list[str]
+    """Heavy modules present in the GUI process after the steps (should be empty)."""
+    stderr: str = field(repr=False, default="")
+
+
+def drive_gui(
+    home: Path, passphrase: str, steps: list[tuple[str, dict[str, Any]]], timeout_s: float = 900
+) -> GuiReport:
+    """Run ``steps`` in a fresh desktop process over the workspace ``home``.
+
+    Raises:
+        AssertionError: the probe failed (a step, or the process itself), with its stderr.
+    """
+    unknown = [name for name, _ in steps if name not in STEPS]
+    assert not unknown, f"unknown probe steps {unknown}; known: {sorted(STEPS)}"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    request = {"home": str(home), "passphrase": passphrase, "steps": steps}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.gui_probe"],
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"the probe printed no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(lines[-1])
+    assert not report["error"], f"{report['error']}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"the probe exited {proc.returncode}\n{proc.stderr[-4000:]}"
+    return GuiReport(report["results"], report["heavy"], proc.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
