@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from appliance.errors import IntegrityError, NotFoundError, PassphraseError, UsageError
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.vault.kdf import DEFAULT_TARGET_S, KdfParams, calibrate
-# The rule for new passphrases lives in passphrase_rules (shared with the desktop app).
 from appliance.vault.passphrase_rules import MIN_PASSPHRASE_CHARS as MIN_PASSPHRASE_CHARS
 from appliance.vault.passphrase_rules import check_new_passphrase as check_new_passphrase
 from appliance.workspace import Workspace
