@@ -76,7 +76,7 @@ def change_refused(exc: sqlite3.Error, path: Path) -> RegistryError:
             "some space and try again"
         )
     if code == SQLITE_READONLY:
-        return RegistryError(
+        return RegistryReadOnlyError(
             f"the registry {path} is read-only ({exc}); nothing was written: this command "
             "needs a workspace you can write to"
         )
@@ -114,6 +114,11 @@ def explain(exc: sqlite3.Error, path: Path, doing: str = "reading it") -> Regist
     read_only = _read_only_workspace(exc, path)
     if read_only is not None:
         return RegistryReadOnlyError(read_only)
+    if code == SQLITE_READONLY:
+        return RegistryReadOnlyError(
+            f"the registry {path} is read-only ({exc}): this command needs a workspace you can "
+            "write to"
+        )
     if code in (SQLITE_BUSY, SQLITE_LOCKED):
         return RegistryError(
             f"the registry {path} is busy ({exc}); another process is writing, try again in "
@@ -126,8 +131,8 @@ def explain(exc: sqlite3.Error, path: Path, doing: str = "reading it") -> Regist
         )
     if code in (SQLITE_IOERR, SQLITE_FULL):
         return RegistryError(
-            f"the disk failed while {doing} the registry {path} ({exc}); check the disk and "
-            "free space, then try again"
+            f"the registry {path} failed while {doing} ({exc}): check the disk holding it and "
+            "its free space, then try again"
         )
     return RegistryError(f"the registry {path} failed while {doing} ({exc})")
 

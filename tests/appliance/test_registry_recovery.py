@@ -303,10 +303,10 @@ def test_registry_failures_are_classified(tmp_path: Path) -> None:
     assert "is read-only" in str(error)
     assert "rebuild" not in str(error)
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
-    assert "is full" in str(explain(full, path))
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    assert "check the disk holding it and its free space" in str(explain(full, path))
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorname = "SQLITE_BUSY"  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
     assert "is busy" in str(explain(busy, path))
 
 
