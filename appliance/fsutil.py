@@ -2,7 +2,8 @@
 
 An atomic write goes to a temporary file in the same folder, is flushed and fsynced, renamed
 over the target, and then the folder itself is fsynced, so after a crash the target holds either
-the old or the new content, never a mixture.
+the old or the new content, never a mixture. Append-only logs (a run's events and log) are the
+one exception, opened with :func:`open_append`: owner-only like every other file.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``target`` with ``data`` atomically and durably."""
     with atomic_writer(target, mode) as handle:
         handle.write(data)
+
+
+def open_append(path: Path) -> int:
+    """A file descriptor appending to ``path``, created owner-only (0600) and kept so.
+
+    ``open(path, "a")`` would create the file with the process umask (often 0644).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:

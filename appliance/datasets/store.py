@@ -18,9 +18,9 @@ from appliance.datasets.columns import ColumnMap
 from appliance.datasets.control import CancelFlag, Control, Progress
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import DestinationError, IntegrityError, UsageError
+from appliance.folders import sidecar_path
 from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
 from appliance.registry import Registry
-from appliance.registry.folders import sidecar_path
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
 

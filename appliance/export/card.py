@@ -10,8 +10,8 @@ from typing import Any
 from appliance import __version__
 from appliance.destinations import MANIFEST
 from appliance.export import verify
+from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
-from appliance.registry.folders import tree_files
 
 CARD = "README.md"
 

@@ -25,11 +25,11 @@ from appliance import adapters, destinations
 from appliance.errors import DestinationError, ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
 from appliance.export.options import ExportOptions, Progress, check_cancel
+from appliance.folders import manifest_digest
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
-from appliance.registry.folders import manifest_digest
 from appliance.vault import Vault
 
 BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_0": 0.6}

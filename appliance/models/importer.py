@@ -22,12 +22,12 @@ from typing import Any
 from appliance.cancel import point_of_no_return
 from appliance.destinations import relation_to_workspace
 from appliance.errors import ModelImportError, NotFoundError, UsageError
+from appliance.folders import manifest_digest, write_meta
 from appliance.fsutil import CHUNK, fsync_dir, temp_name
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
 from appliance.quiet import quiet_libraries
-from appliance.registry import Registry, write_meta
-from appliance.registry.folders import manifest_digest
+from appliance.registry import Registry
 from appliance.registry.refs import check_name, now, os_user
 from appliance.workspace import Workspace
 

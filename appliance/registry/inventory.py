@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.folders import META_FILE, SIDECAR_SUFFIX, sidecar_path
 from appliance.leftovers import is_temp_name
-from appliance.registry.folders import META_FILE, SIDECAR_SUFFIX, sidecar_path
 from appliance.vault.keyslots import SLOT_SUFFIX
 from appliance.workspace import SUBFOLDERS, Workspace
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, IntegrityError, PassphraseError, RegistryError
+from appliance.folders import META_FILE, SIDECAR_SUFFIX, read_meta_file
 from appliance.fsutil import fsync_dir, sha256_file, temp_name
 from appliance.registry import inventory
 from appliance.registry.failures import explain, is_damage
-from appliance.registry.folders import META_FILE, SIDECAR_SUFFIX, read_meta_file
 from appliance.registry.refs import now, os_user
 from appliance.registry.schema import SCHEMA_VERSION, restore_triggers
 from appliance.workspace import Workspace

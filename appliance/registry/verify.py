@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import leftovers
 from appliance.errors import IntegrityError
+from appliance.folders import artifact_sha256, sidecar_path
 from appliance.fsutil import sha256_file
 from appliance.registry import inventory
 from appliance.registry.failures import REBUILD_HINT
-from appliance.registry.folders import artifact_sha256, sidecar_path
 from appliance.registry.schema import trigger_problems
 from appliance.units import format_bytes
 from appliance.workspace import Workspace

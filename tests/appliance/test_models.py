@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import IntegrityError, ModelImportError, UsageError
+from appliance.folders import read_meta
 from appliance.fsutil import sha256_file
 from appliance.models import check_safetensors, import_model, resolve_model_for_use
-from appliance.registry import Registry, read_meta
+from appliance.registry import Registry
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
-from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry, read_meta
+from appliance.folders import read_meta
+from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry
 from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace

@@ -16,6 +16,7 @@ import pytest
 from appliance import workspace
 from appliance.datasets import store
 from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyError
+from appliance.folders import read_meta_file, sidecar_path
 from appliance.registry import Registry
 from appliance.registry import rebuild as rebuild_mod
 from appliance.registry.failures import (
@@ -23,7 +24,6 @@ from appliance.registry.failures import (
     RegistryReadOnlyError,
     explain,
 )
-from appliance.registry.folders import read_meta_file, sidecar_path
 from appliance.registry.rebuild import rebuild_index
 from appliance.registry.verify import verify_workspace
 from appliance.session import create_vault

@@ -2,9 +2,18 @@
 dataset version's encrypted file a ``<object id>.meta.json`` beside it.
 
 The registry is an index over these folders; ``appliance verify --rebuild-index`` rebuilds the
-rows from them. A metadata file holds ``{"kind": ..., "format": 1, "record": {...}}`` where the
-record is the registry row with names instead of internal ids. Like the registry, it holds
-names, counts and hashes, never a row of anybody's data.
+rows from them. ``meta.json`` is one JSON object::
+
+    {"kind": "run", "format": 1, "record": {...}, ...other sections}
+
+``record`` is the registry row with names instead of internal ids, written by the registry on
+every change. A folder's owner may keep more sections beside it (a run keeps ``launch``: what its
+training child needs, see :mod:`appliance.training.runfolder`); writing one section keeps the
+others, so the file stays the one description of the folder. Readers ignore sections they do not
+know. Like the registry, metadata holds names, counts and hashes, never a row of anybody's data.
+
+This module imports neither the registry nor torch: the training child reads its run's
+description with it.
 """
 
 from __future__ import annotations
@@ -29,13 +38,40 @@ SIDECAR_SUFFIX = ".meta.json"
 
 
 def write_meta(folder: Path, kind: str, record: dict[str, Any]) -> None:
-    """Write ``folder/meta.json`` atomically (the folder is created if needed)."""
+    """Write the ``record`` section of ``folder/meta.json`` (made, with the folder, if needed)."""
+    write_section(folder, kind, "record", record)
+
+
+def write_section(folder: Path, kind: str, name: str, value: dict[str, Any]) -> None:
+    """Replace one section of ``folder/meta.json`` atomically, keeping the others.
+
+    Callers that may race on the same folder hold the workspace's writer lock.
+
+    Raises:
+        ValueError: an unknown kind, or a reserved section name.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown meta kind {kind!r}")
+    if name in ("kind", "format"):
+        raise ValueError(f"{name!r} is not a section")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_meta_file(folder / META_FILE, kind, record)
+    try:
+        body = read_body(folder)
+    except IntegrityError:
+        body = {}  # missing or damaged: the section written now starts a new file
+    if body.get("kind") != kind:
+        body = {}
+    body.update(kind=kind, format=META_FORMAT)
+    body[name] = value
+    atomic_write_bytes(
+        folder / META_FILE,
+        (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode(),
+    )
 
 
 def write_meta_file(path: Path, kind: str, record: dict[str, Any]) -> None:
-    """Write the metadata file ``path`` atomically (its folder must exist)."""
+    """Write a metadata file that is not a folder's ``meta.json`` (a dataset version's
+    sidecar) atomically; its folder must exist."""
     if kind not in KINDS:
         raise ValueError(f"unknown meta kind {kind!r}")
     body = {"kind": kind, "format": META_FORMAT, "record": record}
@@ -49,6 +85,17 @@ def sidecar_path(data_file: Path) -> Path:
     return data_file.with_name(data_file.name.removesuffix(".enc") + SIDECAR_SUFFIX)
 
 
+def read_body(folder: Path) -> dict[str, Any]:
+    """The whole ``folder/meta.json`` object, every section.
+
+    Raises:
+        IntegrityError: the file is missing, not JSON, not a metadata file or of a newer format.
+    """
+    body = _load(folder / META_FILE)
+    _check_format(folder / META_FILE, body)
+    return body
+
+
 def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
     """``(kind, record)`` of ``folder/meta.json``.
 
@@ -59,11 +106,21 @@ def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
 
 
 def read_meta_file(path: Path) -> tuple[str, dict[str, Any]]:
-    """``(kind, record)`` of the metadata file ``path``.
+    """``(kind, record)`` of the metadata file ``path`` (a ``meta.json`` or a sidecar).
 
     Raises:
         IntegrityError: the file is missing, not JSON or not a metadata file.
     """
+    body = _load(path)
+    if not isinstance(body.get("record"), dict):
+        raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")
+    _check_format(path, body)
+    return str(body["kind"]), body["record"]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    # Bounded and regular files only: a rebuild reads every metadata file it finds, and a FIFO
+    # or a huge file named meta.json must not hang it or fill the memory.
     try:
         if path.exists() and not path.is_file():
             raise IntegrityError(f"{path} is not a regular file")
@@ -76,15 +133,14 @@ def read_meta_file(path: Path) -> tuple[str, dict[str, Any]]:
         raise IntegrityError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise IntegrityError(f"{path} is unreadable: {exc}") from None
-    if (
-        not isinstance(body, dict)
-        or body.get("kind") not in KINDS
-        or not isinstance(body.get("record"), dict)
-    ):
+    if not isinstance(body, dict) or body.get("kind") not in KINDS:
         raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")
+    return body
+
+
+def _check_format(path: Path, body: dict[str, Any]) -> None:
     if not isinstance(body.get("format"), int) or body["format"] > META_FORMAT:
         raise IntegrityError(f"{path} has an unknown format; upgrade the appliance")
-    return str(body["kind"]), body["record"]
 
 
 def tree_files(folder: Path, *, skip_meta: bool = True) -> list[str]:
