@@ -241,7 +241,7 @@ def _rows_from_folders(ws: Workspace, reg: Registry, salvage: Path | None = None
     actions += _runs(ws, reg)
     actions += _adapters(ws, reg)
     if salvage is not None:
-        actions += _salvage_tags_and_exports(reg, salvage)
+        actions += _salvage_registry_only(reg, salvage)
     return actions
 
 
@@ -359,33 +359,50 @@ def _adapters(ws: Workspace, reg: Registry) -> list[str]:
     return actions
 
 
-def _salvage_tags_and_exports(reg: Registry, damaged: Path) -> list[str]:
-    """Tags and exports live only in the registry: keep what the damaged file still holds."""
-    ids = {
+_TAGS_SQL = (
+    "SELECT x.*, a.name AS a_name, a.version AS a_version FROM tags x "
+    "JOIN adapter_versions a ON a.id = x.adapter_version_id"
+)
+_EXPORTS_SQL = (
+    "SELECT x.*, a.name AS a_name, a.version AS a_version FROM exports x "
+    "JOIN adapter_versions a ON a.id = x.adapter_version_id"
+)
+_EVALUATIONS_SQL = (
+    "SELECT x.*, a.name AS a_name, a.version AS a_version, d.name AS d_name, "
+    "d.version AS d_version FROM evaluations x "
+    "JOIN adapter_versions a ON a.id = x.adapter_version_id "
+    "JOIN dataset_versions d ON d.id = x.dataset_version_id"
+)
+_GOLDEN_SQL = (
+    "SELECT x.*, d.name AS d_name, d.version AS d_version FROM golden_sets x "
+    "JOIN dataset_versions d ON d.id = x.dataset_version_id"
+)
+
+
+def _salvage_registry_only(reg: Registry, damaged: Path) -> list[str]:
+    """Tags, exports, evaluations and golden sets live only in the registry: keep what the
+    damaged file still holds, re-pointed at the rebuilt rows by name and version."""
+    adapters = {
         (r[0], r[1]): r[2]
         for r in reg.conn.execute("SELECT name, version, id FROM adapter_versions")
     }
-    actions = []
-    try:
-        with _read_only(damaged) as conn:
-            tags = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT t.*, a.name AS a_name, a.version AS a_version FROM tags t "
-                    "JOIN adapter_versions a ON a.id = t.adapter_version_id"
-                )
-            ]
-            exports = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT e.*, a.name AS a_name, a.version AS a_version FROM exports e "
-                    "JOIN adapter_versions a ON a.id = e.adapter_version_id"
-                )
-            ]
-    except sqlite3.Error as exc:
-        return [f"tags and exports could not be read from the damaged registry ({exc})"]
-    for tag in tags:
-        target = ids.get((tag["a_name"], tag["a_version"]))
+    datasets = {
+        (r[0], r[1]): r[2]
+        for r in reg.conn.execute("SELECT name, version, id FROM dataset_versions")
+    }
+    actions: list[str] = []
+
+    def rows(what: str, sql: str) -> list[dict[str, Any]]:
+        try:
+            with _read_only(damaged) as conn:
+                return [dict(r) for r in conn.execute(sql)]
+        except sqlite3.Error as exc:
+            if "no such table" not in str(exc):  # an older schema simply has none
+                actions.append(f"{what} could not be read from the damaged registry ({exc})")
+            return []
+
+    for tag in rows("tags", _TAGS_SQL):
+        target = adapters.get((tag["a_name"], tag["a_version"]))
         if target is None:
             continue
         reg.conn.execute(
@@ -394,8 +411,8 @@ def _salvage_tags_and_exports(reg: Registry, damaged: Path) -> list[str]:
             (tag["name"], tag["tag"], target, tag["updated_at"], tag["updated_by"]),
         )
         actions.append(f"salvaged tag {tag['name']}@{tag['tag']} -> version {tag['a_version']}")
-    for ex in exports:
-        target = ids.get((ex["a_name"], ex["a_version"]))
+    for ex in rows("exports", _EXPORTS_SQL):
+        target = adapters.get((ex["a_name"], ex["a_version"]))
         if target is None:
             continue
         fields = {k: ex[k] for k in ("format", "path", "sha256", "details", "created_at")}
@@ -403,6 +420,29 @@ def _salvage_tags_and_exports(reg: Registry, damaged: Path) -> list[str]:
             "exports", {**fields, "created_by": ex["created_by"], "adapter_version_id": target}
         )
         actions.append(f"salvaged export of {ex['a_name']}@{ex['a_version']} ({ex['path']})")
+    columns = _columns(reg, "evaluations")
+    for ev in rows("evaluations", _EVALUATIONS_SQL):
+        adapter = adapters.get((ev["a_name"], ev["a_version"]))
+        dataset = datasets.get((ev["d_name"], ev["d_version"]))
+        if adapter is None or dataset is None:
+            continue
+        fields = {k: v for k, v in ev.items() if k in columns and k != "id"}
+        fields.update(adapter_version_id=adapter, dataset_version_id=dataset)
+        reg._insert("evaluations", fields)
+        actions.append(
+            f"salvaged an evaluation of {ev['a_name']}@{ev['a_version']} on "
+            f"{ev['d_name']}@{ev['d_version']}"
+        )
+    for gold in rows("golden sets", _GOLDEN_SQL):
+        dataset = datasets.get((gold["d_name"], gold["d_version"]))
+        if dataset is None:
+            continue
+        reg.conn.execute(
+            "INSERT OR IGNORE INTO golden_sets (name, dataset_version_id, metric, updated_at, "
+            "updated_by) VALUES (?, ?, ?, ?, ?)",
+            (gold["name"], dataset, gold["metric"], gold["updated_at"], gold["updated_by"]),
+        )
+        actions.append(f"salvaged the golden set of {gold['name']}")
     return actions
 
 

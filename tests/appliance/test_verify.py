@@ -153,6 +153,9 @@ def test_damaged_database_is_kept_aside_and_rebuilt(filled: Workspace, cli: CliR
 
 
 def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Workspace) -> None:
+    with Registry.open(filled) as reg:
+        reg.add_evaluation("a@1", dataset="docs", dataset_version=1, split="eval", metrics={"x": 1})
+        reg.set_golden_set("a", "docs", 1)
     # A database that opens but fails integrity_check: corrupt an index page's content.
     with Registry.open(filled) as reg:
         reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -168,6 +171,12 @@ def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Works
     assert "added dataset docs@1" in actions
     assert "salvaged tag a@production -> version 1" in actions
     assert "salvaged export of a@1 (exports/a-1.gguf)" in actions
+    # Evaluation results and golden sets exist only in the registry: salvaged too.
+    assert "salvaged an evaluation of a@1 on docs@1" in actions
+    assert "salvaged the golden set of a" in actions
     with Registry.open(filled) as reg:
         assert reg.adapter_lineage("a@production")["dataset"]["name"] == "docs"
+        assert [e["metrics"] for e in reg.evaluations("a@1")] == [{"x": 1}]
+        golden = reg.golden_set("a")
+        assert golden is not None
         assert verify_workspace(filled, reg).ok
