@@ -13,7 +13,7 @@ from appliance.registry.audit import row_hash
 from appliance.registry.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
-from tests.helpers.registry_data import add_dataset, add_fake_model
+from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
 
 KEY = b"k" * 32
 
@@ -261,10 +261,13 @@ def test_acknowledging_a_keyed_chain_needs_the_key(ws: Workspace) -> None:
 def test_cli_audit_acknowledge_lets_commands_write_again(ws: Workspace, cli: CliRunner) -> None:
     with Registry.open(ws) as reg:
         add_fake_model(reg)
-        reg.audit("test.write", "x", {})
+        add_adapter(reg, "a", dataset=None)
     _tamper(ws, "UPDATE audit SET details = '{}' WHERE seq = 1")
-    refused = cli("adapter", "tag", "nothing@1", "prod")
+    refused = cli("adapter", "tag", "a@1", "staging")
     assert refused.returncode == 1
+    assert refused.err_lines == [refused.err_lines[0]]
+    assert "the audit log is broken (row #1" in refused.err_lines[0]
+    assert "appliance audit --acknowledge" in refused.err_lines[0]
     acked = cli("audit", "--acknowledge")
     assert acked.returncode == 0, acked.stderr
     assert "acknowledged audit row 1: its content does not match its hash" in acked.stdout
@@ -273,6 +276,8 @@ def test_cli_audit_acknowledge_lets_commands_write_again(ws: Workspace, cli: Cli
     assert cli("audit").returncode == 0
     again = cli("audit", "--acknowledge")
     assert "there is nothing to acknowledge" in again.stdout
+    tagged = cli("adapter", "tag", "a@1", "staging")
+    assert tagged.returncode == 0, tagged.stderr
 
 
 def test_dropped_or_changed_trigger_is_reported_and_restored(ws: Workspace) -> None:

@@ -127,7 +127,8 @@ def test_killed_cli_writer_leftover_is_cleared_by_the_next_cli_writer(
         reported.stdout
     )
     assert "FAIL unknown file datasets/0123456789abcdef0123456789abcdef.enc" in reported.stdout
-    tagged = cli("adapter", "tag", "none@1", "x")  # a writer, even one that fails afterwards
+    # A writer (it takes the lock first), even one that fails afterwards.
+    tagged = cli("adapter", "tag", "none@1", "x", "--remove")
     assert tagged.returncode == 1
     assert not leftover.exists()
     assert foreign.read_bytes() == b"not ours"
