@@ -10,6 +10,10 @@ from __future__ import annotations
 
 KINDS: dict[str, str] = {
     "model-import": "appliance.models.job:import_job",
+    # Merge / convert an adapter version for serving, verified (the same path as the CLI).
+    "export": "appliance.export.job:export_job",
+    # The whole workspace's integrity: registry, artifacts' sha256, audit chain.
+    "verify": "appliance.registry.verify_job:verify_job",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }
