@@ -146,8 +146,10 @@ def test_lineage_has_run_device_wall_time_and_exports(reg: Registry, tmp_path: P
     assert lineage.run is not None
     assert (lineage.run.id, lineage.run.state, lineage.run.device) == (run_id, "finished", "cpu")
     assert (lineage.run.wall_s, lineage.run.peak_memory) == (12.5, 123456)
-    assert lineage.base_model is not None and lineage.base_model.sha256 == "ab" * 32
-    assert lineage.dataset is not None and lineage.dataset.ref == "docs@2"
+    assert lineage.base_model is not None
+    assert lineage.base_model.sha256 == "ab" * 32
+    assert lineage.dataset is not None
+    assert lineage.dataset.ref == "docs@2"
     assert lineage.config["lora"]["rank"] == 8
     assert lineage.seed == 3
     assert [(e.format, e.passed) for e in lineage.exports] == [("gguf", True), ("merged", False)]
@@ -182,7 +184,8 @@ def test_compare_lists_exactly_the_changed_settings_and_replays_curves(reg: Regi
     diffs = {row.key: row.values for row in comparison.config_differences}
     assert diffs == {"lora.rank": (8, 16), "optim.learning_rate": (0.01, 0.005)}
     assert {row.key for row in comparison.config} >= {"lora.alpha", "schedule.max_steps", "seed"}
-    assert comparison.same_base and comparison.same_data
+    assert comparison.same_base
+    assert comparison.same_data
     metrics = {row.key: row for row in comparison.metrics}
     assert not metrics["train_loss"].differs
 
@@ -196,10 +199,12 @@ def test_compare_lists_exactly_the_changed_settings_and_replays_curves(reg: Regi
     # Different data and base are said so; a curve file torn in the middle is reported.
     add_adapter(reg, "contracts", base="other-base", dataset="faq")
     other = compare_versions(reg, ["contracts@1", "contracts@3"])
-    assert not other.same_base and not other.same_data
+    assert not other.same_base
+    assert not other.same_data
     (folder / ev.METRICS_FILE).write_text('{"type": "step"\n{"type":"eval"}\n')
     broken = run_curves(folder)
-    assert broken.problem is not None and "line 1" in broken.problem
+    assert broken.problem is not None
+    assert "line 1" in broken.problem
     with pytest.raises(UsageError, match="at least two"):
         compare_versions(reg, ["contracts@1", "contracts@1"])
 
@@ -249,7 +254,8 @@ def test_audit_log_filters_by_action_user_object_and_time(reg: Registry) -> None
     reg.set_tag("contracts@1", "staging")
     log = audit_log(reg)
     assert log.total == len(log.entries) > 5
-    assert "adapter" in log.actions and "adapter.tag" in log.actions
+    assert "adapter" in log.actions
+    assert "adapter.tag" in log.actions
     tags = audit_log(reg, AuditFilter(action="adapter.tag"))
     assert [e.object for e in tags.entries] == ["contracts@1"]
     family = audit_log(reg, AuditFilter(action="adapter"))
@@ -285,7 +291,8 @@ def test_delete_is_refused_while_tagged_and_keeps_lineage_and_audit(reg: Registr
     assert [a["ref"] for a in reg.adapter_versions()] == ["contracts@2"]
     assert live_refs(reg) == ["contracts@2"]
     lineage = lineage_of(reg, "contracts@1")
-    assert lineage.deleted_at is not None and lineage.run is not None
+    assert lineage.deleted_at is not None
+    assert lineage.run is not None
     deleted = adapter_catalog(reg, CatalogFilter(include_deleted=True))[0].versions
     assert [(v.ref, v.deleted) for v in deleted] == [("contracts@2", False), ("contracts@1", True)]
     (row,) = reg.audit_rows(action="adapter.delete")
@@ -310,13 +317,16 @@ def test_cli_adapter_delete(cli: CliRunner, ws: Workspace) -> None:
         "('appliance adapter tag contracts@2 TAG --remove'), then delete it"
     ]
     asked = cli("adapter", "delete", "contracts@1")
-    assert asked.returncode == 2 and "pass --yes" in asked.stderr
+    assert asked.returncode == 2
+    assert "pass --yes" in asked.stderr
     done = cli("adapter", "delete", "contracts@1", "--yes")
     assert done.returncode == 0, done.stderr
     assert "Deleted adapter contracts@1" in done.stdout
     listed = cli("adapter", "list", "--json", "--deleted")
-    assert '"deleted_at": null' in listed.stdout and "contracts@1" in listed.stdout
+    assert '"deleted_at": null' in listed.stdout
+    assert "contracts@1" in listed.stdout
     gone = cli("adapter", "show", "contracts@1", "--json")
-    assert gone.returncode == 0 and '"deleted_at": "' in gone.stdout
+    assert gone.returncode == 0
+    assert '"deleted_at": "' in gone.stdout
     with sqlite3.connect(ws.registry_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM adapter_versions").fetchone()[0] == 2
