@@ -23,8 +23,10 @@ from appliance.session import Session
 from appliance.training.settle import Outcome, try_reconcile
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
-from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
+from gui.pages.export import ExportPage
+from gui.pages.jobs import DatasetsPage, TrainPage
 from gui.pages.models import ModelsPage
+from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
@@ -49,14 +51,16 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.registry_page = RegistryPage(session)
+        self.export_page = ExportPage(session)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             DatasetsPage(),
             self.models_page,
             TrainPage(),
-            RegistryPage(),
-            ExportPage(),
+            self.registry_page,
+            self.export_page,
             SettingsPage(home),
         ]
         self.nav = QListWidget()
@@ -93,6 +97,22 @@ class MainWindow(QMainWindow):
         )
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
+        self._connect_registry_and_export()
+
+    def _connect_registry_and_export(self) -> None:
+        """The Registry page hands a version to the Export page and opens what a lineage
+        names; an export (or an import) changes what the Registry page lists."""
+        registry, export = self.registry_page, self.export_page
+        registry.export_requested.connect(self.export_version)
+        registry.open_dataset.connect(lambda _ref: self.show_page("Datasets"))
+        registry.open_run.connect(lambda _run: self.show_page("Train"))
+        registry.open_model.connect(lambda _name: self.show_page("Models"))
+        export.exported.connect(lambda _ref: registry.refresh())
+
+    def export_version(self, ref: str) -> None:
+        """Open the Export page with adapter version ``ref`` chosen."""
+        self.export_page.choose(ref)
+        self.show_page("Export")
 
     def page_titles(self) -> list[str]:
         return [page.title for page in self.pages]
@@ -151,5 +171,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.models_page.shutdown()
+        self.export_page.shutdown()
+        self.registry_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
