@@ -383,8 +383,8 @@ class RegistryPage(Page):
             return
         previous = result["previous"]
         moved = f" (moved from @{previous})" if previous else ""
-        self._say(f"Tagged {result['ref']} as {move.tag}{moved}.")
         self.refresh()
+        self._say(f"Tagged {result['ref']} as {move.tag}{moved}.")
 
     @Slot()
     def ask_untag(self) -> None:
@@ -413,8 +413,8 @@ class RegistryPage(Page):
         except ApplianceError as exc:
             self._say(f"Tag not removed: {exc}", error=True)
             return
-        self._say(f"Removed tag {tag} from {ref}.")
         self.refresh()
+        self._say(f"Removed tag {tag} from {ref}.")
 
     # -- delete -------------------------------------------------------------------------------
 
@@ -456,8 +456,8 @@ class RegistryPage(Page):
         except ApplianceError as exc:
             self._say(f"Not deleted: {exc}", error=True)
             return
-        self._say(f"Deleted {ref}; its lineage stays (Show deleted).")
         self.refresh()
+        self._say(f"Deleted {ref}; its lineage stays (Show deleted).")
 
     # -- export -------------------------------------------------------------------------------
 
