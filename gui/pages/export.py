@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -203,6 +203,12 @@ class ExportPage(Page):
         self._format_changed()
         self._show_stages()
         self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        # Versions come and go while the page is hidden (a run finishes, one is deleted).
+        if not self.busy:
+            self.refresh()
+        super().showEvent(event)
 
     # -- the form -----------------------------------------------------------------------------
 

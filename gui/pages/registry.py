@@ -9,6 +9,7 @@ whole-workspace verify runs as a child process (the ``verify`` job).
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -165,6 +166,11 @@ class RegistryPage(Page):
         self.setTabOrder(self.export_button, self.delete_button)
         self.setTabOrder(self.delete_button, self.tabs)
         self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        # Versions, tags and audit rows change while the page is hidden (training, exports).
+        self.refresh()
+        super().showEvent(event)
 
     # -- the list -----------------------------------------------------------------------------
 
