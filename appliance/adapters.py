@@ -9,7 +9,8 @@ Layout of an adapter version::
 
 Serialisation happens in memory (``safetensors.torch.save``/``load`` on bytes), so the plaintext
 tensors never touch the disk; the vault authenticates the whole object before it is parsed.
-The training worker stores adapters (and checkpoints) with these functions, export reads them.
+The training child packs its adapter with :func:`pack` (it never loads the registry: the parent
+registers what it packed with :func:`store`), and export reads adapters with :func:`load`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError
+from appliance.folders import artifact_sha256
 from appliance.fsutil import fsync_dir
-from appliance.registry import Registry
-from appliance.registry.folders import artifact_sha256
 from appliance.vault import Vault, new_object_id
 from appliance.vault.objects import object_id_of
-from appliance.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
     from transformers import PreTrainedModel
+
+    # Only callers that already hold a registry (store, load) need it: the training child packs
+    # its adapter with this module and never loads the registry.
+    from appliance.registry import Registry
+    from appliance.workspace import Workspace
 
 ADAPTER_FILE = "adapter.enc"
 CONFIG_METADATA_KEY = "adapter_config"

@@ -43,6 +43,10 @@ class PassphraseError(ApplianceError):
     """No usable passphrase was given, or it is wrong."""
 
 
+class VaultLockedError(PassphraseError):
+    """The workspace was locked (its master key forgotten); unlock it to go on."""
+
+
 class IntegrityError(ApplianceError):
     """Stored data is damaged or was modified."""
 
@@ -69,3 +73,11 @@ class TrainingError(ApplianceError):
 
 class ExportError(ApplianceError):
     """An export could not be written or did not verify."""
+
+
+class DestinationError(ApplianceError):
+    """An export destination was refused or could not be written.
+
+    Exit code 1, not 2: the command was well formed; what is at the destination (or the
+    destination's place relative to the workspace) is what stops it.
+    """

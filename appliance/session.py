@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from appliance.errors import VaultLockedError
 from appliance.registry import Registry
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 
 
-@dataclass(frozen=True)
 class Session:
-    """A workspace and its unlocked vault.
+    """A workspace and, while unlocked, its vault.
+
+    :meth:`lock` ("Lock now", auto-lock) wipes the master key and drops the vault: from then on
+    :attr:`vault` and :meth:`registry` raise :class:`~appliance.errors.VaultLockedError` until
+    :meth:`unlock` is given a passphrase again. Trainings already running are unaffected: their
+    child processes hold their own per-run keys, never the master key.
 
     SQLite connections belong to the thread that opened them, so each thread (the GUI thread, a
     background task) opens its own registry with :meth:`registry` and closes it when done.
     """
 
-    vault: Vault
+    def __init__(self, vault: Vault) -> None:
+        self._ws = vault.ws
+        self._vault: Vault | None = vault
 
     @property
     def ws(self) -> Workspace:
-        return self.vault.ws
+        """The workspace (known while locked too: its folder is no secret)."""
+        return self._ws
+
+    @property
+    def locked(self) -> bool:
+        return self._vault is None
+
+    @property
+    def vault(self) -> Vault:
+        """The unlocked vault.
+
+        Raises:
+            VaultLockedError: the session is locked.
+        """
+        if self._vault is None:
+            raise VaultLockedError(
+                f"workspace {self._ws.home} is locked; unlock it with your passphrase"
+            )
+        return self._vault
+
+    def lock(self) -> None:
+        """Wipe the master key and forget the vault; idempotent."""
+        if self._vault is not None:
+            self._vault.lock()
+            self._vault = None
+
+    def unlock(self, passphrase: str) -> Vault:
+        """Open the vault again with any key slot's passphrase.
+
+        Raises:
+            PassphraseError: "wrong passphrase for workspace <home>" (the session stays locked).
+        """
+        vault = Vault.unlock(self._ws, passphrase)
+        self.lock()
+        self._vault = vault
+        return vault
 
     def registry(self) -> Registry:
-        """Open the registry with the audit key (close it: ``with session.registry() as reg``)."""
-        return Registry.open(self.ws, audit_key=self.vault.audit_key)
+        """Open the registry with the audit key (close it: ``with session.registry() as reg``).
+
+        Raises:
+            VaultLockedError: the session is locked.
+        """
+        return Registry.open(self._ws, audit_key=self.vault.audit_key)

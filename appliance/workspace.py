@@ -236,21 +236,36 @@ def check_home(home: Path | str | None = None) -> bool:
     if (path / "FORMAT").exists():
         _read_format(path)
         return True
-    if path.exists() and any(
-        p.name not in SUBFOLDERS and p.name != ".lock" for p in path.iterdir()
-    ):
+    # Only what an interrupted init leaves (empty subfolders, the lock file) may be there: a
+    # failed init removes what it finds, so anything else could be lost.
+    if path.exists() and any(not _init_leftover(p) for p in path.iterdir()):
         raise WorkspaceError(
             f"{path} is not empty and is not a workspace; choose an empty or new folder"
         )
     return False
 
 
+def _init_leftover(entry: Path) -> bool:
+    if entry.name == ".lock":
+        return entry.is_file() and not entry.is_symlink()
+    if entry.name in SUBFOLDERS and entry.is_dir() and not entry.is_symlink():
+        return not any(entry.iterdir())
+    return False
+
+
 def discard_new(home: Path, existed_before: bool) -> None:
-    """Undo :func:`init` of a workspace that a failed command had just created."""
+    """Undo :func:`init` of a workspace that a failed command had just created.
+
+    Only the workspace's own entries are removed (:func:`check_home` made sure that a folder
+    which existed before held nothing else), so a file that appeared meanwhile stays.
+    """
     if not existed_before:
         shutil.rmtree(home, ignore_errors=True)
         return
+    own = {*SUBFOLDERS, "FORMAT", ".lock", "registry.sqlite"}
     for child in home.iterdir():
+        if child.name not in own and not child.name.startswith("registry.sqlite-"):
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
         else:

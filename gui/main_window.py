@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
-from appliance.training.settle import Outcome, try_reconcile
+from appliance.training.runs import Outcome, try_reconcile
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.export import ExportPage

@@ -1,7 +1,8 @@
 """The ``appliance`` command: the same verbs as the desktop app, for administrators' scripts.
 
 Exit codes: 0 success, 2 usage error (usage on stderr), 1 any other failure with one clear line
-on stderr and no traceback (``--debug`` shows one).
+on stderr and no traceback (``--debug`` shows one). A well-formed command refused for what it
+finds (an export destination that exists or holds other files, an unknown name) exits 1.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from appliance.cli.context import out, print_json, state
+from appliance.errors import NotFoundError
+from appliance.registry.refs import check_name
 
 adapter_app = typer.Typer(
     name="adapter",
@@ -37,8 +39,15 @@ def list_(
 ) -> None:
     """List adapter versions with tags, base model, dataset, eval loss and date."""
     st = state(ctx)
+    if name is not None:
+        check_name(name, "adapter name")
     with st.registry(st.workspace(), unlock=False) as reg:
         rows = reg.adapter_versions(name, include_deleted=deleted)
+        if name is not None and not rows:
+            # "No adapter versions yet" would be wrong while others exist.
+            names = sorted({a["name"] for a in reg.adapter_versions()})
+            have = ", ".join(names) if names else "none yet; adapters come from training runs"
+            raise NotFoundError(f"no adapter named {name!r} (adapters: {have})")
     if json_out:
         print_json(
             [

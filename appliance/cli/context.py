@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from appliance.errors import PassphraseError
+from appliance.fsutil import FileTooLargeError, SpecialFileError, read_regular_file
 from appliance.workspace import Workspace, open_workspace
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from appliance.vault import Vault
 
 PASSPHRASE_ENV = "APPLIANCE_PASSPHRASE"
+MAX_PASSPHRASE_FILE_BYTES = 64 * 1024
+"""A passphrase file holds one line; anything larger is the wrong file."""
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -83,13 +86,7 @@ def resolve_passphrase(
         PassphraseError: the source is empty or unreadable, or there is no terminal to ask on.
     """
     if passphrase_file is not None:
-        try:
-            raw = Path(passphrase_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PassphraseError(
-                f"cannot read the passphrase file {passphrase_file}: {exc}; "
-                "check the path and its permissions"
-            ) from None
+        raw = read_passphrase_file(Path(passphrase_file))
         value = raw.rstrip("\r\n")
         if not value:
             raise PassphraseError(f"the passphrase file {passphrase_file} is empty")
@@ -113,6 +110,35 @@ def resolve_passphrase(
     if confirm and getpass.getpass(f"{prompt} (again): ") != value:
         raise PassphraseError("the two passphrases differ; nothing was changed")
     return value
+
+
+def read_passphrase_file(path: Path) -> str:
+    """The text of a passphrase file: a regular file of at most :data:`MAX_PASSPHRASE_FILE_BYTES`.
+
+    A FIFO, a device (``/dev/zero``, ``/dev/urandom``) or a huge file is refused before reading,
+    so a wrong path can neither hang the command nor exhaust memory.
+
+    Raises:
+        PassphraseError: the file is missing, unreadable, not a regular file, too large, or
+            not UTF-8.
+    """
+    try:
+        return read_regular_file(path, MAX_PASSPHRASE_FILE_BYTES).decode("utf-8")
+    except SpecialFileError as exc:
+        raise PassphraseError(
+            f"the passphrase file {path} is {exc.strerror}; write the passphrase to a file only "
+            f"you can read (mode 600), or set {PASSPHRASE_ENV}"
+        ) from None
+    except FileTooLargeError as exc:
+        raise PassphraseError(
+            f"the passphrase file {path} has {exc.size:,} bytes, more than a passphrase file "
+            f"may ({MAX_PASSPHRASE_FILE_BYTES:,}); check the path"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise PassphraseError(
+            f"cannot read the passphrase file {path}: {reason}; check the path and its permissions"
+        ) from None
 
 
 def state(ctx: typer.Context) -> CliState:

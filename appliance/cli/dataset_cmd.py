@@ -12,9 +12,12 @@ from rich.table import Table
 from appliance import datasets
 from appliance.cli.context import err, out, print_json, state
 from appliance.cli.passphrase_cmd import confirm
+from appliance.datasets.columns import ROLES
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.problems import problem_lines
 from appliance.datasets.tokens import DEFAULT_MAX_LENGTH
+from appliance.errors import NotFoundError
+from appliance.registry.refs import check_name
 
 dataset_app = typer.Typer(
     name="dataset",
@@ -41,12 +44,21 @@ def _print_problems(lines: list[str]) -> None:
 @dataset_app.command("import")
 def import_(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="A .jsonl, .json (array), .csv, .tsv or .txt file."),
+    path: Path = typer.Argument(
+        ..., help="A .jsonl, .json (array), .csv, .tsv, .parquet or .txt file."
+    ),
     name: str = typer.Option(
         ..., "--name", help="Dataset name; an existing name gets version N+1."
     ),
     fmt: str = typer.Option(
         "auto", "--format", help=f"auto (from the fields) or one of: {', '.join(FORMATS)}."
+    ),
+    mapping: list[str] = typer.Option(
+        [],
+        "--map",
+        metavar="ROLE=COLUMN",
+        help="Read a role from a column of another name, e.g. --map output=answer (repeat it). "
+        f"Roles: {', '.join(ROLES)}.",
     ),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="Import the valid rows and record the skipped ones."
@@ -72,6 +84,7 @@ def import_(
                 skip_invalid=skip_invalid,
                 eval_fraction=eval_fraction,
                 seed=seed,
+                columns=mapping,
             )
     except datasets.DatasetValidationError as exc:
         _print_problems(exc.details())
@@ -101,8 +114,24 @@ def list_(
 ) -> None:
     """List dataset versions (no passphrase needed: only the registry is read)."""
     st = state(ctx)
+    if name is not None:
+        check_name(name, "dataset name")
     with st.registry(st.workspace(), unlock=False) as reg:
         versions = reg.dataset_versions(name, include_deleted=deleted)
+        if name is not None and not versions:
+            # "No datasets yet" would be wrong while others exist: say which name is unknown.
+            if reg.dataset_versions(name, include_deleted=True):
+                if json_out:
+                    print_json([])
+                else:
+                    out.print(
+                        f"Every version of dataset {name} is deleted; add --deleted to list them.",
+                        markup=False,
+                    )
+                return
+            names = sorted({v["name"] for v in reg.dataset_versions()})
+            have = ", ".join(names) if names else "none yet"
+            raise NotFoundError(f"no dataset named {name!r} (datasets: {have})")
     if json_out:
         print_json([_public(v) for v in versions])
         return
@@ -207,7 +236,8 @@ def _print_version(v: dict[str, Any]) -> None:
         table.add_row(
             "tokens",
             f"min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
-            f"{t['over_max_length']} over {t['max_length']} ({t['model']})",
+            f"{t['over_max_length']} over {t['max_length']}, {t['answer_lost']} of them with "
+            f"no answer left ({t['model']})",
         )
     table.add_row("adapters", ", ".join(v.get("adapters") or []) or "-")
     out.print(table)
@@ -223,7 +253,9 @@ def export(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="NAME (latest version) or NAME@VERSION."),
     out_file: Path = typer.Option(..., "--out", help="Plaintext JSONL file to write."),
-    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an unchanged earlier dataset export at --out."
+    ),
 ) -> None:
     """Write a version as plaintext canonical JSONL to a file you choose (audited)."""
     st = state(ctx)

@@ -43,7 +43,11 @@ def export(
     max_shard_size: str | None = typer.Option(
         None, "--max-shard-size", help="Largest safetensors shard, e.g. 500MB or 5GB (merged)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace the destination if it exists."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an earlier export at --out (only files its MANIFEST lists are removed).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the export record as JSON."),
 ) -> None:
     """Export an adapter for local serving, verified against the unmerged model."""

@@ -1,8 +1,11 @@
-"""``appliance train`` and ``appliance run list|show|stop|resume``.
+"""``appliance train`` and ``appliance run list|show|stop|resume``: a terminal over the run core.
 
-``train`` prints the memory estimate, starts the training child, and follows its events with a
-live progress line until the end; Ctrl-C asks the child to checkpoint and stop (twice: kill).
-With ``--detach`` it returns at once and the run carries on in the background.
+``train`` checks the request, prints the pre-flight estimate (:mod:`appliance.training.preflight`),
+starts the training child (:mod:`appliance.training.runs`) and follows its events with a live
+progress line rendered from :class:`~appliance.training.progress.RunProgress` until the end;
+Ctrl-C asks the child to checkpoint and stop (twice: kill). With ``--detach`` it returns at once
+and the run carries on in the background. ``run show`` replays the same model from the run's
+``metrics.jsonl``. Nothing here decides anything about a run; it only prints.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from rich.table import Column, Table
 
 from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import PassphraseError, TrainingError
-from appliance.gpu import format_bytes
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import preflight, runs
+from appliance.training.process import TrainingProcess
+from appliance.training.progress import RunProgress, clock, describe, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
 from appliance.workspace import Workspace
@@ -37,79 +41,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(run_app)
 
 
-# --- the estimate ------------------------------------------------------------------------------
-
-
-def _available_ram() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def estimate_lines(ws: Workspace, reg: Registry, model: str, config: Any) -> list[str]:
-    """The estimate beside the free memory of GPU 0 (NVML), or a CPU note with free RAM."""
-    import json
-
-    from appliance.gpu import read_gpus
-    from appliance.models.use import model_folder
-    from appliance.training.estimate import estimate_memory, render_estimate, suggest_changes
-
-    folder = model_folder(ws, reg.base_model(model))
-    try:
-        model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return [f"No memory estimate: cannot read {folder / 'config.json'} ({exc})"]
-    gpus = read_gpus()
-    try:
-        if gpus.available:
-            free = gpus.gpus[0].memory_free
-            estimate = estimate_memory(model_config, config, device="cuda")
-            lines = render_estimate(
-                estimate, free, suggest_changes(model_config, config, free, device="cuda")
-            )
-            return [f"GPU 0: {gpus.gpus[0].name}", *lines]
-        estimate = estimate_memory(model_config, config, device="cpu")
-    except TrainingError as exc:
-        return [f"No memory estimate for this model: {exc}"]
-    note = (
-        "No NVIDIA GPU found: training runs on the CPU, in fp32 (slow; fine for small models "
-        "such as the demo model)."
-    )
-    return [note, *render_estimate(estimate, _available_ram())]
-
-
 # --- following a run ---------------------------------------------------------------------------
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _memory_text(event: ev.Memory | None) -> str:
-    if event is None:
-        return ""
-    if event.gpus:
-        gpu = event.gpus[0]
-        if gpu.used is not None and gpu.total is not None:
-            return f"GPU {format_bytes(gpu.used)}/{format_bytes(gpu.total)}"
-        if gpu.allocated is not None:
-            return f"GPU {format_bytes(gpu.allocated)}"
-    return f"RAM {format_bytes(event.rss)}" if event.rss else ""
-
-
 class ProgressView:
-    """Turns events into terminal lines: one rewritten line on a terminal, else one per step."""
+    """Prints a run's :class:`RunProgress` as it moves: one rewritten line on a terminal, else
+    one line per step, and a line of its own for each milestone (:func:`describe`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: RunProgress | None = None) -> None:
         self.live = sys.stdout.isatty()
-        self.memory: ev.Memory | None = None
+        self.progress = progress if progress is not None else RunProgress()
         self._pending = False
 
     def _line(self, text: str) -> None:
@@ -128,30 +69,16 @@ class ProgressView:
         sys.stdout.flush()
 
     def show(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Memory):
-            self.memory = event
-        elif isinstance(event, ev.Started):
-            resumed = f", resuming at step {event.start_step}" if event.start_step else ""
-            self.note(
-                f"Training on {event.device}: {event.total_steps} steps, "
-                f"{event.train_examples} examples, {event.trainable_params:,} trainable of "
-                f"{event.total_params:,} parameters{resumed}"
-            )
-            if event.dropped_examples:
-                self.note(f"  {event.dropped_examples} examples truncated or dropped (too long)")
-        elif isinstance(event, ev.Step):
-            self._line(
-                f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
-                f"lr {event.lr:.2e}  {event.tokens_per_s:,.0f} tok/s  "
-                f"ETA {_duration(event.eta_s)}  {_memory_text(self.memory)}".rstrip()
-            )
-        elif isinstance(event, ev.Eval):
-            self.note(f"eval loss {event.eval_loss:.4f} at step {event.step}")
-        elif isinstance(event, ev.Checkpoint):
-            if not self.live:
-                self.note(f"checkpoint {event.name}")
-        elif isinstance(event, ev.Failed):
-            self.note(f"failed: {event.message}")
+        self.progress.apply(event)
+        if isinstance(event, ev.Step):
+            self._line(self.progress.status_line())
+        elif isinstance(event, ev.Started | ev.Eval | ev.Failed) or (
+            isinstance(event, ev.Checkpoint) and not self.live
+        ):
+            # Stopped and finished are reported once the run is settled (report()).
+            text = describe(event)
+            if text is not None:
+                self.note(text)
 
     def close(self) -> None:
         if self._pending:
@@ -160,9 +87,15 @@ class ProgressView:
             self._pending = False
 
 
-def follow(process: launcher.TrainingProcess, vault: Vault, reg: Registry) -> launcher.Outcome:
-    """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it."""
-    view = ProgressView()
+def follow(
+    process: TrainingProcess, vault: Vault, reg: Registry, history: RunProgress | None = None
+) -> runs.Outcome:
+    """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it.
+
+    ``history`` holds the run's earlier sessions, so that a resumed run's smoothed loss and
+    elapsed time go on from where they were, as on the Train page.
+    """
+    view = ProgressView(history)
     interrupts = 0
     while True:
         try:
@@ -178,24 +111,17 @@ def follow(process: launcher.TrainingProcess, vault: Vault, reg: Registry) -> la
                 view.note("Killing the training process; resume from its last checkpoint.")
                 process.kill()
     view.close()
-    return launcher.wait_settled(process, vault, reg)
+    return runs.wait_settled(process, vault, reg)
 
 
-def report(outcome: launcher.Outcome) -> None:
+def report(outcome: runs.Outcome) -> None:
     """Print how the run ended; a failure becomes the command's one-line error."""
     if outcome.state == "finished":
         done = outcome.finished
-        parts = [f"Finished run {outcome.run_id}: adapter {outcome.adapter}"]
+        parts = f"Finished run {outcome.run_id}: adapter {outcome.adapter}"
         if done is not None:
-            if done.train_loss is not None:
-                parts.append(f"train loss {done.train_loss:.4f}")
-            if done.eval_loss is not None and done.eval_loss == done.eval_loss:
-                parts.append(f"eval loss {done.eval_loss:.4f}")
-            parts.append(f"{done.tokens_seen or 0:,} tokens")
-            parts.append(f"{_duration(done.total_wall_s or done.wall_s)} wall")
-            if done.peak_memory:
-                parts.append(f"peak memory {format_bytes(done.peak_memory)}")
-        out.print(", ".join(parts), markup=False)
+            parts += ", " + final_metrics(done)
+        out.print(parts, markup=False)
     elif outcome.state == "stopped":
         out.print(
             f"Run {outcome.run_id} {outcome.message or 'stopped'}; continue it with "
@@ -209,7 +135,9 @@ def report(outcome: launcher.Outcome) -> None:
 def _start(
     st: CliState, ws: Workspace, vault: Vault, reg: Registry, run_id: str, detach: bool
 ) -> None:
-    process = launcher.launch(vault, reg, run_id, detach=detach)
+    metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
+    history = _replay(metrics)  # read before the new session can append to it
+    process = runs.launch(vault, reg, run_id, detach=detach)
     out.print(
         f"Run {run_id} started (pid {process.pid}); log: {process.folder / LOG_FILE}",
         markup=False,
@@ -221,7 +149,15 @@ def _start(
             markup=False,
         )
         return
-    report(follow(process, vault, reg))
+    report(follow(process, vault, reg, history))
+
+
+def _replay(metrics: Path) -> RunProgress:
+    """The progress recorded in ``metrics``; empty for a new run or an unreadable file."""
+    try:
+        return RunProgress.replay(metrics) if metrics.exists() else RunProgress()
+    except (OSError, ev.EventError):
+        return RunProgress()
 
 
 # --- verbs -------------------------------------------------------------------------------------
@@ -239,7 +175,6 @@ def train(
     detach: bool = typer.Option(False, "--detach", help="Start it and return; it runs on."),
 ) -> None:
     """Train a LoRA/QLoRA adapter in a child process, with a live progress line."""
-    from appliance.datasets.store import resolve as resolve_dataset
     from appliance.training.settings import build_config
 
     config = build_config(preset, sets)
@@ -247,12 +182,12 @@ def train(
     ws = st.workspace()
     vault = st.vault(ws)
     with st.registry(ws) as reg:
-        launcher.try_reconcile(vault, reg)
-        reg.base_model(model)
-        resolve_dataset(reg, dataset)
-        for line in estimate_lines(ws, reg, model, config):
+        runs.try_reconcile(vault, reg)
+        # Everything is checked before anything is shown or made.
+        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter)
+        for line in preflight.for_model(ws, reg, model, config).lines:
             out.print(line, markup=False)
-        run_id = launcher.create_run(
+        run_id = runs.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config
         )
         _start(st, ws, vault, reg, run_id, detach)
@@ -261,7 +196,7 @@ def train(
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
     """The registry, unlocked (to settle lost runs) when some run needs settling."""
     reg = st.registry(ws, unlock=False)
-    lost = [r for r in reg.runs("running") if not launcher.process_alive(r["pid"], r["id"])]
+    lost = runs.unsettled(reg)
     if not lost:
         return reg, None
     try:
@@ -275,7 +210,7 @@ def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
         return reg, None
     reg.close()
     reg = st.registry(ws)
-    launcher.try_reconcile(vault, reg)
+    runs.try_reconcile(vault, reg)
     return reg, vault
 
 
@@ -284,7 +219,7 @@ def _public(reg: Registry, run: dict[str, Any]) -> dict[str, Any]:
         "id", "state", "pid", "base_model", "dataset", "dataset_version", "seed", "path",
         "created_at", "started_at", "finished_at", "updated_at", "failure_reason", "config",
     )  # fmt: skip
-    return {**{k: run.get(k) for k in keys}, "adapters": launcher.run_adapters(reg, run["id"])}
+    return {**{k: run.get(k) for k in keys}, "adapters": runs.run_adapters(reg, run["id"])}
 
 
 @run_app.command("list")
@@ -318,28 +253,6 @@ def list_(
     out.print(table)
 
 
-def _event_line(event: ev.Event) -> str | None:
-    when = f"{event.time:.0f}"
-    if isinstance(event, ev.Started):
-        return f"{when} started on {event.device}: step {event.start_step}/{event.total_steps}"
-    if isinstance(event, ev.Step):
-        return (
-            f"{when} step {event.step}/{event.total_steps} loss {event.loss:.4f} "
-            f"lr {event.lr:.2e} {event.tokens_per_s:,.0f} tok/s"
-        )
-    if isinstance(event, ev.Eval):
-        return f"{when} eval loss {event.eval_loss:.4f} at step {event.step}"
-    if isinstance(event, ev.Checkpoint):
-        return f"{when} checkpoint {event.name}"
-    if isinstance(event, ev.Stopped):
-        return f"{when} stopped at step {event.step}"
-    if isinstance(event, ev.Finished):
-        return f"{when} finished at step {event.step}: eval loss {event.eval_loss}"
-    if isinstance(event, ev.Failed):
-        return f"{when} failed: {event.message}"
-    return None
-
-
 @run_app.command("show")
 def show(
     ctx: typer.Context,
@@ -363,13 +276,17 @@ def show(
     out.print(f"  model {run['base_model']}, dataset {run['dataset']}@{run['dataset_version']}")
     if run["adapters"]:
         out.print(f"  adapter {', '.join(run['adapters'])}", markup=False)
-    memory = [e for e in events if isinstance(e, ev.Memory)]
+    progress = RunProgress()
     for event in events:
-        line = _event_line(event)
+        progress.apply(event)
+        line = describe(event)
         if line is not None:
-            out.print("  " + line, markup=False)
+            out.print(f"  {clock(event.time)} {line}", markup=False)
+    if progress.steps:
+        out.print(f"  last step: {progress.status_line()}", markup=False)
+    memory = progress.memory_text()
     if memory:
-        out.print(f"  last memory reading: {_memory_text(memory[-1])}", markup=False)
+        out.print(f"  last memory reading: {memory}", markup=False)
 
 
 @run_app.command("stop")
@@ -377,7 +294,7 @@ def stop(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help="The run's id."),
     timeout: float = typer.Option(
-        launcher.STOP_TIMEOUT_S,
+        runs.STOP_TIMEOUT_S,
         "--timeout",
         help="Seconds to wait for the checkpoint before a kill.",
     ),
@@ -387,7 +304,7 @@ def stop(
     ws = st.workspace()
     vault = st.vault(ws)
     with st.registry(ws) as reg:
-        outcome = launcher.stop_run(vault, reg, run_id, timeout=timeout)
+        outcome = runs.stop_run(vault, reg, run_id, timeout=timeout)
     report(outcome)
 
 
@@ -402,5 +319,5 @@ def resume(
     ws = st.workspace()
     vault = st.vault(ws)
     with st.registry(ws) as reg:
-        launcher.try_reconcile(vault, reg)
+        runs.try_reconcile(vault, reg)
         _start(st, ws, vault, reg, run_id, detach)

@@ -27,6 +27,7 @@ from appliance.errors import IntegrityError, UsageError
 Row = dict[str, Any]
 SPLITS = ("train", "eval")
 MAX_EVAL_FRACTION = 0.5
+MAX_SEED = 2**32 - 1
 
 
 # One encoder for all rows: json.dumps with options builds a new encoder on every call.
@@ -65,10 +66,18 @@ def check_eval_fraction(value: float) -> float:
     return value
 
 
+def check_seed(value: int) -> int:
+    """The split seed has the training seed's range (and fits the registry's integer column)."""
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--seed {value} is out of range; give a number from 0 to {MAX_SEED}")
+    return value
+
+
 def split(encoded: Sequence[bytes], eval_fraction: float, seed: int) -> list[str]:
     """The split of each row (given as its canonical bytes): the ``round(n * fraction)`` rows
-    whose keyed hash is smallest go to eval (at least one when the fraction is above 0, never
-    all).
+    whose keyed hash is smallest go to eval; at least one when the fraction is above 0 and
+    there are two rows or more, and never all, so a single row always trains (one eval row from
+    one row would leave nothing to train on).
 
     Ranking by ``sha256(seed, row)`` rather than by position makes the split independent of
     the order of rows in the file and reproducible from the seed alone.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from appliance.datasets.problems import Problem, json_type
-from appliance.datasets.sources import Record, Source
+from appliance.datasets.sources import NestingError, Record, Source, loads_row
 from appliance.errors import DatasetError, UsageError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion", "text")
@@ -61,7 +61,9 @@ def detect_format(src: Source) -> str:
         return "completion"
     if "text" in keys:
         return "text"
-    found = ", ".join(sorted(keys)[:8]) or "none"
+    # Field names come from the file: escaped, so a lone surrogate cannot break the message.
+    found = ", ".join(k.encode("utf-8", "backslashreplace").decode() for k in sorted(keys)[:8])
+    found = found or "none"
     raise DatasetError(
         f"{src.file}:{line}: cannot tell the format from its fields (found: {found}); pass "
         "--format alpaca|sharegpt|messages|completion|text, or rename the fields"
@@ -96,11 +98,20 @@ class _Row:
         if not isinstance(value, str):
             self.fail(path, f"must be a string, not {json_type(value)}")
             return ""
+        surrogate = lone_surrogate(value)
+        if surrogate is not None:
+            self.fail(
+                path,
+                f"not valid Unicode: a lone surrogate escape (\\u{ord(value[surrogate]):04x}) "
+                f"at character {surrogate + 1}; only whole characters can be stored",
+            )
+            return ""
         return value.replace("\r\n", "\n").strip()
 
     def nonempty(self, container: dict[str, Any], key: str, path: str, what: str) -> str:
+        known = len(self.problems)
         value = self.text(container, key, path)
-        if key in container and isinstance(container[key], str) and not value:
+        if len(self.problems) == known and key in container and not value:
             self.fail(path, f"empty {what}")
         return value
 
@@ -109,11 +120,27 @@ class _Row:
         value = self.data.get(key)
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             try:
-                return json.loads(value)
+                return loads_row(value)
             except json.JSONDecodeError as exc:
                 self.fail(key, f"invalid JSON in the cell: {exc.msg} (column {exc.colno})")
                 return None
+            except NestingError as exc:
+                self.fail(key, f"in the cell: {exc}")
+                return None
         return value
+
+
+def lone_surrogate(value: str) -> int | None:
+    """Index of the first lone surrogate in ``value`` (from a JSON ``\\ud800`` escape), if any.
+
+    JSON may escape half of a UTF-16 pair on its own; Python keeps it as a code point that
+    UTF-8 cannot encode, so such text can be neither stored nor tokenized.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 Turn = tuple[str, str, str, str]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.datasets import canonical
-from appliance.datasets.formats import FORMATS, detect_format, kind_of, normalise
+from appliance.datasets.columns import ColumnMap
+from appliance.datasets.control import CancelFlag, Progress
+from appliance.datasets.formats import FORMATS, kind_of
 from appliance.datasets.problems import RECORDED, DatasetValidationError, Problem
-from appliance.datasets.sources import read_source
+from appliance.datasets.reading import Parsed, parse_file
 from appliance.errors import DatasetError, UsageError
 
 Row = dict[str, Any]
@@ -65,37 +68,57 @@ def prepare(
     skip_invalid: bool = False,
     eval_fraction: float = 0.1,
     seed: int = 42,
+    columns: Iterable[str] | Mapping[str, str] | ColumnMap | None = None,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
 ) -> Prepared:
     """Read, validate, normalise, deduplicate and split ``path``.
+
+    Args:
+        columns: role -> column mapping (``["output=answer"]``, the CLI's ``--map``).
+        progress, cancel: see :mod:`appliance.datasets.control`.
 
     Raises:
         DatasetValidationError: rows are invalid and ``skip_invalid`` is off (or nothing valid
             is left); its :meth:`~DatasetValidationError.details` lists them.
         DatasetError: the file as a whole is unusable.
         UsageError: an option is out of range.
+        ImportCancelled: ``cancel`` was set.
     """
     canonical.check_eval_fraction(eval_fraction)
+    canonical.check_seed(seed)
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose auto, {', '.join(FORMATS)}")
-    src = read_source(Path(path))
-    chosen = detect_format(src) if fmt == "auto" else fmt
-    numbered, problems = normalise(src, chosen)
+    parsed = parse_file(Path(path), fmt, columns, progress=progress, cancel=cancel)
+    return prepare_parsed(parsed, skip_invalid=skip_invalid, eval_fraction=eval_fraction, seed=seed)
+
+
+def prepare_parsed(
+    parsed: Parsed, *, skip_invalid: bool = False, eval_fraction: float = 0.1, seed: int = 42
+) -> Prepared:
+    """Check, deduplicate and split rows already read (see :func:`prepare`)."""
+    canonical.check_eval_fraction(eval_fraction)
+    numbered, problems = parsed.rows, parsed.problems
     if problems and not skip_invalid:
         raise DatasetValidationError(
-            src.file, problems, "fix them, or pass --skip-invalid to import the valid rows only"
+            parsed.source_name,
+            problems,
+            "fix them, or pass --skip-invalid to import the valid rows only",
         )
     if not numbered:
         if problems:
-            raise DatasetValidationError(src.file, problems, "no valid row is left to import")
-        raise DatasetError(f"{src.file}: no examples found; nothing was imported")
+            raise DatasetValidationError(
+                parsed.source_name, problems, "no valid row is left to import"
+            )
+        raise DatasetError(f"{parsed.source_name}: no examples found; nothing was imported")
     rows, encoded, removed = canonical.dedupe(row for _, row in numbered)
     splits = canonical.split(encoded, eval_fraction, seed)
     plaintext = canonical.encode(encoded, splits)
     del encoded
     return Prepared(
-        source_name=src.file,
-        format=chosen,
-        kind=kind_of(chosen),
+        source_name=parsed.source_name,
+        format=parsed.format,
+        kind=kind_of(parsed.format),
         rows=rows,
         splits=splits,
         duplicates_removed=removed,

@@ -19,10 +19,18 @@ from typing import Any
 
 from appliance.datasets.problems import Problem, file_error, json_type
 from appliance.errors import DatasetError
+from appliance.fsutil import FileTooLargeError, SpecialFileError, read_regular_file
+from appliance.units import format_bytes
 
 MAX_ROW_BYTES = 1024 * 1024
 """The largest line (JSONL), record (CSV) or document (text) accepted: far beyond any
 model's context, so anything larger is a mistake (a whole file on one line, a binary blob)."""
+MAX_FILE_BYTES = 1024**3
+"""The largest input file accepted (1 GiB): an import is validated in memory (several times
+the file's size at its peak), and 1 GiB of text is about 250 million tokens, far more than a
+LoRA fine-tune uses. Checked before anything is read; split a larger file into versions."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects in one example; real rows need four levels."""
 
 SOURCE_KINDS = ("jsonl", "json", "csv", "tsv", "text")
 _EXTENSIONS = {
@@ -102,11 +110,20 @@ def read_source(path: Path) -> Source:
     """
     name = path.name
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path} is a folder; give the path of one file") from None
+    except SpecialFileError as exc:
+        raise DatasetError(
+            f"{path} is {exc.strerror}; give the path of a data file (.jsonl, .json, .csv, "
+            ".tsv or .txt)"
+        ) from None
+    except FileTooLargeError as exc:
+        raise DatasetError(
+            f"{path} is {exc.size:,} bytes ({format_bytes(exc.size)}), over the "
+            f"{format_bytes(MAX_FILE_BYTES)} limit of one import; split it into smaller files "
+            "(each becomes a version)"
+        ) from None
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
     check_bytes(name, raw)
@@ -181,14 +198,70 @@ def _read_jsonl(name: str, raw: bytes) -> Source:
             )
             continue
         try:
-            value = json.loads(text)
+            value = loads_row(text)
         except json.JSONDecodeError as exc:
             src.problems.append(
                 Problem(name, number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
             )
             continue
+        except NestingError as exc:
+            src.problems.append(Problem(name, number, None, str(exc)))
+            continue
         _add(src, number, value)
     return src
+
+
+class NestingError(ValueError):
+    """A JSON value nested deeper than :data:`MAX_JSON_DEPTH` (a row problem)."""
+
+    def __init__(self, depth: int | None = None) -> None:
+        found = f"{depth:,} levels" if depth is not None else "too many levels"
+        super().__init__(
+            f"JSON nested {found} deep, over the limit of {MAX_JSON_DEPTH}; an example needs "
+            "only a few"
+        )
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def excess_depth(text: str) -> int | None:
+    """How deeply a JSON text's arrays and objects nest, when that is over the limit; else None.
+
+    Counted without recursion (brackets inside strings ignored), so it works at any depth; a
+    row with fewer brackets than the limit in all is passed at the cost of two counts.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return None
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest if deepest > MAX_JSON_DEPTH else None
+
+
+def loads_row(text: str) -> Any:
+    """``json.loads`` for one example, refusing nesting deeper than :data:`MAX_JSON_DEPTH`.
+
+    Python's decoder recurses once per level and raises RecursionError (or, with a raised
+    recursion limit, could exhaust the C stack) on hostile input; checking the depth first
+    makes such a row an ordinary row problem.
+
+    Raises:
+        json.JSONDecodeError: not JSON.
+        NestingError: nested too deeply.
+    """
+    depth = excess_depth(text)
+    if depth is not None:
+        raise NestingError(depth)
+    try:
+        return json.loads(text)
+    except RecursionError:  # only with a recursion limit far below the default
+        raise NestingError() from None
 
 
 def _add(src: Source, line: int, value: Any) -> None:
@@ -222,12 +295,22 @@ def _read_json_array(name: str, text: str) -> Source:
         counted = pos
         try:
             value, end = decoder.raw_decode(text, pos)
+            depth = excess_depth(text[pos:end])
         except json.JSONDecodeError as exc:
             raise file_error(
                 name, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
             ) from None
+        except RecursionError:
+            # Too deep for the decoder: step over this example and report it like any other.
+            found = _value_end(text, pos)
+            if found is None:
+                raise file_error(name, "invalid JSON: unbalanced brackets", line=line) from None
+            value, end = None, found
+            depth = excess_depth(text[pos:end]) or MAX_JSON_DEPTH + 1
         if end - pos > MAX_ROW_BYTES:
             src.problems.append(Problem(name, line, None, "example over the 1 MiB limit"))
+        elif depth is not None:
+            src.problems.append(Problem(name, line, None, str(NestingError(depth))))
         else:
             _add(src, line, value)
         pos = skip(end)
@@ -246,6 +329,33 @@ def _read_json_array(name: str, text: str) -> Source:
                 "invalid JSON: expected ',' or ']' after an example",
                 line=text.count("\n", 0, pos) + 1,
             )
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """Where the array or object starting at ``pos`` ends, found without recursion.
+
+    Used only when the decoder gave up on nesting, to step over that one example; None when the
+    brackets never balance (then the file as a whole is broken).
+    """
+    depth = 0
+    index = pos
+    length = len(text)
+    while index < length:
+        char = text[index]
+        if char == '"':
+            match = _JSON_STRING.match(text, index)
+            if match is None:
+                return None
+            index = match.end()
+            continue
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return None
 
 
 # The default (128 KiB) is below the row limit.

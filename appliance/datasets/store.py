@@ -6,14 +6,19 @@ ones (import, delete) and an unlocked :class:`~appliance.vault.Vault`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance import destinations
 from appliance.datasets import canonical
+from appliance.datasets.columns import ColumnMap
+from appliance.datasets.control import CancelFlag, Control, Progress
 from appliance.datasets.prepare import Prepared, prepare
-from appliance.errors import IntegrityError, UsageError
-from appliance.fsutil import atomic_writer, fsync_dir
+from appliance.errors import DestinationError, IntegrityError, UsageError
+from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
@@ -55,23 +60,75 @@ def import_file(
     skip_invalid: bool = False,
     eval_fraction: float = 0.1,
     seed: int = 42,
+    columns: Iterable[str] | Mapping[str, str] | ColumnMap | None = None,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
 ) -> tuple[dict[str, Any], Prepared]:
     """Import ``source`` as the next version of dataset ``name``.
 
     The file is validated in memory, encrypted straight into the workspace, then recorded; if
     recording fails the encrypted file is removed again, so a failed import changes nothing.
 
+    Args:
+        columns: role -> column mapping (``["output=answer"]``, the CLI's ``--map``).
+        progress, cancel: see :mod:`appliance.datasets.control`; a cancelled import stores
+            nothing.
+
     Returns:
         The new registry row and the prepared data (for the summary the caller prints).
     """
     check_name(name, "dataset name")
     prepared = prepare(
-        source, fmt, skip_invalid=skip_invalid, eval_fraction=eval_fraction, seed=seed
+        source,
+        fmt,
+        skip_invalid=skip_invalid,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        columns=columns,
+        progress=progress,
+        cancel=cancel,
     )
+    return store_prepared(vault, reg, prepared, name, progress=progress, cancel=cancel), prepared
+
+
+_PIECE = 1024 * 1024
+
+
+def _pieces(data: bytes, control: Control) -> Iterator[memoryview]:
+    """The plaintext in 1 MiB pieces, checking for cancellation before each."""
+    view = memoryview(data)
+    total = len(view)
+    for start in range(0, total, _PIECE):
+        control.step(start, total, "encrypting")
+        yield view[start : start + _PIECE]
+    control.step(total, total, "encrypting")
+
+
+def store_prepared(
+    vault: Vault,
+    reg: Registry,
+    prepared: Prepared,
+    name: str,
+    *,
+    progress: Progress | None = None,
+    cancel: CancelFlag | None = None,
+) -> dict[str, Any]:
+    """Encrypt prepared data into the workspace and record it as the next version of ``name``.
+
+    Cancellation is checked between pieces of the encryption and once more just before the
+    registry row is written; a cancelled or failed store leaves no file and no row.
+
+    Returns:
+        The new registry row.
+    """
+    check_name(name, "dataset name")
+    control = Control(progress, cancel)
+    control.check()
     object_id = new_object_id()
     target = object_path(vault, object_id)
-    info = vault.write(target, object_id, [prepared.plaintext])
+    info = vault.write(target, object_id, _pieces(prepared.plaintext, control))
     try:
+        control.check()
         version = reg.add_dataset_version(
             name,
             object_id=object_id,
@@ -82,7 +139,7 @@ def import_file(
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return reg.dataset_version(name, version), prepared
+    return reg.dataset_version(name, version)
 
 
 def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
@@ -111,35 +168,61 @@ def export_version(
 ) -> Path:
     """Write a version's canonical JSONL as plaintext to ``out`` and audit it.
 
+    ``force`` replaces an existing file only when it is an unchanged earlier dataset export of
+    this workspace (its sha256 is one a ``dataset.export`` audit row recorded); anything else
+    there is refused, so an export can never destroy data the appliance did not write.
+
+    Returns:
+        The file written (absolute, its folder's symlinks resolved).
+
     Raises:
-        UsageError: ``out`` lies inside the workspace (plaintext must never be there), is a
-            folder, its folder does not exist, or it exists and ``force`` is off.
+        DestinationError: ``out`` touches the workspace (plaintext must never be there), is a
+            folder, symlink or device, exists (without ``force``, or is not an earlier export),
+            or cannot be written; see :mod:`appliance.destinations`.
     """
-    out = Path(out).expanduser().absolute()
-    home = vault.ws.home.resolve()
-    if out.resolve() == home or home in out.resolve().parents:
-        raise UsageError(
-            f"{out} is inside the workspace, where plaintext must never be written; choose a "
-            "place outside it"
-        )
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; give a file name, e.g. {out / 'data.jsonl'}")
-    if not out.parent.is_dir():
-        raise UsageError(f"the folder {out.parent} does not exist; create it first")
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists already; choose another file or pass --force")
+    out = destinations.check_export_file(
+        out,
+        force=force,
+        workspace_home=vault.ws.home,
+        is_earlier_export=lambda path: _is_earlier_export(reg, path),
+        what="an unchanged dataset export of this workspace",
+    )
     data = read_plaintext(vault, version)
-    with reg.transaction():
-        # Audited first, inside the transaction: if the write fails the row rolls back, and no
-        # export can happen without its row.
-        reg.audit(
-            "dataset.export",
-            f"{version['name']}@{version['version']}",
-            {"out": str(out), "sha256": version["sha256"], "rows": version["rows"]},
-        )
-        with atomic_writer(out, mode=0o600) as handle:
-            handle.write(data)
+    try:
+        with reg.transaction():
+            # Audited first, inside the transaction: if the write fails the row rolls back, and
+            # no export can happen without its row.
+            reg.audit(
+                "dataset.export",
+                f"{version['name']}@{version['version']}",
+                {"out": str(out), "sha256": version["sha256"], "rows": version["rows"]},
+            )
+            with atomic_writer(out, mode=0o600) as handle:
+                handle.write(data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DestinationError(
+                f"out of disk space while writing {out}; nothing was written: free some space "
+                "or choose another place"
+            ) from None
+        raise DestinationError(
+            f"cannot write {out}: {exc.strerror or exc}; nothing was written: choose a place "
+            "you can write to"
+        ) from None
     return out
+
+
+def _is_earlier_export(reg: Registry, path: Path) -> bool:
+    """Whether ``path`` holds exactly the bytes of a dataset export this workspace audited."""
+    exported = {
+        row["details"].get("sha256")
+        for row in reg.audit_rows(action="dataset.export")
+        if isinstance(row["details"], dict)
+    }
+    try:
+        return sha256_file(path) in exported
+    except OSError:
+        return False
 
 
 def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None:
@@ -149,6 +232,9 @@ def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None
     read from the workspace any more (backups of the datasets folder keep it, by design).
     """
     reg.delete_dataset_version(version["name"], version["version"])
+    from appliance.datasets.token_cache import forget_version
+
+    forget_version(vault.ws, version)
     path = vault.path(version["path"])
     try:
         path.unlink()
@@ -166,4 +252,5 @@ __all__ = [
     "object_path",
     "read_plaintext",
     "resolve",
+    "store_prepared",
 ]

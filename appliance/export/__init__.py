@@ -12,6 +12,9 @@
 * :mod:`~appliance.export.job`: the ``export`` job kind (the same export in a child process).
 * :mod:`~appliance.export.serving`: what was written, and the commands that serve it.
 
+The destination is checked by :mod:`appliance.destinations` (shared with ``dataset export``
+and the desktop app's export pages): ``force`` replaces only an earlier export.
+
 Typical use::
 
     options = ExportOptions.checked("gguf", "/srv/models/legal", gguf_type="q8_0")

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.destinations import MANIFEST
 from appliance.export import verify
+from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
-from appliance.registry.folders import tree_files
 
-MANIFEST = "MANIFEST"
 CARD = "README.md"
 
 _LOADING = {

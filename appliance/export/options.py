@@ -54,7 +54,9 @@ class ExportOptions:
     max_shard_size: int = DEFAULT_SHARD_SIZE
     """Largest safetensors shard of a merged export, in bytes."""
     force: bool = False
-    """Replace ``out`` if it exists (only once the new export verified)."""
+    """Replace an earlier export at ``out`` (a folder whose ``MANIFEST`` lists everything in
+    it), once the new export verified; only its listed files are removed. Any other non-empty
+    folder is refused, with or without it (:mod:`appliance.destinations`)."""
 
     @classmethod
     def checked(

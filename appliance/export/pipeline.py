@@ -9,6 +9,7 @@ staging folder and leaves an existing destination untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import json
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance import adapters
+from appliance import adapters, destinations
 from appliance.cancel import point_of_no_return
-from appliance.errors import ExportError
+from appliance.errors import DestinationError, ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
 from appliance.export.options import (
     ExportOptions,
@@ -30,17 +31,12 @@ from appliance.export.options import (
     VerificationFailedError,
     check_cancel,
 )
-from appliance.export.preflight import (
-    BYTES_PER_PARAM,
-    check_destination,
-    check_space,
-    estimate_bytes,
-)
+from appliance.export.preflight import BYTES_PER_PARAM, check_space, estimate_bytes
+from appliance.folders import manifest_digest
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
-from appliance.registry.folders import manifest_digest
 
 
 class AdapterReader(Protocol):
@@ -103,14 +99,15 @@ def export_adapter(
     Raises:
         NotFoundError: no such adapter version.
         IntegrityError: the adapter or its base model is damaged (nothing is written).
+        DestinationError: the destination is refused (see :mod:`appliance.destinations`).
         ExportError: refused, failed verification, cancelled, or the disk is full; the
             destination is left as it was (:class:`VerificationFailedError` carries the
             figures of a failed verification).
     """
     report = progress or _no_progress
     ws = reg.ws
-    out = options.out
-    check_destination(out, options.force, ws.home)
+    out = destinations.check_export_folder(options.out, force=options.force, workspace_home=ws.home)
+    options = dataclasses.replace(options, out=out)
     with ws.writer("export"), quiet_libraries():
         report(0, 0, "checking")
         # Authenticated before any write.
@@ -143,7 +140,13 @@ def export_adapter(
         check_space(out.parent, need)
         check_cancel(cancel)
         staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o700)
+        try:
+            staging.mkdir(mode=0o700)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot write in {out.parent}: {exc.strerror or exc}; choose a destination "
+                "you can write to"
+            ) from None
         try:
             build = _Build(options, record, lineage, weights, folder, config, dtype, staging)
             build.run(report, cancel)
@@ -424,8 +427,11 @@ def _install(
     out = options.out
     hashes: dict[str, str] = details.pop("hashes")
     digest = manifest_digest(hashes)
+    # Checked again: the folder may have changed during a long export. Only an empty folder
+    # or an earlier export is ever moved aside, and only its listed files are deleted.
+    destinations.check_export_folder(out, force=options.force, workspace_home=reg.ws.home)
     old: Path | None = None
-    if out.exists() or out.is_symlink():
+    if out.exists():
         old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
         os.replace(out, old)
     os.replace(staging, out)
@@ -440,15 +446,14 @@ def _install(
             ref, format=options.format, path=out, sha256=digest, details=registry_details
         )
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        os.replace(out, staging)  # the caller removes the staging folder
         if old is not None:
             os.replace(old, out)
         raise
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        left = destinations.remove_earlier_export(old)
+        if left is not None:
+            build.warnings.append(left)
     return ExportResult(
         ref=ref,
         format=options.format,

@@ -9,12 +9,13 @@ disk and the registry may change in between.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance.destinations import check_export_folder
 from appliance.errors import ExportError
 from appliance.export.options import ExportOptions
 from appliance.jobs.request import JobRequest
@@ -33,27 +34,6 @@ ADAPTER_OVERHEAD_BYTES = 1 << 20
 """Config, model card and MANIFEST on top of an adapter's tensors."""
 ADAPTER_FILE = "adapter.enc"
 """The encrypted weights in an adapter version's folder (see :mod:`appliance.adapters`)."""
-
-
-def check_destination(out: Path, force: bool, workspace_home: Path) -> None:
-    """Refuse a destination that exists (without ``force``) or lies inside the workspace.
-
-    Raises:
-        ExportError: naming the path and what to do.
-    """
-    home = workspace_home.resolve()
-    target = out.resolve()
-    if target == home or home in target.parents:
-        raise ExportError(
-            f"{out} is inside the workspace {home}, where only encrypted data may live; "
-            "choose a destination outside it with --out"
-        )
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; choose another --out, or pass --force to replace it")
-    if not out.parent.is_dir():
-        raise ExportError(f"the folder {out.parent} does not exist; create it first")
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"cannot write in {out.parent}; choose a destination you can write to")
 
 
 def estimate_bytes(
@@ -173,12 +153,15 @@ def plan_export(reg: Registry, ref: str, options: ExportOptions) -> ExportPlan:
     """Check an export of adapter version ``ref`` without loading anything heavy.
 
     Raises:
+        DestinationError: the destination is refused (:mod:`appliance.destinations`: the same
+            check as the export's).
         NotFoundError: no such adapter version (or it was deleted).
-        ExportError: the destination is refused, the version has no base model in its
-            lineage, or the export will not fit on the disk.
+        ExportError: the version has no base model in its lineage, or the export will not fit
+            on the disk.
     """
     ws = reg.ws
-    check_destination(options.out, options.force, ws.home)
+    out = check_export_folder(options.out, force=options.force, workspace_home=ws.home)
+    options = dataclasses.replace(options, out=out)
     record = reg.adapter_version(ref)
     lineage = reg.adapter_lineage(record["ref"])
     base: dict[str, Any] | None = lineage["base_model"]

@@ -14,6 +14,9 @@ KINDS: dict[str, str] = {
     "export": "appliance.export.job:export_job",
     # The whole workspace's integrity: registry, artifacts' sha256, audit chain.
     "verify": "appliance.registry.verify_job:verify_job",
+    # Token statistics of a dataset version against a base model, cached encrypted
+    # (appliance.datasets.token_cache starts it and reads the cache back).
+    "token-stats": "appliance.datasets.tokens:token_stats_job",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cancel import point_of_no_return
+from appliance.destinations import relation_to_workspace
 from appliance.errors import ModelImportError, NotFoundError, UsageError
+from appliance.folders import manifest_digest, write_meta
 from appliance.fsutil import CHUNK, fsync_dir
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
 from appliance.quiet import quiet_libraries
-from appliance.registry import Registry, write_meta
-from appliance.registry.folders import manifest_digest
+from appliance.registry import Registry
 from appliance.registry.refs import check_name, now, os_user
 from appliance.workspace import Workspace
 
@@ -85,6 +86,7 @@ def import_model(
         )
     if is_gguf and link:
         raise UsageError("--link works with model folders only; a GGUF file is converted")
+    _check_source_apart(ws, source, link)
     with ws.writer("model import"):
         _remove_dead_staging(ws)
         _check_name_free(ws, reg, name)
@@ -112,6 +114,24 @@ def import_model(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return reg.base_model(name)
+
+
+def _check_source_apart(ws: Workspace, source: Path, link: bool) -> None:
+    """Refuse a source holding the workspace, or a link into the folders the appliance manages.
+
+    A folder that contains the workspace would be scanned, hashed and copied into itself; a
+    link into the workspace would point at files the appliance may replace or remove.
+    """
+    relation = relation_to_workspace(source, ws.home)
+    if relation in ("is", "contains"):
+        raise UsageError(
+            f"{source} contains the workspace {ws.home.resolve()}; give the model's own folder"
+        )
+    if relation == "inside" and link:
+        raise UsageError(
+            f"{source} is inside the workspace; --link needs a model folder outside it (or "
+            "import it without --link to copy it)"
+        )
 
 
 def _remove_dead_staging(ws: Workspace) -> None:

@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ModelImportError
+from appliance.fsutil import FileTooLargeError, read_regular_file
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"})
 CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyd", ".so", ".dll", ".dylib"})
 MAX_HEADER_BYTES = 100_000_000
 """The same cap the safetensors library uses; a larger header is refused as oversized."""
+MAX_CONFIG_BYTES = 256 * 1024**2
+"""The largest JSON file of a model folder read for ``auto_map`` (tokenizer.json files reach
+tens of MiB); a larger one is not a config."""
 
 DTYPE_BITS = {
     "BOOL": 8,
@@ -89,6 +93,8 @@ def check_safetensors(path: Path) -> SafetensorsInfo:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _refuse(path, f"malformed safetensors header (not JSON: {exc})") from None
+    except RecursionError:  # "[[[[...": the decoder recurses once per level
+        raise _refuse(path, "malformed safetensors header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise _refuse(path, "malformed safetensors header (not a JSON object)")
     data_size = size - 8 - header_len
@@ -192,6 +198,10 @@ def scan_folder(folder: Path) -> list[Path]:
             rel_parts = path.relative_to(folder).parts
             if any(part.startswith(".") for part in rel_parts):
                 continue
+            if not path.is_file():
+                # A FIFO would block the copy forever (holding the writer lock); a device
+                # would never end.
+                raise _refuse(path, "not a regular file (a FIFO, device or socket)")
             if suffix == ".json" and len(rel_parts) == 1:
                 configs.append(path)
             files.append(path)
@@ -203,9 +213,13 @@ def scan_folder(folder: Path) -> list[Path]:
 def check_no_auto_map(path: Path) -> None:
     """Refuse a JSON config whose ``auto_map`` names custom (remote) code."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except FileTooLargeError as exc:
+        raise _refuse(path, f"a JSON file of {exc.size:,} bytes; configs are far smaller") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _refuse(path, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _refuse(path, "not valid JSON (nested too deeply)") from None
     if isinstance(data, dict) and "auto_map" in data:
         raise _refuse(
             path,

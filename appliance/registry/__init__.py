@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from appliance.registry.adapters import AdaptersMixin
 from appliance.registry.audit import ChainReport
-from appliance.registry.folders import artifact_sha256, read_meta, write_meta
 from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import MIGRATIONS, RUN_STATES, SCHEMA_VERSION
 
@@ -38,8 +37,5 @@ __all__ = [
     "ChainReport",
     "Ref",
     "Registry",
-    "artifact_sha256",
     "parse_ref",
-    "read_meta",
-    "write_meta",
 ]

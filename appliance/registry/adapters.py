@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
+from appliance.folders import artifact_sha256, write_meta
 from appliance.fsutil import fsync_dir
-from appliance.registry.folders import artifact_sha256, write_meta
 from appliance.registry.records import RecordsMixin
 from appliance.registry.refs import Ref, check_name, check_tag, now, os_user, parse_ref
 

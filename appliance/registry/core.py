@@ -13,6 +13,7 @@ import sqlite_utils
 
 from appliance.errors import PassphraseError, RegistryError
 from appliance.registry import audit as audit_chain
+from appliance.registry import failures
 from appliance.registry.refs import dumps, loads, now, os_user
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace
@@ -112,23 +113,19 @@ class RegistryBase:
             return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise RegistryError(
-                f"the registry {self.ws.registry_path} is busy ({exc}); another process is "
-                "writing, try again in a moment"
-            ) from None
+        except sqlite3.Error as exc:
+            raise failures.change_refused(exc, self.ws.registry_path) from None
         self._depth = 1
         try:
             yield
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # Disk full, a lock held past the busy timeout, a constraint we did not foresee.
+            # A damaged file, a full disk, a lock held past the busy timeout, a constraint we
+            # did not foresee: each has its own advice.
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise RegistryError(
-                f"the registry {self.ws.registry_path} refused the change ({exc}); nothing was "
-                "written; check free disk space and try again"
-            ) from exc
+                with suppress(sqlite3.Error):  # a damaged file may refuse the rollback too
+                    self.conn.execute("ROLLBACK")
+            raise failures.change_refused(exc, self.ws.registry_path) from exc
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")

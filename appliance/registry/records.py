@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
+from appliance.folders import write_meta
 from appliance.registry.core import RegistryBase
-from appliance.registry.folders import write_meta
 from appliance.registry.refs import check_name, now
 from appliance.registry.schema import RUN_STATES
 

@@ -14,6 +14,10 @@ from appliance.errors import UsageError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TAG_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+VERSION_RE = re.compile(r"[0-9]+")
+"""ASCII digits only: ``str.isdigit`` also accepts "²" and other scripts' digits."""
+MAX_VERSION = 2**63 - 1
+"""SQLite's largest integer; a version number beyond it cannot exist (or be looked up)."""
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -62,8 +66,13 @@ def parse_ref(text: str, what: str = "adapter") -> Ref:
     check_name(name, f"{what} name")
     if not sep:
         return Ref(name)
-    if rest.isdigit() and int(rest) >= 1:
-        return Ref(name, version=int(rest))
+    if VERSION_RE.fullmatch(rest):
+        version = int(rest)
+        if 1 <= version <= MAX_VERSION:
+            return Ref(name, version=version)
+        raise UsageError(
+            f"invalid {what} reference {text!r}: versions are numbers from 1 to {MAX_VERSION}"
+        )
     if TAG_RE.fullmatch(rest):
         return Ref(name, tag=rest)
     raise UsageError(

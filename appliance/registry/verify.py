@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError, RegistryError
+from appliance.folders import META_FILE, artifact_sha256, read_meta
 from appliance.fsutil import sha256_file
-from appliance.registry.folders import META_FILE, artifact_sha256, read_meta
 from appliance.registry.refs import now, os_user
 from appliance.workspace import Workspace
 

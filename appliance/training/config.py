@@ -1,10 +1,11 @@
 """Training configuration: dataclasses with a docstring per field and cross-field checks.
 
 A :class:`TrainConfig` is checked as a whole when it is built (``__post_init__``), so an object
-that exists is valid; every refusal says which setting to change and to what. The config is
-written to the run folder as JSON (``config.json``) and read back with :func:`load_config`; the
-GUI binds its form to the same fields. ``--set`` parsing and presets live in
-:mod:`appliance.training.settings`.
+that exists is valid; every refusal says which setting to change and to what. A run keeps its
+config (:meth:`TrainConfig.to_dict`) in its folder's ``meta.json`` (see
+:mod:`appliance.training.runfolder`); :func:`save_config` / :func:`load_config` write and read
+one as a file of its own. The GUI binds its form to the same fields. ``--set`` parsing and
+presets live in :mod:`appliance.training.settings`.
 """
 
 from __future__ import annotations
@@ -336,13 +337,13 @@ def _check_json_value(key: str, value: Any, hint: Any) -> Any:
     _fail(f"{key} must be a string or a list of strings; got {value!r}")
 
 
-# --- the run folder ----------------------------------------------------------------------------
+# --- a config as a file of its own ---------------------------------------------------------------
 
 CONFIG_FILE = "config.json"
 
 
 def save_config(config: TrainConfig, run_dir: Path) -> Path:
-    """Write ``run_dir/config.json`` atomically and return its path."""
+    """Write ``run_dir/config.json`` atomically and return its path (for a user to keep)."""
     path = Path(run_dir) / CONFIG_FILE
     atomic_write_bytes(path, config.to_json().encode())
     return path

@@ -13,7 +13,10 @@ diverged loss) travel as ``null``, keeping every line strict JSON, and read back
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +25,11 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from appliance.events import EventError, EventReader, decode_object, fields_of, finite, to_json_line
+from appliance.fsutil import open_append
 
 METRICS_FILE = "metrics.jsonl"
+
+log = logging.getLogger("appliance.training")
 
 __all__ = ["EventError", "EventReader"]
 
@@ -136,6 +142,8 @@ class Memory(Event):
     """One entry per GPU used by the run; empty on CPU."""
     rss: int | None = None
     """Resident memory of the training process in bytes."""
+    ram_total: int | None = None
+    """Physical memory of the machine in bytes: what ``rss`` is set against on a CPU."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,7 +290,8 @@ class EventLog:
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         if self.path is not None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            # Owner-only like every file of the workspace; closed in close().
+            self._file = os.fdopen(open_append(self.path), "a", encoding="utf-8")
 
     def emit(self, event: Event) -> None:
         line = event.to_json() + "\n"
@@ -291,8 +300,20 @@ class EventLog:
                 self._file.write(line)
                 self._file.flush()
             if self.stream is not None:
-                self.stream.write(line)
-                self.stream.flush()
+                try:
+                    self.stream.write(line)
+                    self.stream.flush()
+                except (BrokenPipeError, ValueError):
+                    # The parent that read the stream is gone (killed, or its terminal closed):
+                    # training goes on and the events still reach metrics.jsonl, from which any
+                    # later command settles the run. Closed now, so that nothing retries the
+                    # write (and prints a traceback) when the process exits.
+                    with contextlib.suppress(OSError, ValueError):
+                        self.stream.close()
+                    self.stream = None
+                    log.warning(
+                        "the parent stopped reading the events; they go on to %s", self.path
+                    )
 
     def close(self) -> None:
         with self._lock:

@@ -32,6 +32,14 @@ def process_rss() -> int | None:
             return None
 
 
+def total_ram() -> int | None:
+    """Physical memory of the machine in bytes (None where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def process_peak_rss() -> int | None:
     """Peak resident memory of this process in bytes (``VmHWM``; None where unreadable).
 
@@ -101,7 +109,7 @@ def read_memory(
                 peak=peak,
             )
         )
-    return Memory(run_id=run_id, step=step, gpus=gpus, rss=process_rss())
+    return Memory(run_id=run_id, step=step, gpus=gpus, rss=process_rss(), ram_total=total_ram())
 
 
 class MemorySampler:

@@ -86,7 +86,8 @@ def coerce_value(key: str, text: str) -> Any:
     raw = text.strip()
 
     def bad() -> typing.NoReturn:
-        raise ConfigError(f"setting {full} must be {describe_allowed(hint)}; got {text!r}")
+        shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text):,} characters)"
+        raise ConfigError(f"setting {full} must be {describe_allowed(hint)}; got {shown}")
 
     if get_origin(hint) is Literal:
         value = raw.lower()
@@ -116,7 +117,7 @@ def coerce_value(key: str, text: str) -> Any:
         if raw.startswith("["):
             try:
                 parsed = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..."
                 bad()
             if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
                 bad()

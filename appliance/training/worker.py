@@ -1,9 +1,10 @@
 """The training child: ``python -m appliance.training.worker RUN_DIR [--threads N]``.
 
-Started by the launcher (``appliance train``, ``run resume``, the GUI), and runnable by hand:
+Started by :func:`appliance.training.runs.launch` (``appliance train``, ``run resume``, the GUI),
+and runnable by hand:
 
 1. :func:`appliance.offline.enforce` before anything else;
-2. the config and run description from ``RUN_DIR``;
+2. the config and run description from ``RUN_DIR/meta.json`` (:class:`RunFolder`);
 3. the keys from stdin as one JSON line ``{"dataset_key": HEX, "run_key": HEX}``: the data key
    of the one dataset object it trains on, and the run key that seals its checkpoints and its
    adapter. Never the master key, never argv, environment or disk;
@@ -13,12 +14,17 @@ Events go to the original stdout, one JSON line each, flushed, and to ``RUN_DIR/
 file descriptor 1 is pointed at stderr first, so a library that prints cannot corrupt the
 stream. Logs and warnings go to stderr and ``RUN_DIR/train.log``. SIGTERM (or Ctrl-C when run by
 hand) finishes the current step, saves a checkpoint, emits ``stopped`` and exits 0. A failure
-emits ``failed`` with a message for the user and exits 1.
+emits ``failed`` with a message for the user and exits 1; only an internal error (a bug) leaves
+a traceback in the log. A parent that stops reading (killed, its terminal closed) does not stop
+the run: the events go on to ``metrics.jsonl``. The child never loads the registry: it reads its
+folder, decrypts with the keys it was given and packs its adapter (:func:`appliance.adapters.pack`)
+for the parent to register.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,8 +43,9 @@ from appliance.errors import (
     TrainingError,
     UsageError,
 )
+from appliance.fsutil import open_append
 from appliance.training import events as ev
-from appliance.training.runfolder import LOG_FILE, RunSpec
+from appliance.training.runfolder import LOG_FILE, RunFolder, RunSpec
 
 log = logging.getLogger("appliance.training")
 
@@ -48,7 +55,7 @@ class KeyHandoverError(TrainingError):
 
 
 class RunConfigError(TrainingError):
-    """The run folder's config.json or run.json cannot be used."""
+    """The run folder's description (``meta.json``) cannot be used."""
 
 
 def read_keys(stream: IO[str]) -> dict[str, bytes]:
@@ -139,17 +146,11 @@ def _setup_logging(run_dir: Path) -> None:
         same = False
     if not same and run_dir.is_dir():
         # The launcher already sends stderr to train.log; by hand, write it there too.
+        os.close(open_append(log_path))  # owner-only, like every file of the workspace
         to_file = logging.FileHandler(log_path, encoding="utf-8")
         to_file.setFormatter(formatter)
         root.addHandler(to_file)
     logging.captureWarnings(True)
-
-
-def _run_id(run_dir: Path) -> str:
-    try:
-        return RunSpec.load(run_dir).run_id
-    except TrainingError:
-        return run_dir.name
 
 
 def failure_event(exc: BaseException, run_id: str, trainer: Any, run_dir: Path) -> ev.Failed:
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir).absolute()
     stream = _take_stdout()
     _setup_logging(run_dir)
-    run_id = _run_id(run_dir)
+    folder = RunFolder(run_dir)
+    run_id = folder.run_id()
     trainer: Any = None
     stop_early = False
 
@@ -235,13 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     events = ev.EventLog(run_dir / ev.METRICS_FILE if run_dir.is_dir() else None, stream)
     try:
-        from appliance.training.config import load_config
-
         if not run_dir.is_dir():
             raise TrainingError(f"{run_dir} is not a run folder")
         try:
-            spec = RunSpec.load(run_dir)
-            config = load_config(run_dir)
+            spec = folder.spec()
+            config = folder.config()
         except TrainingError as exc:
             raise RunConfigError(str(exc)) from None
         keys = read_keys(sys.stdin)
@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         events.close()
-        stream.flush()
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()  # a parent that is gone reads nothing; metrics.jsonl has every event
 
 
 if __name__ == "__main__":

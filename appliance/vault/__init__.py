@@ -14,12 +14,12 @@ Changing a passphrase reseals one slot; no object is rewritten. See ``docs/secur
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from appliance.errors import VaultLockedError
 from appliance.vault import keyslots
 from appliance.vault.kdf import DEFAULT_TARGET_S, KdfParams, calibrate
 from appliance.vault.keyslots import KeySlot
@@ -52,7 +52,7 @@ __all__ = [
 AUDIT_INFO = b"appliance audit chain v1"
 
 
-def derive_audit_key(master_key: bytes) -> bytes:
+def derive_audit_key(master_key: bytes | bytearray) -> bytes:
     """The key of the registry's audit chain: HKDF-SHA256 of the master key."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=AUDIT_INFO).derive(master_key)
 
@@ -67,14 +67,48 @@ def unlock_audit_key(ws: Workspace, passphrase: str) -> bytes:
     return Vault.unlock(ws, passphrase).audit_key
 
 
-@dataclass
 class Vault:
-    """An unlocked vault: the workspace and its master key, held in memory only."""
+    """An unlocked vault: the workspace and its master key, held in memory only.
 
-    ws: Workspace
-    master_key: bytes = field(repr=False)
-    label: str
-    """The key slot that was opened."""
+    The key lives in one ``bytearray`` that :meth:`lock` overwrites with zeros and drops, so a
+    locked vault (the desktop app's "Lock now", auto-lock) no longer holds it; every use after
+    that raises :class:`~appliance.errors.VaultLockedError`. Python cannot promise more: copies
+    made on the way in (the unsealed bytes of the key slot) and keys derived by the
+    cryptography library are freed, not wiped.
+    """
+
+    def __init__(self, ws: Workspace, master_key: bytes | bytearray, label: str) -> None:
+        self.ws = ws
+        self.label = label
+        """The key slot that was opened."""
+        self._key: bytearray | None = bytearray(master_key)
+
+    def __repr__(self) -> str:
+        state = "locked" if self._key is None else "unlocked"
+        return f"Vault({self.ws.home}, slot {self.label!r}, {state})"
+
+    @property
+    def locked(self) -> bool:
+        return self._key is None
+
+    @property
+    def master_key(self) -> bytearray:
+        """The master key (the one buffer :meth:`lock` wipes; do not keep copies of it).
+
+        Raises:
+            VaultLockedError: the vault was locked.
+        """
+        if self._key is None:
+            raise VaultLockedError(
+                f"workspace {self.ws.home} is locked; unlock it with your passphrase"
+            )
+        return self._key
+
+    def lock(self) -> None:
+        """Overwrite the master key with zeros and forget it; idempotent."""
+        if self._key is not None:
+            self._key[:] = bytes(len(self._key))
+            self._key = None
 
     @classmethod
     def create(

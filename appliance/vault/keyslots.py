@@ -64,7 +64,7 @@ def check_new_passphrase(passphrase: str) -> str:
     return passphrase
 
 
-def key_id(master_key: bytes) -> str:
+def key_id(master_key: bytes | bytearray) -> str:
     """A public fingerprint of the master key, the same in every slot of a workspace."""
     return hmac.new(master_key, b"appliance master key id v1", hashlib.sha256).hexdigest()[:32]
 
@@ -143,7 +143,7 @@ def seal_slot(
     path: Path,
     label: str,
     vault_id: str,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     passphrase: str,
     kdf: KdfParams,
 ) -> KeySlot:
@@ -285,7 +285,7 @@ def create_first_slot(
 
 def add_slot(
     ws: Workspace,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     passphrase: str,
     label: str,
     target_s: float = DEFAULT_TARGET_S,
@@ -321,7 +321,11 @@ def change_passphrase(
 
 
 def reseal_slot(
-    ws: Workspace, label: str, master_key: bytes, new: str, target_s: float = DEFAULT_TARGET_S
+    ws: Workspace,
+    label: str,
+    master_key: bytes | bytearray,
+    new: str,
+    target_s: float = DEFAULT_TARGET_S,
 ) -> KeySlot:
     """Rewrite slot ``label`` to seal ``master_key`` under ``new`` (an unlocked caller's own
     slot: the old passphrase was checked when the master key was unlocked)."""

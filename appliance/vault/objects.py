@@ -59,7 +59,7 @@ def _id_bytes(object_id: str) -> bytes:
 
 def write_object(
     path: Path,
-    master_key: bytes,
+    master_key: bytes | bytearray,
     object_id: str,
     pieces: Iterable[bytes | bytearray | memoryview],
     *,
@@ -128,7 +128,7 @@ def _what(what: str | None, path: Path) -> str:
 
 
 def read_object(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> bytearray:
     """The whole plaintext, returned only after every chunk authenticated.
 
@@ -147,7 +147,7 @@ def read_object(
 
 
 def iter_object(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> Iterator[bytes]:
     """Stream the plaintext chunk by chunk in bounded memory.
 
@@ -164,7 +164,7 @@ def iter_object(
 
 
 def unwrap_data_key(
-    path: Path, master_key: bytes, object_id: str | None = None, what: str | None = None
+    path: Path, master_key: bytes | bytearray, object_id: str | None = None, what: str | None = None
 ) -> bytes:
     """The data key of one object, checked against its header MAC.
 

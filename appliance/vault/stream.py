@@ -87,7 +87,9 @@ def chunk_nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-def wrap_data_key(master_key: bytes, object_id: bytes, data_key: bytes, nonce: bytes) -> bytes:
+def wrap_data_key(
+    master_key: bytes | bytearray, object_id: bytes, data_key: bytes, nonce: bytes
+) -> bytes:
     """Seal ``data_key`` under the master key for the object ``object_id``."""
     return AESGCM(master_key).encrypt(nonce, data_key, _wrap_aad(object_id))
 
@@ -147,7 +149,7 @@ class Header:
             raise damaged(what, "header: unknown cipher or chunk size")
         return cls(raw[:HEADER_SIZE], object_id, nonce, wrapped, prefix, raw[HEADER_BODY:])
 
-    def unwrap(self, master_key: bytes, what: str) -> bytes:
+    def unwrap(self, master_key: bytes | bytearray, what: str) -> bytes:
         """The data key, unsealed with the master key.
 
         Raises:

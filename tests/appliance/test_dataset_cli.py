@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -250,7 +252,7 @@ def test_show_export_delete_flow(shared: tuple[CliRunner, dict[str, str]], tmp_p
     target = tmp_path / "notes.jsonl"
     _ok(cli("dataset", "export", "notes@2", "--out", str(target), env=env))
     again = cli("dataset", "export", "notes@2", "--out", str(target), env=env)
-    assert again.returncode == 2
+    assert again.returncode == 1  # a refused destination is not a usage error
     assert "exists already" in again.stderr
     refused = cli("dataset", "delete", "notes@2", env=env)  # no terminal and no --yes
     assert refused.returncode == 2
@@ -268,3 +270,88 @@ def test_show_export_delete_flow(shared: tuple[CliRunner, dict[str, str]], tmp_p
     assert ("dataset.export", "notes@2", True) in actions
     assert ("dataset.delete", "notes@2", True) in actions
     assert actions[0][0] == "vault.create"
+
+
+def test_export_destinations_are_checked_like_adapter_exports(
+    shared: tuple[CliRunner, dict[str, str]], tmp_path: Path
+) -> None:
+    """Refusals exit 1 with one line, and every file that was there is still there."""
+    cli, env = shared
+    parent = cli.home.parent
+    (tmp_path / "to-parent").symlink_to(parent)
+    foreign = tmp_path / "user.jsonl"
+    foreign.write_text('{"text": "the user\'s own data"}\n')
+    cases = {
+        str(parent): f"{parent} contains the workspace {cli.home}",
+        str(tmp_path / "to-parent"): "to-parent contains the workspace",
+        str(tmp_path / "missing" / "x.jsonl"): f"the folder {tmp_path / 'missing'} does not exist",
+        "/sys/x.jsonl": "cannot write",  # read-only even to root
+        str(foreign): f"{foreign} exists and is not an unchanged dataset export of this workspace",
+    }
+    before = sorted(str(p) for p in parent.rglob("*"))
+    for dest, message in cases.items():
+        result = cli("dataset", "export", "notes", "--out", dest, "--force", env=env)
+        assert result.returncode == 1, result.stderr
+        assert len(result.err_lines) == 1
+        assert message in result.stderr
+    assert sorted(str(p) for p in parent.rglob("*")) == before
+    assert foreign.read_text() == '{"text": "the user\'s own data"}\n'
+    assert not Path("/sys/x.jsonl").exists()
+
+
+def test_special_files_are_refused_quickly(
+    shared: tuple[CliRunner, dict[str, str]], tmp_path: Path
+) -> None:
+    cli, env = shared
+    fifo = tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jsonl"
+    zero.symlink_to("/dev/zero")
+    for path, kind in [(fifo, "a FIFO (named pipe)"), (zero, "a character device")]:
+        result = cli("dataset", "import", str(path), "--name", "special", env=env, timeout=60)
+        assert result.returncode == 1
+        assert result.err_lines[-1].startswith(f"error: {path} is {kind}")
+    # Nothing was imported (the old code read /dev/zero until memory ran out).
+    version = json.loads(_ok(cli("dataset", "list", "--json")).stdout)
+    assert [v["name"] for v in version] == ["notes"]
+
+
+def test_unknown_names_and_versions_are_named(shared: tuple[CliRunner, dict[str, str]]) -> None:
+    cli, _ = shared
+    unknown = cli("dataset", "list", "nope")
+    assert unknown.returncode == 1
+    assert unknown.err_lines == ["error: no dataset named 'nope' (datasets: notes)"]
+    assert "No datasets yet" not in unknown.stdout
+    assert cli("dataset", "list", "../etc").returncode == 2
+    assert cli("adapter", "list", "nope").err_lines == [
+        "error: no adapter named 'nope' (adapters: none yet; adapters come from training runs)"
+    ]
+    huge = cli("dataset", "show", "notes@99999999999999999999999", "--rows", "0")
+    assert huge.returncode == 2
+    assert huge.err_lines == [
+        "error: invalid dataset reference 'notes@99999999999999999999999': versions are "
+        "numbers from 1 to 9223372036854775807"
+    ]
+
+
+def test_a_corrupted_registry_on_import_is_called_damaged(tmp_path: Path) -> None:
+    cli = CliRunner(tmp_path / "ws")
+    env = {"APPLIANCE_PASSPHRASE": PASS}
+    data = Path(__file__).resolve().parents[1] / "data" / "datasets" / "valid"
+    _ok(cli("init", "--kdf-time", "0", env=env))
+    conn = sqlite3.connect(cli.home / "registry.sqlite")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'audit'").fetchone()
+    finally:
+        conn.close()
+    raw = bytearray((cli.home / "registry.sqlite").read_bytes())
+    raw[(page[0] - 1) * page_size] = 0xFF  # no valid b-tree page type: a damaged page
+    (cli.home / "registry.sqlite").write_bytes(bytes(raw))
+    result = cli("dataset", "import", str(data / "alpaca.jsonl"), "--name", "notes", env=env)
+    assert result.returncode == 1
+    assert len(result.err_lines) == 1
+    assert "is damaged (database disk image is malformed); nothing was written" in result.stderr
+    assert "disk space" not in result.stderr
+    assert list((cli.home / "datasets").iterdir()) == []  # the encrypted file was removed

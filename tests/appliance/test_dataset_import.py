@@ -14,7 +14,7 @@ from appliance import datasets, workspace
 from appliance.datasets.canonical import content, row_bytes, split, with_split
 from appliance.datasets.problems import DatasetValidationError
 from appliance.datasets.sources import MAX_ROW_BYTES
-from appliance.errors import DatasetError, IntegrityError, UsageError
+from appliance.errors import DatasetError, DestinationError, IntegrityError, UsageError
 from appliance.registry import Registry
 from appliance.vault import Vault
 
@@ -411,19 +411,30 @@ def test_options_are_checked(env: Env) -> None:
     _assert_nothing_written(env)
 
 
-def test_export_refuses_the_workspace_and_existing_files(env: Env, tmp_path: Path) -> None:
+def test_export_refuses_the_workspace_and_replaces_only_its_own_files(
+    env: Env, tmp_path: Path
+) -> None:
     ws, vault, reg = env
     version, _ = datasets.import_file(vault, reg, VALID / "text.txt", "exp")
     try:
-        with pytest.raises(UsageError, match="inside the workspace"):
+        with pytest.raises(DestinationError, match="inside the workspace"):
             datasets.export_version(vault, reg, version, ws.tmp_dir / "plain.jsonl")
         existing = tmp_path / "there.jsonl"
         existing.write_text("keep")
-        with pytest.raises(UsageError, match="exists already"):
+        with pytest.raises(DestinationError, match="exists already"):
             datasets.export_version(vault, reg, version, existing)
+        with pytest.raises(DestinationError, match="is not an unchanged dataset export of this"):
+            datasets.export_version(vault, reg, version, existing, force=True)
         assert existing.read_text() == "keep"
-        datasets.export_version(vault, reg, version, existing, force=True)
-        assert existing.read_bytes().count(b"\n") == 3
+        mine = tmp_path / "mine.jsonl"
+        assert datasets.export_version(vault, reg, version, mine) == mine
+        datasets.export_version(vault, reg, version, mine, force=True)  # an earlier export
+        assert mine.read_bytes().count(b"\n") == 3
+        with mine.open("a") as handle:
+            handle.write("a line the user added\n")
+        with pytest.raises(DestinationError, match="is not an unchanged dataset export"):
+            datasets.export_version(vault, reg, version, mine, force=True)
+        assert mine.read_bytes().count(b"\n") == 4
     finally:
         datasets.delete_version(vault, reg, version)
 

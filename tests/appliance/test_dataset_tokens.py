@@ -44,8 +44,13 @@ def test_counts_follow_the_chat_template(tiny_llama: Path) -> None:
     assert stats["p95"] == ordered[-1]
     assert stats["over_max_length"] == sum(1 for n in expected if n > expected[0])
     assert stats["total"] == sum(expected)
+    assert tokens.token_stats(ROWS, tokenizer, max_length=10_000)["answer_lost"] == 0
+    assert tokens.token_stats(ROWS, tokenizer, max_length=2)["answer_lost"] == len(ROWS)
     text = tokens.token_stats([{"text": "The capital of France is Paris."}], tokenizer, 100)
-    assert text["max"] == len(tokenizer("The capital of France is Paris.")["input_ids"])
+    # Training ends every text row with the end-of-sequence token; the count includes it.
+    plain = tokenizer("The capital of France is Paris.")["input_ids"]
+    assert plain[-1] != tokenizer.eos_token_id
+    assert text["max"] == len(plain) + 1
     with pytest.raises(UsageError, match="--max-length"):
         tokens.token_stats(ROWS, tokenizer, 0)
     tokenizer.chat_template = None

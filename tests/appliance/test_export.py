@@ -225,20 +225,28 @@ def test_gguf_quantised_verifies_within_its_error(
     assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
 
 
-def test_existing_destination_needs_force(store: Store, tmp_path: Path) -> None:
-    from appliance.errors import ExportError
+def test_force_replaces_an_earlier_export_and_nothing_else(store: Store, tmp_path: Path) -> None:
+    from appliance.errors import DestinationError
 
     vault, reg, ref = store
     out = tmp_path / "dest"
-    out.mkdir()
-    (out / "old.txt").write_text("previous export")
-    with pytest.raises(ExportError, match=r"exists; choose another --out, or pass --force"):
+    first = export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out))
+    with pytest.raises(DestinationError, match=r"exists; choose another --out, or pass --force"):
         export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out))
-    assert (out / "old.txt").read_text() == "previous export"
-    export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out, force=True))
-    assert not (out / "old.txt").exists()
+    (tmp_path / "beside.txt").write_text("the user's file next to the export")
+    second = export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out, force=True))
+    assert second.export_id != first.export_id
+    assert second.warnings == []
+    assert sorted(p.name for p in out.iterdir()) == sorted([*second.files])
+    # The old folder was moved aside and emptied file by file; nothing else is left around.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt", "dest"]
+    assert (tmp_path / "beside.txt").read_text() == "the user's file next to the export"
+    (out / "old.txt").write_text("previous notes")
+    with pytest.raises(DestinationError, match=r"does not list: old\.txt"):
+        export_adapter(vault, reg, ref, ExportOptions.checked("adapter", out, force=True))
+    assert (out / "old.txt").read_text() == "previous notes"
     assert (out / "adapter_config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt", "dest"]
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from appliance import adapters
-from appliance.errors import ExportError, IntegrityError, NotFoundError
+from appliance.errors import DestinationError, ExportError, IntegrityError, NotFoundError
 from appliance.export import ExportOptions, card, preflight
 from appliance.export.preflight import check_space, estimate_bytes, plan_export
 from appliance.export.serving import exported_files, serving_commands
@@ -86,13 +86,13 @@ def test_preflight_refusals_name_the_problem(
     full.mkdir()
     (full / "mine.txt").write_text("keep")
     cases = {
-        a_file: f"{a_file} exists; choose another --out",
-        full: f"{full} exists; choose another --out",
+        a_file: f"{a_file} is a file, not a folder",
+        full: f"{full} is not empty and is not an earlier export",
         tmp_path / "nowhere" / "out": "the folder .*nowhere does not exist; create it first",
         vault.ws.home / "inside": "is inside the workspace",
     }
     for out, message in cases.items():
-        with pytest.raises(ExportError, match=message):
+        with pytest.raises(DestinationError, match=message):
             plan_export(reg, ref, ExportOptions.checked("merged", out))
     assert a_file.read_text() == "keep"
     assert [p.name for p in full.iterdir()] == ["mine.txt"]

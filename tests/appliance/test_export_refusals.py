@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from appliance import workspace
-from appliance.errors import ExportError, IntegrityError, UsageError
+from appliance.errors import DestinationError, ExportError, IntegrityError, UsageError
 from appliance.export import (
     ExportCancelledError,
     ExportOptions,
@@ -55,6 +56,7 @@ def test_out_of_disk_space_removes_the_partial_output(
     out = tmp_path / "dest"
     out.mkdir()
     (out / "keep.txt").write_text("the previous export")
+    (out / "MANIFEST").write_text(json.dumps({"format": 1, "files": {"keep.txt": "0"}}))
     calls = {"n": 0}
     real_write = shards._write
 
@@ -69,7 +71,7 @@ def test_out_of_disk_space_removes_the_partial_output(
         export_adapter(vault, reg, ref, ExportOptions.checked("merged", out, force=True))
     assert calls["n"] > 5
     assert _left_in(tmp_path) == ["dest"]  # no staging folder left next to it
-    assert _left_in(out) == ["keep.txt"]  # --force replaces only after success
+    assert _left_in(out) == ["MANIFEST", "keep.txt"]  # --force replaces only after success
     assert _export_rows(reg, out) == []
 
 
@@ -137,10 +139,22 @@ def test_cancel_stops_and_cleans_up(store: Store, tmp_path: Path) -> None:
     assert _left_in(tmp_path) == []
 
 
-def test_destination_inside_the_workspace_is_refused(store: Store) -> None:
+def test_destination_inside_the_workspace_or_unwritable_is_refused(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vault, reg, ref = store
-    with pytest.raises(ExportError, match="inside the workspace"):
+    with pytest.raises(DestinationError, match="inside the workspace"):
         export_adapter(vault, reg, ref, ExportOptions.checked("adapter", vault.ws.home / "x"))
+
+    class Usage:
+        free = 1 << 40
+
+    # sysfs refuses new entries even to root (whom a chmod would not stop); it reports no
+    # free space, which would be refused first, so the space check is told there is plenty.
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: Usage())
+    with pytest.raises(DestinationError, match=r"cannot write in /sys\b"):
+        export_adapter(vault, reg, ref, ExportOptions.checked("adapter", "/sys/exported"))
+    assert not Path("/sys/exported").exists()
 
 
 def test_unsupported_architecture_is_named_with_the_supported_ones() -> None:
@@ -224,3 +238,84 @@ def test_a_merge_that_gives_nan_is_refused(tiny_llama: Path) -> None:
     model = merge.apply_adapter(merge.load_base(tiny_llama, "fp32"), weights)
     with pytest.raises(ExportError, match=r"NaN or infinite weights in .*q_proj"):
         merge.merge(model)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` and what it holds, to prove nothing was touched."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[rel] = f"-> {path.readlink()}"
+        elif path.is_file():
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            found[rel] = "folder"
+    return found
+
+
+def test_cli_force_never_deletes_what_it_did_not_write(tmp_path: Path, tiny_llama: Path) -> None:
+    """The reported data loss: --force on a folder that holds the workspace, and variants."""
+    home = tmp_path / "ws"
+    ws, _ = workspace.init(home)
+    vault, reg = open_store(ws)
+    with reg:
+        make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    (tmp_path / "unrelated.txt").write_text("a file of the user beside the workspace")
+    (tmp_path / "link-to-parent").symlink_to(tmp_path)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "adapter_config.json").write_text("{}")
+    (earlier / "MANIFEST").write_text(json.dumps({"files": {"adapter_config.json": "0"}}))
+    (earlier / "foreign.txt").write_text("not part of the export")
+    cli = CliRunner(home)
+    env = {"APPLIANCE_PASSPHRASE": PASSPHRASE}
+    before = _snapshot(tmp_path)
+    cases = {
+        str(tmp_path): f"{tmp_path} contains the workspace {home}",
+        str(tmp_path / "link-to-parent"): "link-to-parent contains the workspace",
+        str(earlier): "is not an earlier export (it holds what its MANIFEST does not list: "
+        "foreign.txt)",
+    }
+    for dest, message in cases.items():
+        r = cli("export", "legal@1", "--format", "adapter", "--out", dest, "--force", env=env)
+        assert r.returncode == 1, r.stderr
+        assert len(r.err_lines) == 1
+        assert message in r.stderr
+    assert _snapshot(tmp_path) == before
+    with Registry.open(ws) as reg:
+        assert reg.exports() == []
+
+
+def test_cli_protects_the_default_workspace_in_the_home_folder(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_home = tmp_path / "home" / "alice"
+    fake_home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(fake_home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.delenv("APPLIANCE_HOME", raising=False)
+    ws, _ = workspace.init(None)
+    assert fake_home in ws.home.parents
+    vault, reg = open_store(ws)
+    with reg:
+        make_adapter(vault, reg, tiny_llama, model_name="tiny", adapter_name="legal")
+    (fake_home / "thesis.tex").write_text("years of work")
+    before = _snapshot(fake_home)
+    r = CliRunner(ws.home)(
+        "export",
+        "legal",
+        "--format",
+        "adapter",
+        "--out",
+        str(fake_home),
+        "--force",
+        env={"APPLIANCE_PASSPHRASE": PASSPHRASE, "HOME": str(fake_home)},
+        home=False,
+    )
+    assert r.returncode == 1
+    assert r.err_lines == [
+        f"error: {fake_home} contains the workspace {ws.home}; an export there could "
+        "overwrite it: choose a new folder outside the workspace"
+    ]
+    assert _snapshot(fake_home) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import struct
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import IntegrityError, ModelImportError, UsageError
+from appliance.folders import read_meta
 from appliance.fsutil import sha256_file
 from appliance.models import check_safetensors, import_model, resolve_model_for_use
-from appliance.registry import Registry, read_meta
+from appliance.registry import Registry
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 
@@ -219,6 +221,29 @@ def test_auto_map_and_python_files_are_refused(
     assert _state(ws) == before
 
 
+def test_files_that_are_not_what_they_claim_are_refused(
+    ws: Workspace, reg: Registry, model_dir: Path
+) -> None:
+    before = _state(ws)
+    fifo = model_dir / "notes.txt"
+    os.mkfifo(fifo)  # copying it would block forever, holding the writer lock
+    with pytest.raises(ModelImportError, match=r"notes\.txt: not a regular file \(a FIFO"):
+        import_model(ws, reg, model_dir, "odd")
+    fifo.unlink()
+    (model_dir / "zero.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelImportError, match=r"zero\.json: a symbolic link that does not"):
+        import_model(ws, reg, model_dir, "odd")
+    (model_dir / "zero.json").unlink()
+    (model_dir / "extra.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelImportError, match=r"extra\.json: not valid JSON \(nested too"):
+        import_model(ws, reg, model_dir, "odd")
+    with (model_dir / "extra.json").open("wb") as handle:
+        handle.truncate(50 * 1024**3)  # sparse: read whole, it would exhaust memory
+    with pytest.raises(ModelImportError, match=r"extra\.json: a JSON file of 53,687,091,200"):
+        import_model(ws, reg, model_dir, "odd")
+    assert _state(ws) == before
+
+
 def test_python_file_alone_is_refused(ws: Workspace, reg: Registry, model_dir: Path) -> None:
     (model_dir / "sub").mkdir()
     (model_dir / "sub" / "helper.py").write_text("")
@@ -262,6 +287,7 @@ def test_header_claiming_a_100_gb_tensor_is_refused(
         (struct.pack("<Q", 500) + b"{}", "header claims 500 bytes"),
         (struct.pack("<Q", 5) + b"{nope", "not JSON"),
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (struct.pack("<Q", 100_000) + b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
     ],
 )
 def test_malformed_headers_are_refused(tmp_path: Path, raw: bytes, reason: str) -> None:
@@ -345,6 +371,35 @@ def test_failed_registry_write_removes_the_imported_folder(
         import_model(ws, reg, tiny_llama, "tiny")
     assert list(ws.models_dir.iterdir()) == []
     assert list(ws.tmp_dir.iterdir()) == []
+
+
+def test_a_failed_linked_import_leaves_the_source_alone(
+    ws: Workspace, reg: Registry, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = sorted((p.name, p.stat().st_size) for p in model_dir.iterdir())
+
+    def fail(*args: object, **kwargs: object) -> int:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reg, "add_base_model", fail)
+    with pytest.raises(OSError, match="disk full"):
+        import_model(ws, reg, model_dir, "linked", link=True)
+    assert sorted((p.name, p.stat().st_size) for p in model_dir.iterdir()) == before
+    assert list(ws.models_dir.iterdir()) == []
+    assert list(ws.tmp_dir.iterdir()) == []
+
+
+def test_sources_that_hold_the_workspace_or_link_into_it_are_refused(
+    ws: Workspace, reg: Registry, tiny_llama: Path
+) -> None:
+    for source in (ws.home, ws.home.parent, ws.home / "models" / ".."):
+        for link in (False, True):
+            with pytest.raises(UsageError, match=r"contains the workspace .*model's own folder"):
+                import_model(ws, reg, source, "home", link=link)
+    copied = shutil.copytree(tiny_llama, ws.home / "tmp" / "model")
+    with pytest.raises(UsageError, match=r"inside the workspace; --link needs a model folder"):
+        import_model(ws, reg, Path(copied), "inside", link=True)
+    assert reg.base_models() == []
 
 
 def test_bad_sources_are_refused(ws: Workspace, reg: Registry, tmp_path: Path) -> None:

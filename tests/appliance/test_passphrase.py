@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from appliance.cli.context import resolve_passphrase
+from appliance.errors import PassphraseError
 from appliance.registry import Registry
 from appliance.workspace import open_workspace
 from tests.helpers.cli import CliResult, CliRunner
@@ -130,3 +137,65 @@ def test_change_add_remove(cli: CliRunner, home: Path) -> None:
     with Registry.open(open_workspace(home)) as reg:
         actions = [r["action"] for r in reg.audit_rows() if r["action"].startswith("passphrase")]
     assert actions == ["passphrase.change", "passphrase.add", "passphrase.remove"]
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (os.mkfifo, "is a FIFO (named pipe), not a regular file"),
+        (
+            lambda p: p.symlink_to("/dev/zero"),
+            "is a character device (such as /dev/zero), not a regular file",
+        ),
+        (
+            lambda p: p.symlink_to("/dev/urandom"),
+            "is a character device (such as /dev/zero), not a regular file",
+        ),
+        (lambda p: p.mkdir(), "is a folder, not a regular file"),
+    ],
+    ids=["fifo", "dev-zero", "dev-urandom", "folder"],
+)
+def test_passphrase_file_that_is_not_a_file_is_refused_without_blocking(
+    tmp_path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    path = tmp_path / "secret"
+    make(path)
+    signal.alarm(20)  # a FIFO without a writer must not block; fail instead of hanging
+    try:
+        with pytest.raises(PassphraseError) as info:
+            resolve_passphrase(path)
+    finally:
+        signal.alarm(0)
+    assert str(info.value) == (
+        f"the passphrase file {path} {problem}; write the passphrase to a file only you can "
+        "read (mode 600), or set APPLIANCE_PASSPHRASE"
+    )
+
+
+def test_passphrase_file_too_large_or_not_utf8(tmp_path: Path) -> None:
+    sparse = tmp_path / "huge"
+    with sparse.open("wb") as handle:
+        handle.truncate(50 * 1024**3)
+    with pytest.raises(PassphraseError, match=r"has 53,687,091,200 bytes, more than a passphrase"):
+        resolve_passphrase(sparse)
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(PassphraseError, match=r"cannot read the passphrase file .*latin1: 'utf-8'"):
+        resolve_passphrase(latin1)
+    with pytest.raises(PassphraseError, match=r"missing: No such file or directory; check"):
+        resolve_passphrase(tmp_path / "missing")
+    good = tmp_path / "good"
+    good.write_text("a fine passphrase\n")
+    assert resolve_passphrase(good) == "a fine passphrase"
+
+
+def test_cli_does_not_hang_on_a_fifo_passphrase_file(cli: CliRunner, tmp_path: Path) -> None:
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo)
+    result = cli("--passphrase-file", str(fifo), "init", "--kdf-time", "0", timeout=60)
+    assert result.returncode == 1
+    assert result.err_lines == [
+        f"error: the passphrase file {fifo} is a FIFO (named pipe), not a regular file; write "
+        "the passphrase to a file only you can read (mode 600), or set APPLIANCE_PASSPHRASE"
+    ]
+    assert not cli.home.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
-from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry, read_meta
+from appliance.folders import read_meta
+from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry
+from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
@@ -355,3 +358,76 @@ def test_sqlite_failure_inside_a_transaction_is_a_registry_error(populated: Regi
     ):
         _write_bad_tag(populated)
     assert populated.dataset_versions("lost") == []
+
+
+def _corrupt_table(path: Path, table: str) -> None:
+    """Give the root page of ``table`` an invalid b-tree page type, as a bad sector might."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,))
+        page = root.fetchone()[0]
+    finally:
+        conn.close()
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * page_size] = 0xFF  # valid types are 2, 5, 10 and 13
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_registry_is_called_damaged_not_a_full_disk(ws: Workspace) -> None:
+    with Registry.open(ws) as reg:
+        add_dataset(reg, "before")
+    _corrupt_table(ws.registry_path, "audit")
+    with Registry.open(ws) as reg, pytest.raises(RegistryError) as info:
+        add_dataset(reg, "after")
+    message = str(info.value)
+    assert "is damaged (database disk image is malformed); nothing was written" in message
+    assert "'appliance verify'" in message
+    assert "disk space" not in message
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (13, "the disk holding the registry .* is full"),  # SQLITE_FULL
+        (8, "is read-only .* needs a workspace you can write to"),  # SQLITE_READONLY
+        (5, "is busy .* try again in a moment"),  # SQLITE_BUSY
+        (10 | (4 << 8), "could not be read or written .* check the disk"),  # SQLITE_IOERR_WRITE
+        (26, "is damaged"),  # SQLITE_NOTADB
+        (1, r"refused the change \(boom\); nothing was written$"),  # SQLITE_ERROR
+    ],
+)
+def test_each_sqlite_failure_gets_its_own_advice(code: int, advice: str) -> None:
+    from appliance.registry.failures import change_refused
+
+    exc = sqlite3.OperationalError("boom")
+    exc.sqlite_errorcode = code
+    message = str(change_refused(exc, Path("/ws/registry.sqlite")))
+    assert re.search(advice, message), message
+    assert "nothing was written" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "legal@99999999999999999999999",
+        f"legal@{2**63}",
+        "legal@0",
+        "legal@²",  # str.isdigit says yes, int() says no
+        "legal@٣",  # an Arabic-Indic three: a digit, but not a version number
+        "legal@-1",
+        "legal@1.5",
+        "legal@",
+        "le/gal@1",
+        "../legal",
+        "a" * 101,
+    ],
+)
+def test_refs_out_of_range_or_malformed_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match=r"invalid (adapter|adapter name)"):
+        parse_ref(text)
+
+
+def test_the_largest_version_sqlite_holds_parses() -> None:
+    assert parse_ref(f"legal@{2**63 - 1}") == Ref("legal", version=2**63 - 1)

@@ -68,6 +68,30 @@ def test_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["somebody-elses.txt"]
 
 
+def test_folder_whose_subfolders_hold_files_is_refused(tmp_path: Path) -> None:
+    # A failed init removes the subfolders it finds; one named like ours but holding the
+    # user's files must stop the init before anything is created.
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-model.safetensors").write_text("weights")
+    (tmp_path / "keys").mkdir()
+    with pytest.raises(WorkspaceError, match="not empty and is not a workspace"):
+        workspace.init(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "keys",
+        "models",
+        "models/my-model.safetensors",
+    ]
+
+
+def test_discarding_a_new_workspace_keeps_what_is_not_ours(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()  # left by an interrupted init: empty, so accepted
+    ws, created = workspace.init(tmp_path)
+    assert created
+    (tmp_path / "arrived-meanwhile.txt").write_text("a file the user saved there")
+    workspace.discard_new(ws.home, existed_before=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["arrived-meanwhile.txt"]
+
+
 def test_workspace_from_newer_version_is_refused(ws: workspace.Workspace) -> None:
     (ws.home / "FORMAT").write_text(json.dumps({"format": workspace.FORMAT_VERSION + 1}))
     with pytest.raises(WorkspaceError, match="newer appliance"):

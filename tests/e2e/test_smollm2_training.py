@@ -19,7 +19,7 @@ from appliance import adapters, datasets, workspace
 from appliance.models import import_model
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.quant import load_4bit
 from appliance.training.settings import build_config
 from appliance.vault import Vault
@@ -68,7 +68,7 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(tmp_path: Path, smollm2_
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         model_row = import_model(ws, reg, smollm2_gguf, "smollm2")
         datasets.import_file(vault, reg, ORGFACTS / "orgfacts.jsonl", "orgfacts", eval_fraction=0.1)
-        run_id = launcher.create_run(
+        run_id = runs.create_run(
             vault,
             reg,
             model="smollm2",
@@ -77,21 +77,21 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(tmp_path: Path, smollm2_
             config=build_config("quick-test", SETTINGS),
         )
         # First session: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
-        process = launcher.launch(vault, reg, run_id)
+        process = runs.launch(vault, reg, run_id)
         first: list[ev.Event] = []
         for event in process.events():
             first.append(event)
             if isinstance(event, ev.Step) and event.step == 20:
                 process.stop()
-        outcome = launcher.wait_settled(process, vault, reg)
+        outcome = runs.wait_settled(process, vault, reg)
         assert outcome.state == "stopped", outcome
         (stopped,) = [e for e in first if isinstance(e, ev.Stopped)]
         assert stopped.step in (20, 21)
         assert reg.run(run_id)["state"] == "stopped"
         # Second session: resumed from that checkpoint to the end.
-        process = launcher.launch(vault, reg, run_id)
+        process = runs.launch(vault, reg, run_id)
         second = list(process.events())
-        outcome = launcher.wait_settled(process, vault, reg)
+        outcome = runs.wait_settled(process, vault, reg)
         assert outcome.state == "finished", outcome
         assert outcome.adapter == "quillmere@1"
         _, weights = adapters.load(vault, reg, "quillmere@1")

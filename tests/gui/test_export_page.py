@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from appliance import adapters
+from appliance import adapters, destinations
 from appliance.export import card, preflight
 from appliance.registry import Registry
 from appliance.registry.verify import verify_workspace
@@ -129,6 +129,7 @@ def test_cancel_mid_export_leaves_the_destination_empty(
 ) -> None:
     page = _page(qtbot, store)
     out = exports / "legal-1-cancelled"
+    out.mkdir()  # an empty folder the user made for it
     _fill(page, out, dtype="fp32")
     job = page.start_export()
     assert job is not None
@@ -140,7 +141,8 @@ def test_cancel_mid_export_leaves_the_destination_empty(
     assert job.outcome is not None
     assert job.outcome.exit_code == 130  # the child cleaned up and reported
     assert page.status.text() == "Export cancelled; nothing was left in the destination."
-    assert _left(exports) == []  # no destination, no staging folder beside it
+    assert _left(exports) == ["legal-1-cancelled"]  # no staging folder beside it
+    assert _left(out) == []
     assert page.result_view.isHidden()
     with Registry.open(store.ws) as reg:
         assert [e for e in reg.exports() if e["path"] == str(out)] == []
@@ -213,7 +215,7 @@ def test_refusals_are_shown_before_any_child_starts(
     if os.geteuid() == 0:  # root writes anywhere: let the check see what a user would
         real_access = os.access
         monkeypatch.setattr(
-            preflight.os,
+            destinations.os,
             "access",
             lambda p, mode: False if Path(p) == locked else real_access(p, mode),
         )

@@ -13,9 +13,9 @@ from appliance import adapters, datasets, workspace
 from appliance.models import import_model
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.config import TrainConfig
-from appliance.training.runfolder import ADAPTER_FILE, RUN_KEY_FILE
+from appliance.training.runfolder import ADAPTER_FILE, RUN_KEY_FILE, RunFolder
 from appliance.training.settings import build_config
 from appliance.vault import Vault
 from appliance.vault.objects import read_object
@@ -76,7 +76,7 @@ def tiny_config(*assignments: str, method: str = "qlora") -> TrainConfig:
 
 def new_run(vault: Vault, config: TrainConfig, adapter: str = "facts-adapter") -> str:
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        return launcher.create_run(
+        return runs.create_run(
             vault, reg, model="tiny", dataset="facts", adapter_name=adapter, config=config
         )
 
@@ -98,20 +98,20 @@ class CaptureLog(ev.EventLog):
 
 
 def trainer_for(vault: Vault, run_id: str, log: ev.EventLog) -> Any:
-    """A set-up :class:`Trainer` for ``run_id`` in this process, with the keys the launcher
-    would hand over."""
-    from appliance.training.config import load_config
+    """A set-up :class:`Trainer` for ``run_id`` in this process, prepared as a launch would be
+    and with the keys the parent would hand over."""
     from appliance.training.loop import Trainer
     from appliance.training.worker import load_rows, read_keys
 
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        spec = launcher.prepare_spec(vault, reg, run_id)
-        keys = read_keys(io.StringIO(launcher.key_line(vault, reg, run_id).decode()))
-        folder = launcher.run_dir(vault, reg.run(run_id))
+        plan = runs.prepare_launch(vault, reg, run_id)
+    folder = RunFolder(plan.folder)
+    spec = folder.spec()
+    keys = read_keys(io.StringIO(plan.keys.decode()))
     trainer = Trainer(
         spec=spec,
-        config=load_config(folder),
-        run_dir=folder,
+        config=folder.config(),
+        run_dir=folder.path,
         run_key=keys["run_key"],
         rows=load_rows(spec, keys["dataset_key"]),
         events=log,
@@ -147,7 +147,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def train_adapter(vault: Vault, config: TrainConfig, adapter: str = "facts-adapter") -> str:
     """Train a whole run in this process (events to its ``metrics.jsonl``) and register its
     adapter as the parent would; returns ``NAME@N``."""
-    from appliance.training.settle import finalize
+    from appliance.training.runs import finalize
 
     run_id = new_run(vault, config, adapter)
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:

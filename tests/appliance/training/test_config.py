@@ -105,6 +105,10 @@ def test_set_coerces_types(assignment: str, path: tuple[str | None, str], expect
         ("gradient_checkpointing=maybe", "must be true or false"),
         ("lr=nan", "setting optim.learning_rate must be a number"),
         ("target_modules=[1, 2]", "setting lora.target_modules must be all-linear"),
+        (
+            "target_modules=" + "[" * 50_000 + "]" * 50_000,
+            "; got '" + "[" * 60 + "'... (100,000 characters)",
+        ),
         ("colour=blue", "unknown training setting 'colour'; known settings: compute_dtype"),
         ("rank", "--set takes key=value"),
         ("=3", "--set takes key=value"),

@@ -12,7 +12,7 @@ import torch
 
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.runfolder import CHECKPOINTS_DIR
 from tests.helpers.training import (
     CaptureLog,
@@ -94,7 +94,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     for moment in ("step", "checkpoint save", "step"):
         if moment == "checkpoint save":
             monkeypatch.setattr(
-                launcher,
+                runs,
                 "worker_command",
                 lambda f, threads=None: [
                     sys.executable,
@@ -107,14 +107,14 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
             )
         kill_at = rng.randint(start + 1, start + 5)
         with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-            process = launcher.launch(vault, reg, run_id, threads=1)
+            process = runs.launch(vault, reg, run_id, threads=1)
             for event in process.events():
                 if isinstance(event, ev.Started):
                     start = event.start_step
                 if moment == "step" and isinstance(event, ev.Step) and event.step >= kill_at:
                     process.kill()
                     break
-            outcome = launcher.wait_settled(process, vault, reg)
+            outcome = runs.wait_settled(process, vault, reg)
             assert outcome.state == "failed", (seed, moment, outcome)
             assert "killed by SIGKILL" in (outcome.message or "")
             assert reg.run(run_id)["state"] == "failed"
@@ -124,9 +124,9 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
             monkeypatch.undo()
 
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        process = launcher.launch(vault, reg, run_id, threads=1)
+        process = runs.launch(vault, reg, run_id, threads=1)
         seen = list(process.events())
-        outcome = launcher.wait_settled(process, vault, reg)
+        outcome = runs.wait_settled(process, vault, reg)
     assert outcome.state == "finished", (seed, outcome)
     started = seen[0]
     assert isinstance(started, ev.Started)

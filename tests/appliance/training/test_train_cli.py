@@ -151,6 +151,15 @@ def test_cli_errors_are_one_clear_line(prepared: CliRunner) -> None:
     assert missing.returncode == 1
     assert missing.err_lines == [missing.err_lines[0]]
     assert missing.err_lines[0].startswith("error: no dataset named 'nope'")
+    # Everything is checked before the estimate is printed or anything is made.
+    bad_name = cli("train", "--model", "tiny", "--dataset", "facts", "--adapter", "a b", env=ENV)
+    assert bad_name.returncode == 2
+    assert bad_name.err_lines == [bad_name.err_lines[0]]
+    assert bad_name.err_lines[0].startswith("error: invalid adapter name 'a b'")
+    assert bad_name.stdout == ""
+    no_model = cli("train", "--model", "nope", "--dataset", "facts", "--adapter", "a", env=ENV)
+    assert no_model.returncode == 1
+    assert no_model.stdout == ""
     bad = cli(*base, "--dataset", "facts", "--set", "rank=0", env=ENV)
     assert bad.returncode == 2
     assert bad.err_lines[-1].startswith("error: invalid training config: lora.rank is 0")

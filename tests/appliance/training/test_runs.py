@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from appliance import datasets
 from appliance.errors import NotFoundError, UsageError
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import launcher
+from appliance.training import runs
 from appliance.training.config import ConfigError
+from appliance.training.process import process_alive
+from appliance.training.progress import RunProgress
 from appliance.training.runfolder import ADAPTER_FILE, LOG_FILE
 from tests.helpers.training import make_workspace, new_run, run_folder, tiny_config
 
@@ -49,11 +52,11 @@ def _registry(vault: Any) -> Registry:
     return Registry.open(vault.ws, audit_key=vault.audit_key)
 
 
-def _launch_and_settle(vault: Any, run_id: str) -> tuple[list[ev.Event], launcher.Outcome]:
+def _launch_and_settle(vault: Any, run_id: str) -> tuple[list[ev.Event], runs.Outcome]:
     with _registry(vault) as reg:
-        process = launcher.launch(vault, reg, run_id, threads=1)
+        process = runs.launch(vault, reg, run_id, threads=1)
         seen = list(process.events())
-        return seen, launcher.wait_settled(process, vault, reg)
+        return seen, runs.wait_settled(process, vault, reg)
 
 
 def _command(code: str) -> Any:
@@ -67,20 +70,20 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     folder = run_folder(vault, run_id)
     with _registry(vault) as reg:
         assert reg.run(run_id)["state"] == "queued"
-        process = launcher.launch(vault, reg, run_id, detach=True, threads=1)
+        process = runs.launch(vault, reg, run_id, detach=True, threads=1)
         run = reg.run(run_id)
         assert (run["state"], run["pid"]) == ("running", process.pid)
-        assert launcher.process_alive(process.pid, run_id)
+        assert process_alive(process.pid, run_id)
         assert list(process.events()) == []  # detached: events go only to metrics.jsonl
         assert process.wait(timeout=120) == 0
         # No parent settled it; the next command that holds the vault does.
         assert reg.run(run_id)["state"] == "running"
-        (settled,) = launcher.reconcile(vault, reg)
+        (settled,) = runs.reconcile(vault, reg)
         assert (settled.state, settled.adapter) == ("finished", "facts-qa@1")
         run = reg.run(run_id)
         assert (run["state"], run["pid"]) == ("finished", None)
         lineage = reg.adapter_lineage("facts-qa@1")
-        assert launcher.reconcile(vault, reg) == []
+        assert runs.reconcile(vault, reg) == []
     assert lineage["run"]["id"] == run_id
     assert lineage["base_model"]["name"] == "tiny"
     assert (lineage["dataset"]["name"], lineage["dataset"]["version"]) == ("facts", 1)
@@ -100,6 +103,28 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     assert [e.step for e in events if isinstance(e, ev.Checkpoint)] == [2, 4]
     assert any(isinstance(e, ev.Memory) and e.rss for e in events)
     assert (folder / LOG_FILE).exists()
+    # Owner-only, like every file of the workspace (the event stream and the log included).
+    for name in (ev.METRICS_FILE, LOG_FILE, "meta.json", "run-key.enc"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    # One description of the run: the registry's record and the launch section, nothing else.
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoints", "meta.json", "metrics.jsonl", "run-key.enc", "train.log"
+    ]  # fmt: skip
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta) == {"kind", "format", "record", "launch"}
+    assert (meta["record"]["state"], meta["record"]["pid"]) == ("finished", None)
+    assert meta["launch"]["adapter_name"] == "facts-qa"
+    # The real run's metrics.jsonl replays into the view-model the CLI and the GUI render.
+    progress = RunProgress.replay(folder / ev.METRICS_FILE)
+    assert progress.state == "finished"
+    assert [p.step for p in progress.steps] == [1, 2, 3, 4, 5, 6]
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert [p.loss for p in progress.steps] == [s.loss for s in steps]
+    assert [p.step for p in progress.evals] == [e.step for e in events if isinstance(e, ev.Eval)]
+    assert progress.host
+    assert progress.gpus == {}
+    assert progress.final is not None
+    assert progress.final.tokens_seen == metrics["tokens_seen"]
     # Nothing of the dataset or the weights reaches the run folder in plaintext.
     for path in folder.rglob("*"):
         if path.is_file():
@@ -113,7 +138,7 @@ def test_the_child_gets_one_data_key_and_the_run_key_never_the_master_key(setup:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
     with _registry(vault) as reg:
-        line = launcher.key_line(vault, reg, run_id)
+        line = runs.key_line(vault, reg, run_id)
         version = datasets.resolve(reg, "facts")
     keys = json.loads(line)
     assert sorted(keys) == ["dataset_key", "run_key"]
@@ -128,14 +153,14 @@ def test_the_child_gets_one_data_key_and_the_run_key_never_the_master_key(setup:
 def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
-    real = launcher.key_line
+    real = runs.key_line
 
     def wrong(vault: Any, reg: Any, run: str) -> bytes:
         keys = json.loads(real(vault, reg, run))
         keys["dataset_key"] = os.urandom(32).hex()
         return (json.dumps(keys) + "\n").encode()
 
-    monkeypatch.setattr(launcher, "key_line", wrong)
+    monkeypatch.setattr(runs, "key_line", wrong)
     seen, outcome = _launch_and_settle(vault, run_id)
     (failed,) = seen
     assert isinstance(failed, ev.Failed)
@@ -151,7 +176,7 @@ def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPa
 def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
     _ws, vault = setup
     with _registry(vault) as reg, pytest.raises(NotFoundError, match="no dataset named 'nope'"):
-        launcher.create_run(
+        runs.create_run(
             vault, reg, model="tiny", dataset="nope", adapter_name="x", config=tiny_config()
         )
     with pytest.raises(ConfigError, match=r"lora\.rank is 0"):
@@ -163,22 +188,25 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
         (vault.ws.home / version["path"]).rename(vault.ws.home / "moved.enc")
         try:
             with pytest.raises(NotFoundError, match="missing from the workspace"):
-                launcher.launch(vault, reg, run_id)
+                runs.launch(vault, reg, run_id)
         finally:
             (vault.ws.home / "moved.enc").rename(vault.ws.home / version["path"])
         run = reg.run(run_id)
     assert run["state"] == "failed"
     assert "missing from the workspace" in run["failure_reason"]
 
-    # A config file damaged after the run was created: the child reports it.
-    config_file = run_folder(vault, run_id) / "config.json"
-    data = json.loads(config_file.read_text())
-    data["schedule"]["micro_batch_size"] = 0
-    config_file.write_text(json.dumps(data))
+    # A config that no longer validates (edited in the registry, which rewrites meta.json at
+    # every change): the child reads it from meta.json and reports it.
+    with _registry(vault) as reg:
+        config = reg.run(run_id)["config"]
+        config["schedule"]["micro_batch_size"] = 0
+        reg.update_run(run_id, config=config)
+    meta = json.loads((run_folder(vault, run_id) / "meta.json").read_text())
+    assert meta["record"]["config"]["schedule"]["micro_batch_size"] == 0
     (failed,), outcome = _launch_and_settle(vault, run_id)
     assert isinstance(failed, ev.Failed)
     assert failed.kind == "config"
-    assert "config.json" in failed.message
+    assert "meta.json" in failed.message
     assert "micro_batch_size is 0" in failed.message
     assert outcome.state == "failed"
 
@@ -186,7 +214,7 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
 def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config("save_every=2"))
-    monkeypatch.setattr(launcher, "worker_command", _command(CRASH_AT_STEP_3))
+    monkeypatch.setattr(runs, "worker_command", _command(CRASH_AT_STEP_3))
     seen, outcome = _launch_and_settle(vault, run_id)
     assert [e.step for e in seen if isinstance(e, ev.Step)] == [1, 2]
     failed = seen[-1]
@@ -197,11 +225,14 @@ def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch
     log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
     assert "Traceback" in log_text  # the details are in the log, not in the message
 
-    monkeypatch.setattr(launcher, "worker_command", _command(DIE_AT_ONCE))
+    monkeypatch.setattr(runs, "worker_command", _command(DIE_AT_ONCE))
     seen, outcome = _launch_and_settle(vault, run_id)
     assert seen == []
     assert outcome.state == "failed"
     assert outcome.message == "the training process exited with code 3 without a report"
+    # The child could not say it; the parent leaves the one line in the run's log.
+    last = (run_folder(vault, run_id) / LOG_FILE).read_text().splitlines()[-1]
+    assert last.endswith(f"run {run_id} failed: {outcome.message}")
     with _registry(vault) as reg:
         assert reg.run(run_id)["failure_reason"] == outcome.message
 
@@ -218,13 +249,13 @@ def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> No
         reused = reg.add_run(
             base_model="tiny", config={}, dataset="facts", state="running", pid=os.getpid()
         )
-        settled = {o.run_id: o for o in launcher.reconcile(vault, reg)}
+        settled = {o.run_id: o for o in runs.reconcile(vault, reg)}
         assert settled[lost].state == settled[reused].state == "failed"
         for run_id in (lost, reused):
             run = reg.run(run_id)
             assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
         with pytest.raises(UsageError, match="is failed, not running"):
-            launcher.stop_run(vault, reg, lost)
+            runs.stop_run(vault, reg, lost)
 
 
 # A child that ignores SIGTERM (a hung step): 'run stop' must kill it after the timeout.
@@ -241,14 +272,57 @@ def test_stop_kills_a_child_that_does_not_stop_in_time(
 ) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config())
-    monkeypatch.setattr(launcher, "worker_command", _command(IGNORES_SIGTERM))
+    monkeypatch.setattr(runs, "worker_command", _command(IGNORES_SIGTERM))
     with _registry(vault) as reg:
-        process = launcher.launch(vault, reg, run_id, detach=True)
+        process = runs.launch(vault, reg, run_id, detach=True)
         time.sleep(0.5)  # let it install its handler
-        outcome = launcher.stop_run(vault, reg, run_id, timeout=1)
+        outcome = runs.stop_run(vault, reg, run_id, timeout=1)
         assert process.wait(timeout=10) == -9
         run = reg.run(run_id)
     assert outcome.state == "failed"
     assert "did not stop within 1 s and was killed" in (outcome.message or "")
     assert run["state"] == "failed"
     assert run["failure_reason"] == outcome.message
+
+
+# The real worker, reporting at exit which registry or SQLite modules it loaded (on stderr,
+# which is the run's train.log).
+REPORTS_ITS_MODULES = (
+    "import atexit, sys  # appliance.training.worker\n"
+    "def report():\n"
+    "    names = [m for m in sys.modules if m.startswith(('appliance.registry', 'sqlite'))]\n"
+    "    print('loaded by the child:', sorted(names), file=sys.stderr)\n"
+    "atexit.register(report)\n"
+    "from appliance.training.worker import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_child_never_loads_the_registry(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config("max_steps=3", "warmup_steps=0", "save_every=0"))
+    monkeypatch.setattr(runs, "worker_command", _command(REPORTS_ITS_MODULES))
+    seen, outcome = _launch_and_settle(vault, run_id)
+    assert outcome.state == "finished", outcome
+    assert any(isinstance(e, ev.Finished) for e in seen)  # it trained and packed its adapter
+    log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
+    assert "loaded by the child: []" in log_text
+
+
+def test_a_parent_that_stops_reading_does_not_stop_the_run(setup: Any) -> None:
+    """A killed ``appliance train`` (its pipe closes): the child trains on, no traceback."""
+    _ws, vault = setup
+    config = tiny_config("max_steps=6", "save_every=0", "eval_every=0")
+    run_id = new_run(vault, config, adapter="orphaned")
+    with _registry(vault) as reg:
+        process = runs.launch(vault, reg, run_id, threads=1)
+        first = next(process.events())
+        assert isinstance(first, ev.Started)
+        assert process.proc.stdout is not None
+        process.proc.stdout.close()  # what the parent's death does to the pipe
+        assert process.wait(timeout=120) == 0
+        (outcome,) = runs.reconcile(vault, reg)
+    assert (outcome.state, outcome.adapter) == ("finished", "orphaned@1")
+    log_text = (run_folder(vault, run_id) / LOG_FILE).read_text()
+    assert "Traceback" not in log_text
+    assert "the parent stopped reading the events; they go on to" in log_text

@@ -1,8 +1,18 @@
 """Self-describing folders: each model, run and adapter folder carries ``meta.json``.
 
 The registry is an index over these folders; ``appliance verify --rebuild-index`` rebuilds the
-rows from them. ``meta.json`` holds ``{"kind": ..., "format": 1, "record": {...}}`` where the
-record is the registry row with names instead of internal ids.
+rows from them. ``meta.json`` is one JSON object::
+
+    {"kind": "run", "format": 1, "record": {...}, ...other sections}
+
+``record`` is the registry row with names instead of internal ids, written by the registry on
+every change. A folder's owner may keep more sections beside it (a run keeps ``launch``: what its
+training child needs, see :mod:`appliance.training.runfolder`); writing one section keeps the
+others, so the file stays the one description of the folder. Readers ignore sections they do not
+know.
+
+This module imports neither the registry nor torch: the training child reads its run's
+description with it.
 """
 
 from __future__ import annotations
@@ -23,15 +33,46 @@ KINDS = ("base_model", "run", "adapter_version")
 
 
 def write_meta(folder: Path, kind: str, record: dict[str, Any]) -> None:
-    """Write ``folder/meta.json`` atomically (the folder is created if needed)."""
+    """Write the ``record`` section of ``folder/meta.json`` (made, with the folder, if needed)."""
+    write_section(folder, kind, "record", record)
+
+
+def write_section(folder: Path, kind: str, name: str, value: dict[str, Any]) -> None:
+    """Replace one section of ``folder/meta.json`` atomically, keeping the others.
+
+    Callers that may race on the same folder hold the workspace's writer lock.
+
+    Raises:
+        ValueError: an unknown kind, or a reserved section name.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown meta kind {kind!r}")
+    if name in ("kind", "format"):
+        raise ValueError(f"{name!r} is not a section")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    body = {"kind": kind, "format": META_FORMAT, "record": record}
+    try:
+        body = read_body(folder)
+    except IntegrityError:
+        body = {}  # missing or damaged: the section written now starts a new file
+    if body.get("kind") != kind:
+        body = {}
+    body.update(kind=kind, format=META_FORMAT)
+    body[name] = value
     atomic_write_bytes(
         folder / META_FILE,
         (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode(),
     )
+
+
+def read_body(folder: Path) -> dict[str, Any]:
+    """The whole ``folder/meta.json`` object, every section.
+
+    Raises:
+        IntegrityError: the file is missing, not JSON, not a metadata file or of a newer format.
+    """
+    body = _load(folder / META_FILE)
+    _check_format(folder / META_FILE, body)
+    return body
 
 
 def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
@@ -41,21 +82,28 @@ def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
         IntegrityError: the file is missing, not JSON or not a metadata file.
     """
     path = folder / META_FILE
+    body = _load(path)
+    if not isinstance(body.get("record"), dict):
+        raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")
+    _check_format(path, body)
+    return str(body["kind"]), body["record"]
+
+
+def _load(path: Path) -> dict[str, Any]:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IntegrityError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IntegrityError(f"{path} is unreadable: {exc}") from None
-    if (
-        not isinstance(body, dict)
-        or body.get("kind") not in KINDS
-        or not isinstance(body.get("record"), dict)
-    ):
+    if not isinstance(body, dict) or body.get("kind") not in KINDS:
         raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")
+    return body
+
+
+def _check_format(path: Path, body: dict[str, Any]) -> None:
     if not isinstance(body.get("format"), int) or body["format"] > META_FORMAT:
         raise IntegrityError(f"{path} has an unknown format; upgrade the appliance")
-    return str(body["kind"]), body["record"]
 
 
 def tree_files(folder: Path, *, skip_meta: bool = True) -> list[str]:

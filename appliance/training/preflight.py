@@ -1,0 +1,167 @@
+"""Pre-flight: will this run fit? The memory estimate set against the chosen device's free memory.
+
+The figures come from :mod:`appliance.training.estimate`; this module chooses the device (GPU
+``gpu_index`` through NVML, else the CPU and its available RAM), asks for suggestions when the
+run does not fit, and returns it all as one :class:`Preflight`: structured (fits, free bytes, the
+breakdown, the suggested fix as ``--set`` assignments) and as the text lines ``appliance train``
+prints. The desktop app's Train page shows the same lines, colours them by :attr:`Preflight.fits`
+and offers :meth:`Preflight.apply_fix`. No torch, no Qt: it reads ``config.json`` and NVML.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import TrainingError
+from appliance.gpu import GpuState, read_gpus
+from appliance.registry import Registry
+from appliance.training.config import TrainConfig
+from appliance.training.estimate import (
+    EstimateItem,
+    MemoryEstimate,
+    Suggestion,
+    estimate_memory,
+    render_estimate,
+    suggest_changes,
+)
+from appliance.workspace import Workspace
+
+CPU_NOTE = (
+    "No NVIDIA GPU found: training runs on the CPU, in fp32 (slow; fine for small models "
+    "such as the demo model)."
+)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The estimate beside the free memory of the device the run would use."""
+
+    device: str
+    """``cuda`` or ``cpu``."""
+    device_label: str
+    """For people: ``GPU 0: NVIDIA H200`` or ``CPU (no NVIDIA GPU found)``."""
+    free_bytes: int | None
+    """Free memory of that GPU (NVML), or the RAM available on a CPU; None if unreadable."""
+    free_label: str
+    """What :attr:`free_bytes` measures: ``free GPU memory`` or ``available RAM``."""
+    estimate: MemoryEstimate | None
+    """None when the model's shape cannot be estimated (:attr:`note` says why)."""
+    suggestions: tuple[Suggestion, ...]
+    """Changes that would make it fit, gentlest first (empty when it fits)."""
+    note: str | None
+    """A remark above the figures: why there is no estimate, or that training runs on a CPU."""
+    lines: tuple[str, ...]
+    """The whole verdict as text, as ``appliance train`` prints it."""
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether the estimate fits in the free memory; None when either is unknown."""
+        if self.estimate is None or self.free_bytes is None:
+            return None
+        return self.estimate.fits(self.free_bytes)
+
+    @property
+    def items(self) -> tuple[EstimateItem, ...]:
+        """The breakdown (label, bytes, how it was counted), for a tooltip."""
+        return self.estimate.items if self.estimate is not None else ()
+
+    @property
+    def fix(self) -> Suggestion | None:
+        """The gentlest suggested change that fits, if any."""
+        return next((s for s in self.suggestions if s.fits), None)
+
+    def apply_fix(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with :attr:`fix` applied (unchanged when there is none).
+
+        Raises:
+            ConfigError: the changed config does not validate (not expected: fixes are checked).
+        """
+        from appliance.training.settings import apply_overrides
+
+        fix = self.fix
+        return apply_overrides(config, list(fix.assignments)) if fix is not None else config
+
+
+def available_ram() -> int | None:
+    """RAM available to a new process (``MemAvailable``), None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check(
+    model_config: Mapping[str, Any],
+    config: TrainConfig,
+    *,
+    gpus: GpuState,
+    gpu_index: int = 0,
+    ram_free: int | None = None,
+) -> Preflight:
+    """The pre-flight verdict for ``config`` on the model of ``model_config``.
+
+    Args:
+        model_config: the model's ``config.json`` as a dict.
+        config: the training settings.
+        gpus: an NVML reading (:func:`appliance.gpu.read_gpus`); no GPU means the CPU.
+        gpu_index: the GPU the run would use.
+        ram_free: available RAM for a CPU run (:func:`available_ram`).
+    """
+    device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
+    try:
+        estimate = estimate_memory(model_config, config, device=device)
+        suggestions: tuple[Suggestion, ...] = ()
+        if device == "cuda" and free is not None:
+            suggestions = tuple(suggest_changes(model_config, config, free, device=device))
+    except TrainingError as exc:
+        reason = f"No memory estimate for this model: {exc}"
+        return Preflight(device, label, free, free_label, None, (), reason, (reason,))
+    figures = render_estimate(estimate, free, suggestions)
+    head = [label] if device == "cuda" else [CPU_NOTE]
+    return Preflight(
+        device, label, free, free_label, estimate, suggestions, note, (*head, *figures)
+    )
+
+
+def for_model(
+    ws: Workspace, reg: Registry, model: str, config: TrainConfig, *, gpu_index: int = 0
+) -> Preflight:
+    """:func:`check` for a registered base model, with this machine's NVML and RAM readings.
+
+    Raises:
+        NotFoundError: no such model.
+    """
+    from appliance.models.use import model_folder
+
+    folder = model_folder(ws, reg.base_model(model))
+    gpus = read_gpus()
+    try:
+        model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        device, label, free, free_label, _note = _device(gpus, gpu_index, None)
+        reason = f"No memory estimate: cannot read {folder / 'config.json'} ({exc})"
+        return Preflight(device, label, free, free_label, None, (), reason, (reason,))
+    return check(model_config, config, gpus=gpus, gpu_index=gpu_index, ram_free=available_ram())
+
+
+def _device(
+    gpus: GpuState, gpu_index: int, ram_free: int | None
+) -> tuple[str, str, int | None, str, str | None]:
+    """(device, label, free bytes, what they measure, note) of the device the run would use."""
+    reading = next((g for g in gpus.gpus if g.index == gpu_index), None)
+    if gpus.available and reading is not None:
+        return (
+            "cuda",
+            f"GPU {reading.index}: {reading.name}",
+            reading.memory_free,
+            "free GPU memory",
+            None,
+        )
+    return "cpu", "CPU (no NVIDIA GPU found)", ram_free, "available RAM", CPU_NOTE

@@ -1,0 +1,446 @@
+"""A training run from the parent's side: the one door to create, launch, stop and settle runs.
+
+``appliance train`` / ``appliance run ...`` and the desktop app call these functions and nothing
+else to change a run; the run itself is described once on disk, in its folder's ``meta.json``
+(:mod:`appliance.training.runfolder`), and indexed by the registry's ``runs`` table::
+
+    check_new_run   validate a request (model, dataset, adapter name) before anything is made
+    create_run      registry row (queued) + run folder: meta.json, run-key.enc
+    prepare_launch  check it can start, refresh meta.json's launch section, gather its keys
+                    -> LaunchPlan (command, key line, log file), for this process or QProcess
+    mark_started    record the child's PID: the run is running
+    launch          prepare_launch + start the child + hand over the keys + mark_started
+    stop_run        from any process: SIGTERM, SIGKILL after a timeout, then finalize
+    finalize        settle an ended session: finished (adapter registered), stopped or failed
+    reconcile       finalize every run marked running whose process is gone
+
+Keys: the child gets the data key of its one dataset object and the run key, never the master
+key. The run key is random per run and kept in the run folder sealed by the master key
+(``run-key.enc``); the child seals its checkpoints and its adapter with it, and the parent,
+which holds the vault, unseals the adapter and stores it as ``NAME@N`` under the master key.
+
+States in the registry: queued (created) -> running (with the child's PID) -> finished,
+stopped or failed. A session's outcome is read back from ``metrics.jsonl`` (the events after the
+session's start recorded in the launch section), so any process holding the vault settles a run
+whose parent is gone: the parent that followed the child, a later ``appliance run list``, or the
+desktop app at start-up. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from appliance import adapters
+from appliance.datasets.store import describe as describe_dataset
+from appliance.datasets.store import resolve as resolve_dataset
+from appliance.errors import ApplianceError, NotFoundError, UsageError, WorkspaceLockedError
+from appliance.fsutil import open_append
+from appliance.models.use import resolve_model_for_use
+from appliance.registry import Registry
+from appliance.registry.refs import check_name
+from appliance.training import events as ev
+from appliance.training.config import TrainConfig
+from appliance.training.process import (
+    TrainingProcess,
+    describe_exit,
+    process_alive,
+    worker_command,
+)
+from appliance.training.runfolder import Launch, RunFolder
+from appliance.vault import Vault, new_object_id
+from appliance.vault.objects import read_object
+
+STOP_TIMEOUT_S = 120.0
+"""How long a stop waits for the child to checkpoint before killing it."""
+TERMINAL = (ev.Finished, ev.Stopped, ev.Failed)
+
+
+def run_folder(vault: Vault, run: dict[str, Any]) -> RunFolder:
+    """The folder of ``run`` (a registry row)."""
+    return RunFolder(vault.ws.home / str(run["path"]))
+
+
+# --- creating ----------------------------------------------------------------------------------
+
+
+def check_new_run(reg: Registry, *, model: str, dataset: str, adapter_name: str) -> dict[str, Any]:
+    """Check a request for a new run before anything is made or shown; returns the dataset row.
+
+    Raises:
+        UsageError: a bad adapter name or dataset reference.
+        NotFoundError: no such model or dataset version.
+    """
+    check_name(adapter_name, "adapter name")
+    reg.base_model(model)
+    return resolve_dataset(reg, dataset)
+
+
+def create_run(
+    vault: Vault,
+    reg: Registry,
+    *,
+    model: str,
+    dataset: str,
+    adapter_name: str,
+    config: TrainConfig,
+) -> str:
+    """Record a queued run and make its folder (``meta.json``, ``run-key.enc``).
+
+    Raises:
+        NotFoundError: no such model or dataset version.
+        UsageError: a bad adapter name or dataset reference.
+    """
+    ds = check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter_name)
+    with vault.ws.writer("train"):
+        run_id = reg.add_run(
+            base_model=model,
+            config=config.to_dict(),
+            dataset=ds["name"],
+            dataset_version=ds["version"],
+            seed=config.seed,
+        )
+        folder = run_folder(vault, reg.run(run_id))
+        folder.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        vault.write(folder.run_key, new_object_id(), [os.urandom(32)])
+        _write_launch(vault, reg, run_id, adapter_name=adapter_name)
+    return run_id
+
+
+def _write_launch(
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    *,
+    adapter_name: str | None = None,
+    metrics_offset: int = 0,
+    launched: float | None = None,
+) -> RunFolder:
+    """Resolve the model folder (re-checking its files) and the dataset; write the launch section.
+
+    Call with the workspace's writer lock held.
+    """
+    run = reg.run(run_id)
+    folder = run_folder(vault, run)
+    if adapter_name is None:
+        adapter_name = folder.launch().adapter_name
+    ds = reg.dataset_version(run["dataset"], run["dataset_version"])
+    model_dir = resolve_model_for_use(vault.ws, reg, run["base_model"])
+    folder.write_launch(
+        Launch(
+            adapter_name=adapter_name,
+            model_dir=str(Path(model_dir).absolute()),
+            dataset_path=str(vault.path(ds["path"]).absolute()),
+            dataset_object_id=ds["object_id"],
+            metrics_offset=metrics_offset,
+            launched=launched,
+        )
+    )
+    return folder
+
+
+# --- launching ---------------------------------------------------------------------------------
+
+
+def key_line(vault: Vault, reg: Registry, run_id: str) -> bytes:
+    """The line written to the child's stdin: the dataset's data key and the run key."""
+    run = reg.run(run_id)
+    folder = run_folder(vault, run)
+    ds = reg.dataset_version(run["dataset"], run["dataset_version"], include_deleted=True)
+    if ds["deleted_at"] is not None:
+        raise NotFoundError(
+            f"{describe_dataset(ds)} was deleted, so run {run_id} cannot train on it any more"
+        )
+    data_key = vault.data_key(vault.path(ds["path"]), ds["object_id"], describe_dataset(ds))
+    run_key = bytes(vault.read(folder.run_key, what=f"the key of run {run_id}"))
+    return (json.dumps({"dataset_key": data_key.hex(), "run_key": run_key.hex()}) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start one session of a run, in this process or through QProcess."""
+
+    run_id: str
+    folder: Path
+    command: list[str]
+    """The child's command line (:func:`~appliance.training.process.worker_command`)."""
+    keys: bytes = field(repr=False)
+    """The line to write to the child's stdin, then close it (:func:`key_line`)."""
+    log_file: Path
+    """Where the child's stderr belongs (the run's ``train.log``, appended; it exists, 0600)."""
+
+
+def prepare_launch(
+    vault: Vault, reg: Registry, run_id: str, *, threads: int | None = None
+) -> LaunchPlan:
+    """Check that ``run_id`` can start, refresh its launch section, and gather its keys.
+
+    A run whose model or dataset is gone or changed is marked failed with the reason. The
+    session's start in ``metrics.jsonl`` is recorded here, before any child can write.
+
+    Raises:
+        UsageError: the run is finished, or running already.
+        NotFoundError / IntegrityError: its model or dataset is gone or changed.
+    """
+    run = reg.run(run_id)
+    if run["state"] == "finished":
+        raise UsageError(f"run {run_id} has finished; start a new run with 'appliance train'")
+    if run["state"] == "running" and process_alive(run["pid"], run_id):
+        raise UsageError(f"run {run_id} is running already (pid {run['pid']})")
+    folder = run_folder(vault, run)
+    with vault.ws.writer("train: launch"):
+        try:
+            folder.prepare_stream_files()
+            offset = folder.metrics.stat().st_size
+            _write_launch(vault, reg, run_id, metrics_offset=offset, launched=time.time())
+            keys = key_line(vault, reg, run_id)
+        except ApplianceError as exc:
+            # The model or dataset is gone or changed: the run cannot start, and says why.
+            reg.update_run(run_id, state="failed", failure_reason=str(exc))
+            raise
+    return LaunchPlan(run_id, folder.path, worker_command(folder.path, threads), keys, folder.log)
+
+
+def mark_started(vault: Vault, reg: Registry, plan: LaunchPlan, pid: int) -> None:
+    """Record the started child's PID (registry and ``meta.json``): the run is running."""
+    with vault.ws.writer("train"):
+        if reg.run(plan.run_id)["state"] != "running":
+            reg.update_run(plan.run_id, state="running", pid=pid)
+        else:
+            reg.update_run(plan.run_id, pid=pid)
+
+
+def launch(
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    *,
+    detach: bool = False,
+    threads: int | None = None,
+) -> TrainingProcess:
+    """Start (or resume) ``run_id`` in a child process and mark it running with its PID.
+
+    With ``detach`` the child's events go only to ``metrics.jsonl`` (its stdout is not piped),
+    so it outlives this process; any later command settles its outcome via :func:`reconcile`.
+    The desktop app does the same with QProcess: :func:`prepare_launch`, start
+    ``plan.command``, write ``plan.keys``, :func:`mark_started`; then :func:`finalize` when the
+    child has exited.
+
+    Raises:
+        UsageError: the run is finished, or running already.
+        NotFoundError / IntegrityError: its model or dataset is gone or changed.
+    """
+    plan = prepare_launch(vault, reg, run_id, threads=threads)
+    log_fd = open_append(plan.log_file)
+    try:
+        proc = subprocess.Popen(
+            plan.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL if detach else subprocess.PIPE,
+            stderr=log_fd,
+            # Its own session: Ctrl-C in the terminal reaches the parent only, which then asks
+            # the child to stop gracefully; a closed terminal does not kill a detached run.
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(plan.keys)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died at once; its exit code tells why
+    mark_started(vault, reg, plan, proc.pid)
+    return TrainingProcess(run_id, plan.folder, proc)
+
+
+# --- ending ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """How a session ended, as settled in the registry."""
+
+    run_id: str
+    state: str
+    message: str | None = None
+    adapter: str | None = None
+    """NAME@N of the registered adapter when finished."""
+    finished: ev.Finished | None = None
+
+
+def stop_run(
+    vault: Vault, reg: Registry, run_id: str, *, timeout: float = STOP_TIMEOUT_S
+) -> Outcome:
+    """Stop a running run from any process: SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+    Raises:
+        UsageError: the run is not running.
+    """
+    run = reg.run(run_id)
+    pid = run["pid"]
+    if run["state"] != "running" or not process_alive(pid, run_id):
+        if run["state"] == "running":
+            return finalize(vault, reg, run_id)
+        raise UsageError(f"run {run_id} is {run['state']}, not running; nothing to stop")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process_alive(pid, run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = process_alive(pid, run_id)
+    if killed:
+        os.kill(pid, signal.SIGKILL)
+        while process_alive(pid, run_id):
+            time.sleep(0.1)
+    reason = None
+    if killed:
+        reason = (
+            f"it did not stop within {timeout:.0f} s and was killed; resume it from its last "
+            "checkpoint with 'appliance run resume'"
+        )
+    return finalize(vault, reg, run_id, reason=reason)
+
+
+def wait_settled(process: TrainingProcess, vault: Vault, reg: Registry) -> Outcome:
+    """After the events ended: reap the child and settle its run."""
+    code = process.wait()
+    return finalize(vault, reg, process.run_id, exit_code=code)
+
+
+def finalize(
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    exit_code: int | None = None,
+    reason: str | None = None,
+) -> Outcome:
+    """Settle a session that has ended: register the adapter, or record stopped / failed.
+
+    ``exit_code`` (negative: killed by that signal) or ``reason`` explain a child that ended
+    without a final event; without either the run failed with "process lost".
+
+    Safe to call twice and from two processes (a foreground CLI and a ``run list``): under the
+    writer lock, a run that is no longer marked running is left as it is.
+    """
+    with vault.ws.writer("train: finish run"):
+        run = reg.run(run_id)
+        if run["state"] not in ("running", "queued"):
+            return _settled(reg, run)
+        folder = run_folder(vault, run)
+        found = [e for e in folder.session_events() if isinstance(e, TERMINAL)]
+        last = found[-1] if found else None
+        if isinstance(last, ev.Finished) and folder.adapter.exists():
+            return _register(vault, reg, run, folder, last)
+        if isinstance(last, ev.Stopped):
+            reg.update_run(run_id, state="stopped")
+            return Outcome(run_id, "stopped", f"stopped at step {last.step}")
+        if isinstance(last, ev.Failed):
+            reg.update_run(run_id, state="failed", failure_reason=last.message)
+            return Outcome(run_id, "failed", last.message)
+        reason = reason or describe_exit(exit_code)
+        reg.update_run(run_id, state="failed", failure_reason=reason)
+        folder.note(f"run {run_id} failed: {reason}")
+        return Outcome(run_id, "failed", reason)
+
+
+def _register(
+    vault: Vault, reg: Registry, run: dict[str, Any], folder: RunFolder, done: ev.Finished
+) -> Outcome:
+    adapter_name = folder.launch().adapter_name
+    run_key = bytes(vault.read(folder.run_key, what=f"the key of run {run['id']}"))
+    label = f"the adapter of run {run['id']}"
+    # Stored as packed bytes, checked by header: settling needs no torch (the GUI settles too).
+    blob = bytes(read_object(folder.adapter, run_key, what=label))
+    adapters.check_packed(blob, label)
+    metrics = {
+        "train_loss": done.train_loss,
+        "eval_loss": done.eval_loss,
+        "tokens_seen": done.tokens_seen,
+        "steps": done.step,
+        "wall_s": done.total_wall_s if done.total_wall_s is not None else done.wall_s,
+        "peak_memory": done.peak_memory,
+    }
+    version = adapters.store(
+        vault,
+        reg,
+        adapter_name,
+        blob,
+        run_id=run["id"],
+        metrics=metrics,
+        lib_versions=_lib_versions(),
+    )
+    reg.update_run(run["id"], state="finished")
+    folder.adapter.unlink(missing_ok=True)
+    ref = f"{adapter_name}@{version}"
+    return Outcome(run["id"], "finished", None, ref, done)
+
+
+def _lib_versions() -> dict[str, str]:
+    found = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "safetensors"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _settled(reg: Registry, run: dict[str, Any]) -> Outcome:
+    refs = run_adapters(reg, run["id"])
+    return Outcome(run["id"], run["state"], run["failure_reason"], refs[-1] if refs else None)
+
+
+def run_adapters(reg: Registry, run_id: str) -> list[str]:
+    """NAME@N of the adapter versions a run produced."""
+    return [a["ref"] for a in reg.adapter_versions() if a["run_id"] == run_id]
+
+
+def unsettled(reg: Registry) -> list[dict[str, Any]]:
+    """Runs marked running whose process is gone: what :func:`reconcile` would settle."""
+    return [r for r in reg.runs("running") if not process_alive(r["pid"], r["id"])]
+
+
+def reconcile(vault: Vault, reg: Registry) -> list[Outcome]:
+    """Settle every run marked running whose process is gone (finished, stopped or failed).
+
+    A run whose child ended without a final event becomes ``failed`` with the reason
+    "process lost": a run never hangs in "running".
+    """
+    return [finalize(vault, reg, run["id"]) for run in unsettled(reg)]
+
+
+def try_reconcile(vault: Vault, reg: Registry) -> list[Outcome]:
+    """:func:`reconcile`, skipped when another command holds the workspace for long."""
+    try:
+        return reconcile(vault, reg)
+    except WorkspaceLockedError:
+        return []
+
+
+__all__ = [
+    "STOP_TIMEOUT_S",
+    "LaunchPlan",
+    "Outcome",
+    "check_new_run",
+    "create_run",
+    "finalize",
+    "key_line",
+    "launch",
+    "mark_started",
+    "prepare_launch",
+    "reconcile",
+    "run_adapters",
+    "run_folder",
+    "stop_run",
+    "try_reconcile",
+    "unsettled",
+    "wait_settled",
+]
