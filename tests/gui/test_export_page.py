@@ -205,6 +205,13 @@ def test_refusals_are_shown_before_any_child_starts(
     a_file = exports / "notes.txt"
     a_file.write_text("keep me")
     assert str(a_file) in refused(a_file)
+    # Enter in the form starts (here: is refused, and says why), as the Start button would.
+    page.status.clear()
+    page.activateWindow()
+    qtbot.waitUntil(page.isActiveWindow)
+    page.dest_edit.setFocus()
+    qtbot.keyClick(page.dest_edit, Qt.Key.Key_Return)
+    assert page.status.text().startswith(f"Not started: {a_file} is a file")
     full = exports / "full"
     full.mkdir()
     (full / "mine.txt").write_text("keep me too")
