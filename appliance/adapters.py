@@ -27,6 +27,7 @@ from appliance.folders import artifact_sha256
 from appliance.fsutil import fsync_dir
 from appliance.vault import Vault, new_object_id
 from appliance.vault.objects import object_id_of
+from appliance.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     # Only callers that already hold a registry (store, load) need it: the training child packs
     # its adapter with this module and never loads the registry.
     from appliance.registry import Registry
-    from appliance.workspace import Workspace
 
 ADAPTER_FILE = "adapter.enc"
 CONFIG_METADATA_KEY = "adapter_config"

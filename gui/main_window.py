@@ -17,19 +17,23 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
+from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
+from gui.pages.datasets import DatasetsPage
 from gui.pages.export import ExportPage
-from gui.pages.jobs import DatasetsPage, TrainPage
+from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
+from gui.window_lock import WindowLock
 
 _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
@@ -51,17 +55,21 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.datasets_page = DatasetsPage(session)
+        self.settings_page = SettingsPage(home, session)
         self.registry_page = RegistryPage(session)
         self.export_page = ExportPage(session)
+        self.settle_task: Task | None = None
+        self.models_page.imported.connect(self.datasets_page.refresh_models)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
-            DatasetsPage(),
+            self.datasets_page,
             self.models_page,
             TrainPage(),
             self.registry_page,
             self.export_page,
-            SettingsPage(home),
+            self.settings_page,
         ]
         self.nav = QListWidget()
         self.nav.setObjectName("navigation")
@@ -88,13 +96,22 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.statusBar().addWidget(
-            QLabel(
-                f"Offline · unlocked as {session.vault.label}"
-                if session is not None
-                else "Offline · locked"
-            )
+        self.lock_label = QLabel(
+            f"Offline · unlocked as {session.vault.label}"
+            if session is not None
+            else "Offline · locked"
         )
+        self.statusBar().addWidget(self.lock_label)
+        self.locker: WindowLock | None = None
+        if session is not None:
+            self.locker = WindowLock(
+                self, session, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
+            )
+            self.locker.locked.connect(lambda: self.lock_label.setText("Offline · locked"))
+            self.locker.unlocked.connect(
+                lambda: self.lock_label.setText(f"Offline · unlocked as {session.vault.label}")
+            )
+            self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
         self._connect_registry_and_export()
@@ -160,8 +177,17 @@ class MainWindow(QMainWindow):
 
         task = Task("settling runs", work, self)
         task.succeeded.connect(self._runs_settled)
+        self.settle_task = task
         task.start()
         return task
+
+    def lock_now(self) -> None:
+        """Lock the workspace (what the Lock now action does)."""
+        if self.locker is not None:
+            self.locker.lock_now()
+
+    def _own_vault_tasks(self) -> list[Task]:
+        return [self.settle_task] if self.settle_task is not None else []
 
     @Slot(object)
     def _runs_settled(self, outcomes: list[Outcome]) -> None:
@@ -170,8 +196,19 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.locker is not None:
+            self.locker.shutdown()
         self.models_page.shutdown()
+        self.datasets_page.shutdown()
         self.export_page.shutdown()
         self.registry_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
+
+
+def _auto_lock_minutes(home: Path) -> int:
+    """The workspace's auto-lock setting (the default where its settings file is damaged)."""
+    try:
+        return preferences.load(Workspace(home)).auto_lock_minutes
+    except ApplianceError:
+        return preferences.Preferences().auto_lock_minutes

@@ -16,7 +16,9 @@ from appliance import __version__, offline
 from appliance.cli import (
     adapter_cmd,
     audit_cmd,
+    chat_cmd,
     dataset_cmd,
+    eval_cmd,
     export_cmd,
     model_cmd,
     passphrase_cmd,
@@ -71,6 +73,8 @@ dataset_cmd.register(app)
 model_cmd.register(app)
 train_cmd.register(app)
 adapter_cmd.register(app)
+chat_cmd.register(app)
+eval_cmd.register(app)
 export_cmd.register(app)
 app.command("gpu")(gpu)
 passphrase_cmd.register(app)

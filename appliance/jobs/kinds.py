@@ -17,6 +17,10 @@ KINDS: dict[str, str] = {
     # Token statistics of a dataset version against a base model, cached encrypted
     # (appliance.datasets.token_cache starts it and reads the cache back).
     "token-stats": "appliance.datasets.tokens:token_stats_job",
+    # Chat with a base model and adapter versions side by side (interactive).
+    "generate": "appliance.generation.job:generate",
+    # Score adapter versions (and their base) on a dataset version; stores the results.
+    "eval": "appliance.evaluation.job:evaluate",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }

@@ -210,8 +210,14 @@ class AdaptersMixin(RecordsMixin):
 
     # -- tags ----------------------------------------------------------------------------------
 
-    def set_tag(self, ref: str | Ref, tag: str) -> dict[str, Any]:
+    def set_tag(
+        self, ref: str | Ref, tag: str, *, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Point ``tag`` of the adapter's name at this version (moving it atomically).
+
+        Args:
+            details: more for the audit row (e.g. the promotion gate's figures, an override's
+                reason).
 
         Returns:
             ``{"ref", "tag", "previous"}`` where previous is the version it pointed at, or None.
@@ -239,7 +245,12 @@ class AdaptersMixin(RecordsMixin):
             self.audit(
                 "adapter.tag",
                 target["ref"],
-                {"tag": tag, "previous": previous, "version": target["version"]},
+                {
+                    **(details or {}),
+                    "tag": tag,
+                    "previous": previous,
+                    "version": target["version"],
+                },
             )
         return {"ref": target["ref"], "tag": tag, "previous": previous}
 

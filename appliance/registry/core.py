@@ -28,6 +28,7 @@ JSON_COLUMNS: dict[str, tuple[str, ...]] = {
     "adapter_versions": ("metrics", "lib_versions"),
     "exports": ("details",),
     "audit": ("details",),
+    "evaluations": ("metrics", "base_metrics", "settings", "lib_versions"),
 }
 BOOL_COLUMNS: dict[str, tuple[str, ...]] = {
     "base_models": ("linked", "has_chat_template"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import NotFoundError
 from appliance.events import EventError
 from appliance.registry import Registry
 from appliance.registry.catalog import _number
@@ -101,7 +102,7 @@ class Lineage:
     """Final metrics: train_loss, eval_loss, tokens_seen, steps, wall_s, peak_memory."""
     exports: tuple[ExportRecord, ...]
     evaluations: tuple[dict[str, Any], ...] = ()
-    """Evaluation rows of this version, when the registry records evaluations."""
+    """Evaluation rows of this version (``appliance eval``), oldest first."""
 
 
 def _started(folder: Path) -> ev.Started | None:
@@ -187,7 +188,10 @@ def lineage_of(reg: Registry, ref: str) -> Lineage:
         )
     base = data["base_model"]
     ds = data["dataset"]
-    evaluations = getattr(reg, "evaluations", None)
+    try:
+        evaluations = tuple(reg.evaluations(data["ref"]))
+    except NotFoundError:
+        evaluations = ()  # a deleted version's results are not listed by the registry
     return Lineage(
         ref=data["ref"],
         name=data["name"],
@@ -209,5 +213,5 @@ def lineage_of(reg: Registry, ref: str) -> Lineage:
         lib_versions=data["lib_versions"] or {},
         metrics=metrics,
         exports=export_history(reg, data["ref"]),
-        evaluations=tuple(evaluations(data["ref"])) if callable(evaluations) else (),
+        evaluations=evaluations,
     )

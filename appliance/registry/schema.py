@@ -147,8 +147,43 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 
+# Version 2: evaluation results of adapter versions (lineage: which data scored them, how), and
+# the golden set of each adapter name that gates its `production` tag.
+_V2 = """
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY,
+    adapter_version_id INTEGER NOT NULL REFERENCES adapter_versions (id),
+    adapter_sha256 TEXT NOT NULL,
+    dataset_version_id INTEGER NOT NULL REFERENCES dataset_versions (id),
+    dataset_sha256 TEXT NOT NULL,
+    split TEXT NOT NULL CHECK (split IN ('train', 'eval', 'all')),
+    metrics TEXT NOT NULL,
+    base_metrics TEXT,
+    settings TEXT NOT NULL DEFAULT '{}',
+    lib_versions TEXT NOT NULL DEFAULT '{}',
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX evaluations_adapter ON evaluations (adapter_version_id);
+CREATE INDEX evaluations_dataset ON evaluations (dataset_version_id);
+
+CREATE TABLE golden_sets (
+    name TEXT PRIMARY KEY,
+    dataset_version_id INTEGER NOT NULL REFERENCES dataset_versions (id),
+    metric TEXT NOT NULL CHECK (metric IN ('answer_loss', 'contains')),
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+"""
+
+
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     _run_script(conn, _V1)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _V2)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -165,7 +200,7 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
         raise RuntimeError(f"incomplete SQL statement in a migration: {buffer!r}")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 """``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

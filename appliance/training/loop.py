@@ -80,6 +80,22 @@ def peak_memory(device: str) -> int:
     return process_peak_rss() or 0
 
 
+def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy of the batch's labelled tokens (divide by ``trained_tokens``).
+
+    The one definition of the loss: training, its eval passes and ``appliance eval`` use it.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    shifted = logits[:, :-1, :].float()
+    labels = batch.labels[:, 1:]
+    return F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+
+
 class Trainer:
     """One session of a run: set up, then train until done or asked to stop."""
 
@@ -195,25 +211,13 @@ class Trainer:
     def _load_model(self, model_dir: Path, dtype: torch.dtype) -> Any:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        from appliance.training.quant import load_base
+
         cfg = self.config
-        device_map: Any = {"": 0} if self.cuda else "cpu"
-        if cfg.method == "qlora":
-            from appliance.training.quant import load_4bit
-
-            model = load_4bit(model_dir, dtype, device_map=device_map)
+        qlora = cfg.method == "qlora"
+        model = load_base(model_dir, dtype, four_bit=qlora, cuda=self.cuda)
+        if qlora:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                dtype=dtype,
-                device_map=device_map,
-                local_files_only=True,
-                trust_remote_code=False,
-            )
-            for param in model.parameters():
-                param.requires_grad = False
         model.config.use_cache = False
         enable_checkpointing(model, cfg.gradient_checkpointing)
         lora = cfg.lora
@@ -338,15 +342,7 @@ class Trainer:
         return total / trained, float(norm), tokens, lr
 
     def _loss_sum(self, batch: Batch) -> torch.Tensor:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        shifted = logits[:, :-1, :].float()
-        labels = batch.labels[:, 1:]
-        return F.cross_entropy(
-            shifted.reshape(-1, shifted.size(-1)),
-            labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        return loss_sum(self.model, batch)
 
     def _evaluate(self) -> float | None:
         """Loss per token on the eval split (None without one); training resumes after."""

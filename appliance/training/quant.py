@@ -108,6 +108,31 @@ def load_4bit(model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = 
     return model
 
 
+def load_base(model_dir: Path, dtype: torch.dtype, *, four_bit: bool, cuda: bool) -> Any:
+    """The base model as training loads it, every weight frozen: NF4 4-bit (guarded against
+    the CPU repack) or plain ``dtype``, on GPU 0 when ``cuda`` else on the CPU.
+
+    Generation and evaluation load the base through here too, so an adapter is scored on the
+    same model it was trained on.
+    """
+    device_map: Any = {"": 0} if cuda else "cpu"
+    if four_bit:
+        model = load_4bit(model_dir, dtype, device_map=device_map)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            Path(model_dir),
+            dtype=dtype,
+            device_map=device_map,
+            local_files_only=True,
+            trust_remote_code=False,
+        )
+    for param in model.parameters():
+        param.requires_grad = False
+    return model
+
+
 def merge_dequantized(peft_model: Any, dtype: torch.dtype = torch.float32) -> Any:
     """Merge a LoRA adapter into its 4-bit base the safe way: dequantise the base, then merge.
 

@@ -98,6 +98,7 @@ class ExportPage(Page):
         self.history: tuple[ExportRecord, ...] = ()
         self.stage_states: dict[str, str] = {key: "pending" for key, _ in STEPS}
         self._figures: dict[str, Any] | None = None
+        self._locking = False
 
         form = QFormLayout()
         self.version_combo = QComboBox()
@@ -204,6 +205,26 @@ class ExportPage(Page):
         self._show_stages()
         self.refresh()
 
+    @property
+    def usable(self) -> bool:
+        """An unlocked workspace is there to read."""
+        return self.session is not None and not self.session.locked and not self._locking
+
+    def on_lock(self) -> None:
+        # A running export goes on (its child holds its own key); its outcome is not drawn.
+        self._locking = True
+        self.version_combo.clear()
+        self.history = ()
+        self.history_table.setRowCount(0)
+        self.result_view.clear()
+        self.plan = None
+        self.plan_label.clear()
+        self.status.clear()
+
+    def on_unlock(self) -> None:
+        self._locking = False
+        self.refresh()
+
     def showEvent(self, event: QShowEvent) -> None:
         # Versions come and go while the page is hidden (a run finishes, one is deleted).
         if not self.busy:
@@ -215,7 +236,7 @@ class ExportPage(Page):
     @Slot()
     def refresh(self) -> None:
         """Re-read the versions that can be exported (keeping the chosen one if it exists)."""
-        if self.session is None:
+        if self.session is None or not self.usable:
             self.status.setText("Unlock the workspace to export its adapters.")
             self.start_button.setEnabled(False)
             return
@@ -288,7 +309,7 @@ class ExportPage(Page):
         self.plan = None
         ref = self.version_combo.currentText()
         busy = self.busy
-        if self.session is None or not ref:
+        if self.session is None or not self.usable or not ref:
             self.plan_label.setText("No adapter version to export yet.")
             self.start_button.setEnabled(False)
             return None
@@ -323,7 +344,7 @@ class ExportPage(Page):
     @Slot()
     def start_export(self) -> JobProcess | None:
         """Check again, then start the ``export`` job; None (and the reason shown) if refused."""
-        if self.session is None or self.busy:
+        if self.session is None or not self.usable or self.busy:
             return None
         plan = self.update_plan()
         if plan is None:
@@ -423,7 +444,7 @@ class ExportPage(Page):
             self.progress.setFormat(f"{words}: %p%")
         else:
             self.progress.setRange(0, 0)
-        if self.job is not None and not self.job.cancelled:
+        if self.job is not None and not self.job.cancelled and self.usable:
             self._say(f"{words}…")
 
     @Slot(object)
@@ -443,6 +464,8 @@ class ExportPage(Page):
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("Done")
+        if not self.usable:
+            return  # finished while the window was locked: its history shows it later
         out = Path(record["path"])
         try:
             files = exported_files(out)
@@ -483,6 +506,8 @@ class ExportPage(Page):
         self._show_stages()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        if not self.usable:
+            return
         if cancelled:
             self.result_view.clear()
             self._say("Export cancelled; nothing was left in the destination.")
@@ -509,7 +534,7 @@ class ExportPage(Page):
     def _load_history(self) -> None:
         ref = self.version_combo.currentText()
         self.history = ()
-        if self.session is not None and ref:
+        if self.session is not None and self.usable and ref:
             try:
                 with self.session.registry() as reg:
                     self.history = export_history(reg, ref)

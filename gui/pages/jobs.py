@@ -16,19 +16,6 @@ class _JobPage(Page):
         self.add_note(f"<p>The same work from a terminal:</p><ul>{verbs}</ul>")
 
 
-class DatasetsPage(_JobPage):
-    title = "Datasets"
-    purpose = (
-        "Import JSONL, JSON, CSV or text files; they are validated line by line and stored "
-        "encrypted. Plaintext exists only in memory."
-    )
-    cli_verbs = (
-        "appliance dataset import FILE --name NAME",
-        "appliance dataset list",
-        "appliance dataset show NAME[@VERSION] --rows 5",
-    )
-
-
 class TrainPage(_JobPage):
     title = "Train"
     purpose = (

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from appliance import adapters
 from appliance.errors import ApplianceError
+from appliance.evaluation import gate
 from appliance.registry.catalog import (
     AdapterGroup,
     CatalogFilter,
@@ -46,7 +47,7 @@ from gui.tasks import Progress, Task
 from gui.widgets.audit_view import AuditView
 from gui.widgets.compare_view import CompareView
 from gui.widgets.lineage_view import LineageView
-from gui.widgets.tag_dialog import TagDialog
+from gui.widgets.tag_dialog import GateNote, TagDialog
 
 COLUMNS = ("Adapter", "Tags", "Base model", "Dataset", "Eval loss", "Created")
 ANY = "(any)"
@@ -82,6 +83,7 @@ class RegistryPage(Page):
         self.compare_task: Task | None = None
         self.tag_dialog: TagDialog | None = None
         self.confirm_box: QMessageBox | None = None
+        self._locking = False
 
         filters = QHBoxLayout()
         self.base_filter = QComboBox()
@@ -172,6 +174,30 @@ class RegistryPage(Page):
         self.refresh()
         super().showEvent(event)
 
+    @property
+    def usable(self) -> bool:
+        """An unlocked workspace is there to read."""
+        return self.session is not None and not self.session.locked and not self._locking
+
+    def on_lock(self) -> None:
+        self._locking = True
+        self.groups = []
+        self.tree.clear()
+        self.lineage_view.show_lineage(None)
+        self.compare_view.clear()
+        self.audit_view.on_lock()
+        self.status.clear()
+        self._update_buttons()
+
+    def on_unlock(self) -> None:
+        self._locking = False
+        self.audit_view.on_unlock()
+        self.refresh()
+
+    def vault_tasks(self) -> list[Task]:
+        task = self.compare_task
+        return [task] if task is not None and task.running else []
+
     # -- the list -----------------------------------------------------------------------------
 
     def current_filter(self) -> CatalogFilter:
@@ -190,7 +216,7 @@ class RegistryPage(Page):
     @Slot()
     def refresh(self) -> None:
         """Re-read the adapters (keeping the selection where it still exists)."""
-        if self.session is None:
+        if self.session is None or not self.usable:
             self.status.setText("Unlock the workspace to see its registry.")
             self._update_buttons()
             return
@@ -300,7 +326,7 @@ class RegistryPage(Page):
     def _selection_changed(self) -> None:
         self._update_buttons()
         one = self._one_selected()
-        if one is None or self.session is None:
+        if one is None or self.session is None or not self.usable:
             if not self.selected_versions():
                 self.lineage_view.show_lineage(None)
             return
@@ -324,7 +350,7 @@ class RegistryPage(Page):
         """Compare the selected versions on a background task (replaying runs' curves)."""
         chosen = sorted(self.selected_versions(), key=lambda v: (v.name, v.version))
         refs = [v.ref for v in chosen]
-        if self.session is None or len(refs) < 2:
+        if self.session is None or not self.usable or len(refs) < 2:
             return None
         session = self.session
 
@@ -343,6 +369,8 @@ class RegistryPage(Page):
 
     @Slot(object)
     def _show_comparison(self, comparison: Comparison) -> None:
+        if not self.usable:
+            return  # finished while the window was locked: show nothing
         self.compare_view.show_comparison(comparison)
         self.tabs.setCurrentWidget(self.compare_view)
         self._update_buttons()
@@ -361,7 +389,7 @@ class RegistryPage(Page):
     def ask_tag(self) -> TagDialog | None:
         """Open the tag dialog for the selected version; the move is applied on OK."""
         version = self._one_selected()
-        if version is None or self.session is None:
+        if version is None or self.session is None or not self.usable:
             return None
         session = self.session
 
@@ -369,7 +397,21 @@ class RegistryPage(Page):
             with session.registry() as reg:
                 return plan_tag(reg, version.ref, tag)
 
-        dialog = TagDialog(version.ref, plan, self)
+        def gate_note(tag: str) -> GateNote | None:
+            with session.registry() as reg:
+                check = gate.check(reg, version.ref, tag)
+            if not check.gated or check.already:
+                return None
+            golden = check.golden["dataset"] if check.golden else "?"
+            if check.passed:
+                figures = gate.describe(check.metric, check.candidate)
+                if check.production is not None:
+                    incumbent = gate.describe(check.metric, check.incumbent)
+                    figures += f" vs {check.production} {incumbent}"
+                return f"Golden set {golden}: {figures}; the gate passes.", False
+            return f"The golden-set gate refuses: {check.refusal()}", True
+
+        dialog = TagDialog(version.ref, plan, gate_note, self)
         dialog.accepted.connect(self._apply_tag)
         self.tag_dialog = dialog
         dialog.open()
@@ -383,7 +425,8 @@ class RegistryPage(Page):
         move = dialog.tag_move
         try:
             with self.session.ws.writer("adapter tag", wait_s=0), self.session.registry() as reg:
-                result = reg.set_tag(move.target, move.tag)
+                # Through the promotion gate, as the CLI: checked again inside the transaction.
+                result, _check = gate.promote(reg, move.target, move.tag, override=dialog.override)
         except ApplianceError as exc:
             self._say(f"Not tagged: {exc}", error=True)
             return
@@ -396,7 +439,7 @@ class RegistryPage(Page):
     def ask_untag(self) -> None:
         """Ask which tag to remove from the selected version, then remove it."""
         version = self._one_selected()
-        if version is None or self.session is None or not version.tags:
+        if version is None or not self.usable or not version.tags:
             return
         tag, ok = QInputDialog.getItem(
             self,
@@ -428,7 +471,7 @@ class RegistryPage(Page):
     def ask_delete(self) -> QMessageBox | None:
         """Confirm, then delete the selected version (refused at once while it carries a tag)."""
         version = self._one_selected()
-        if version is None or self.session is None:
+        if version is None or not self.usable:
             return None
         if version.tags:
             self._say(

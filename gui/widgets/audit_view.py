@@ -75,6 +75,7 @@ class AuditView(QWidget):
         self.job: JobProcess | None = None
         self.report: dict[str, Any] | None = None
         self.bad_rows: dict[int, str] = {}
+        self._locking = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
 
@@ -138,6 +139,25 @@ class AuditView(QWidget):
         layout.addWidget(self.report_box, 2)
         self.refresh()
 
+    @property
+    def usable(self) -> bool:
+        return self.session is not None and not self.session.locked and not self._locking
+
+    def on_lock(self) -> None:
+        """Forget the rows and the report (the window locks); a running verify goes on."""
+        self._locking = True
+        self.log = None
+        self.report = None
+        self.bad_rows = {}
+        self.table.setRowCount(0)
+        self.report_box.clear()
+        self.report_box.hide()
+        self.status.clear()
+
+    def on_unlock(self) -> None:
+        self._locking = False
+        self.refresh()
+
     # -- the log ------------------------------------------------------------------------------
 
     def current_filter(self) -> AuditFilter:
@@ -161,7 +181,7 @@ class AuditView(QWidget):
 
     @Slot()
     def refresh(self) -> None:
-        if self.session is None:
+        if self.session is None or not self.usable:
             self.status.setText("Unlock the workspace to see its audit log.")
             return
         try:
@@ -240,7 +260,9 @@ class AuditView(QWidget):
     @Slot()
     def verify(self) -> JobProcess | None:
         """Start the ``verify`` job (nothing when one runs, or the workspace is locked)."""
-        if self.session is None or (self.job is not None and self.job.outcome is None):
+        if self.session is None or not self.usable:
+            return None
+        if self.job is not None and self.job.outcome is None:
             return None
         request = JobRequest.for_vault(self.session.vault, "verify", {}, writes_registry=True)
         job = JobProcess(request, hang_s=VERIFY_HANG_S, parent=self)
@@ -258,6 +280,8 @@ class AuditView(QWidget):
     @Slot(object)
     def _verified(self, data: dict[str, Any]) -> None:
         self._done()
+        if not self.usable:
+            return  # finished while the window was locked: show nothing
         self.report = data
         self.report_box.setPlainText(report_text(data))
         self.report_box.show()

@@ -129,6 +129,18 @@ class CompareView(QWidget):
         table.horizontalHeader().setStretchLastSection(True)
         return table
 
+    def clear(self) -> None:
+        """Show nothing (the workspace was locked)."""
+        self.comparison = None
+        self.summary.setText("Select two or more versions and press Compare.")
+        for table in (self.config_table, self.metrics_table):
+            table.clear()
+            table.setRowCount(0)
+            table.setColumnCount(0)
+        self.plot.clear()
+        self.curve_items.clear()
+        self.curve_note.clear()
+
     def show_comparison(self, comparison: Comparison) -> None:
         self.comparison = comparison
         first = comparison.versions[0]

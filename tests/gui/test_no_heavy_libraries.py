@@ -16,6 +16,7 @@ from tests.helpers import adapters as adapter_store
 from tests.helpers.gui_probe import drive_gui
 
 PASSPHRASE = "probe passphrase for the window"
+ORGFACTS = Path(__file__).resolve().parents[1] / "data" / "orgfacts" / "orgfacts.jsonl"
 
 
 def _home(tmp_path: Path) -> Path:
@@ -31,10 +32,21 @@ def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: P
         [
             ("settle-runs", {}),
             ("import-model", {"source": str(tiny_llama), "name": "tiny"}),
+            ("import-dataset", {"source": str(ORGFACTS), "name": "orgfacts"}),
+            ("token-histogram", {"dataset": "orgfacts@1", "model": "tiny", "max_seq_length": 24}),
+            ("settings", {}),
+            ("lock", {"passphrase": PASSPHRASE}),
         ],
     )
-    assert [r["step"] for r in report.results] == ["settle-runs", "import-model"]
+    steps = [r["step"] for r in report.results]
+    assert steps == [
+        "settle-runs", "import-model", "import-dataset", "token-histogram", "settings", "lock"
+    ]  # fmt: skip
     assert report.results[1]["status"] == "Imported tiny (LlamaForCausalLM)."
+    assert report.results[2]["rows"] == 80
+    assert report.results[3]["examples"] == 80
+    assert "of 80 examples" in report.results[3]["caption"]
+    assert report.results[4]["licences"] > 20
     assert report.heavy == []
 
 

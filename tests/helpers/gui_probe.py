@@ -184,6 +184,71 @@ def compare(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@step("import-dataset")
+def import_dataset(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Import ``params["source"]`` as ``params["name"]`` through the Datasets page's wizard."""
+    page = probe.window.show_page("Datasets")
+    wizard = page.open_wizard(Path(params["source"]))  # type: ignore[attr-defined]
+    if wizard is None:
+        raise StepFailed("the Datasets page opened no wizard")
+    probe.wait_until(lambda: not wizard.busy and wizard.preview is not None)
+    wizard.name_edit.setText(params["name"])
+    task = wizard.store()
+    if task is None:
+        raise StepFailed(f"the wizard did not store: {wizard.error_label.text()}")
+    probe.wait(task.done)
+    if task.error:
+        raise StepFailed(task.error)
+    return {"rows": task.result["rows"], "sha256": task.result["sha256"]}
+
+
+@step("token-histogram")
+def token_histogram(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Count ``params["dataset"]``'s tokens against ``params["model"]`` (a job), draw them."""
+    page = probe.window.show_page("Datasets")
+    page.refresh_models()  # type: ignore[attr-defined]
+    page.select(params["dataset"])  # type: ignore[attr-defined]
+    panel = page.tokens  # type: ignore[attr-defined]
+    panel.model_box.setCurrentText(params["model"])
+    probe.wait_until(lambda: "Not counted yet" in panel.status.text())
+    job = panel.count()
+    if job is None:
+        raise StepFailed("Count tokens started nothing")
+    probe.wait(job.done, float(params.get("timeout_s", 300)))
+    probe.wait_until(lambda: panel.histogram.truncation is not None)
+    panel.max_length.setValue(int(params.get("max_seq_length", 32)))
+    cut = panel.histogram.truncation
+    caption = panel.histogram.caption.text()
+    return {"examples": cut.examples, "truncated": cut.truncated, "caption": caption}
+
+
+@step("settings")
+def settings(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Open Settings: sizes, GPUs and the licence list load (none may import torch)."""
+    page = probe.window.show_page("Settings")
+    probe.wait_until(
+        lambda: all(
+            t is not None and not t.running
+            for t in (page.usage_task, page.gpu_task, page.about.task)  # type: ignore[attr-defined]
+        )
+    )
+    about = page.about  # type: ignore[attr-defined]
+    return {"torch": about.versions.get("torch"), "licences": about.table.rowCount()}
+
+
+@step("lock")
+def lock(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Lock now, then unlock with ``params["passphrase"]``."""
+    window = probe.window
+    window.lock_now()
+    probe.wait_until(lambda: probe.session.locked)
+    screen = window.locker.screen  # type: ignore[union-attr]
+    screen.passphrase.setText(params["passphrase"])
+    screen.submit()
+    probe.wait_until(lambda: not probe.session.locked)
+    return {"locked_then_unlocked": True}
+
+
 @step("import-module")
 def import_module(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Import ``params["module"]`` in the GUI process: proves the probe sees what is loaded."""
