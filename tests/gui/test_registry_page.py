@@ -268,3 +268,70 @@ def test_verify_highlights_the_first_bad_audit_row_and_says_what_to_do(
     assert "What to do:" in report
     assert f"from row {target['seq']} on: stop using this workspace, restore " in report
     assert "registry.sqlite from a backup made before" in report
+
+
+def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault) -> None:
+    with Registry.open(light.ws, audit_key=light.audit_key) as reg:
+        reg.set_tag("contracts@1", "production")
+        reg.set_golden_set("contracts", "docs", 1)
+    page = _page(qtbot, light)
+    page.select("contracts@3")
+    dialog = page.ask_tag()
+    assert dialog is not None
+    dialog.tag_combo.setEditText("production")
+    assert dialog.move_label.text().startswith("The tag production will move from contracts@1")
+    gate_words = dialog.gate_label.text()
+    assert gate_words.startswith("The golden-set gate refuses: no current figures of ")
+    assert "contracts@3" in gate_words
+    assert not dialog.override_edit.isHidden()
+    assert not dialog.ok_button.isEnabled()  # refused until a reason is given
+    dialog.override_edit.setText("hotfix approved by J. Doe")
+    assert dialog.ok_button.isEnabled()
+    qtbot.keyClick(dialog, Qt.Key.Key_Return)
+    assert page.status.text() == "Tagged contracts@3 as production (moved from @1)."
+    with Registry.open(light.ws) as reg:
+        row = reg.audit_rows(action="adapter.tag")[-1]
+    assert row["details"]["override"] == "hotfix approved by J. Doe"
+    assert row["details"]["gate"]["passed"] is False
+    # Other tags are not gated.
+    page.select("contracts@2")
+    staging = page.ask_tag()
+    assert staging is not None
+    staging.tag_combo.setEditText("staging")
+    assert staging.gate_label.isHidden()
+    assert staging.ok_button.isEnabled()
+    qtbot.keyClick(staging, Qt.Key.Key_Escape)
+
+
+def test_locking_the_window_clears_the_registry_and_export_pages(
+    qtbot: QtBot, light: Vault
+) -> None:
+    session = Session(light)
+    window = MainWindow(light.ws.home, session=session)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.locker is not None
+    registry, export = window.registry_page, window.export_page
+    window.show_page("Registry")
+    registry.select("contracts@2")
+    assert registry.lineage_view.lineage is not None
+    assert registry.audit_view.table.rowCount() > 0
+    window.export_version("contracts@2")
+    assert export.version_combo.count() == 3
+    window.locker.lock_now()
+    qtbot.waitUntil(lambda: session.locked, timeout=WAIT_MS)
+    assert registry.tree.topLevelItemCount() == 0
+    assert registry.lineage_view.lineage is None
+    assert "contracts" not in registry.lineage_view.browser.toPlainText()
+    assert registry.audit_view.table.rowCount() == 0
+    assert export.version_combo.count() == 0
+    assert export.history_table.rowCount() == 0
+    registry.refresh()  # nothing to read while locked, and no error either
+    export.refresh()
+    assert registry.tree.topLevelItemCount() == 0
+    with qtbot.waitSignal(window.locker.unlocked, timeout=WAIT_MS):
+        window.locker.screen.passphrase.setText(PASS)
+        window.locker.screen.submit()
+    assert [item.text(0) for item in registry.version_items()] == ["@3", "@2", "@1"]
+    assert registry.audit_view.table.rowCount() > 0
+    assert export.version_combo.count() == 3
