@@ -28,6 +28,7 @@ from gui.pages.base import Page
 from gui.pages.datasets import DatasetsPage
 from gui.pages.jobs import ExportPage, RegistryPage, TrainPage
 from gui.pages.models import ModelsPage
+from gui.pages.playground import PlaygroundPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
@@ -37,6 +38,7 @@ _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
     "Models": QStyle.StandardPixmap.SP_DirIcon,
     "Train": QStyle.StandardPixmap.SP_MediaPlay,
+    "Playground": QStyle.StandardPixmap.SP_FileDialogContentsView,
     "Registry": QStyle.StandardPixmap.SP_FileDialogDetailedView,
     "Export": QStyle.StandardPixmap.SP_DialogSaveButton,
     "Settings": QStyle.StandardPixmap.SP_FileDialogInfoView,
@@ -55,14 +57,18 @@ class MainWindow(QMainWindow):
         self.models_page = ModelsPage(session)
         self.datasets_page = DatasetsPage(session)
         self.settings_page = SettingsPage(home, session)
+        self.playground_page = PlaygroundPage(session)
         self.settle_task: Task | None = None
         self.models_page.imported.connect(self.datasets_page.refresh_models)
+        self.models_page.imported.connect(self.playground_page.refresh)
+        self.playground_page.saved.connect(lambda _version: self.datasets_page.refresh())
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             self.datasets_page,
             self.models_page,
             TrainPage(),
+            self.playground_page,
             RegistryPage(),
             ExportPage(),
             self.settings_page,
@@ -180,6 +186,7 @@ class MainWindow(QMainWindow):
             self.locker.shutdown()
         self.models_page.shutdown()
         self.datasets_page.shutdown()
+        self.playground_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
 
