@@ -1,11 +1,13 @@
 """Playground: ask the base model and up to two adapter versions the same questions, side by side.
 
-The model runs in one ``generate`` job (:class:`~gui.chat.ChatSession`): the base model is
-loaded once with the chosen adapters beside it; choosing other versions of the same base loads
-them into the running child (a ``load`` command), so only a change of base model starts a new
-one. A question is asked of each column in turn (base, A, B), each answer streams into its
-column, and each column keeps its own side of the conversation. Stop ends the answer being
-generated and skips the columns not asked yet.
+The model runs in one ``generate`` job (:class:`~gui.chat.ChatSession`, driven by
+:class:`~gui.side_by_side.SideBySide`): the base model is loaded once with the chosen adapters
+beside it; choosing other versions of the same base loads them into the running child (a
+``load`` command), so only a change of base model starts a new one. A question is asked of
+each column in turn (base, A, B), each answer streams into its column, and each column keeps
+its own side of the conversation. Stop ends the answer being generated and skips the columns
+not asked yet. Generation settings sit in the side panel, with an evaluation of the chosen
+adapters on a dataset version (an ``eval`` job).
 
 Locking the window ends the child (it holds decrypted adapters and the conversation, and a
 locked window takes no questions) and forgets the conversation; an evaluation job started
@@ -14,8 +16,6 @@ here goes on (it holds its own keys and stores its results).
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
@@ -31,12 +31,10 @@ from PySide6.QtWidgets import (
 
 from appliance.datasets.conversations import add_conversations
 from appliance.errors import ApplianceError
-from appliance.generation.protocol import Generate
-from appliance.generation.request import generate_request, load_command
-from appliance.generation.settings import GenerationSettings
 from appliance.session import Session
 from gui.chat import ChatSession
 from gui.pages.base import Page
+from gui.side_by_side import Conversation, SideBySide
 from gui.tasks import Progress, Task
 from gui.widgets.answer_column import AnswerColumn
 from gui.widgets.eval_runner import EvalRunner
@@ -46,15 +44,6 @@ from gui.widgets.save_conversation import SaveConversationDialog
 
 COLUMNS = ("base", "A", "B")
 ERROR_STYLE = "color: #b00020;"
-Conversation = list[dict[str, str]]
-
-
-@dataclass
-class Question:
-    """One question to one column, waiting to be sent or being answered."""
-
-    column: str
-    command: Generate
 
 
 class PlaygroundPage(Page):
@@ -72,16 +61,11 @@ class PlaygroundPage(Page):
     def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
-        self.chat: ChatSession | None = None
-        self.prepare_task: Task | None = None
         self.save_task: Task | None = None
-        self.histories: dict[str, Conversation] = {c: [] for c in COLUMNS}
-        self.queue: list[Question] = []
-        self.current: Question | None = None
-        self.last_settings = GenerationSettings()
-        self._ids = itertools.count(1)
-        self._loads: dict[str, list[str]] = {}
         self._locking = False
+        self.side: SideBySide | None = None
+        if session is not None:
+            self.side = SideBySide(session, COLUMNS, self)
 
         pickers = QHBoxLayout()
         self.base_box = QComboBox()
@@ -114,16 +98,16 @@ class PlaygroundPage(Page):
         for column in self.columns.values():
             answers.addWidget(column)
         splitter.addWidget(answers)
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(6, 0, 0, 0)
+        panel = QWidget()
+        panel_layout = QVBoxLayout(panel)
+        panel_layout.setContentsMargins(6, 0, 0, 0)
         self.settings_panel = GenerationSettingsPanel()
-        side_layout.addWidget(self.settings_panel)
+        panel_layout.addWidget(self.settings_panel)
         self.eval_runner = EvalRunner(session)
-        side_layout.addWidget(self.eval_runner)
-        side_layout.addStretch(1)
-        side.setMaximumWidth(340)
-        splitter.addWidget(side)
+        panel_layout.addWidget(self.eval_runner)
+        panel_layout.addStretch(1)
+        panel.setMaximumWidth(340)
+        splitter.addWidget(panel)
         splitter.setStretchFactor(0, 1)
         self.body.addWidget(splitter, 1)
 
@@ -153,6 +137,15 @@ class PlaygroundPage(Page):
         self.base_box.currentTextChanged.connect(self._base_changed)
         for key, box in self.adapter_boxes.items():
             box.currentIndexChanged.connect(lambda _i, key=key: self._adapter_changed(key))
+        if self.side is not None:
+            chats = self.side
+            chats.started.connect(lambda key: self.columns[key].begin_answer())
+            chats.piece.connect(lambda key, text: self.columns[key].append(text))
+            chats.answered.connect(lambda key, answer: self.columns[key].finish(answer))
+            chats.refused.connect(lambda key, message: self.columns[key].refuse(message))
+            chats.skipped.connect(lambda key: self.columns[key].note("Not asked: stopped."))
+            chats.said.connect(lambda text, error: self._say(text, error=error))
+            chats.changed.connect(self._update_buttons)
         self.refresh()
 
     # -- choices ------------------------------------------------------------------------------
@@ -228,7 +221,8 @@ class PlaygroundPage(Page):
     @Slot(str)
     def _base_changed(self, _base: str) -> None:
         # Another base model: another process, and a conversation that starts afresh.
-        self._end_chat()
+        if self.side is not None:
+            self.side.end()
         self.reset()
         self._fill_adapters()
 
@@ -244,13 +238,21 @@ class PlaygroundPage(Page):
     @property
     def busy(self) -> bool:
         """A question is being answered or waits to be sent."""
-        preparing = self.prepare_task is not None and self.prepare_task.running
-        return preparing or self.current is not None or bool(self.queue)
+        return self.side is not None and self.side.busy
+
+    @property
+    def chat(self) -> ChatSession | None:
+        """The model process (None before the first question and after a lock)."""
+        return self.side.chat if self.side is not None else None
+
+    @property
+    def histories(self) -> dict[str, Conversation]:
+        return self.side.histories if self.side is not None else {c: [] for c in COLUMNS}
 
     @Slot()
     def send(self) -> bool:
         """Ask the prompt of every chosen column; False when refused (the reason is shown)."""
-        if self.busy or not self.unlocked:
+        if self.side is None or self.busy or not self.unlocked:
             return False
         text = self.prompt.toPlainText()
         if not text.strip():
@@ -265,176 +267,37 @@ class PlaygroundPage(Page):
         except ApplianceError as exc:
             self._say(str(exc), error=True)
             return False
-        self.last_settings = settings
         self.prompt.clear()
-        turn = {"role": "user", "content": text}
-        for key in COLUMNS:
-            if key == "base" or self.adapter(key):
-                self.columns[key].add_question(text)
-                command = Generate(
-                    f"q{next(self._ids)}",
-                    self.adapter(key),
-                    [*self.histories[key], turn],
-                    settings,
-                )
-                self.queue.append(Question(key, command))
-        self._prepare(base, [r for r in (self.adapter("A"), self.adapter("B")) if r])
-        self._update_buttons()
+        targets = {k: self.adapter(k) for k in COLUMNS if k == "base" or self.adapter(k)}
+        for key in targets:
+            self.columns[key].add_question(text)
+        self.side.ask(base, targets, text, settings)
         return True
-
-    def _prepare(self, base: str, refs: list[str]) -> None:
-        """Make sure a session of ``base`` with ``refs`` loaded runs, then ask."""
-        assert self.session is not None
-        session, chat = self.session, self.chat
-        reuse = chat is not None and chat.base == base and chat.ready
-        missing = [r for r in refs if chat is None or r not in chat.adapters]
-        if reuse and not missing:
-            self._next()
-            return
-        load_id = f"l{next(self._ids)}"
-
-        def work(progress: Progress) -> Any:
-            with session.registry() as reg:
-                if reuse:
-                    return load_command(session.vault, reg, missing, base, load_id)[0]
-                return generate_request(session.vault, reg, refs, model=base)[0]
-
-        self._say(f"Loading {', '.join(missing)}…" if reuse else f"Starting {base}…")
-        self.prepare_task = Task("preparing the model", work, self)
-        self.prepare_task.succeeded.connect(
-            lambda prepared: self._prepared(prepared, base, missing if reuse else None)
-        )
-        self.prepare_task.failed.connect(self._refuse_all)
-        self.prepare_task.start()
-
-    def _prepared(self, prepared: Any, base: str, loading: list[str] | None) -> None:
-        if not self.unlocked or not self.queue:
-            return
-        if loading is not None and self.chat is not None:
-            self._loads[prepared.id] = loading
-            self.chat.load(prepared)  # answered in order: before the next question
-            self._next()
-            return
-        self._end_chat()
-        chat = ChatSession(prepared, base, self)
-        chat.loaded.connect(self._loaded)
-        chat.token.connect(self._token)
-        chat.answered.connect(self._answered)
-        chat.refused.connect(self._refused)
-        chat.added.connect(lambda ident, _data: self._loads.pop(ident, None))
-        chat.ended.connect(lambda message, chat=chat: self._chat_ended(chat, message))
-        self.chat = chat
-        self._say(f"Loading {base} in a separate process…")
-        chat.start()
-
-    @Slot(object)
-    def _loaded(self, info: dict[str, Any]) -> None:
-        self._say(
-            f"{info['base_model']} loaded ({info['precision']} on {info['device']}, context "
-            f"{info['context_length']} tokens, {info['seconds']:.0f} s)."
-        )
-        self._next()
-
-    def _next(self) -> None:
-        """Send the next question (one at a time, so Stop can skip those not asked)."""
-        self.current = None
-        if self.queue and self.chat is not None and self.chat.ready:
-            self.current = self.queue.pop(0)
-            self.columns[self.current.column].begin_answer()
-            self.chat.ask(self.current.command)
-        self._update_buttons()
-
-    @Slot(str, str)
-    def _token(self, ident: str, piece: str) -> None:
-        if self.current is not None and ident == self.current.command.id:
-            self.columns[self.current.column].append(piece)
-
-    @Slot(str, object)
-    def _answered(self, ident: str, answer: dict[str, Any]) -> None:
-        question = self.current
-        if question is None or ident != question.command.id:
-            return  # an answer stopped by Reset
-        self.columns[question.column].finish(answer)
-        reply = {"role": "assistant", "content": str(answer.get("text", ""))}
-        self.histories[question.column] = [*question.command.messages, reply]
-        self._next()
-
-    @Slot(str, str)
-    def _refused(self, ident: str, message: str) -> None:
-        refs = self._loads.pop(ident, None)
-        if refs is not None:  # adapters that could not be loaded: their questions go too
-            for skipped in [q for q in self.queue if q.command.adapter in refs]:
-                self.queue.remove(skipped)
-                self.columns[skipped.column].refuse(message)
-            self._say(message, error=True)
-            return
-        question = self.current
-        if question is None or ident != question.command.id:
-            return
-        self.columns[question.column].refuse(message)
-        self._say(message, error=True)
-        self._next()
-
-    @Slot(str)
-    def _refuse_all(self, message: str) -> None:
-        """Nothing can be asked (the model cannot be loaded): say why in every column."""
-        for question in [*([self.current] if self.current else []), *self.queue]:
-            self.columns[question.column].refuse(message)
-        self.queue, self.current = [], None
-        self._say(message, error=True)
-        self._update_buttons()
-
-    def _chat_ended(self, chat: ChatSession, message: str) -> None:
-        chat.deleteLater()
-        if chat is not self.chat:
-            return
-        self.chat = None
-        if message and self.unlocked:
-            self._refuse_all(f"The model process ended: {message}")
 
     @Slot()
     def stop(self) -> None:
         """End the answer being generated; the columns not asked yet are skipped."""
-        for question in self.queue:
-            self.columns[question.column].note("Not asked: stopped.")
-        self.queue = []
-        if self.current is not None and self.chat is not None:
-            self.chat.stop()
-        self._update_buttons()
+        if self.side is not None:
+            self.side.stop()
 
     @Slot()
     def reset(self) -> None:
         """Forget the conversation (the model stays loaded)."""
-        if self.current is not None and self.chat is not None:
-            self.chat.stop()
-        self.queue, self.current = [], None
-        self.histories = {c: [] for c in COLUMNS}
+        if self.side is not None:
+            self.side.reset()
         for column in self.columns.values():
             column.clear()
-        self._update_buttons()
-
-    def _end_chat(self) -> None:
-        """End the model process: at once when it is answering, else when it has read its
-        last command."""
-        if self.chat is not None:
-            self.chat.cancel() if self.current is not None else self.chat.close()
-            self.chat = None
 
     # -- saving a test row -------------------------------------------------------------------
-
-    def conversation(self, key: str) -> Conversation:
-        """Column ``key``'s conversation, with the system prompt it was asked with."""
-        turns = self.histories[key]
-        system = self.last_settings.system_prompt
-        return [{"role": "system", "content": system}, *turns] if turns and system else turns
 
     @Slot()
     def ask_save(self) -> SaveConversationDialog | None:
         """Open the dialog that saves a conversation as a test row (None: nothing to save)."""
+        side = self.side
         answered = {
-            self.columns[k].heading.text(): self.conversation(k)
+            self.columns[k].heading.text(): side.conversation(k)
             for k in COLUMNS
-            if self.histories[k]
+            if side is not None and side.histories[k]
         }
         if not answered or not self.unlocked:
             self._say("Nothing to save yet: ask a question first.", error=True)
@@ -482,7 +345,8 @@ class PlaygroundPage(Page):
 
     def on_lock(self) -> None:
         self._locking = True
-        self._end_chat()
+        if self.side is not None:
+            self.side.end()
         self.reset()
         self.prompt.clear()
         self.settings_panel.system_prompt.clear()
@@ -500,7 +364,9 @@ class PlaygroundPage(Page):
         self.eval_runner.on_unlock()
 
     def vault_tasks(self) -> list[Task]:
-        tasks = [t for t in (self.prepare_task, self.save_task) if t is not None and t.running]
+        tasks = [t for t in (self.save_task,) if t is not None and t.running]
+        if self.side is not None:
+            tasks += self.side.tasks()
         return tasks + self.eval_runner.vault_tasks()
 
     def showEvent(self, event: Any) -> None:
@@ -510,9 +376,10 @@ class PlaygroundPage(Page):
 
     def shutdown(self) -> None:
         """End the model process and a running evaluation (the window is closing)."""
-        if self.chat is not None:
-            self.chat.cancel()
-            self.chat.job.child.wait(10)
+        chat = self.chat
+        if chat is not None:
+            chat.cancel()
+            chat.job.child.wait(10)
         run = self.eval_runner.run
         if run is not None and run.running:
             run.cancel()
