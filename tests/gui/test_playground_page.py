@@ -8,7 +8,6 @@ process), a conversation saved as a test row, refusals, Stop, Reset, and the loc
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from appliance.vault import Vault
 from gui.pages.playground import PlaygroundPage
 from tests.helpers.adapters import make_adapter, open_store
 
-ORGFACTS = Path(__file__).resolve().parents[1] / "data" / "orgfacts" / "orgfacts.jsonl"
 QUESTION = "What is 3 plus one?"
 JOB_WAIT_MS = 180_000
 
@@ -38,15 +36,14 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Store]:
-    """Base model ``tiny``, adapters legal@1 and legal@2 of it, and dataset ``orgfacts``."""
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Store:
+    """Base model ``tiny`` and adapters legal@1 and legal@2 of it."""
     ws, _ = workspace.init(tmp_path_factory.mktemp("playground") / "ws")
     vault, reg = open_store(ws)
     with reg:
         one = make_adapter(vault, reg, tiny_llama, adapter_name="legal", seed=1)
         two = make_adapter(vault, reg, tiny_llama, adapter_name="legal", seed=2, r=8)
-        datasets.import_file(vault, reg, ORGFACTS, "orgfacts")
-    yield Store(vault, one, two)
+    return Store(vault, one, two)
 
 
 def _page(qtbot: QtBot, session: Session) -> PlaygroundPage:
