@@ -216,6 +216,8 @@ class PlaygroundPage(Page):
         self.columns["base"].set_model(base, empty="no base model")
         for key in ("A", "B"):
             self.columns[key].set_model(self.adapter(key))
+        # B shows only when chosen (or holding answers), so two columns get the width.
+        self.columns["B"].setVisible(bool(self.adapter("B") or self.histories["B"]))
         self.eval_runner.set_targets([r for r in (self.adapter("A"), self.adapter("B")) if r])
 
     @Slot(str)
@@ -287,6 +289,7 @@ class PlaygroundPage(Page):
             self.side.reset()
         for column in self.columns.values():
             column.clear()
+        self._show_models()
 
     # -- saving a test row -------------------------------------------------------------------
 
