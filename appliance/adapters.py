@@ -16,7 +16,6 @@ registers what it packed with :func:`store`), and export reads adapters with :fu
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError
 from appliance.folders import artifact_sha256
+from appliance.fsutil import temp_name
 from appliance.vault import Vault, new_object_id
 from appliance.vault.objects import object_id_of
 from appliance.workspace import Workspace
@@ -194,7 +194,7 @@ def store(
     Returns:
         The new version number.
     """
-    staging = vault.ws.tmp_dir / f"adapter-{name}-{secrets.token_hex(4)}"
+    staging = vault.ws.tmp_dir / temp_name(f"adapter-{name}")
     staging.mkdir(mode=0o700)
     try:
         if isinstance(weights, bytes):

@@ -22,6 +22,7 @@ from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
+from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
@@ -98,21 +99,17 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.lock_label = QLabel(
-            f"Offline · unlocked as {session.vault.label}"
-            if session is not None
-            else "Offline · locked"
-        )
+        self.lock_label = QLabel("Offline · locked")
+        if session is not None:
+            self._show_unlocked(session.vault)
         self.statusBar().addWidget(self.lock_label)
         self.locker: WindowLock | None = None
         if session is not None:
             self.locker = WindowLock(
                 self, session, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
             )
-            self.locker.locked.connect(lambda: self.lock_label.setText("Offline · locked"))
-            self.locker.unlocked.connect(
-                lambda: self.lock_label.setText(f"Offline · unlocked as {session.vault.label}")
-            )
+            self.locker.locked.connect(self._show_locked)
+            self.locker.unlocked.connect(lambda: self._show_unlocked(session.vault))
             self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
@@ -171,6 +168,23 @@ class MainWindow(QMainWindow):
         """Lock the workspace (what the Lock now action does)."""
         if self.locker is not None:
             self.locker.lock_now()
+
+    def _show_unlocked(self, vault: Vault) -> None:
+        self.lock_label.setText(f"Offline · unlocked as {vault.label}")
+        self.lock_label.setToolTip("")
+        self.lock_label.setStyleSheet("")
+        if vault.warnings:
+            # A damaged key slot locks its owner out: whoever unlocks should hear about it.
+            self.lock_label.setText(
+                f"{self.lock_label.text()} · {len(vault.warnings)} damaged key slot(s) skipped"
+            )
+            self.lock_label.setToolTip("\n\n".join(vault.warnings))
+            self.lock_label.setStyleSheet("color: #b00020;")
+
+    def _show_locked(self) -> None:
+        self.lock_label.setText("Offline · locked")
+        self.lock_label.setToolTip("")
+        self.lock_label.setStyleSheet("")
 
     def _own_vault_tasks(self) -> list[Task]:
         return [self.settle_task] if self.settle_task is not None else []

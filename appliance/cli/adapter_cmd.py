@@ -43,7 +43,7 @@ def list_(
     st = state(ctx)
     if name is not None:
         check_name(name, "adapter name")
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         rows = reg.adapter_versions(name)
         if name is not None and not rows:
             # "No adapter versions yet" would be wrong while others exist.
@@ -95,7 +95,7 @@ def show(
 ) -> None:
     """Show an adapter version with its full lineage."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         lineage = reg.adapter_lineage(ref)
         lineage["evaluations"] = reg.evaluations(lineage["ref"])
         lineage["golden_set"] = reg.golden_set(lineage["name"])

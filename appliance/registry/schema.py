@@ -9,6 +9,7 @@ leaves the database at the last completed version.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -204,6 +205,53 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migr
 """``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+EXPECTED_TRIGGERS: dict[str, str] = {
+    match["name"]: match[0].strip()
+    for script in (_V1, _V2)
+    for match in re.finditer(r"CREATE TRIGGER (?P<name>\w+) .*?END;", script, re.DOTALL)
+}
+"""The triggers today's schema must have, name to ``CREATE TRIGGER`` statement (every
+migration's script is scanned; one that changes a trigger must update this mapping)."""
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.replace(";", " ").split()).lower()
+
+
+def trigger_problems(conn: sqlite3.Connection) -> list[str]:
+    """Triggers of the schema that are missing or were changed (empty when all is well).
+
+    The audit table's triggers make it append-only; whoever drops them can edit rows, which
+    the hash chain then catches, but a dropped trigger is worth reporting on its own.
+    """
+    found = {
+        name: sql or ""
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    }
+    problems = []
+    for name, sql in EXPECTED_TRIGGERS.items():
+        if name not in found:
+            problems.append(f"trigger {name} is missing (it was dropped)")
+        elif _normal(found[name]) != _normal(sql):
+            problems.append(f"trigger {name} was changed from the schema's definition")
+    return problems
+
+
+def restore_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Re-create missing or changed schema triggers (inside the caller's transaction).
+
+    Returns:
+        One line per trigger restored.
+    """
+    restored = []
+    for problem in trigger_problems(conn):
+        name = problem.split()[1]
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        conn.execute(EXPECTED_TRIGGERS[name])
+        restored.append(f"restored trigger {name} ({problem.split(' ', 2)[2]})")
+    return restored
 
 
 def user_version(conn: sqlite3.Connection) -> int:

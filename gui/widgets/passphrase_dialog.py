@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.errors import UsageError
+from appliance.session import create_vault
 from appliance.vault import Vault
 from appliance.vault.keyslots import check_label, check_new_passphrase
 from appliance.workspace import Workspace
@@ -125,7 +126,8 @@ class PassphraseDialog(QDialog):
 
         def work(progress: Progress) -> Vault:
             if create:
-                return Vault.create(ws, passphrase, label=_default_label())
+                # With its first keyed audit row, exactly as 'appliance init' makes it.
+                return create_vault(ws, passphrase, _default_label())
             return Vault.unlock(ws, passphrase)
 
         self.task = Task("unlock", work, self)

@@ -12,6 +12,7 @@ from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
 from appliance import datasets
+from appliance.folders import sidecar_path
 from appliance.session import Session
 from appliance.vault import Vault
 from appliance.workspace import Workspace
@@ -162,8 +163,11 @@ def test_a_lock_during_an_import_waits_for_it_before_the_key_goes(
     with Session(fresh).registry() as reg:
         versions = reg.dataset_versions(include_deleted=True)
     assert [v["name"] for v in versions] in (["large", "orgfacts"], ["orgfacts"])
+    # Each version's encrypted file and the metadata file beside it, nothing else.
     assert sorted(p.name for p in session.ws.datasets_dir.iterdir()) == sorted(
-        Path(v["path"]).name for v in versions
+        name
+        for v in versions
+        for name in (Path(v["path"]).name, sidecar_path(Path(v["path"])).name)
     )
     for version in versions:
         assert datasets.load_rows(fresh, version)  # authenticated against the registry's sha256

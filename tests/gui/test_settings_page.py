@@ -81,7 +81,8 @@ def test_change_passphrase_then_a_fresh_unlock(qtbot: QtBot, session: Session) -
     dialog.confirm.setText("short")
     dialog.submit()
     assert dialog.error.text() == (
-        "The passphrase must have at least 8 characters; a few unrelated words make a good one."
+        "The passphrase must have at least 8 characters besides spaces; a few unrelated words "
+        "make a good one."
     )
     assert dialog.task is None
     dialog.passphrase.setText(NEW)
