@@ -32,7 +32,7 @@ run: setup
 
 # One pytest worker per core, a file's tests on one worker (tests/conftest.py: the SmolLM2 run
 # is trained once); each test's torch uses one thread, so two cores run two tests.
-XDIST ?= -n auto --dist loadfile --durations=15
+XDIST ?= -n auto --dist loadfile --no-loadscope-reorder --durations=15
 
 test: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
