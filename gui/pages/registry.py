@@ -159,6 +159,7 @@ class RegistryPage(Page):
         self.lineage_tab.addWidget(self.evaluations)
         self.lineage_tab.setStretchFactor(0, 1)
         self.lineage_tab.setStretchFactor(1, 1)
+        self.lineage_tab.setSizes([500, 500])
         self.compare_view = CompareView(session)
         self.audit_view = AuditView(session)
         self.tabs.addTab(self.lineage_tab, "Lineage")
@@ -197,6 +198,7 @@ class RegistryPage(Page):
         self.groups = []
         self.tree.clear()
         self.lineage_view.show_lineage(None)
+        self.evaluations.show_version(None)
         self.evaluations.on_lock()
         self.compare_view.clear()
         self.audit_view.on_lock()

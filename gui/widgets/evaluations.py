@@ -13,7 +13,7 @@ forgets every figure shown and ends a running evaluation or scoring child.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from appliance.evaluation import gate
 from appliance.evaluation.report import compare, history
@@ -50,15 +50,22 @@ class EvaluationsPanel(QWidget):
         layout.addWidget(self.golden)
         self.table = FiguresTable(["dataset (rows)", "model", "when"])
         self.table.setObjectName("evaluations")
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(100)
         layout.addWidget(self.table, 1)
+        # Side by side: under a lineage, height is what the page lacks, not width.
+        actions = QHBoxLayout()
         self.runner = EvalRunner(session)
         self.runner.evaluated.connect(self._evaluated)
-        layout.addWidget(self.runner)
+        actions.addWidget(self.runner, 3)
+        promote_box = QGroupBox("Promote")
+        promote_layout = QVBoxLayout(promote_box)
         self.promote = PromotePanel(session)
         self.promote.promoted.connect(self._promoted)
         self.promote.scored.connect(self._stored)
-        layout.addWidget(self.promote)
+        promote_layout.addWidget(self.promote)
+        promote_layout.addStretch(1)
+        actions.addWidget(promote_box, 2)
+        layout.addLayout(actions)
         self.show_version(None)
 
     @property
@@ -147,9 +154,7 @@ class EvaluationsPanel(QWidget):
         self.refresh()
 
 
-def _golden_words(
-    name: str, golden: dict[str, object] | None, check: gate.GateCheck | None
-) -> str:
+def _golden_words(name: str, golden: dict[str, object] | None, check: gate.GateCheck | None) -> str:
     if golden is None:
         return (
             f"{name} has no golden set, so its production tag is not gated (attach one with "
