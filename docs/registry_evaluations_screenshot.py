@@ -14,8 +14,8 @@ Then::
         --dataset orgfacts@1 --out docs/registry-evaluations.png
 
 It evaluates the version on the dataset's held-out rows from the page (an ``eval`` child, a
-minute or two on a CPU), then presses Promote to production: the gate scores what it lacks and
-passes or refuses with both figures.
+minute or two on a CPU); with ``--promote`` it then presses Promote to production: the gate
+scores what it lacks and passes or refuses with both figures.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--version", default="quillmere@2", help="adapter version to show")
     parser.add_argument("--dataset", default="orgfacts@1", help="dataset version to score on")
     parser.add_argument("--out", type=Path, default=Path("docs/registry-evaluations.png"))
+    parser.add_argument(
+        "--promote", action="store_true", help="then press Promote to production (scores first)"
+    )
     args = parser.parse_args()
     passphrase = os.environ.get("APPLIANCE_PASSPHRASE")
     if not passphrase:
@@ -79,9 +82,10 @@ def main() -> None:
         sys.exit(runner.status.text())
     wait_until(lambda: not runner.running)
     promote = panel.promote
-    if promote.promote() is None:
-        sys.exit(promote.status.text())
-    wait_until(lambda: not promote.busy)
+    if args.promote:
+        if promote.promote() is None:
+            sys.exit(promote.status.text())
+        wait_until(lambda: not promote.busy)
     for _ in range(20):
         app.processEvents()
     window.grab().save(str(args.out))
