@@ -128,6 +128,8 @@ class MainWindow(QMainWindow):
         registry.open_run.connect(lambda _run: self.show_page("Train"))
         registry.open_model.connect(lambda _name: self.show_page("Models"))
         export.exported.connect(lambda _ref: registry.refresh())
+        # The lineage lists evaluations: one stored from the Playground shows there at once.
+        self.playground_page.eval_runner.evaluated.connect(lambda _result: registry.refresh())
 
     def export_version(self, ref: str) -> None:
         """Open the Export page with adapter version ``ref`` chosen."""

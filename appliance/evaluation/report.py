@@ -74,12 +74,13 @@ class Evaluation:
 
 
 def history(reg: Registry, ref: str) -> list[Evaluation]:
-    """The evaluations of adapter version ``ref``, newest first.
+    """The evaluations of adapter version ``ref``, newest first (a deleted version's too: its
+    lineage stays readable).
 
     Raises:
         NotFoundError: no such adapter version.
     """
-    adapter = reg.adapter_version(ref)
+    adapter = reg.adapter_version(ref, include_deleted=True)
     golden = reg.golden_set(adapter["name"])
     golden_id = golden["dataset_version_id"] if golden and not golden["deleted_at"] else None
     found = []
@@ -121,13 +122,14 @@ class Comparison:
 
 def compare(reg: Registry, refs: list[str]) -> list[Comparison]:
     """For each dataset version and split on which any of ``refs`` was scored, each version's
-    latest figures there; those scored for every version first, then by dataset.
+    latest figures there; those scored for every version first, then by dataset. Deleted versions
+    are included, as in :func:`appliance.registry.compare.compare_versions`.
 
     Raises:
         NotFoundError: no such adapter version.
     """
     latest: dict[tuple[str, str], dict[str, Evaluation]] = {}
-    names = [reg.adapter_version(ref)["ref"] for ref in refs]
+    names = [reg.adapter_version(ref, include_deleted=True)["ref"] for ref in refs]
     for ref in names:
         for evaluation in history(reg, ref):
             key = (evaluation.dataset, evaluation.split)

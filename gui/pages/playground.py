@@ -11,7 +11,7 @@ adapters on a dataset version (an ``eval`` job).
 
 Locking the window ends the child (it holds decrypted adapters and the conversation, and a
 locked window takes no questions) and forgets the conversation; an evaluation job started
-here goes on (it holds its own keys and stores its results).
+here ends too (it holds decrypted adapters and rows; cancelled, it stores nothing).
 """
 
 from __future__ import annotations
@@ -383,11 +383,7 @@ class PlaygroundPage(Page):
         if chat is not None:
             chat.cancel()
             chat.job.child.wait(10)
-        run = self.eval_runner.run
-        if run is not None and run.running:
-            run.cancel()
-            if run.job is not None:
-                run.job.child.wait(15)
+        self.eval_runner.shutdown()
 
     # -- plumbing ----------------------------------------------------------------------------
 

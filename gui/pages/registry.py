@@ -1,9 +1,12 @@
-"""Registry: adapter versions with their lineage, compared side by side, tagged, audited.
+"""Registry: adapter versions with their lineage and evaluations, compared, tagged, audited.
 
 Every figure comes from the core's typed records (:mod:`appliance.registry.catalog`,
-``lineage``, ``compare``, ``history``); the page holds no SQL. Reading the registry is quick
-and happens here; replaying runs' curves for a comparison runs on a background task; the
-whole-workspace verify runs as a child process (the ``verify`` job).
+``lineage``, ``compare``, ``history``, :mod:`appliance.evaluation.report`); the page holds no
+SQL. Reading the registry is quick and happens here; replaying runs' curves for a comparison
+runs on a background task; the whole-workspace verify and evaluations run as child processes
+(the ``verify`` and ``eval`` jobs). Under the lineage of the selected version, its evaluations,
+Evaluate, and Promote to production, the one place where the golden-set gate is run: Tag… hands
+a gated ``production`` to it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from gui.pages.base import Page
 from gui.tasks import Progress, Task
 from gui.widgets.audit_view import AuditView
 from gui.widgets.compare_view import CompareView
+from gui.widgets.evaluations import EvaluationsPanel
 from gui.widgets.lineage_view import LineageView
-from gui.widgets.tag_dialog import GateNote, TagDialog
+from gui.widgets.tag_dialog import TagDialog
 
 COLUMNS = ("Adapter", "Tags", "Base model", "Dataset", "Eval loss", "Created")
 ANY = "(any)"
@@ -146,9 +150,19 @@ class RegistryPage(Page):
         self.tabs = QTabWidget()
         self.lineage_view = LineageView()
         self.lineage_view.link_activated.connect(self._follow_link)
-        self.compare_view = CompareView()
+        self.evaluations = EvaluationsPanel(session)
+        self.evaluations.changed.connect(self.refresh)
+        # The lineage above, the version's evaluations (Evaluate, Promote) under it.
+        self.lineage_tab = QSplitter(Qt.Orientation.Vertical)
+        self.lineage_tab.setChildrenCollapsible(False)
+        self.lineage_tab.addWidget(self.lineage_view)
+        self.lineage_tab.addWidget(self.evaluations)
+        self.lineage_tab.setStretchFactor(0, 1)
+        self.lineage_tab.setStretchFactor(1, 1)
+        self.lineage_tab.setSizes([500, 500])
+        self.compare_view = CompareView(session)
         self.audit_view = AuditView(session)
-        self.tabs.addTab(self.lineage_view, "Lineage")
+        self.tabs.addTab(self.lineage_tab, "Lineage")
         self.tabs.addTab(self.compare_view, "Compare")
         self.tabs.addTab(self.audit_view, "Audit log")
         splitter.addWidget(self.tabs)
@@ -184,6 +198,8 @@ class RegistryPage(Page):
         self.groups = []
         self.tree.clear()
         self.lineage_view.show_lineage(None)
+        self.evaluations.show_version(None)
+        self.evaluations.on_lock()
         self.compare_view.clear()
         self.audit_view.on_lock()
         self.status.clear()
@@ -192,11 +208,13 @@ class RegistryPage(Page):
     def on_unlock(self) -> None:
         self._locking = False
         self.audit_view.on_unlock()
+        self.evaluations.on_unlock()
         self.refresh()
 
     def vault_tasks(self) -> list[Task]:
         task = self.compare_task
-        return [task] if task is not None and task.running else []
+        tasks = [task] if task is not None and task.running else []
+        return tasks + self.evaluations.vault_tasks()
 
     # -- the list -----------------------------------------------------------------------------
 
@@ -252,6 +270,7 @@ class RegistryPage(Page):
             self.status.setStyleSheet("")
             self.status.setText(f"{count} adapter version(s) of {len(self.groups)} adapter(s).")
         self._selection_changed()
+        self.evaluations.runner.refresh()  # datasets saved elsewhere (Playground, Datasets)
         self.audit_view.refresh()
 
     @staticmethod
@@ -329,13 +348,15 @@ class RegistryPage(Page):
         if one is None or self.session is None or not self.usable:
             if not self.selected_versions():
                 self.lineage_view.show_lineage(None)
+            self.evaluations.show_version(None)
             return
         with self.session.registry() as reg:
             lineage = lineage_of(reg, one.ref)
             changes = tag_history(reg, one.name)
         self.lineage_view.show_lineage(lineage, changes)
+        self.evaluations.show_version(one.ref, live=not one.deleted)
         if self.tabs.currentWidget() is self.compare_view:
-            self.tabs.setCurrentWidget(self.lineage_view)
+            self.tabs.setCurrentWidget(self.lineage_tab)
 
     @Slot(str, str)
     def _follow_link(self, kind: str, target: str) -> None:
@@ -397,21 +418,14 @@ class RegistryPage(Page):
             with session.registry() as reg:
                 return plan_tag(reg, version.ref, tag)
 
-        def gate_note(tag: str) -> GateNote | None:
+        def gated(tag: str) -> str | None:
             with session.registry() as reg:
                 check = gate.check(reg, version.ref, tag)
-            if not check.gated or check.already:
+            if not check.gated or check.already or check.golden is None:
                 return None
-            golden = check.golden["dataset"] if check.golden else "?"
-            if check.passed:
-                figures = gate.describe(check.metric, check.candidate)
-                if check.production is not None:
-                    incumbent = gate.describe(check.metric, check.incumbent)
-                    figures += f" vs {check.production} {incumbent}"
-                return f"Golden set {golden}: {figures}; the gate passes.", False
-            return f"The golden-set gate refuses: {check.refusal()}", True
+            return str(check.golden["dataset"])
 
-        dialog = TagDialog(version.ref, plan, gate_note, self)
+        dialog = TagDialog(version.ref, plan, gated, self)
         dialog.accepted.connect(self._apply_tag)
         self.tag_dialog = dialog
         dialog.open()
@@ -423,10 +437,14 @@ class RegistryPage(Page):
         if dialog is None or dialog.tag_move is None or self.session is None:
             return
         move = dialog.tag_move
+        if dialog.gated:
+            self._promote(move.target)
+            return
         try:
             with self.session.ws.writer("adapter tag", wait_s=0), self.session.registry() as reg:
-                # Through the promotion gate, as the CLI: checked again inside the transaction.
-                result, _check = gate.promote(reg, move.target, move.tag, override=dialog.override)
+                # Through the promotion gate, as the CLI: checked again inside the transaction
+                # (a golden set attached meanwhile refuses here, and Promote takes over).
+                result, _check = gate.promote(reg, move.target, move.tag)
         except ApplianceError as exc:
             self._say(f"Not tagged: {exc}", error=True)
             return
@@ -434,6 +452,16 @@ class RegistryPage(Page):
         moved = f" (moved from @{previous})" if previous else ""
         self.refresh()
         self._say(f"Tagged {result['ref']} as {move.tag}{moved}.")
+
+    def _promote(self, ref: str) -> None:
+        """Run the golden-set gate for ``ref`` in the evaluations panel under its lineage."""
+        if self.evaluations.ref != ref:
+            self.select(ref)
+        self.tabs.setCurrentWidget(self.lineage_tab)
+        if self.evaluations.promote.promote() is None:
+            self._say(f"{ref} cannot be promoted now (an evaluation or check is running).")
+            return
+        self._say(f"Checking the golden-set gate for {ref} (under the lineage)…")
 
     @Slot()
     def ask_untag(self) -> None:
@@ -518,6 +546,7 @@ class RegistryPage(Page):
 
     def shutdown(self) -> None:
         self.audit_view.shutdown()
+        self.evaluations.shutdown()
 
     def _say(self, text: str, *, error: bool = False) -> None:
         self.status.setStyleSheet("color: #b00020;" if error else "")

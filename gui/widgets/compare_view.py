@@ -3,7 +3,9 @@
 A view of a :class:`~appliance.registry.compare.Comparison`. The settings table can show only
 the fields that differ (the most useful question when two runs behave differently); the loss
 curves of every version are overlaid, train solid and eval dashed with markers, against the
-step, the epoch or the tokens seen, so runs on datasets of different sizes line up.
+step, the epoch or the tokens seen, so runs on datasets of different sizes line up. Under the
+curves, the versions' stored evaluations on the dataset versions they share
+(:class:`~gui.widgets.evaluations.EvaluationsCompare`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.registry.compare import Comparison, CurvePoint, ValueRow
+from appliance.session import Session
+from gui.widgets.evaluations import EvaluationsCompare
 from gui.widgets.lineage_view import metric_text
 
 X_AXES = {"step": "Step", "epoch": "Epoch", "tokens": "Tokens seen"}
@@ -61,7 +65,7 @@ class CompareView(QWidget):
     """Shows a :class:`Comparison`; :attr:`curve_items` holds the plotted curves by
     ``(ref, "train" | "eval")``."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, session: Session | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.comparison: Comparison | None = None
         self.curve_items: dict[tuple[str, str], pg.PlotDataItem] = {}
@@ -116,8 +120,13 @@ class CompareView(QWidget):
         self.curve_note.setStyleSheet("color: #555;")
         curves_layout.addWidget(self.curve_note)
         splitter.addWidget(curves)
+        self.evaluations = EvaluationsCompare(session)
+        splitter.addWidget(self.evaluations)
+        splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(2, 2)
+        splitter.setSizes([300, 400, 300])
         layout.addWidget(splitter, 1)
 
     @staticmethod
@@ -140,6 +149,7 @@ class CompareView(QWidget):
         self.plot.clear()
         self.curve_items.clear()
         self.curve_note.clear()
+        self.evaluations.compare([])
 
     def show_comparison(self, comparison: Comparison) -> None:
         self.comparison = comparison
@@ -163,6 +173,7 @@ class CompareView(QWidget):
         self._fill_config()
         self._fill(self.metrics_table, comparison.metrics, highlight=True, text=metric_text)
         self._plot()
+        self.evaluations.compare(list(comparison.refs))
 
     def shown_config_keys(self) -> list[str]:
         """The setting names the table shows now (top to bottom)."""

@@ -2,7 +2,9 @@
 
 The versions to score are set by the owner (the Playground's adapters A and B, or the version
 selected in the Registry); their base model is scored beside them, as ``appliance eval`` does.
-The figures are stored in the registry by the job, against each version.
+The figures are stored in the registry by the job, against each version. Locking the window
+ends a running evaluation: its child holds decrypted adapters and the dataset's rows, which
+must not outlive the key in the window (it stores nothing when cancelled).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class EvalRunner(QGroupBox):
         self.targets: list[str] = []
         self.run: EvalRun | None = None
         self._locking = False
+        self._after_lock: tuple[str, bool] | None = None
+        """What to say once unlocked about a run that ended while locked (words, error)."""
         grid = QGridLayout(self)
         grid.addWidget(QLabel("Dataset:"), 0, 0)
         self.dataset_box = QComboBox()
@@ -159,9 +163,14 @@ class EvalRunner(QGroupBox):
         task = self.run.task if self.run is not None else None
         return [task] if task is not None and task.running else []
 
+    @property
+    def running(self) -> bool:
+        return self.run is not None and self.run.running
+
     def on_lock(self) -> None:
-        """Forget the figures shown; a running job goes on (it stores its results itself)."""
+        """Forget the figures shown and end a running evaluation (its child holds keys)."""
         self._locking = True
+        self.cancel()
         self.table.setRowCount(0)
         self.table.hide()
         self.dataset_box.clear()
@@ -170,6 +179,18 @@ class EvalRunner(QGroupBox):
     def on_unlock(self) -> None:
         self._locking = False
         self.refresh()
+        if self._after_lock is not None:
+            words, error = self._after_lock
+            self._after_lock = None
+            self._say(words, error=error)
+
+    def shutdown(self, wait_s: float = 15.0) -> None:
+        """End a running evaluation and wait for its child (the window is closing)."""
+        run = self.run
+        if run is not None and run.running:
+            run.cancel()
+            if run.job is not None:
+                run.job.child.wait(wait_s)
 
     @Slot(int, int, str)
     def _progress(self, done: int, total: int, words: str) -> None:
@@ -189,7 +210,9 @@ class EvalRunner(QGroupBox):
     def _succeeded(self, result: dict[str, Any]) -> None:
         self._finish()
         if not self.unlocked:
-            return  # stored by the job; shown again from the registry once unlocked
+            # It ended before the lock's cancel reached it: stored, shown from the registry.
+            self._after_lock = ("The evaluation finished as the workspace was locked.", False)
+            return
         self.show_result(result)
         self.evaluated.emit(result)
 
@@ -212,6 +235,14 @@ class EvalRunner(QGroupBox):
     def _failed(self, message: str) -> None:
         self._finish()
         if not self.unlocked:
+            self._after_lock = (
+                (
+                    "The evaluation was ended when the workspace was locked; nothing was stored.",
+                    False,
+                )
+                if message == "cancelled"
+                else (f"Evaluation failed: {message}", True)
+            )
             return
         if message == "cancelled":
             self._say("Evaluation cancelled; nothing was stored.")

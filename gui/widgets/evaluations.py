@@ -6,13 +6,14 @@ the golden set's rows in bold), the golden set and the version in production, an
 :class:`~gui.widgets.eval_runner.EvalRunner` to score it on another dataset version, and the
 :class:`~gui.widgets.promotion.PromotePanel`. :class:`EvaluationsCompare` belongs in the
 Compare view: the figures of the compared versions on every dataset version they were scored
-on. Both read the registry on the GUI thread (milliseconds, as the other pages do).
+on. Both read the registry on the GUI thread (milliseconds, as the other pages do). Locking
+forgets every figure shown and ends a running evaluation or scoring child.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from appliance.evaluation import gate
 from appliance.evaluation.report import compare, history
@@ -33,6 +34,7 @@ class EvaluationsPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.ref: str | None = None
+        self.live = True
         self._locking = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -48,25 +50,41 @@ class EvaluationsPanel(QWidget):
         layout.addWidget(self.golden)
         self.table = FiguresTable(["dataset (rows)", "model", "when"])
         self.table.setObjectName("evaluations")
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(100)
         layout.addWidget(self.table, 1)
+        # Side by side: under a lineage, height is what the page lacks, not width.
+        actions = QHBoxLayout()
         self.runner = EvalRunner(session)
         self.runner.evaluated.connect(self._evaluated)
-        layout.addWidget(self.runner)
+        actions.addWidget(self.runner, 3)
+        promote_box = QGroupBox("Promote")
+        promote_layout = QVBoxLayout(promote_box)
         self.promote = PromotePanel(session)
         self.promote.promoted.connect(self._promoted)
-        layout.addWidget(self.promote)
+        self.promote.scored.connect(self._stored)
+        promote_layout.addWidget(self.promote)
+        promote_layout.addStretch(1)
+        actions.addWidget(promote_box, 2)
+        layout.addLayout(actions)
         self.show_version(None)
 
     @property
     def unlocked(self) -> bool:
         return self.session is not None and not self.session.locked and not self._locking
 
-    def show_version(self, ref: str | None) -> None:
-        """Show adapter version ``ref`` (``NAME@N``; None: nothing selected)."""
+    def show_version(self, ref: str | None, *, live: bool = True) -> None:
+        """Show adapter version ``ref`` (``NAME@N``; None: nothing selected).
+
+        Args:
+            ref: the version.
+            live: False for a deleted version: its evaluations stay readable, but without
+                weights it can be neither scored nor promoted.
+        """
         self.ref = ref
-        self.runner.set_targets([ref] if ref else [])
-        self.promote.set_version(ref)
+        self.live = live
+        usable = ref if live else None
+        self.runner.set_targets([usable] if usable else [])
+        self.promote.set_version(usable)
         self.refresh()
 
     @Slot()
@@ -78,10 +96,10 @@ class EvaluationsPanel(QWidget):
             return
         assert self.session is not None
         with self.session.registry() as reg:
-            adapter = reg.adapter_version(self.ref)
+            adapter = reg.adapter_version(self.ref, include_deleted=True)
             rows = history(reg, self.ref)
             golden = reg.golden_set(adapter["name"])
-            check = gate.check(reg, self.ref)
+            check = gate.check(reg, self.ref) if self.live else None
         self.heading.setText(f"Evaluations of {adapter['ref']}")
         self.golden.setText(_golden_words(adapter["name"], golden, check))
         lines: list[Line] = []
@@ -96,7 +114,8 @@ class EvaluationsPanel(QWidget):
                 lines.append(([where, "base model", row.when], row.base_metrics))
         self.table.show_lines(lines, bold=bold)
         if not lines:
-            self.table.show_lines([(["No evaluation yet: score it below.", "", ""], None)])
+            words = "No evaluation yet: score it below." if self.live else "No evaluation recorded."
+            self.table.show_lines([([words, "", ""], None)])
 
     @Slot(object)
     def _evaluated(self, _result: object) -> None:
@@ -108,14 +127,25 @@ class EvaluationsPanel(QWidget):
         self.refresh()
         self.changed.emit()
 
+    @Slot()
+    def _stored(self) -> None:
+        self.refresh()
+        self.changed.emit()
+
     def vault_tasks(self) -> list[Task]:
         return self.runner.vault_tasks() + self.promote.vault_tasks()
 
     def on_lock(self) -> None:
+        """Forget the figures shown and end a running evaluation or scoring child."""
         self._locking = True
         self.refresh()
         self.runner.on_lock()
         self.promote.on_lock()
+
+    def shutdown(self) -> None:
+        """End the children this panel started (the window is closing)."""
+        self.runner.shutdown()
+        self.promote.shutdown()
 
     def on_unlock(self) -> None:
         self._locking = False
@@ -124,13 +154,15 @@ class EvaluationsPanel(QWidget):
         self.refresh()
 
 
-def _golden_words(name: str, golden: dict[str, object] | None, check: gate.GateCheck) -> str:
+def _golden_words(name: str, golden: dict[str, object] | None, check: gate.GateCheck | None) -> str:
     if golden is None:
         return (
             f"{name} has no golden set, so its production tag is not gated (attach one with "
             f"'appliance adapter golden {name} --dataset D@V')."
         )
     metric = "contains-match" if golden["metric"] == "contains" else "answer loss"
+    if check is None:  # a deleted version: never promoted again
+        return f"Golden set {golden['dataset']} of {name}; this version is deleted."
     production = f"; in production: {check.production}" if check.production else ""
     if check.already:
         production = "; this version is in production"

@@ -5,8 +5,11 @@ with a golden set attached to the adapter's name, the tag moves only to a versio
 it than the version in production. Figures that are missing (never computed, or stale because
 the golden set moved to a new dataset version) are computed first by an ``eval`` job on the
 whole golden set, with progress and Cancel. A refusal shows both figures; the tag can still be
-moved with a reason, which goes into the audit log with the OS user. Registry work runs on
-tasks; the tag moves under the workspace's writer lock, checked again in its transaction.
+moved with a reason, which goes into the audit log with the OS user (also when the figures
+could not be computed). Registry work runs on tasks; the tag moves under the workspace's writer
+lock, checked again in its transaction. This is the desktop's only way to put ``production``
+through the gate: the Registry page's Tag… dialog hands a gated ``production`` here. Locking
+ends a scoring job (its child holds decrypted adapters and rows).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class PromotePanel(QWidget):
 
     promoted = Signal(object)
     """``{"ref", "tag", "previous"}`` once the tag moved."""
+    scored = Signal()
+    """The missing figures were computed and stored (whatever the gate then says)."""
 
     def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -206,11 +211,15 @@ class PromotePanel(QWidget):
 
     @Slot(object)
     def _figures_ready(self, _result: object) -> None:
+        self.scored.emit()
         if self.unlocked:
             self._check()  # the gate decides on the stored figures, as the CLI's does
 
     def _refused(self, check: GateCheck) -> None:
         self._say(refusal_words(check), error=True)
+        self._offer_override()
+
+    def _offer_override(self) -> None:
         self.override_row.show()
         self._reason_changed(self.reason.text())
         self.reason.setFocus()
@@ -267,9 +276,15 @@ class PromotePanel(QWidget):
         if not self.unlocked:
             return
         if message == "cancelled":
-            self._say("Scoring cancelled; the tag did not move.")
+            self._say(
+                "Scoring cancelled; the tag did not move. Promote again, or anyway with a reason."
+            )
         else:
-            self._say(f"The figures could not be computed: {message}", error=True)
+            self._say(
+                f"The figures could not be computed: {message}. Promote anyway with a reason?",
+                error=True,
+            )
+        self._offer_override()
 
     @Slot(str)
     def _failed(self, message: str) -> None:
@@ -296,8 +311,10 @@ class PromotePanel(QWidget):
         return [t for t in tasks if t is not None and t.running]
 
     def on_lock(self) -> None:
-        """Forget what was shown; a scoring job goes on (it stores its figures itself)."""
+        """Forget what was shown and end a scoring job (the tag does not move)."""
         self._locking = True
+        self.cancel()
+        self.check = None
         self.status.clear()
         self.reason.clear()
         self.override_row.hide()
@@ -306,3 +323,11 @@ class PromotePanel(QWidget):
     def on_unlock(self) -> None:
         self._locking = False
         self.set_version(self.ref)
+
+    def shutdown(self, wait_s: float = 15.0) -> None:
+        """End a scoring job and wait for its child (the window is closing)."""
+        run = self.run
+        if run is not None and run.running:
+            run.cancel()
+            if run.job is not None:
+                run.job.child.wait(wait_s)

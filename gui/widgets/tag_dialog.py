@@ -3,6 +3,11 @@
 The dialog asks the core what the tag command would do (:func:`plan_tag`) for every tag typed
 or chosen, and says it in one sentence that names the version that loses the tag. Nothing is
 written here: the page applies :attr:`TagDialog.tag_move` once the dialog is accepted.
+
+A ``production`` tag that the golden-set gate guards is not decided here: the dialog says so and
+OK hands the version to the Registry page's "Promote to production"
+(:class:`~gui.widgets.promotion.PromotePanel`), which scores missing figures first, shows both
+figures when it refuses and takes an audited override reason. One gate, one place in the app.
 """
 
 from __future__ import annotations
@@ -17,17 +22,12 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QLabel,
-    QLineEdit,
     QVBoxLayout,
     QWidget,
 )
 
 from appliance.errors import ApplianceError
 from appliance.registry.history import STANDARD_TAGS, TagMove
-
-GateNote = tuple[str, bool]
-"""What the promotion gate says about a tag: the sentence, and whether it refuses (then only
-an override reason, recorded in the audit log, lets the tag move)."""
 
 
 class TagDialog(QDialog):
@@ -36,22 +36,24 @@ class TagDialog(QDialog):
     Args:
         ref: the version to tag, ``NAME@N``.
         plan: the core's :func:`plan_tag` bound to a registry: tag -> :class:`TagMove`.
-        gate: the golden-set gate's note for a tag (None: the tag is not gated).
+        gated: for a tag the golden-set gate guards for this version, the golden set's name
+            (``D@V``); None when the tag moves without the gate.
     """
 
     def __init__(
         self,
         ref: str,
         plan: Callable[[str], TagMove],
-        gate: Callable[[str], GateNote | None] | None = None,
+        gated: Callable[[str], str | None] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.ref = ref
         self._plan = plan
-        self._gate = gate
-        self._refused = False
+        self._gated = gated
         self.tag_move: TagMove | None = None
+        self.golden: str | None = None
+        """The golden set guarding the chosen tag: accepting hands it to the gate."""
         self.setWindowTitle(f"Tag {ref}")
         self.setMinimumWidth(480)
         layout = QVBoxLayout(self)
@@ -70,12 +72,6 @@ class TagDialog(QDialog):
         self.gate_label.setObjectName("tagGate")
         self.gate_label.setWordWrap(True)
         layout.addWidget(self.gate_label)
-        self.override_edit = QLineEdit()
-        self.override_edit.setPlaceholderText(
-            "reason to tag anyway (recorded in the audit log with your user name)"
-        )
-        self.override_edit.textChanged.connect(self._override_changed)
-        layout.addWidget(self.override_edit)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -90,26 +86,19 @@ class TagDialog(QDialog):
         return self.buttons.button(QDialogButtonBox.StandardButton.Ok)
 
     @property
-    def override(self) -> str | None:
-        """The override reason typed for a gate that refuses (None when not needed)."""
-        text = self.override_edit.text().strip()
-        return text if self._refused and text else None
-
-    @Slot(str)
-    def _override_changed(self, _text: str) -> None:
-        if self._refused and self.tag_move is not None:
-            self.ok_button.setEnabled(self.tag_move.changes_anything and bool(self.override))
+    def gated(self) -> bool:
+        """Accepting hands the version to the promotion gate rather than tagging it here."""
+        return self.golden is not None
 
     @Slot(str)
     def _update(self, text: str) -> None:
         tag = text.strip()
         ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        self._refused = False
+        self.golden = None
         self.gate_label.hide()
-        self.override_edit.hide()
         try:
             self.tag_move = self._plan(tag) if tag else None
-            note = self._gate(tag) if self._gate is not None and self.tag_move else None
+            golden = self._gated(tag) if self._gated is not None and self.tag_move else None
         except ApplianceError as exc:
             self.tag_move = None
             self.move_label.setStyleSheet("color: #b00020;")
@@ -126,15 +115,16 @@ class TagDialog(QDialog):
         self.move_label.setText(self.tag_move.describe())
         ok.setEnabled(self.tag_move.changes_anything)
         ok.setText("Move tag" if self.tag_move.previous else "Tag")
-        if note is not None:
-            words, refused = note
-            self._refused = refused
-            self.gate_label.setStyleSheet("color: #b00020;" if refused else "")
-            self.gate_label.setText(words)
+        if golden is not None and self.tag_move.changes_anything:
+            self.golden = golden
+            self.gate_label.setText(
+                f"{tag} is guarded by the golden set {golden}: {self.ref} must do no worse on it "
+                "than the version in production. Check the gate runs it under the lineage "
+                "(missing figures are scored first; if it refuses you see both figures and may "
+                "promote anyway with a reason, which is audited)."
+            )
             self.gate_label.show()
-            self.override_edit.setVisible(refused)
-            if refused:
-                ok.setEnabled(self.tag_move.changes_anything and bool(self.override))
+            ok.setText("Check the gate")
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         # Enter accepts (when the move is valid) and Esc cancels, as in any dialog; kept

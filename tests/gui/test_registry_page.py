@@ -1,5 +1,7 @@
 """The Registry page over real workspaces: compare real runs, tag (checked with the CLI),
-delete, lineage links, and the audit view's Verify against a row edited with sqlite3."""
+delete, lineage links, the audit view's Verify against a row edited with sqlite3, and a
+version's evaluations under its lineage: scored from the page in a real ``eval`` child (which
+locking ends), shown in Compare, and promoted to production through the golden-set gate."""
 
 from __future__ import annotations
 
@@ -24,10 +26,27 @@ from gui.pages.registry import RegistryPage
 from gui.widgets import audit_view
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
+from tests.helpers.training import PASS as PASS_TRAINED
 from tests.helpers.training import make_workspace, run_folder, tiny_config, train_adapter
 
 WAIT_MS = 120_000
+JOB_WAIT_MS = 240_000
 PASS = "registry page passphrase"
+SETTINGS = {"max_new_tokens": 64, "reference_max_words": 32, "precision": "fp32"}
+
+
+def _score(reg: Registry, ref: str, loss: float) -> int:
+    """Figures on golden set docs@1 as an ``eval`` job stores them."""
+    return reg.add_evaluation(
+        ref,
+        dataset="docs",
+        dataset_version=1,
+        split="all",
+        metrics={"answer_loss": loss, "contains": 0.5, "reference_rows": 4, "rows": 4},
+        base_metrics={"answer_loss": 3.25, "contains": 0.0, "reference_rows": 4, "rows": 4},
+        settings=SETTINGS,
+        lib_versions={"torch": "2.13.0"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +221,7 @@ def test_tag_from_the_page_shows_the_move_and_the_cli_sees_it(qtbot: QtBot, ligh
 def test_delete_is_refused_while_tagged_and_keeps_the_lineage(qtbot: QtBot, light: Vault) -> None:
     with Registry.open(light.ws, audit_key=light.audit_key) as reg:
         reg.set_tag("contracts@2", "staging")
+        _score(reg, "contracts@1", 0.75)
     page = _page(qtbot, light)
     page.select("contracts@2")
     assert page.ask_delete() is None
@@ -223,6 +243,11 @@ def test_delete_is_refused_while_tagged_and_keeps_the_lineage(qtbot: QtBot, ligh
     assert page.lineage_view.lineage.deleted_at is not None
     assert not page.delete_button.isEnabled()
     assert not page.export_button.isEnabled()
+    # Its evaluations stay readable; without weights it is neither scored nor promoted.
+    assert page.evaluations.heading.text() == "Evaluations of contracts@1"
+    assert page.evaluations.table.cell(0, "answer loss") == "0.7500"
+    assert not page.evaluations.runner.evaluate_button.isEnabled()
+    assert not page.evaluations.promote.button.isEnabled()
     with Registry.open(light.ws) as reg:
         (row,) = reg.audit_rows(action="adapter.delete")
     assert row["object"] == "contracts@1"
@@ -272,35 +297,71 @@ def test_verify_highlights_the_first_bad_audit_row_and_says_what_to_do(
 
 def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault) -> None:
     with Registry.open(light.ws, audit_key=light.audit_key) as reg:
-        reg.set_tag("contracts@1", "production")
         reg.set_golden_set("contracts", "docs", 1)
+        _score(reg, "contracts@1", 0.4471)
+        reg.set_tag("contracts@1", "production")
+        _score(reg, "contracts@3", 0.5120)
     page = _page(qtbot, light)
     page.select("contracts@3")
+    panel = page.evaluations
+    assert panel.heading.text() == "Evaluations of contracts@3"
+    assert panel.golden.text() == (
+        "Golden set docs@1, gate on answer loss; in production: contracts@1."
+    )
+    assert panel.table.cell(0, "dataset (rows)") == "docs@1 (all) (4) · golden set"
+    assert panel.table.cell(0, "answer loss") == "0.5120"
+
+    # Tag… production hands the version to the gate under the lineage: one gate in the app.
+    page.tabs.setCurrentWidget(page.audit_view)
     dialog = page.ask_tag()
     assert dialog is not None
     dialog.tag_combo.setEditText("production")
     assert dialog.move_label.text().startswith("The tag production will move from contracts@1")
-    gate_words = dialog.gate_label.text()
-    assert gate_words.startswith("The golden-set gate refuses: no current figures of ")
-    assert "contracts@3" in gate_words
-    assert not dialog.override_edit.isHidden()
-    assert not dialog.ok_button.isEnabled()  # refused until a reason is given
-    dialog.override_edit.setText("hotfix approved by J. Doe")
+    assert dialog.gate_label.text().startswith(
+        "production is guarded by the golden set docs@1: contracts@3 must do no worse on it"
+    )
     assert dialog.ok_button.isEnabled()
+    assert dialog.buttons.button(QDialogButtonBox.StandardButton.Ok).text() == "Check the gate"
     qtbot.keyClick(dialog, Qt.Key.Key_Return)
-    assert page.status.text() == "Tagged contracts@3 as production (moved from @1)."
+    assert not dialog.isVisible()
+    assert page.tabs.currentWidget() is page.lineage_tab
+    promote = panel.promote
+    qtbot.waitUntil(lambda: not promote.busy and bool(promote.status.text()), timeout=WAIT_MS)
+    assert promote.status.text() == (
+        "Refused: contracts@3 has answer loss 0.5120 on golden set docs@1, worse than "
+        "contracts@1 in production (answer loss 0.4471)."
+    )
+    assert promote.override_row.isVisibleTo(page)
+    assert not promote.override_button.isEnabled()
+    with Registry.open(light.ws) as reg:
+        assert reg.adapter_version("contracts@production")["ref"] == "contracts@1"
+
+    # Promote anyway with a reason: audited, and the page shows the move at once.
+    promote.reason.setText("hotfix approved by J. Doe")
+    with qtbot.waitSignal(panel.changed, timeout=WAIT_MS):
+        promote.override_button.click()
+    assert promote.status.text().startswith("contracts@3 is now production (it was on version 1).")
+    assert {g.name: g for g in page.groups}["contracts"].tags == {"production": 3}
+    assert "production → @3 (from @1) by" in page.lineage_view.browser.toPlainText()
+    assert panel.golden.text().endswith("this version is in production.")
     with Registry.open(light.ws) as reg:
         row = reg.audit_rows(action="adapter.tag")[-1]
+    assert row["object"] == "contracts@3"
     assert row["details"]["override"] == "hotfix approved by J. Doe"
     assert row["details"]["gate"]["passed"] is False
-    # Other tags are not gated.
+    assert row["details"]["gate"]["candidate_figure"] == 0.5120
+    assert row["details"]["gate"]["production_figure"] == 0.4471
+
+    # Other tags are not gated: the dialog moves them itself.
     page.select("contracts@2")
     staging = page.ask_tag()
     assert staging is not None
     staging.tag_combo.setEditText("staging")
     assert staging.gate_label.isHidden()
+    assert not staging.gated
     assert staging.ok_button.isEnabled()
-    qtbot.keyClick(staging, Qt.Key.Key_Escape)
+    qtbot.keyClick(staging, Qt.Key.Key_Return)
+    assert page.status.text() == "Tagged contracts@2 as staging."
 
 
 def test_locking_the_window_clears_the_registry_and_export_pages(
@@ -311,10 +372,19 @@ def test_locking_the_window_clears_the_registry_and_export_pages(
     qtbot.addWidget(window)
     window.show()
     assert window.locker is not None
+    with Registry.open(light.ws, audit_key=light.audit_key) as reg:
+        _score(reg, "contracts@2", 0.75)
+        _score(reg, "contracts@3", 0.5)
     registry, export = window.registry_page, window.export_page
     window.show_page("Registry")
+    registry.select("contracts@2", "contracts@3")
+    with qtbot.waitSignal(registry.compared, timeout=WAIT_MS):
+        registry.compare_selected()
+    assert registry.compare_view.evaluations.table.rowCount() == 3
     registry.select("contracts@2")
     assert registry.lineage_view.lineage is not None
+    assert registry.evaluations.table.rowCount() == 2
+    assert registry.evaluations.runner.dataset_box.currentText() == "docs@1"
     assert registry.audit_view.table.rowCount() > 0
     window.export_version("contracts@2")
     assert export.version_combo.count() == 3
@@ -323,6 +393,12 @@ def test_locking_the_window_clears_the_registry_and_export_pages(
     assert registry.tree.topLevelItemCount() == 0
     assert registry.lineage_view.lineage is None
     assert "contracts" not in registry.lineage_view.browser.toPlainText()
+    evaluations = registry.evaluations
+    assert evaluations.table.rowCount() == 0
+    assert (evaluations.heading.text(), evaluations.golden.text()) == ("Evaluations", "")
+    assert evaluations.runner.dataset_box.count() == 0
+    assert not evaluations.promote.button.isEnabled()
+    assert registry.compare_view.evaluations.table.rowCount() == 0
     assert registry.audit_view.table.rowCount() == 0
     assert export.version_combo.count() == 0
     assert export.history_table.rowCount() == 0
@@ -335,3 +411,76 @@ def test_locking_the_window_clears_the_registry_and_export_pages(
     assert [item.text(0) for item in registry.version_items()] == ["@3", "@2", "@1"]
     assert registry.audit_view.table.rowCount() > 0
     assert export.version_combo.count() == 3
+    registry.select("contracts@2")
+    assert registry.evaluations.table.rowCount() == 2
+
+
+def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
+    qtbot: QtBot, trained: Vault
+) -> None:
+    """facts-adapter@1 only: the other tests of ``trained`` read @2's lineage."""
+    session = Session(trained)
+    window = MainWindow(trained.ws.home, session=session)
+    qtbot.addWidget(window)
+    window.show()
+    assert window.locker is not None
+    page = window.registry_page
+    window.show_page("Registry")
+    page.select("facts-adapter@1")
+    panel = page.evaluations
+    assert panel.isVisible()
+    assert panel.heading.text() == "Evaluations of facts-adapter@1"
+    assert panel.table.cell(0, "dataset (rows)") == "No evaluation yet: score it below."
+    assert "facts-adapter has no golden set" in panel.golden.text()
+    runner = panel.runner
+    assert runner.dataset_box.currentText() == "facts@1"
+    assert runner.targets == ["facts-adapter@1"]
+
+    with qtbot.waitSignal(runner.evaluated, timeout=JOB_WAIT_MS) as done:
+        qtbot.mouseClick(runner.evaluate_button, Qt.MouseButton.LeftButton)
+    result = done.args[0]
+    (scored,) = result["adapters"]
+    with Registry.open(trained.ws) as reg:
+        (stored,) = reg.evaluations("facts-adapter@1")
+    assert stored["id"] == scored["evaluation_id"]
+    loss = f"{scored['metrics']['answer_loss']:.4f}"
+    # The panel and the lineage above it show the stored row at once.
+    assert [panel.table.cell(r, "model") for r in range(panel.table.rowCount())] == [
+        "facts-adapter@1",
+        "base model",
+    ]
+    assert panel.table.cell(0, "dataset (rows)").startswith("facts@1 (eval) (")
+    assert panel.table.cell(0, "answer loss") == loss
+    lineage = page.lineage_view.browser.toPlainText()
+    assert "No evaluation results recorded." not in lineage
+    assert "facts@1 (eval): " in lineage
+    assert f"answer_loss {scored['metrics']['answer_loss']:.6g}" in lineage
+
+    # Compare: @1's figures beside "-" for @2, which was never scored there.
+    page.select("facts-adapter@1", "facts-adapter@2")
+    with qtbot.waitSignal(page.compared, timeout=WAIT_MS):
+        page.compare_selected()
+    table = page.compare_view.evaluations.table
+    rows = [(table.cell(r, "model"), table.cell(r, "answer loss")) for r in range(3)]
+    assert rows[:2] == [("facts-adapter@1", loss), ("facts-adapter@2", "-")]
+    assert rows[2][0] == "base model"
+
+    # Locking while the child scores ends it: nothing stored, said once unlocked.
+    page.select("facts-adapter@1")
+    run = runner.start()
+    assert run is not None
+    qtbot.waitUntil(lambda: run.job is not None and run.job.running, timeout=60_000)
+    window.locker.lock_now()
+    qtbot.waitUntil(lambda: session.locked and not run.running, timeout=60_000)
+    assert panel.table.rowCount() == 0
+    with Registry.open(trained.ws) as reg:
+        assert len(reg.evaluations("facts-adapter@1")) == 1
+    with qtbot.waitSignal(window.locker.unlocked, timeout=WAIT_MS):
+        window.locker.screen.passphrase.setText(PASS_TRAINED)
+        window.locker.screen.submit()
+    assert runner.status.text() == (
+        "The evaluation was ended when the workspace was locked; nothing was stored."
+    )
+    page.select("facts-adapter@1")
+    assert runner.evaluate_button.isEnabled()
+    assert panel.table.rowCount() == 2
