@@ -23,9 +23,10 @@ from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
-from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
+from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage
 from gui.pages.models import ModelsPage
 from gui.pages.settings import SettingsPage
+from gui.pages.train import TrainPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
 
@@ -49,12 +50,13 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.train_page = TrainPage(session)
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             DatasetsPage(),
             self.models_page,
-            TrainPage(),
+            self.train_page,
             RegistryPage(),
             ExportPage(),
             SettingsPage(home),
@@ -93,6 +95,9 @@ class MainWindow(QMainWindow):
         )
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
+        self.monitor.updated.connect(self.train_page.show_gpus)
+        self.models_page.imported.connect(lambda _name: self.train_page.refresh())
+        self.train_page.close_ready.connect(self.close)
 
     def page_titles(self) -> list[str]:
         return [page.title for page in self.pages]
@@ -146,10 +151,16 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _runs_settled(self, outcomes: list[Outcome]) -> None:
         if outcomes:
+            self.train_page.refresh()
             states = ", ".join(f"{o.run_id}: {o.state}" for o in outcomes)
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # A run in progress: keep it training in the background, stop it, or stay open.
+        if not self.train_page.may_close():
+            event.ignore()
+            return
+        self.train_page.shutdown()
         self.models_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)

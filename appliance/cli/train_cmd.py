@@ -184,7 +184,7 @@ def train(
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
         # Everything is checked before anything is shown or made.
-        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter)
+        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter, config=config)
         for line in preflight.for_model(ws, reg, model, config).lines:
             out.print(line, markup=False)
         run_id = runs.create_run(

@@ -29,19 +29,6 @@ class DatasetsPage(_JobPage):
     )
 
 
-class TrainPage(_JobPage):
-    title = "Train"
-    purpose = (
-        "QLoRA or LoRA training in a separate process, with the memory estimate before launch "
-        "and live loss, throughput and GPU memory while it runs."
-    )
-    cli_verbs = (
-        "appliance train --model M --dataset D --adapter NAME",
-        "appliance run list",
-        "appliance run stop ID",
-    )
-
-
 class RegistryPage(_JobPage):
     title = "Registry"
     purpose = (
