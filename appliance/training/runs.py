@@ -88,9 +88,10 @@ def check_new_run(
     """
     check_name(adapter_name, "adapter name")
     row = reg.base_model(model)
+    found = resolve_dataset(reg, dataset)
     if config is not None:
         check_for_model(row, config)
-    return resolve_dataset(reg, dataset)
+    return found
 
 
 def check_for_model(model: dict[str, Any], config: TrainConfig) -> None:

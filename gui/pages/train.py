@@ -16,6 +16,8 @@ re-attached: replayed, then followed live. Everything slow runs on tasks or in c
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -106,11 +108,19 @@ def load_history(summary: RunSummary) -> History:
     )
 
 
-def charts_module() -> ModuleType | None:
-    """The charts module if it is imported already (pyqtgraph is slow to import)."""
-    import sys
+_CHARTS_IMPORTED = threading.Event()
 
-    return sys.modules.get(CHARTS_MODULE)
+
+def charts_module() -> ModuleType | None:
+    """The charts module once it is wholly imported (pyqtgraph takes seconds to import)."""
+    return sys.modules.get(CHARTS_MODULE) if _CHARTS_IMPORTED.is_set() else None
+
+
+def import_charts(_progress: Progress) -> ModuleType:
+    """Import the charts module (on a task; a second caller waits on Python's import lock)."""
+    module = importlib.import_module(CHARTS_MODULE)
+    _CHARTS_IMPORTED.set()
+    return module
 
 
 class TrainPage(Page):
@@ -635,7 +645,7 @@ class TrainPage(Page):
         self.chart_hint.setText("Loading charts…")
         self._task(
             "loading charts",
-            lambda _p: importlib.import_module(CHARTS_MODULE),
+            import_charts,
             lambda _m: self._charts_ready(),
             self._say_error,
         )
