@@ -29,6 +29,13 @@ ALIASES = {"lr": "optim.learning_rate"}
 
 def setting_keys() -> dict[str, Any]:
     """Every settable key (``section.field`` or top-level field) mapped to its type annotation."""
+    return dict(_setting_keys())
+
+
+@cache
+def _setting_keys() -> dict[str, Any]:
+    # Resolving the annotations compiles each one: worth doing once, not at every keystroke of
+    # the desktop app's settings form.
     keys: dict[str, Any] = {}
     for top in dataclasses.fields(TrainConfig):
         hint = typing.get_type_hints(TrainConfig)[top.name]

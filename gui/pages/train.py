@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -55,6 +57,9 @@ CHARTS_MODULE = "gui.widgets.run_charts"
 HISTORY_LOG_LINES = 200
 """Log lines shown when a run is chosen (the whole log is in its folder)."""
 RESUMABLE = ("stopped", "failed", "lost")
+CHARTS_DELAY_MS = 1000
+VIEW_MS = 200
+"""The progress bar and the run's line are rewritten at most five times a second."""
 KEEP, STOP, CANCEL = "keep", "stop", "cancel"
 _ERROR_STYLE = "color: #b00020;"
 _NOTICE_STYLE = "color: #8d6e00;"
@@ -159,6 +164,11 @@ class TrainPage(Page):
         self.notices: list[str] = []
         self._tasks: list[Task] = []
         self._close_after_stop = False
+        self._charts_task: Task | None = None
+        self._view_timer = QTimer(self)
+        self._view_timer.setObjectName("runViewTimer")
+        self._view_timer.setSingleShot(True)
+        self._view_timer.timeout.connect(self._show_progress)
 
         self.setup = TrainSetup(session)
         self.setup.start_requested.connect(self.start)
@@ -194,6 +204,13 @@ class TrainPage(Page):
         controls.addWidget(self.stop_button)
         controls.addWidget(self.kill_button)
         controls.addWidget(self.resume_button)
+        # The run's one-line progress, rewritten several times a second: a line edit, whose size
+        # does not depend on its text, so that no rewrite lays the window out again.
+        self.live_line = QLineEdit()
+        self.live_line.setObjectName("runLine")
+        self.live_line.setReadOnly(True)
+        self.live_line.setFrame(False)
+        self.live_line.setStyleSheet("QLineEdit { background: transparent; }")
         self.status = QLabel()
         self.status.setObjectName("runStatus")
         self.status.setWordWrap(True)
@@ -232,6 +249,7 @@ class TrainPage(Page):
         watch_layout.setSpacing(4)
         watch_layout.addLayout(header)
         watch_layout.addLayout(controls)
+        watch_layout.addWidget(self.live_line)
         watch_layout.addWidget(self.status)
         watch_layout.addWidget(self.failure)
         vertical = QSplitter(Qt.Orientation.Vertical)
@@ -250,7 +268,9 @@ class TrainPage(Page):
         split.setChildrenCollapsible(False)
         self.body.addWidget(split, 1)
 
-        self._load_charts()
+        # pyqtgraph is imported on a task, a moment after the window first paints (the import
+        # competes for the interpreter), or at once when the page is shown.
+        QTimer.singleShot(CHARTS_DELAY_MS, self._load_charts)
         self._update_controls()
         if session is None:
             self.setup.say("Unlock the workspace to train.", error=True)
@@ -482,7 +502,8 @@ class TrainPage(Page):
             self._show_data(self.live_data)
         elif self.charts is not None:
             self.charts.changed(changed)
-        self._show_progress()
+        if not self._view_timer.isActive():
+            self._view_timer.start(VIEW_MS)
 
     @Slot(bytes)
     def _log(self, data: bytes) -> None:
@@ -572,7 +593,7 @@ class TrainPage(Page):
             if summary.state in (FAILED, "lost"):
                 self._show_failure(summary.message, history.log_lines[-20:])
             else:
-                self.status.setText(self.progress.status_line())
+                self.status.setText("")
         if history.bad_lines:
             self._notice(
                 f"{len(history.bad_lines)} line(s) of its events could not be read: "
@@ -593,7 +614,7 @@ class TrainPage(Page):
         self._show_data(self.live_data)
         self.failure.hide()
         self.status.setStyleSheet("")
-        self.status.setText(self.progress.status_line(time.time()))
+        self.status.setText("")
         tail = RunFolder(live.folder).log_tail(HISTORY_LOG_LINES) if live.folder else []
         self.console.reset(tail)
         self._show_progress()
@@ -602,8 +623,10 @@ class TrainPage(Page):
     def _show_progress(self) -> None:
         p = self.progress
         if p.total_steps:
-            self.bar.setRange(0, p.total_steps)
-            self.bar.setValue(min(p.step, p.total_steps))
+            if self.bar.maximum() != p.total_steps:
+                self.bar.setRange(0, p.total_steps)
+            if self.bar.value() != min(p.step, p.total_steps):
+                self.bar.setValue(min(p.step, p.total_steps))  # repaints at once: not too often
             self.bar.setFormat(
                 f"step {p.step}/{p.total_steps} · elapsed {duration(p.elapsed_s(time.time()))}"
                 f" · ETA {duration(p.eta(time.time()))}"
@@ -612,14 +635,19 @@ class TrainPage(Page):
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
             self.bar.setFormat("")
-        if self.busy and self.showing_live:
-            if p.steps and not self.notices:
-                self.status.setText(p.status_line(time.time()))
+        live = self.busy and self.showing_live
+        line = p.status_line(time.time() if live else None) if p.run_id else ""
+        if line != self.live_line.text():
+            self.live_line.setText(line)
+            self.live_line.setCursorPosition(0)
+        if live:
             self._show_state(p.state)
 
     def _show_state(self, state: str) -> None:
         colour = STATE_COLOURS.get(state, "#555555")
-        self.run_state.setText(f"<b style='color: {colour}'>{state}</b>")
+        text = f"<b style='color: {colour}'>{state}</b>"
+        if text != self.run_state.text():
+            self.run_state.setText(text)
 
     def _show_failure(self, message: str, tail: list[str]) -> None:
         self.bar.setRange(0, 1)
@@ -637,13 +665,20 @@ class TrainPage(Page):
         if self.charts is not None:
             self.charts.show_data(data)
 
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._load_charts()
+
+    @Slot()
     def _load_charts(self) -> None:
         """Create the charts once pyqtgraph is imported (on a task: it takes seconds)."""
+        if self.charts is not None or self._charts_task is not None:
+            return
         if charts_module() is not None:
             self._charts_ready()
             return
         self.chart_hint.setText("Loading charts…")
-        self._task(
+        self._charts_task = self._task(
             "loading charts",
             import_charts,
             lambda _m: self._charts_ready(),

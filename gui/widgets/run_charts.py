@@ -33,8 +33,13 @@ from PySide6.QtWidgets import (
 from appliance.training.progress import HOST_LABEL
 from gui.chart_data import ChartData, Columns
 
-REDRAW_MS = 100
-"""At most ten redraws a second, however fast events arrive."""
+REDRAW_MS = 250
+"""A chart is redrawn at most about four times a second, however fast events arrive."""
+STAGGER_MS = 40
+"""Between the redraws of two charts: the event loop runs in between (a chart's repaint costs
+tens of ms on a slow CPU with software rendering)."""
+UNITS = ("loss", "lr", "tps", "memory")
+"""What is redrawn in one piece."""
 GIB = float(2**30)
 X_AXES = {"step": "step", "epoch": "epoch"}
 GPU_CURVES = ("used", "total", "allocated", "reserved", "peak")
@@ -80,7 +85,6 @@ def _plot(title: str, y_label: str, *, time_axis: bool = False) -> pg.PlotWidget
         axis.setPen(_INK)
         axis.setTextPen(_INK)
     item.setLabel("left", y_label, color=_INK)
-    item.showGrid(x=True, y=True, alpha=0.15)
     item.setMenuEnabled(False)
     widget.setMinimumSize(220, 150)
     return widget
@@ -138,8 +142,9 @@ class RunCharts(QWidget):
         self.x_axis = "step"
         self._dirty: set[str] = set()
         self._timer = QTimer(self)
+        self._timer.setObjectName("chartsRedraw")
         self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self.flush)
+        self._timer.timeout.connect(self._draw_next)
 
         self.x_choice = QComboBox()
         self.x_choice.addItems(list(X_AXES))
@@ -198,33 +203,42 @@ class RunCharts(QWidget):
         self.changed({"all"})
 
     def changed(self, names: set[str]) -> None:
-        """The series ``names`` grew: redraw them soon (coalesced)."""
-        if not names:
+        """The series ``names`` grew: redraw their charts soon (coalesced)."""
+        units = _units(names)
+        if not units:
             return
-        self._dirty |= names
+        self._dirty |= units
         if not self._timer.isActive():
             self._timer.start(REDRAW_MS)
 
     @Slot()
-    def flush(self, force: bool = False) -> None:
-        """Redraw the changed series now (while hidden only when ``force``d)."""
-        self._timer.stop()
-        if not (force or self.isVisible()):
+    def _draw_next(self) -> None:
+        # One chart per turn of the event loop: each repaint is its own short piece of work,
+        # rather than six charts painted in one long one.
+        if not self.isVisible():
             return  # drawn when shown again (showEvent)
+        unit = next((u for u in UNITS if u in self._dirty), None)
+        if unit is not None:
+            self._dirty.discard(unit)
+            self._draw(unit)
+        if self._dirty:
+            self._timer.start(STAGGER_MS)
+
+    @Slot()
+    def flush(self, force: bool = False) -> None:
+        """Redraw every changed chart now (while hidden only when ``force``d)."""
+        if not (force or self.isVisible()):
+            return
+        self._timer.stop()
         dirty, self._dirty = self._dirty, set()
-        everything = "all" in dirty
-        if everything or "steps" in dirty:
-            self._draw_steps()
-        if everything or "evals" in dirty:
-            self._draw_evals()
-        memory = {n for n in dirty if n.startswith("gpu:") or n == "host"}
-        if everything or memory:
-            self._draw_memory()
+        for unit in UNITS:
+            if unit in dirty:
+                self._draw(unit)
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         if self._dirty:
-            self.flush()
+            self._timer.start(0)
 
     # -- controls ----------------------------------------------------------------------------------
 
@@ -247,17 +261,19 @@ class RunCharts(QWidget):
 
     # -- drawing -----------------------------------------------------------------------------------
 
-    def _draw_steps(self) -> None:
-        steps = self.data.steps
+    def _draw(self, unit: str) -> None:
+        steps, evals = self.data.steps, self.data.evals
         x = steps[self.x_axis]
-        self.loss_curve.setData(x, steps["loss"], connect="finite")
-        self.smoothed_curve.setData(x, steps["smoothed"], connect="finite")
-        self.lr_curve.setData(x, steps["lr"], connect="finite")
-        self.tps_curve.setData(x, steps["tokens_per_s"], connect="finite")
-
-    def _draw_evals(self) -> None:
-        evals = self.data.evals
-        self.eval_curve.setData(evals[self.x_axis], evals["eval_loss"], connect="finite")
+        if unit == "loss":
+            self.loss_curve.setData(x, steps["loss"], connect="finite")
+            self.smoothed_curve.setData(x, steps["smoothed"], connect="finite")
+            self.eval_curve.setData(evals[self.x_axis], evals["eval_loss"], connect="finite")
+        elif unit == "lr":
+            self.lr_curve.setData(x, steps["lr"], connect="finite")
+        elif unit == "tps":
+            self.tps_curve.setData(x, steps["tokens_per_s"], connect="finite")
+        else:
+            self._draw_memory()
 
     def _draw_memory(self) -> None:
         wanted: dict[str, tuple[str, tuple[str, ...], Columns]] = {}
@@ -311,6 +327,20 @@ class RunCharts(QWidget):
     def memory_titles(self) -> list[str]:
         self.flush(force=True)
         return [chart.title for chart in self.memory.values()]
+
+
+def _units(names: set[str]) -> set[str]:
+    """The charts to redraw when the series ``names`` changed."""
+    if "all" in names:
+        return set(UNITS)
+    units = set()
+    if "steps" in names:
+        units |= {"loss", "lr", "tps"}
+    if "evals" in names:
+        units.add("loss")
+    if any(n.startswith("gpu:") or n == "host" for n in names):
+        units.add("memory")
+    return units
 
 
 def _of(columns: Columns, key: str) -> str:
