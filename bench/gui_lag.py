@@ -11,15 +11,21 @@ the lateness's p50, p99 and max, in ms (a blocked event loop shows as one late t
 the block). Scenarios, each in the real window (``MainWindow`` over an unlocked workspace, the
 Train page shown, its charts loaded):
 
-* idle: nothing running (the baseline of this machine and platform);
-* fake source: the page starts a run through its own Start path (task, stand-in, QProcess,
-  ``mark_started``, settling) but the worker command is a small program that emits a
-  ``started`` event, then ``--rate`` steps a second with a ``memory`` event for two GPUs every
-  second and an ``eval`` every 50 steps, for ``--seconds``, then ``stopped``. Optionally it
-  first pours out ``--history`` steps as fast as the pipe takes them (a long history in the
-  charts); the burst and the streaming after it are measured apart;
-* real run: a real training child of the tiny random LLaMA (CPU), from its ``started`` event to
-  its settling.
+* idle window: nothing running (the baseline of this machine and platform);
+* run started here, fake child: the page starts a run through its own Start path (task,
+  stand-in, QProcess, ``mark_started``, settling) but the worker command is a small program
+  that emits a ``started`` event, then ``--rate`` steps a second with a ``memory`` event for two
+  GPUs every second and an ``eval`` every 50 steps, for ``--seconds``, then ``stopped``;
+* re-attach (with ``--history`` above 0): the same program started in a process of its own, as
+  ``appliance train --detach`` does, first writes ``--history`` steps to ``metrics.jsonl``; the
+  page then finds the run as a window starting now would (``refresh``) and replays that history
+  on a task (measured while it replays), then follows the rest live through
+  QFileSystemWatcher (measured apart);
+* real run (unless ``--no-real``): a real training child of the tiny random LLaMA (CPU), from
+  its ``started`` event to its settling.
+
+The fake-child scenarios check that the charts ended up holding every step. The process shares the
+interpreter lock as ``appliance-gui`` does (:func:`gui.app.share_interpreter`).
 
 First paint: fresh processes that build a ``QApplication`` and a bare ``QMainWindow``, or the
 appliance's ``MainWindow`` over the same unlocked workspace (the passphrase dialog left out, the
@@ -57,11 +63,13 @@ ws, _ = make_workspace(root, build_tiny_llama(root / "tiny-model"))
 print(ws.home)
 """
 
-# The fake worker: argv = run folder, rate, seconds, history. Events only; reads its keys.
+# The fake worker: argv = run folder, rate, seconds, history, go file ("-": none). Events only;
+# reads its keys. With a go file it writes its history, then waits for that file to appear.
 FAKE_SOURCE = r"""
 import json, sys, time  # appliance.training.worker
+import os
 folder, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-history = int(sys.argv[4])
+history, go = int(sys.argv[4]), sys.argv[5]
 sys.stdin.readline()
 run = folder.rstrip("/").rsplit("/", 1)[-1]
 out = sys.stdout
@@ -79,6 +87,10 @@ for n in range(1, history + 1):
 out.flush()
 emit("checkpoint", step=history, name="stream-begins")
 out.flush()
+if go != "-":  # detached: wait until the window has replayed the history
+    open(os.path.join(folder, "history-written"), "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.05)
 gib = 2 ** 30
 start = time.monotonic()
 last_memory = 0.0
@@ -222,20 +234,33 @@ def figures(samples: list[float]) -> dict[str, float]:
     }
 
 
+def rate_of(times: list[float]) -> float:
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
+def check_steps(page: Any, expected: int) -> None:
+    steps, _ = page.charts.series("loss")
+    if len(steps) != expected:
+        raise SystemExit(f"the charts hold {len(steps)} steps, not {expected}")
+
+
 def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict[str, float]]]:
     from PySide6.QtWidgets import QApplication
 
     from appliance import offline
 
     offline.enforce()
+    from appliance.fsutil import open_append
     from appliance.session import Session
     from appliance.training import events as ev
     from appliance.training import runs
     from appliance.training.settings import build_config
     from appliance.vault import Vault
     from appliance.workspace import open_workspace
+    from gui.app import share_interpreter
     from gui.main_window import MainWindow
 
+    share_interpreter()  # as appliance-gui does
     app = QApplication(sys.argv[:1])
     ws = open_workspace(home)
     window = MainWindow(ws.home, session=Session(Vault.unlock(ws, PASS)))
@@ -261,60 +286,90 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
         page.start()
         spin(60, lambda: page.live is not None and page.live is not before)
 
+    # 1. A run started from the page whose child streams events (the fake source).
     real_command = runs.worker_command
-    for history in sorted({0, args.history}):
-        runs.worker_command = lambda folder, threads=None, h=history: [  # type: ignore[assignment]
-            sys.executable, "-c", FAKE_SOURCE, str(folder),
-            str(args.rate), str(args.seconds), str(h),
-        ]  # fmt: skip
-        settled: list[Any] = []
-        page.run_settled.connect(settled.append)
-        start(f"fake-{history}")
-        burst: dict[str, float] = {}
-        streamed_at: list[float] = []
+    runs.worker_command = lambda folder, threads=None: [
+        sys.executable, "-c", FAKE_SOURCE, str(folder), str(args.rate), str(args.seconds), "0", "-",
+    ]  # fmt: skip
+    settled: list[Any] = []
+    page.run_settled.connect(settled.append)
+    start("fake")
+    streamed_at: list[float] = []
 
-        def on_event(
-            event: Any, burst: dict[str, float] = burst, at: list[float] = streamed_at
-        ) -> None:
-            if isinstance(event, ev.Started):
-                meter.recording = True
-            elif isinstance(event, ev.Checkpoint) and event.name == "stream-begins":
-                burst.update(figures(meter.take()))
-            elif burst:
-                at.append(time.monotonic())
+    def on_event(event: Any) -> None:
+        if isinstance(event, ev.Started):
+            meter.recording = True
+        elif meter.recording:
+            streamed_at.append(time.monotonic())
 
-        page.live.event_received.connect(on_event)
-        spin(args.seconds * 3 + 600, lambda s=settled: bool(s))
-        meter.recording = False
-        streamed = figures(meter.take())
-        page.run_settled.disconnect(settled.append)
-        label = "fake source"
-        if history:
-            results.append((f"history burst ({history:,} steps)", 0.0, burst))
-            label = f"fake source after {history:,} steps"
-        span = streamed_at[-1] - streamed_at[0] if len(streamed_at) > 1 else 1.0
-        results.append((f"{label}, 2 GPUs", len(streamed_at) / span, streamed))
-        steps, _ = page.charts.series("loss")
-        if len(steps) != history + int(args.rate * args.seconds):
-            raise SystemExit(f"the charts hold {len(steps)} steps")
+    page.live.event_received.connect(on_event)
+    spin(args.seconds * 3 + 300, lambda: bool(settled))
+    meter.recording = False
+    page.run_settled.disconnect(settled.append)
+    results.append(("run started here, fake child", rate_of(streamed_at), figures(meter.take())))
+    check_steps(page, int(args.rate * args.seconds))
     runs.worker_command = real_command
+
+    # 2. A run with a long history, running in a process of its own: replayed, then followed.
+    if args.history:
+        session = window.session
+        assert session is not None
+        with session.registry() as reg:
+            run_id = runs.create_run(
+                session.vault, reg, model="tiny", dataset="facts", adapter_name="attached",
+                config=build_config("quick-test", ["max_seq_length=128"]),
+            )  # fmt: skip
+            plan = runs.prepare_launch(session.vault, reg, run_id)
+            go = plan.folder / "go"
+            fd = open_append(plan.folder / "metrics.jsonl")
+            worker = subprocess.Popen(
+                [
+                    sys.executable, "-c", FAKE_SOURCE, str(plan.folder), str(args.rate),
+                    str(args.seconds), str(args.history), str(go),
+                ],
+                stdin=subprocess.DEVNULL, stdout=fd, start_new_session=True,
+            )  # fmt: skip
+            os.close(fd)
+            runs.mark_started(session.vault, reg, plan, worker.pid)
+        spin(300, lambda: (plan.folder / "history-written").exists())
+        loaded: list[str] = []
+        page.history_loaded.connect(loaded.append)
+        settled = []
+        page.run_settled.connect(settled.append)
+        meter.recording = True
+        page.refresh()  # what a window starting now does: the run is re-attached
+        spin(900, lambda: bool(loaded))
+        results.append(
+            (f"re-attach: replay of {args.history:,} steps (task)", 0.0, figures(meter.take()))
+        )
+        streamed_at.clear()
+        page.live.event_received.connect(lambda _e: streamed_at.append(time.monotonic()))
+        go.touch()
+        spin(args.seconds * 3 + 300, lambda: bool(settled))
+        meter.recording = False
+        worker.wait(timeout=60)
+        results.append(
+            (f"  then followed live ({args.history:,}-step history)", rate_of(streamed_at),
+             figures(meter.take()))
+        )  # fmt: skip
+        check_steps(page, args.history + int(args.rate * args.seconds))
 
     if args.real:
         settled = []
         page.run_settled.connect(settled.append)
         start("real", "max_steps=30", "eval_every=10", "save_every=10")
         events: list[float] = []
-        page.live.event_received.connect(
-            lambda event: (
-                (setattr(meter, "recording", True), events.append(time.monotonic()))
-                if isinstance(event, ev.Started) or meter.recording
-                else None
-            )
-        )
+
+        def on_real(event: Any) -> None:
+            if isinstance(event, ev.Started):
+                meter.recording = True
+            if meter.recording:
+                events.append(time.monotonic())
+
+        page.live.event_received.connect(on_real)
         spin(900, lambda: bool(settled))
         meter.recording = False
-        span = (events[-1] - events[0]) if len(events) > 1 else 1.0
-        results.append(("real tiny run (CPU child)", len(events) / span, figures(meter.take())))
+        results.append(("real tiny run (CPU child)", rate_of(events), figures(meter.take())))
         if settled[0].state != "finished":
             raise SystemExit(f"the real run ended {settled[0].state}: {settled[0].message}")
     window.train_page.shutdown()

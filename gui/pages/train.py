@@ -54,6 +54,8 @@ from gui.widgets.runs_table import STATE_COLOURS, RunsTable
 from gui.widgets.train_setup import Request, TrainSetup
 
 CHARTS_MODULE = "gui.widgets.run_charts"
+REPLAY_SLICE = 256 * 1024
+"""A long history is replayed in slices of this many bytes (see :func:`load_history`)."""
 HISTORY_LOG_LINES = 200
 """Log lines shown when a run is chosen (the whole log is in its folder)."""
 RESUMABLE = ("stopped", "failed", "lost")
@@ -92,8 +94,10 @@ def load_history(summary: RunSummary) -> History:
     bad: list[str] = []
     reader = ev.reader(folder.metrics.name, bad.append)
     progress = RunProgress()
-    for event in reader.feed(raw[:end]):
-        progress.apply(event)
+    for start in range(0, end, REPLAY_SLICE):
+        for event in reader.feed(raw[start : min(end, start + REPLAY_SLICE)]):
+            progress.apply(event)
+        time.sleep(0)  # let the GUI thread take the interpreter lock between slices
     if summary.state == "lost":
         progress.mark_lost(summary.message)
     elif summary.state == "failed" and progress.state != FAILED:

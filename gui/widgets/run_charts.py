@@ -196,11 +196,7 @@ class RunCharts(QWidget):
     def show_data(self, data: ChartData) -> None:
         """Draw ``data`` (a new run, or a replay) in place of what is shown."""
         self.data = data
-        for chart in self.memory.values():
-            self.memory_box.removeWidget(chart.widget)
-            chart.widget.deleteLater()
-        self.memory.clear()
-        self.changed({"all"})
+        self.changed({"all"})  # the memory charts of devices still there are kept and reused
 
     def changed(self, names: set[str]) -> None:
         """The series ``names`` grew: redraw their charts soon (coalesced)."""
