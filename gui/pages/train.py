@@ -575,6 +575,11 @@ class TrainPage(Page):
     def _loaded(self, history: History) -> None:
         if history.run_id != self.shown:
             return  # another run was chosen meanwhile
+        if self.busy and self.live is not None and self.live.run_id == history.run_id:
+            # Two refreshes in quick succession replayed the run twice, and the first replay
+            # re-attached it: keep following it rather than showing this older snapshot.
+            self._show_live()
+            return
         self.progress_of = history.run_id
         self.progress = history.progress
         self._show_data(history.data)
