@@ -74,6 +74,18 @@ def decode_object(line: str | bytes, where: str) -> dict[str, Any]:
     return data
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    # Resolving string annotations compiles each one: about 2 ms an event without the cache,
+    # which a desktop window following a run pays on its GUI thread.
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def fields_of(
     cls: type[Any], data: dict[str, Any], where: str, kind: str, prefix: str = ""
 ) -> dict[str, Any]:
@@ -84,7 +96,7 @@ def fields_of(
     Raises:
         EventError: naming ``where``, the event ``kind`` and the field.
     """
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(cls):
         if not spec.init:

@@ -28,11 +28,11 @@ from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.datasets import DatasetsPage
 from gui.pages.export import ExportPage
-from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
 from gui.pages.playground import PlaygroundPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
+from gui.pages.train import TrainPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
 from gui.window_lock import WindowLock
@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.train_page = TrainPage(session)
         self.datasets_page = DatasetsPage(session)
         self.settings_page = SettingsPage(home, session)
         self.registry_page = RegistryPage(session)
@@ -72,7 +73,7 @@ class MainWindow(QMainWindow):
         self.pages: list[Page] = [
             self.datasets_page,
             self.models_page,
-            TrainPage(),
+            self.train_page,
             self.playground_page,
             self.registry_page,
             self.export_page,
@@ -117,6 +118,9 @@ class MainWindow(QMainWindow):
             self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
+        self.monitor.updated.connect(self.train_page.show_gpus)
+        self.models_page.imported.connect(lambda _name: self.train_page.refresh())
+        self.train_page.close_ready.connect(self.close)
         self._connect_registry_and_export()
 
     def _connect_registry_and_export(self) -> None:
@@ -125,11 +129,16 @@ class MainWindow(QMainWindow):
         registry, export = self.registry_page, self.export_page
         registry.export_requested.connect(self.export_version)
         registry.open_dataset.connect(lambda _ref: self.show_page("Datasets"))
-        registry.open_run.connect(lambda _run: self.show_page("Train"))
+        registry.open_run.connect(self.open_run)
         registry.open_model.connect(lambda _name: self.show_page("Models"))
         export.exported.connect(lambda _ref: registry.refresh())
         # The lineage lists evaluations: one stored from the Playground shows there at once.
         self.playground_page.eval_runner.evaluated.connect(lambda _result: registry.refresh())
+
+    def open_run(self, run_id: str) -> None:
+        """Open the Train page with run ``run_id`` shown (a lineage names it)."""
+        self.show_page("Train")
+        self.train_page.show_run(run_id)
 
     def export_version(self, ref: str) -> None:
         """Open the Export page with adapter version ``ref`` chosen."""
@@ -214,10 +223,16 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _runs_settled(self, outcomes: list[Outcome]) -> None:
         if outcomes:
+            self.train_page.refresh()
             states = ", ".join(f"{o.run_id}: {o.state}" for o in outcomes)
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        # A run in progress: keep it training in the background, stop it, or stay open.
+        if not self.train_page.may_close():
+            event.ignore()
+            return
+        self.train_page.shutdown()
         if self.locker is not None:
             self.locker.shutdown()
         self.models_page.shutdown()

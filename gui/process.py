@@ -36,6 +36,9 @@ MAX_STDERR_LINE = 64 * 1024
 """A stderr line longer than this is cut here, so a child that never ends a line is bounded."""
 HUNG_LAST_LINES = 5
 """How many stderr lines a ``hung`` message quotes."""
+READ_SLICE = 16 * 1024
+"""The most stdout read (and parsed into events) in one go: a burst of output is taken in
+slices with the event loop running in between, so that it never blocks the window for long."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class ChildProcess(QObject):
         self._grace = QTimer(self)
         self._grace.setSingleShot(True)
         self._grace.timeout.connect(self.kill)
+        self._more_stdout = QTimer(self)
+        self._more_stdout.setSingleShot(True)
+        self._more_stdout.timeout.connect(self._read_stdout)
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -231,9 +237,11 @@ class ChildProcess(QObject):
 
     @Slot()
     def _read_stdout(self) -> None:
-        data = bytes(self._proc.readAllStandardOutput().data())
+        data = bytes(self._proc.read(READ_SLICE).data())  # stdout: the current read channel
         if data:
             self._deliver(self.reader.feed(data))
+        if self._proc.bytesAvailable() > 0 and not self._more_stdout.isActive():
+            self._more_stdout.start(0)
 
     def _deliver(self, events: list[Any]) -> None:
         for event in events:
@@ -272,7 +280,9 @@ class ChildProcess(QObject):
 
     @Slot(int, QProcess.ExitStatus)
     def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
-        self._read_stdout()
+        self._more_stdout.stop()
+        while data := bytes(self._proc.read(READ_SLICE).data()):
+            self._deliver(self.reader.feed(data))
         self._read_stderr()
         self._deliver(self.reader.finish())
         if self._stderr_partial:

@@ -184,7 +184,7 @@ def train(
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
         # Everything is checked before anything is shown or made.
-        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter)
+        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter, config=config)
         from appliance.training.lengths import training_lengths
 
         lengths = training_lengths(vault, reg, model, dataset, config)

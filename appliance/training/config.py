@@ -316,10 +316,20 @@ class TrainConfig:
         return _build(cls, data, "")
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _build(cls: type[Any], data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         _fail(f"{prefix.rstrip('.') or 'the config'} must be a JSON object")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -211,6 +211,19 @@ class Failed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Spawned(Event):
+    """The worker process was started by a stand-in (:mod:`appliance.training.standin`).
+
+    Only on the stand-in's stdout, never in ``metrics.jsonl``: it names the process that trains,
+    so that the parent records that PID (the stand-in may be gone while the worker trains on).
+    """
+
+    TYPE: ClassVar[str] = "spawned"
+    pid: int
+    """The worker's process id."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class UnknownEvent(Event):
     """An event of a type this version does not know (from a newer child); kept, not refused."""
 
@@ -228,7 +241,8 @@ class UnknownEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (Started, Step, Eval, Memory, Checkpoint, Stopped, Finished, Failed)
+    cls.TYPE: cls
+    for cls in (Started, Step, Eval, Memory, Checkpoint, Stopped, Finished, Failed, Spawned)
 }
 
 

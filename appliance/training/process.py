@@ -112,6 +112,22 @@ def process_alive(pid: int | None, run_id: str) -> bool:
     return True
 
 
+def signal_run(pid: int | None, run_id: str, signum: int) -> bool:
+    """Send ``signum`` to the run's worker if ``pid`` is still that worker; whether it was sent.
+
+    SIGTERM asks for a graceful stop (checkpoint, ``stopped``), SIGKILL ends it at once. Never
+    blocks: the caller learns the outcome from the event stream or the process's exit.
+    """
+    if not process_alive(pid, run_id):
+        return False
+    assert pid is not None
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def describe_exit(code: int | None) -> str:
     """Why a child ended without reporting, in words (``code`` negative: killed by that signal)."""
     if code is None:

@@ -54,6 +54,8 @@ LOG_FILE = "train.log"
 ADAPTER_FILE = "adapter.enc"
 CHECKPOINTS_DIR = "checkpoints"
 LAUNCH_SECTION = "launch"
+LOG_TAIL_BYTES = 64 * 1024
+"""How much of the end of ``train.log`` :meth:`RunFolder.log_tail` reads."""
 LEGACY_FILES = ("run.json", "session.json", "config.json")
 """The earlier layout's description files, read when ``meta.json`` has no launch section."""
 
@@ -238,6 +240,23 @@ class RunFolder:
             tail = handle.read()
         reader = ev.reader(f"{self.metrics.name} after byte {offset}")
         return [*reader.feed(tail), *reader.finish()]
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of ``train.log`` (empty when there is none).
+
+        For a failure shown after the fact: the lines a run's process wrote before it died.
+        """
+        try:
+            with open(self.log, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - LOG_TAIL_BYTES))
+                data = handle.read()
+        except OSError:
+            return []
+        # A progress bar redraws its line with \r: keep what a terminal would show.
+        raw = data.decode(errors="replace").split("\n")
+        text = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in raw]
+        return [line for line in text if line.strip()][-lines:]
 
     # -- writing (the parent, under the workspace's writer lock) ----------------------------------
 

@@ -47,7 +47,7 @@ from appliance.models.use import resolve_model_for_use
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
 from appliance.training import events as ev
-from appliance.training.config import TrainConfig
+from appliance.training.config import ConfigError, TrainConfig
 from appliance.training.process import (
     TrainingProcess,
     describe_exit,
@@ -71,16 +71,42 @@ def run_folder(vault: Vault, run: dict[str, Any]) -> RunFolder:
 # --- creating ----------------------------------------------------------------------------------
 
 
-def check_new_run(reg: Registry, *, model: str, dataset: str, adapter_name: str) -> dict[str, Any]:
+def check_new_run(
+    reg: Registry,
+    *,
+    model: str,
+    dataset: str,
+    adapter_name: str,
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
     """Check a request for a new run before anything is made or shown; returns the dataset row.
 
     Raises:
         UsageError: a bad adapter name or dataset reference.
+        ConfigError: ``config`` does not suit the model (sequences longer than its context).
         NotFoundError: no such model or dataset version.
     """
     check_name(adapter_name, "adapter name")
-    reg.base_model(model)
-    return resolve_dataset(reg, dataset)
+    row = reg.base_model(model)
+    found = resolve_dataset(reg, dataset)
+    if config is not None:
+        check_for_model(row, config)
+    return found
+
+
+def check_for_model(model: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse settings the model cannot take: sequences longer than its context window.
+
+    Raises:
+        ConfigError: naming the setting and the longest value the model takes.
+    """
+    context = model.get("context_length")
+    length = config.data.max_seq_length
+    if context and length > int(context):
+        raise ConfigError(
+            f"invalid training config: data.max_seq_length is {length}, longer than the "
+            f"{int(context):,}-token context of model {model['name']}; set it to {context} or less"
+        )
 
 
 def create_run(
@@ -98,7 +124,7 @@ def create_run(
         NotFoundError: no such model or dataset version.
         UsageError: a bad adapter name or dataset reference.
     """
-    ds = check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter_name)
+    ds = check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter_name, config=config)
     with vault.ws.writer("train"):
         run_id = reg.add_run(
             base_model=model,
@@ -429,6 +455,7 @@ __all__ = [
     "STOP_TIMEOUT_S",
     "LaunchPlan",
     "Outcome",
+    "check_for_model",
     "check_new_run",
     "create_run",
     "finalize",

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ ALIASES = {"lr": "optim.learning_rate"}
 
 def setting_keys() -> dict[str, Any]:
     """Every settable key (``section.field`` or top-level field) mapped to its type annotation."""
+    return dict(_setting_keys())
+
+
+@cache
+def _setting_keys() -> dict[str, Any]:
+    # Resolving the annotations compiles each one: worth doing once, not at every keystroke of
+    # the desktop app's settings form.
     keys: dict[str, Any] = {}
     for top in dataclasses.fields(TrainConfig):
         hint = typing.get_type_hints(TrainConfig)[top.name]
@@ -56,6 +64,23 @@ def resolve_key(key: str) -> str:
     raise ConfigError(
         f"unknown training setting {key!r}; known settings: {', '.join(sorted(keys))}"
     )
+
+
+_KEYLIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def setting_named(message: str) -> str | None:
+    """The setting a refusal is about: the first setting key its message names, else None.
+
+    Every refusal of :mod:`appliance.training.config` and of :func:`coerce_value` names the
+    setting to change first (``lora.rank is 0; ...``), so a form can show the message beside that
+    setting's field.
+    """
+    keys = setting_keys()
+    for match in _KEYLIKE.finditer(message):
+        if match.group() in keys:
+            return match.group()
+    return None
 
 
 def describe_allowed(hint: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance import datasets
 from appliance.export import card
 from appliance.registry import Registry
 from appliance.vault import Vault
@@ -16,6 +17,7 @@ from appliance.workspace import init, open_workspace
 from tests.helpers import adapters as adapter_store
 from tests.helpers.adapters import make_adapter
 from tests.helpers.gui_probe import drive_gui
+from tests.helpers.training import chat_rows, write_jsonl
 
 PASSPHRASE = "probe passphrase for the window"
 ORGFACTS = Path(__file__).resolve().parents[1] / "data" / "orgfacts" / "orgfacts.jsonl"
@@ -29,9 +31,11 @@ def _home(tmp_path: Path) -> Path:
 
 def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: Path) -> None:
     home = _home(tmp_path)
-    # An adapter of another copy of the tiny model, made here (this process may load torch).
+    # A dataset to train on and an adapter of another copy of the tiny model, made here (this
+    # process may load torch).
     vault = Vault.unlock(open_workspace(home), PASSPHRASE)
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
+        datasets.import_file(vault, reg, write_jsonl(tmp_path / "f.jsonl", chat_rows()), "facts")
         adapter = make_adapter(vault, reg, tiny_llama, model_name="tiny0", adapter_name="legal")
     vault.lock()
     question = {"base": "tiny0", "a": adapter, "prompt": "What is 3 plus one?"}
@@ -45,13 +49,22 @@ def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: P
             ("token-histogram", {"dataset": "orgfacts@1", "model": "tiny", "max_seq_length": 24}),
             ("settings", {}),
             ("playground", question),
+            (
+                "train",
+                {
+                    "model": "tiny",
+                    "dataset": "facts@1",
+                    "adapter": "probed",
+                    "set": ["max_steps=4", "max_seq_length=128", "eval_every=2"],
+                },
+            ),
             ("lock", {"passphrase": PASSPHRASE}),
         ],
     )
     steps = [r["step"] for r in report.results]
     assert steps == [
         "settle-runs", "import-model", "import-dataset", "token-histogram", "settings",
-        "playground", "lock",
+        "playground", "train", "lock",
     ]  # fmt: skip
     assert report.results[1]["status"] == "Imported tiny (LlamaForCausalLM)."
     assert report.results[2]["rows"] == 80
@@ -62,6 +75,11 @@ def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: P
     assert set(played["answers"]) == {"base", "A"}
     assert all(text.startswith("8 tokens · ") for text in played["figures"].values())
     assert played["pieces"]["base"] > 0
+    trained = report.results[6]
+    assert trained["state"] == "finished", trained
+    assert trained["status"].startswith("Finished: adapter probed@1")
+    assert trained["steps"] == [1, 2, 3, 4]
+    assert trained["memory_charts"][0].startswith("CPU: training process RSS")
     assert report.heavy == []
 
 

@@ -135,6 +135,41 @@ def import_model(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     return {"status": status}
 
 
+@step("train")
+def train(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Start a run from the Train page as a person would, and follow it to its end.
+
+    ``params``: ``model``, ``dataset`` (NAME@VERSION), ``adapter``, ``set`` (a list of
+    ``key=value`` over the quick-test preset), ``timeout_s``.
+    """
+    from appliance.training.settings import build_config
+
+    page: Any = probe.window.show_page("Train")
+    probe.wait_until(
+        lambda: page.charts is not None and page.setup.model_choice.findData(params["model"]) >= 0
+    )
+    setup = page.setup
+    setup.model_choice.setCurrentIndex(setup.model_choice.findData(params["model"]))
+    setup.dataset_choice.setCurrentIndex(setup.dataset_choice.findData(params["dataset"]))
+    setup.preset_choice.setCurrentText("quick-test")
+    setup.form.set_config(build_config("quick-test", params.get("set", [])))
+    setup.adapter_name.setText(params["adapter"])
+    probe.wait_until(lambda: not setup.preflight_busy)
+    if not setup.start_button.isEnabled():
+        raise StepFailed(f"Start is disabled: {setup.start_button.toolTip()}")
+    setup.start_button.click()
+    probe.wait(page.run_settled, float(params.get("timeout_s", 300)))
+    run_id = page.shown
+    probe.wait_until(lambda: page.runs_table.state_of(run_id) not in (None, "queued", "running"))
+    steps, _ = page.charts.series("loss")
+    return {
+        "state": page.runs_table.state_of(run_id),
+        "status": page.status.text(),
+        "steps": [int(s) for s in steps],
+        "memory_charts": page.charts.memory_titles(),
+    }
+
+
 @step("export")
 def export(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Export ``params["adapter"]`` from the Export page as ``params["format"]`` (with

@@ -242,3 +242,29 @@ def test_settings_help_covers_every_key_with_docs_and_defaults() -> None:
     assert rank.help.startswith("LoRA rank r")
     assert infos["optim.scheduler"].allowed == "one of linear, cosine, constant"
     assert infos["method"].help.startswith("qlora: 4-bit NF4 base")
+
+
+@pytest.mark.parametrize(
+    ("assignments", "key"),
+    [
+        (["rank=0"], "lora.rank"),
+        (["rank=abc"], "lora.rank"),
+        (["lr=-1"], "optim.learning_rate"),
+        (["target_modules=q-proj"], "lora.target_modules"),
+        (["warmup_steps=5", "warmup_ratio=0.1"], "optim.warmup_steps"),
+        (["max_steps=10", "warmup_steps=10"], "optim.warmup_steps"),
+        (["epochs=0"], "schedule.epochs"),
+        (["max_seq_length=8"], "data.max_seq_length"),
+        (["method=lora", "compute_dtype=fp16"], "compute_dtype"),
+        (["seed=-1"], "seed"),
+        (["gradient_checkpointing=maybe"], "gradient_checkpointing"),
+    ],
+)
+def test_a_refusal_names_the_setting_a_form_shows_it_at(assignments: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        st.build_config("balanced", assignments)
+    assert st.setting_named(str(info.value)) == key
+
+
+def test_a_message_naming_no_setting_has_none() -> None:
+    assert st.setting_named("invalid training config: the config must be a JSON object") is None

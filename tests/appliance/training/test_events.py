@@ -81,6 +81,7 @@ SAMPLES: list[ev.Event] = [
         step=3,
         kind="oom",
     ),
+    ev.Spawned(run_id=RUN, time=1700000000.1, pid=4321),
 ]
 
 
@@ -108,6 +109,7 @@ def test_every_type_is_covered() -> None:
             "stopped",
             "finished",
             "failed",
+            "spawned",
         }
     )
 

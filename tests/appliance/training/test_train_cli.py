@@ -160,6 +160,14 @@ def test_cli_errors_are_one_clear_line(prepared: CliRunner) -> None:
     no_model = cli("train", "--model", "nope", "--dataset", "facts", "--adapter", "a", env=ENV)
     assert no_model.returncode == 1
     assert no_model.stdout == ""
+    # The balanced preset's 1024 tokens do not fit the tiny model's 512-token context.
+    long = cli(*base, "--dataset", "facts", env=ENV)
+    assert long.returncode == 2
+    assert long.err_lines == [
+        "error: invalid training config: data.max_seq_length is 1024, longer than the "
+        "512-token context of model tiny; set it to 512 or less"
+    ]
+    assert long.stdout == ""
     bad = cli(*base, "--dataset", "facts", "--set", "rank=0", env=ENV)
     assert bad.returncode == 2
     assert bad.err_lines[-1].startswith("error: invalid training config: lora.rank is 0")
