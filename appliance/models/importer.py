@@ -293,7 +293,8 @@ def _convert_gguf_quietly(src_dir: Path, filename: str, out: Path, report: Progr
         ) from None
     report(1, 1, "converting")
     report(0, 1, "saving")
-    # save_pretrained refuses a model that still carries the GGUF quantizer marker (FACTS.md).
+    # save_pretrained refuses a model that still carries the GGUF quantizer marker
+    # (docs/engineering-notes.md, "GGUF models: the quantizer marker").
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

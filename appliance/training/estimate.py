@@ -1,7 +1,8 @@
 """Pre-flight estimate of a training run's peak memory, from config.json and a TrainConfig.
 
 The model is read from its Hugging Face ``config.json`` (a dense decoder: LLaMA, Mistral, Qwen2,
-SmolLM...), never loaded. The sum follows FACTS.md's reference formula, one line per term::
+SmolLM...), never loaded. The sum follows the reference formula of docs/engineering-notes.md
+("Peak memory of QLoRA training"), one line per term::
 
     M ~ W + E + 16 * P_lora + A + Z + D (+ C on a GPU)
 

@@ -361,7 +361,8 @@ class Trainer:
         if self.config.method == "qlora":
             from appliance.training.quant import check_not_repacked
 
-            check_not_repacked(self.model)  # the bitsandbytes CPU trap (FACTS.md) never sprang
+            # The bitsandbytes CPU trap (docs/engineering-notes.md) never sprang.
+            check_not_repacked(self.model)
         loss = total / tokens
         self.state.last_eval_loss = loss
         self._last_eval_step = self.state.step

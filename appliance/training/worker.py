@@ -110,8 +110,8 @@ def load_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
 def choose_threads(requested: int | None) -> int:
     """Torch threads: one per core that is really free, leaving one for the parent and the OS.
 
-    On the project's 2-core machines this is one thread, which FACTS.md measured to be both
-    faster and far steadier than two.
+    On the project's 2-core machines this is one thread, measured to be both faster and far
+    steadier than two (docs/engineering-notes.md, "One torch thread on a 2-core machine").
     """
     if requested:
         return requested
