@@ -117,8 +117,7 @@ class MemorySampler:
 
     The training loop's steps can take longer than a second; memory readouts are promised at
     least once a second while training on a GPU (README, "GPU use"), so they come from their own
-    thread. NVML and
-    torch's allocator counters are safe to read while the main thread trains.
+    thread. NVML and torch's allocator counters are safe to read while the main thread trains.
     """
 
     def __init__(
