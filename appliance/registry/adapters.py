@@ -246,16 +246,13 @@ class AdaptersMixin(RecordsMixin):
     ) -> int:
         """Record an export of an adapter version (a file or folder) and audit it; returns its id.
 
-        ``path`` is stored relative to the workspace home when inside it, else absolute.
+        ``path`` is stored absolute: an export lies outside the workspace
+        (:func:`appliance.destinations.check_apart_from_workspace`).
         """
-        absolute = Path(path) if Path(path).is_absolute() else self.ws.home / path
-        try:
-            stored = str(absolute.relative_to(self.ws.home))
-        except ValueError:
-            stored = str(absolute)
+        stored = str(Path(path).absolute())
         with self.transaction():
             adapter = self.adapter_version(ref)
-            digest = sha256 or artifact_sha256(absolute)
+            digest = sha256 or artifact_sha256(Path(stored))
             export_id = self._insert(
                 "exports",
                 {

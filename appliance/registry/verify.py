@@ -171,12 +171,10 @@ def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
 def _exports(section: Section, ws: Workspace, reg: Registry) -> None:
     for ex in reg.exports():
         section.checked += 1
-        path = Path(ex["path"])
-        inside = not path.is_absolute()
-        full = ws.home / path if inside else path
-        problem = _check_artifact(full, ex["sha256"])
-        if problem and not inside and not full.exists():
-            section.warnings.append(f"export of {ex['adapter']}: {full} is gone (moved away?)")
+        path = Path(ex["path"])  # absolute: exports lie outside the workspace
+        problem = _check_artifact(path, ex["sha256"])
+        if problem and not path.exists():
+            section.warnings.append(f"export of {ex['adapter']}: {path} is gone (moved away?)")
         elif problem:
             section.findings.append(f"export of {ex['adapter']}: {problem}")
 

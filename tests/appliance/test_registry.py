@@ -281,9 +281,12 @@ def test_tags_move_atomically_between_versions(populated: Registry) -> None:
 # -- lineage and exports -------------------------------------------------------------------------
 
 
-def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(populated: Registry) -> None:
+def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(
+    populated: Registry, tmp_path: Path
+) -> None:
     run_id, _ = add_adapter(populated, "a", eval_loss=0.75)
-    out = populated.ws.exports_dir / "a-merged.safetensors"
+    out = tmp_path / "serve" / "a-merged.safetensors"
+    out.parent.mkdir()
     out.write_bytes(b"merged")
     populated.add_export("a@1", format="hf", path=out, details={"dtype": "bf16"})
     lineage = populated.adapter_lineage("a")
@@ -302,7 +305,7 @@ def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(populated
     assert lineage["seed"] == 3
     assert lineage["lib_versions"]["peft"] == "0.21.2"
     assert lineage["metrics"]["eval_loss"] == 0.75
-    assert lineage["exports"][0]["path"] == "exports/a-merged.safetensors"
+    assert lineage["exports"][0]["path"] == str(out)  # absolute: exports lie outside
     json.dumps(lineage)  # scripts get it as JSON
 
 

@@ -26,6 +26,7 @@ def test_init_creates_private_layout(home: Path) -> None:
     ws, created = workspace.init(home)
     assert created
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert sorted(p.name for p in home.iterdir()) == sorted([*workspace.SUBFOLDERS, "FORMAT"])
     for name in workspace.SUBFOLDERS:
         assert (home / name).is_dir()
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o700
@@ -84,6 +85,18 @@ def test_folder_whose_subfolders_hold_files_is_refused(tmp_path: Path) -> None:
         "models",
         "models/my-model.safetensors",
     ]
+
+
+def test_an_interrupted_init_of_an_earlier_version_is_finished(tmp_path: Path) -> None:
+    # Earlier versions also made exports/ and logs/: left empty by an interrupted init, they
+    # do not make the folder foreign.
+    for name in ("keys", "exports", "logs"):
+        (tmp_path / name).mkdir()
+    _, created = workspace.init(tmp_path)
+    assert created
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*workspace.SUBFOLDERS, "exports", "logs", "FORMAT"]
+    )
 
 
 def test_discarding_a_new_workspace_keeps_what_is_not_ours(tmp_path: Path) -> None:
