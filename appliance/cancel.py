@@ -50,13 +50,3 @@ def point_of_no_return() -> None:
     """The work is about to publish its result: from here on a cancel is ignored."""
     global _committed
     _committed = True
-
-
-def cancel_requested() -> bool:
-    """Whether a cancel has been raised in this process."""
-    return _cancelling
-
-
-def past_point_of_no_return() -> bool:
-    """Whether :func:`point_of_no_return` was called in this process."""
-    return _committed
