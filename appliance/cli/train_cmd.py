@@ -185,7 +185,10 @@ def train(
         runs.try_reconcile(vault, reg)
         # Everything is checked before anything is shown or made.
         runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter)
-        for line in preflight.for_model(ws, reg, model, config).lines:
+        from appliance.training.lengths import training_lengths
+
+        lengths = training_lengths(vault, reg, model, dataset, config)
+        for line in preflight.for_model(ws, reg, model, config, lengths=lengths).lines:
             out.print(line, markup=False)
         run_id = runs.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config

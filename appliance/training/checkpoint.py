@@ -54,6 +54,12 @@ class TrainerState:
     last_eval_loss: float | None = None
     wall_s: float = 0.0
     """Training seconds of earlier sessions."""
+    data_position: int = 0
+    """Micro-batches consumed: where the batch plan continues (0 in checkpoints saved before
+    it was recorded, which means step x gradient accumulation)."""
+    batching: str = ""
+    """The batching mode the run chose at its start (padded, grouped, packed); a resumed run
+    keeps it so it sees the same batches ("" in older checkpoints: decided again)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ run key and decrypted rows, and :meth:`Trainer.run` trains until the end or a st
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -24,18 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from appliance import adapters
 from appliance.datasets.canonical import Row
 from appliance.errors import TrainingError
+from appliance.training import allocator
 from appliance.training import checkpoint as ckpt
 from appliance.training import events as ev
+from appliance.training.batching import Batch, BatchPlan, collate, total_steps
 from appliance.training.config import TrainConfig
-from appliance.training.data import IGNORE, Batch, BatchPlan, collate, tokenise, total_steps
+from appliance.training.data import tokenise
+from appliance.training.loss import causal_lm_loss
 from appliance.training.memory import process_peak_rss
+from appliance.training.model import MODES, enable_checkpointing, load_for_training
 from appliance.training.runfolder import ADAPTER_FILE, CHECKPOINTS_DIR, RunSpec
+from appliance.training.steps import StepResult, train_step
 from appliance.vault.objects import new_object_id, write_object
+
+__all__ = ["Trainer", "enable_checkpointing", "loss_sum", "lr_factor", "peak_memory"]
 
 log = logging.getLogger("appliance.training")
 
@@ -55,24 +62,6 @@ def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def enable_checkpointing(model: Any, on: bool) -> None:
-    """Gradient (activation) checkpointing on the base model, non-reentrant."""
-    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
-    if on:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        model.enable_input_require_grads()
-    else:
-        disable = getattr(model, "activation_checkpointing_disable", None)
-        (disable or model.gradient_checkpointing_disable)()
-
-
 def peak_memory(device: str) -> int:
     """Torch's peak allocation on a GPU, the process's peak resident memory on CPU."""
     if device.startswith("cuda"):
@@ -83,17 +72,10 @@ def peak_memory(device: str) -> int:
 def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy of the batch's labelled tokens (divide by ``trained_tokens``).
 
-    The one definition of the loss: training, its eval passes and ``appliance eval`` use it.
+    The one definition of the loss (:func:`appliance.training.loss.causal_lm_loss`, chunked
+    where the model allows): training, its eval passes and ``appliance eval`` use it.
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    shifted = logits[:, :-1, :].float()
-    labels = batch.labels[:, 1:]
-    return F.cross_entropy(
-        shifted.reshape(-1, shifted.size(-1)),
-        labels.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
+    return causal_lm_loss(model, batch)[0]
 
 
 class Trainer:
@@ -160,16 +142,42 @@ class Trainer:
         self.data = tokenise(self.rows, tokenizer, cfg.data)
         self.rows = []  # the plaintext rows are no longer needed
         sched = cfg.schedule
-        self.plan = BatchPlan(self.data.train, sched.micro_batch_size, cfg.seed)
         self.total_steps = total_steps(
-            self.plan, sched.epochs, sched.max_steps, sched.gradient_accumulation_steps
+            BatchPlan(self.data.train, sched.micro_batch_size, cfg.seed),
+            sched.epochs,
+            sched.max_steps,
+            sched.gradient_accumulation_steps,
         )
         self.warmup = cfg.optim.warmup_for(self.total_steps)
         self._estimate(model_dir, bf16)
 
+        root = self.run_dir / CHECKPOINTS_DIR
+        if ckpt.clean_partial(root):
+            log.warning("removed the remains of a checkpoint save that was interrupted")
+        # Read before the model loads: a resumed run keeps the batching its first session chose.
+        found = ckpt.latest(root, self.run_key)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model = self._load_model(model_dir, dtype)
+        self.trim_memory = cfg.speed.release_memory and not self.cuda
+        with allocator.loading() if self.trim_memory else contextlib.nullcontext():
+            loaded = load_for_training(
+                model_dir,
+                cfg,
+                cuda=self.cuda,
+                dtype=dtype,
+                batching=(found[1].state.batching or None) if found is not None else None,
+            )
+        self.model = loaded.model
+        self.paths = loaded
+        order, layout = MODES[loaded.batching]
+        self.plan = BatchPlan(
+            self.data.train,
+            sched.micro_batch_size,
+            cfg.seed,
+            order=order,
+            layout=layout,
+            pad_id=self.pad_id,
+        )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay
@@ -178,10 +186,7 @@ class Trainer:
             self.optimizer,
             lambda s: lr_factor(s, self.total_steps, self.warmup, cfg.optim.scheduler),
         )
-        root = self.run_dir / CHECKPOINTS_DIR
-        if ckpt.clean_partial(root):
-            log.warning("removed the remains of a checkpoint save that was interrupted")
-        found = ckpt.latest(root, self.run_key)
+        self.state.batching = loaded.batching
         if found is not None:
             self._restore(*found)
         else:
@@ -200,6 +205,7 @@ class Trainer:
                 self.config,
                 device="cuda" if self.cuda else "cpu",
                 bf16_supported=bf16,
+                lengths=[len(e.input_ids) for e in self.data.train],
             )
             self.estimate = estimate.to_dict()
         except (OSError, ValueError, TrainingError) as exc:
@@ -207,32 +213,6 @@ class Trainer:
             self.model_config = {}
         if self.cuda:
             self.free_at_start = int(torch.cuda.mem_get_info()[0])
-
-    def _load_model(self, model_dir: Path, dtype: torch.dtype) -> Any:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        from appliance.training.quant import load_base
-
-        cfg = self.config
-        qlora = cfg.method == "qlora"
-        model = load_base(model_dir, dtype, four_bit=qlora, cuda=self.cuda)
-        if qlora:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model.config.use_cache = False
-        enable_checkpointing(model, cfg.gradient_checkpointing)
-        lora = cfg.lora
-        torch.manual_seed(cfg.seed)  # the adapter's initial weights depend on the seed only
-        return get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.rank,
-                lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts floats
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                bias="none",
-                task_type="CAUSAL_LM",
-            ),
-        )
 
     def _restore(self, name: str, snap: ckpt.Snapshot) -> None:
         from peft import set_peft_model_state_dict
@@ -246,6 +226,11 @@ class Trainer:
             )
         self.optimizer.load_state_dict(snap.optimizer)
         self.scheduler.load_state_dict({**snap.scheduler, "lr_lambdas": [None]})
+        if not snap.state.data_position and snap.state.step:
+            # Saved before the position was recorded: it was always step x accumulation.
+            accum = self.config.schedule.gradient_accumulation_steps
+            snap.state.data_position = snap.state.step * accum
+        snap.state.batching = self.state.batching
         self.state = snap.state
         self._saved_step = snap.state.step
         self._resumed_from = name
@@ -272,6 +257,10 @@ class Trainer:
                 dropped_examples=self.data.dropped + self.data.truncated,
                 estimate=self.estimate,
                 pid=os.getpid(),
+                batching=self.paths.batching,
+                padding_share=self._padding_shares(),
+                loss_path="chunked" if self.paths.chunked_loss else "logits",
+                attention=self.paths.attention,
             )
         )
         if self.state.step == 0 and self._resumed_from is None:
@@ -281,25 +270,29 @@ class Trainer:
         self.model.train()
         while self.state.step < self.total_steps and not self.stop_requested:
             t0 = time.perf_counter()
-            loss, grad_norm, tokens, lr = self._train_step(self.state.step)
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            result = self._train_step(self.state.step)
+            loss = result.loss
             self.state.step += 1
             step = self.state.step
-            self.state.tokens_seen += tokens
+            self.state.tokens_seen += result.real_tokens
             self.state.recent_losses = ([*self.state.recent_losses, loss])[-RECENT:]
-            recent.append((time.perf_counter() - t0, tokens))
+            recent.append((time.perf_counter() - t0, result.real_tokens))
             seconds = sum(s for s, _ in recent)
             self.events.emit(
                 ev.Step(
                     run_id=self.run_id,
                     step=step,
                     total_steps=self.total_steps,
-                    epoch=self.plan.epoch_at(step * sched.gradient_accumulation_steps),
+                    epoch=self.plan.epoch_at(self.state.data_position),
                     loss=loss,
                     lr=lr,
                     tokens_per_s=sum(t for _, t in recent) / seconds if seconds else 0.0,
                     eta_s=seconds / len(recent) * (self.total_steps - step),
-                    grad_norm=grad_norm,
+                    grad_norm=result.grad_norm,
                     tokens_seen=self.state.tokens_seen,
+                    label_tokens=result.label_tokens,
+                    padding_share=1.0 - result.real_tokens / result.computed_tokens,
                 )
             )
             if not math.isfinite(loss):
@@ -317,32 +310,35 @@ class Trainer:
             return "stopped"
         return self._finish()
 
-    def _train_step(self, step_index: int) -> tuple[float, float, int, float]:
-        """One optimizer step over ``accum`` micro-batches; loss is per trained token."""
+    def _padding_shares(self) -> list[float]:
+        """Padding share of each epoch the run touches (the ``started`` event reports it)."""
         accum = self.config.schedule.gradient_accumulation_steps
-        batches = [
-            collate(self.plan.micro_batch(m), self.pad_id)
-            for m in range(step_index * accum, (step_index + 1) * accum)
-        ]
-        trained = sum(b.trained_tokens for b in batches)
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        total = 0.0
-        for batch in batches:
-            loss_sum = self._loss_sum(batch.to(self.device))
-            # Divided by the step's token count so every trained token weighs the same,
-            # however the tokens fall into micro-batches.
-            (loss_sum / trained).backward()
-            total += float(loss_sum.detach())
-        max_norm = self.config.optim.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm > 0 else math.inf)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(int(b.attention_mask.sum()) for b in batches)
-        return total / trained, float(norm), tokens, lr
+        epochs = math.ceil(self.total_steps * accum / self.plan.per_epoch)
+        return [round(self.plan.padding_share(e), 4) for e in range(epochs)]
 
-    def _loss_sum(self, batch: Batch) -> torch.Tensor:
-        return loss_sum(self.model, batch)
+    def _loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+        return causal_lm_loss(model, batch, chunked=self.paths.chunked_loss)
+
+    def _train_step(self, step_index: int) -> StepResult:
+        """Optimizer step ``step_index`` (0-based) over the next ``accum`` micro-batches of the
+        plan (the data position is the checkpointed ``state.data_position``)."""
+        accum = self.config.schedule.gradient_accumulation_steps
+        start = self.state.data_position
+        batches = [self.plan.batch(m) for m in range(start, start + accum)]
+        result = train_step(
+            self.model,
+            batches,
+            self._loss,
+            self.device,
+            self.params,
+            self.optimizer,
+            self.scheduler,
+            self.config.optim.max_grad_norm,
+        )
+        self.state.data_position = start + accum
+        if self.trim_memory:
+            allocator.trim()
+        return result
 
     def _evaluate(self) -> float | None:
         """Loss per token on the eval split (None without one); training resumes after."""
@@ -350,13 +346,16 @@ class Trainer:
         if not examples:
             return None
         size = self.config.schedule.micro_batch_size
+        # Longest first: similar lengths share a batch (the order does not change the loss).
+        examples = sorted(examples, key=lambda e: -len(e.input_ids))
         total, tokens = 0.0, 0
         self.model.eval()
         with torch.no_grad():
             for start in range(0, len(examples), size):
                 batch = collate(examples[start : start + size], self.pad_id)
-                total += float(self._loss_sum(batch.to(self.device)))
-                tokens += batch.trained_tokens
+                loss_sum, count = self._loss(self.model, batch.to(self.device))
+                total += float(loss_sum)
+                tokens += count
         self.model.train()
         if self.config.method == "qlora":
             from appliance.training.quant import check_not_repacked

@@ -11,7 +11,7 @@ and offers :meth:`Preflight.apply_fix`. No torch, no Qt: it reads ``config.json`
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ def check(
     gpus: GpuState,
     gpu_index: int = 0,
     ram_free: int | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """The pre-flight verdict for ``config`` on the model of ``model_config``.
 
@@ -113,13 +114,17 @@ def check(
         gpus: an NVML reading (:func:`appliance.gpu.read_gpus`); no GPU means the CPU.
         gpu_index: the GPU the run would use.
         ram_free: available RAM for a CPU run (:func:`available_ram`).
+        lengths: the training examples' token lengths; activations are then sized from the
+            longest micro-batch they form rather than from ``max_seq_length``.
     """
     device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
     try:
-        estimate = estimate_memory(model_config, config, device=device)
+        estimate = estimate_memory(model_config, config, device=device, lengths=lengths)
         suggestions: tuple[Suggestion, ...] = ()
         if device == "cuda" and free is not None:
-            suggestions = tuple(suggest_changes(model_config, config, free, device=device))
+            suggestions = tuple(
+                suggest_changes(model_config, config, free, device=device, lengths=lengths)
+            )
     except TrainingError as exc:
         reason = f"No memory estimate for this model: {exc}"
         return Preflight(device, label, free, free_label, None, (), reason, (reason,))
@@ -131,7 +136,13 @@ def check(
 
 
 def for_model(
-    ws: Workspace, reg: Registry, model: str, config: TrainConfig, *, gpu_index: int = 0
+    ws: Workspace,
+    reg: Registry,
+    model: str,
+    config: TrainConfig,
+    *,
+    gpu_index: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """:func:`check` for a registered base model, with this machine's NVML and RAM readings.
 
@@ -148,7 +159,14 @@ def for_model(
         device, label, free, free_label, _note = _device(gpus, gpu_index, None)
         reason = f"No memory estimate: cannot read {folder / 'config.json'} ({exc})"
         return Preflight(device, label, free, free_label, None, (), reason, (reason,))
-    return check(model_config, config, gpus=gpus, gpu_index=gpu_index, ram_free=available_ram())
+    return check(
+        model_config,
+        config,
+        gpus=gpus,
+        gpu_index=gpu_index,
+        ram_free=available_ram(),
+        lengths=lengths,
+    )
 
 
 def _device(

@@ -91,8 +91,13 @@ def check_not_repacked(model: torch.nn.Module) -> None:
         )
 
 
-def load_4bit(model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = "cpu") -> Any:
-    """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack."""
+def load_4bit(
+    model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = "cpu", **kwargs: Any
+) -> Any:
+    """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack.
+
+    ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``).
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -102,6 +107,7 @@ def load_4bit(model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = 
         dtype=compute_dtype,
         local_files_only=True,
         trust_remote_code=False,
+        **kwargs,
     )
     disable_cpu_repack(model)
     return model
