@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.export import card
 from appliance.vault import Vault
 from appliance.workspace import init
+from tests.helpers import adapters as adapter_store
 from tests.helpers.gui_probe import drive_gui
 
 PASSPHRASE = "probe passphrase for the window"
@@ -51,3 +53,41 @@ def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: P
 def test_the_probe_sees_a_heavy_library_loaded(tmp_path: Path) -> None:
     report = drive_gui(_home(tmp_path), PASSPHRASE, [("import-module", {"module": "transformers"})])
     assert "transformers" in report.heavy
+
+
+def test_comparing_and_exporting_gguf_from_the_pages_loads_no_heavy_library(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    vault, reg, _ = adapter_store.tiny_adapter_store(tmp_path, tiny_llama)
+    with reg:
+        adapter_store.make_adapter(vault, reg, tiny_llama, adapter_name="legal", r=8)
+    out = tmp_path / "exports" / "legal-2-gguf"
+    out.parent.mkdir()
+    report = drive_gui(
+        vault.ws.home,
+        adapter_store.PASSPHRASE,
+        [
+            ("compare", {"refs": ["legal@1", "legal@2"]}),
+            (
+                "export",
+                {"adapter": "legal@2", "format": "gguf", "gguf_type": "q8_0", "out": str(out)},
+            ),
+        ],
+    )
+    assert report.heavy == []
+    compared, exported = report.results
+    assert compared["differences"] == []  # both made with the same (fake) run settings
+    record = exported["record"]
+    assert record["verification"]["passed"] is True
+    assert record["verification"]["tokenizer_match"] is True
+    assert sorted(p.name for p in out.iterdir()) == sorted(record["files"])
+    assert "Modelfile" in record["files"]
+    assert card.check_manifest(out) == []
+    assert exported["stages"] == {
+        "load": "done",
+        "merge": "done",
+        "write": "done",
+        "verify": "done",
+    }
+    assert exported["commands"][0] == f"llama-cli -m {out / 'legal-2.Q8_0.gguf'} -cnv"
+    assert exported["status"] == f"Exported and verified legal@2 to {out}."

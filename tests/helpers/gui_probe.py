@@ -135,6 +135,55 @@ def import_model(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     return {"status": status}
 
 
+@step("export")
+def export(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Export ``params["adapter"]`` from the Export page as ``params["format"]`` (with
+    ``gguf_type`` / ``dtype``) to ``params["out"]``, to its end."""
+    page = probe.window.show_page("Export")
+    page.choose(params["adapter"])  # type: ignore[attr-defined]
+    combo = page.format_combo  # type: ignore[attr-defined]
+    combo.setCurrentIndex(combo.findData(params["format"]))
+    if params.get("gguf_type"):
+        gguf = page.gguf_combo  # type: ignore[attr-defined]
+        gguf.setCurrentIndex(gguf.findData(params["gguf_type"]))
+    if params.get("dtype"):
+        dtype = page.dtype_combo  # type: ignore[attr-defined]
+        dtype.setCurrentIndex(dtype.findData(params["dtype"]))
+    page.dest_edit.setText(params["out"])  # type: ignore[attr-defined]
+    job = page.start_export()  # type: ignore[attr-defined]
+    if job is None:
+        raise StepFailed(f"the export did not start: {page.status.text()}")  # type: ignore[attr-defined]
+    probe.wait(job.done, float(params.get("timeout_s", 600)))
+    view = page.result_view  # type: ignore[attr-defined]
+    if view.record is None:
+        raise StepFailed(f"the export failed: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "status": page.status.text(),  # type: ignore[attr-defined]
+        "record": view.record,
+        "stages": dict(page.stage_states),  # type: ignore[attr-defined]
+        "commands": [c.command for c in view.commands],
+    }
+
+
+@step("compare")
+def compare(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Select ``params["refs"]`` on the Registry page and compare them (curves plotted)."""
+    page = probe.window.show_page("Registry")
+    page.select(*params["refs"])  # type: ignore[attr-defined]
+    task = page.compare_selected()  # type: ignore[attr-defined]
+    if task is None:
+        raise StepFailed("Compare did not start")
+    if task.running:
+        probe.wait(task.done)
+    view = page.compare_view  # type: ignore[attr-defined]
+    if view.comparison is None:
+        raise StepFailed(f"no comparison shown: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "differences": view.shown_config_keys(),
+        "curves": sorted(f"{ref} {kind}" for ref, kind in view.curve_items),
+    }
+
+
 @step("import-dataset")
 def import_dataset(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Import ``params["source"]`` as ``params["name"]`` through the Datasets page's wizard."""
