@@ -72,7 +72,7 @@ def export(
         return
     for warning in result.warnings:
         err.print(f"warning: {warning}")
-    what = options.format
+    what: str = options.format
     if options.format == "gguf":
         what = f"GGUF {options.gguf_type.upper()}"
     elif result.details.get("dtype"):
