@@ -24,8 +24,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance.progress import Progress
 from appliance.session import Session
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 INPUT_EVENTS = frozenset(
     {

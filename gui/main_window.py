@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
+from appliance.progress import Progress
 from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
 from appliance.vault import Vault
@@ -32,7 +33,7 @@ from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.gpu_status import GpuStatusLabel
 from gui.window_lock import WindowLock
 

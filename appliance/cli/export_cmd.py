@@ -8,16 +8,7 @@ import typer
 
 from appliance.cli.context import err, out, print_json, state
 from appliance.cli.progress import stage_progress
-
-_STAGES = {
-    "checking": "Checking adapter and base",
-    "loading": "Loading base model",
-    "reference": "Running the adapter",
-    "merging": "Merging",
-    "writing": "Writing",
-    "verifying": "Reloading and verifying",
-    "finishing": "Manifest and model card",
-}
+from appliance.progress import EXPORT_STAGES
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +56,7 @@ def export(
     st = state(ctx)
     ws = st.workspace()
     vault = st.vault(ws)
-    with st.registry(ws) as reg, stage_progress(_STAGES) as callback:
+    with st.registry(ws) as reg, stage_progress(EXPORT_STAGES) as callback:
         result = export_adapter(vault, reg, ref, options, progress=callback)
     if json_out:
         print_json(result.to_json())

@@ -14,17 +14,17 @@ from typing import Any
 
 from appliance import destinations
 from appliance.datasets import canonical
+from appliance.datasets.canonical import Row
 from appliance.datasets.columns import ColumnMap
-from appliance.datasets.control import CancelFlag, Control, Progress
+from appliance.datasets.control import CancelFlag, Control
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import DestinationError, IntegrityError, UsageError
 from appliance.folders import sidecar_path
 from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
+from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
-
-Row = dict[str, Any]
 
 
 def object_path(vault: Vault, object_id: str) -> Path:

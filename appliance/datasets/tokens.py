@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.datasets.canonical import Row, content, summary
-from appliance.datasets.control import Progress, no_progress
 from appliance.datasets.token_stats import TokenStats, truncation
 from appliance.errors import DatasetError, NotFoundError, UsageError
+from appliance.progress import Progress, no_progress
 from appliance.training.encoding import Example, encode_chat, encode_text
 from appliance.workspace import Workspace
 

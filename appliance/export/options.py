@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -18,10 +17,6 @@ FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 DTYPES: tuple[WeightsDtype, ...] = get_args(WeightsDtype)
 GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 DEFAULT_SHARD_SIZE = 2 * 1024**3
-
-Progress = Callable[[int, int, str], None]
-"""``progress(done, total, stage)``. Stages, in order: checking, loading, reference, merging,
-writing, verifying, finishing. ``total`` 0 means unknown; during writing they count bytes."""
 
 
 class ExportCancelledError(ExportError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,17 @@ from appliance.folders import manifest_digest, write_meta
 from appliance.fsutil import CHUNK, fsync_dir, temp_name
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
+from appliance.progress import Progress, no_progress
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, now, os_user
 from appliance.workspace import Workspace
 
-Progress = Callable[[int, int, str], None]
 """``progress(done_bytes, total_bytes, stage)``; stages: checking, hashing, copying, converting,
 saving, verifying."""
 
 FILES_DIR = "files"
 STAGING_PREFIX = "import-"
-
-
-def _no_progress(done: int, total: int, stage: str) -> None:
-    pass
 
 
 def import_model(
@@ -73,7 +68,7 @@ def import_model(
         UsageError: bad name, name taken, or ``--link`` with a GGUF file.
     """
     check_name(name, "model name")
-    report = progress or _no_progress
+    report = progress or no_progress
     source = Path(source).expanduser().absolute()
     if not source.exists():
         raise UsageError(f"{source} does not exist; give a model folder or a .gguf file")

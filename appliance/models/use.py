@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.errors import IntegrityError, ModelImportError
 from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
 from appliance.models import describe as desc
 from appliance.models.safety import scan_folder
+from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.workspace import Workspace
-
-if TYPE_CHECKING:
-    # The type alias only: the importer converts GGUF files with torch, which the desktop
-    # process (that checks models before a launch) must never load.
-    from appliance.models.importer import Progress
 
 
 def model_folder(ws: Workspace, model: dict[str, Any]) -> Path:

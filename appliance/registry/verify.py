@@ -27,7 +27,6 @@ from appliance.workspace import Workspace
 if TYPE_CHECKING:
     from appliance.registry import Registry
 
-Progress = Callable[[int, int, str], None]
 Check = Callable[["Section", Workspace, "Registry"], None]
 
 

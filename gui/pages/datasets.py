@@ -30,9 +30,10 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import datasets
+from appliance.progress import Progress
 from appliance.session import Session
 from gui.pages.base import Page
-from gui.tasks import Progress, Task, delete_when_done
+from gui.tasks import Task, delete_when_done
 from gui.widgets.import_wizard import ImportWizard
 from gui.widgets.rows_table import RowsView
 from gui.widgets.token_panel import TokenPanel

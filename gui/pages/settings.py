@@ -35,13 +35,14 @@ from appliance import __version__, offline, preferences
 from appliance.errors import ApplianceError
 from appliance.gpu import GpuState, read_gpus
 from appliance.passphrases import change_passphrase, remove_key_slot
+from appliance.progress import Progress
 from appliance.session import Session
 from appliance.units import format_bytes
 from appliance.usage import Usage, disk_usage
 from appliance.vault import DEFAULT_TARGET_S, KeySlot, keyslots
 from appliance.workspace import Workspace, open_workspace
 from gui.pages.base import Page
-from gui.tasks import Progress, Task, delete_when_done
+from gui.tasks import Task, delete_when_done
 from gui.widgets.about_panel import AboutPanel
 from gui.widgets.new_passphrase import NewPassphraseDialog, sentence
 from gui.widgets.second_slot import add_slot_dialog

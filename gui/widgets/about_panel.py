@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import about
-from gui.tasks import Progress, Task
+from appliance.progress import Progress
+from gui.tasks import Task
 
 
 class AboutPanel(QWidget):

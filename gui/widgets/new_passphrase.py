@@ -24,8 +24,9 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.errors import UsageError
+from appliance.progress import Progress
 from appliance.vault.keyslots import check_label, check_new_passphrase
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.strength_meter import StrengthMeter
 
 Action = Callable[[str, str], Any]

@@ -8,7 +8,8 @@ from PySide6.QtCore import QObject
 from pytestqt.qtbot import QtBot
 
 from appliance.errors import DatasetError
-from gui.tasks import Progress, Task
+from appliance.progress import Progress
+from gui.tasks import Task
 
 
 def test_success_reports_progress_then_result_off_the_gui_thread(qtbot: QtBot) -> None:
