@@ -38,7 +38,7 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     global _cancelling
     if _cancelling or _committed:
         return

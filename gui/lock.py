@@ -108,7 +108,7 @@ class IdleWatcher(QObject):
         else:
             self._timer.stop()
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+    def eventFilter(self, _watched: QObject, event: QEvent) -> bool:
         if event.type() in INPUT_EVENTS:
             self._last_input = time.monotonic()
         return False
@@ -219,7 +219,7 @@ class LockScreen(QWidget):
             return
         session = self.session
 
-        def work(progress: Progress) -> None:
+        def work(_progress: Progress) -> None:
             session.unlock(passphrase)
 
         self.task = Task("unlock", work, self)

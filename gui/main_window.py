@@ -169,7 +169,7 @@ class MainWindow(QMainWindow):
             return None
         session = self.session
 
-        def work(progress: Progress) -> list[Outcome]:
+        def work(_progress: Progress) -> list[Outcome]:
             with session.registry() as reg:
                 return try_reconcile(session.vault, reg)
 

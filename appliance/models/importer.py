@@ -88,7 +88,7 @@ def import_model(
         staging.mkdir(mode=0o700)
         try:
             if is_gguf:
-                fields = _stage_gguf(ws, source, staging, report)
+                fields = _stage_gguf(source, staging, report)
             else:
                 fields = _stage_folder(source, staging, link, report)
             fields["path"] = str(source) if link else f"models/{name}/{FILES_DIR}"
@@ -227,7 +227,7 @@ def _hash_files(folder: Path, rels: list[str], total: int, report: Progress) -> 
     return manifest
 
 
-def _stage_gguf(ws: Workspace, source: Path, staging: Path, report: Progress) -> dict[str, Any]:
+def _stage_gguf(source: Path, staging: Path, report: Progress) -> dict[str, Any]:
     report(0, 0, "checking")
     check_gguf_magic(source)
     size = source.stat().st_size

@@ -43,9 +43,11 @@ def verify_model_files(
     except ModelImportError as exc:
         problems.append(f"model {model['name']}: {exc}")
     present = set(tree_files(folder, skip_meta=False))
-    for rel in sorted(present - set(manifest)):
-        if not any(part.startswith(".") for part in Path(rel).parts):
-            problems.append(f"model {model['name']}: {folder / rel} was added after the import")
+    problems.extend(
+        f"model {model['name']}: {folder / rel} was added after the import"
+        for rel in sorted(present - set(manifest))
+        if not any(part.startswith(".") for part in Path(rel).parts)
+    )
     total = int(model.get("total_bytes") or 0)
     done = 0
     for rel, expected in sorted(manifest.items()):

@@ -96,7 +96,7 @@ def verify_workspace(ws: Workspace, reg: Registry) -> VerifyReport:
     return report
 
 
-def _database(section: Section, ws: Workspace, reg: Registry) -> None:
+def _database(section: Section, _ws: Workspace, reg: Registry) -> None:
     section.checked = 1
     section.findings += [f"registry: {p}" for p in reg.integrity_check()]
     section.findings += [
@@ -106,7 +106,7 @@ def _database(section: Section, ws: Workspace, reg: Registry) -> None:
     ]
 
 
-def _key_slots(section: Section, ws: Workspace, reg: Registry) -> None:
+def _key_slots(section: Section, ws: Workspace, _reg: Registry) -> None:
     from appliance.vault import keyslots
 
     slots, damaged = keyslots.scan_slots(ws)
@@ -167,7 +167,7 @@ def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
             section.findings.append(f"adapter {ad['ref']}: {problem}")
 
 
-def _exports(section: Section, ws: Workspace, reg: Registry) -> None:
+def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
     for ex in reg.exports():
         section.checked += 1
         path = Path(ex["path"])  # absolute: exports lie outside the workspace
@@ -185,7 +185,7 @@ def _runs(section: Section, ws: Workspace, reg: Registry) -> None:
             section.warnings.append(f"run {run['id']}: folder {ws.home / run['path']} is missing")
 
 
-def _audit(section: Section, ws: Workspace, reg: Registry) -> None:
+def _audit(section: Section, _ws: Workspace, reg: Registry) -> None:
     chain = reg.verify_audit()
     section.checked = chain.rows
     section.findings = [f"audit row {seq}: {what}" for seq, what in chain.problems]

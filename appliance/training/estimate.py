@@ -610,8 +610,9 @@ def render_estimate(
     if estimate.sized_from:
         lines.append(f"  sized for the largest micro-batch: {estimate.sized_from}")
     width = max(len(item.label) for item in estimate.items)
-    for item in estimate.items:
-        lines.append(f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}")
+    lines.extend(
+        f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}" for item in estimate.items
+    )
     if free_bytes is not None:
         if estimate.fits(free_bytes):
             lines.append(f"Free {where} memory: {_gb(free_bytes)}: it should fit.")

@@ -355,7 +355,7 @@ class RegistryPage(Page):
             return None
         session = self.session
 
-        def work(progress: Progress) -> Comparison:
+        def work(_progress: Progress) -> Comparison:
             with session.registry() as reg:
                 return compare_versions(reg, refs)
 

@@ -398,7 +398,7 @@ class SettingsPage(Page):
             return None
         vault = self.session.vault
 
-        def work(progress: Progress) -> None:
+        def work(_progress: Progress) -> None:
             remove_key_slot(vault, label)
 
         task = Task("removing a key slot", work, self)
@@ -438,7 +438,7 @@ class SettingsPage(Page):
     def read_gpus(self) -> Task:
         """Read the GPUs through NVML in the background (never CUDA)."""
 
-        def work(progress: Progress) -> GpuState:
+        def work(_progress: Progress) -> GpuState:
             return read_gpus()
 
         task = Task("reading GPUs", work, self)

@@ -58,7 +58,7 @@ class AboutPanel(QWidget):
     def load(self) -> Task:
         """Fill the licence table in the background."""
 
-        def work(progress: Progress) -> tuple[list[about.Installed], str]:
+        def work(_progress: Progress) -> tuple[list[about.Installed], str]:
             return about.licences()
 
         task = Task("reading licences", work, self)

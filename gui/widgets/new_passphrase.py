@@ -128,7 +128,7 @@ class NewPassphraseDialog(QDialog):
             return
         action = self.action
 
-        def work(progress: Progress) -> Any:
+        def work(_progress: Progress) -> Any:
             return action(label, passphrase)
 
         self.task = Task("new passphrase", work, self)

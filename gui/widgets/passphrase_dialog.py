@@ -125,7 +125,7 @@ class PassphraseDialog(QDialog):
                 return
         ws, create = self.ws, self.creating
 
-        def work(progress: Progress) -> Vault:
+        def work(_progress: Progress) -> Vault:
             if create:
                 # With its first keyed audit row, exactly as 'appliance init' makes it.
                 return create_vault(ws, passphrase, _default_label())

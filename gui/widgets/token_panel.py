@@ -179,7 +179,7 @@ class TokenPanel(QWidget):
             return None
         generation = self._generation
 
-        def work(progress: Progress) -> TokenStats | None:
+        def work(_progress: Progress) -> TokenStats | None:
             with session.registry() as reg:
                 return cached_token_stats(session.vault, reg, ref, model)
 

@@ -130,7 +130,7 @@ def test_cancel_stops_and_cleans_up(store: Store, tmp_path: Path) -> None:
     vault, reg, ref = store
     cancel = threading.Event()
 
-    def progress(done: int, total: int, stage: str) -> None:
+    def progress(_done: int, _total: int, stage: str) -> None:
         if stage == "writing":
             cancel.set()
 
