@@ -43,7 +43,7 @@ def export(
 ) -> None:
     """Export an adapter for local serving, verified against the unmerged model."""
     from appliance.export import ExportOptions, export_adapter
-    from appliance.export.verify import describe
+    from appliance.export.verify import verification_line
 
     options = ExportOptions.checked(
         format,
@@ -72,4 +72,4 @@ def export(
         f"Exported {result.ref} as {what} to {result.path} "
         f"({len(result.files)} files, {result.bytes / 1024**2:.1f} MiB)"
     )
-    out.print(f"Verified: {describe(result.verification)}")
+    out.print(f"Verified: {verification_line(result.verification)}")

@@ -152,8 +152,8 @@ def export_adapter(
                 )
                 raise VerificationFailedError(
                     f"the {options.format} export of {record['ref']} failed verification "
-                    f"({verify.describe(build.figures)}); its files were removed and nothing "
-                    "was written to the destination: report this with the figures",
+                    f"({verify.verification_line(build.figures)}); its files were removed and "
+                    "nothing was written to the destination: report this with the figures",
                     build.figures,
                 )
             report(0, 0, "finishing")

@@ -184,7 +184,7 @@ def _check_and_describe(folder: Path, *, files_checked: bool) -> dict[str, Any]:
     config = desc.load_config(folder)
     architecture = desc.check_architecture(config, folder)
     tokenizer = desc.load_tokenizer(folder)
-    return desc.describe(folder, infos, config, tokenizer, architecture)
+    return desc.model_facts(folder, infos, config, tokenizer, architecture)
 
 
 def _copy_files(

@@ -81,7 +81,7 @@ def read_keys(stream: IO[str]) -> dict[str, bytes]:
     return keys
 
 
-def load_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
+def decrypt_run_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
     """Decrypt the dataset version in memory and check it is the one the registry recorded.
 
     Raises:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingError as exc:
             raise RunConfigError(str(exc)) from None
         keys = read_keys(sys.stdin)
-        rows = load_rows(spec, keys["dataset_key"])
+        rows = decrypt_run_rows(spec, keys["dataset_key"])
 
         import torch
         from transformers.utils import logging as hf_logging
