@@ -31,6 +31,7 @@ from gui.pages.datasets import DatasetsPage
 from gui.pages.export import ExportPage
 from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
+from gui.pages.playground import PlaygroundPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Task
@@ -41,6 +42,7 @@ _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
     "Models": QStyle.StandardPixmap.SP_DirIcon,
     "Train": QStyle.StandardPixmap.SP_MediaPlay,
+    "Playground": QStyle.StandardPixmap.SP_FileDialogContentsView,
     "Registry": QStyle.StandardPixmap.SP_FileDialogDetailedView,
     "Export": QStyle.StandardPixmap.SP_DialogSaveButton,
     "Settings": QStyle.StandardPixmap.SP_FileDialogInfoView,
@@ -61,14 +63,18 @@ class MainWindow(QMainWindow):
         self.settings_page = SettingsPage(home, session)
         self.registry_page = RegistryPage(session)
         self.export_page = ExportPage(session)
+        self.playground_page = PlaygroundPage(session)
         self.settle_task: Task | None = None
         self.models_page.imported.connect(self.datasets_page.refresh_models)
+        self.models_page.imported.connect(self.playground_page.refresh)
+        self.playground_page.saved.connect(lambda _version: self.datasets_page.refresh())
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             self.datasets_page,
             self.models_page,
             TrainPage(),
+            self.playground_page,
             self.registry_page,
             self.export_page,
             self.settings_page,
@@ -217,6 +223,7 @@ class MainWindow(QMainWindow):
         self.datasets_page.shutdown()
         self.export_page.shutdown()
         self.registry_page.shutdown()
+        self.playground_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
 

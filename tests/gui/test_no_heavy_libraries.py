@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.export import card
+from appliance.registry import Registry
 from appliance.vault import Vault
-from appliance.workspace import init
+from appliance.workspace import init, open_workspace
 from tests.helpers import adapters as adapter_store
+from tests.helpers.adapters import make_adapter
 from tests.helpers.gui_probe import drive_gui
 
 PASSPHRASE = "probe passphrase for the window"
@@ -26,8 +28,15 @@ def _home(tmp_path: Path) -> Path:
 
 
 def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: Path) -> None:
+    home = _home(tmp_path)
+    # An adapter of another copy of the tiny model, made here (this process may load torch).
+    vault = Vault.unlock(open_workspace(home), PASSPHRASE)
+    with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
+        adapter = make_adapter(vault, reg, tiny_llama, model_name="tiny0", adapter_name="legal")
+    vault.lock()
+    question = {"base": "tiny0", "a": adapter, "prompt": "What is 3 plus one?"}
     report = drive_gui(
-        _home(tmp_path),
+        home,
         PASSPHRASE,
         [
             ("settle-runs", {}),
@@ -35,18 +44,24 @@ def test_driving_the_window_loads_no_heavy_library(tmp_path: Path, tiny_llama: P
             ("import-dataset", {"source": str(ORGFACTS), "name": "orgfacts"}),
             ("token-histogram", {"dataset": "orgfacts@1", "model": "tiny", "max_seq_length": 24}),
             ("settings", {}),
+            ("playground", question),
             ("lock", {"passphrase": PASSPHRASE}),
         ],
     )
     steps = [r["step"] for r in report.results]
     assert steps == [
-        "settle-runs", "import-model", "import-dataset", "token-histogram", "settings", "lock"
+        "settle-runs", "import-model", "import-dataset", "token-histogram", "settings",
+        "playground", "lock",
     ]  # fmt: skip
     assert report.results[1]["status"] == "Imported tiny (LlamaForCausalLM)."
     assert report.results[2]["rows"] == 80
     assert report.results[3]["examples"] == 80
     assert "of 80 examples" in report.results[3]["caption"]
     assert report.results[4]["licences"] > 20
+    played = report.results[5]
+    assert set(played["answers"]) == {"base", "A"}
+    assert all(text.startswith("8 tokens · ") for text in played["figures"].values())
+    assert played["pieces"]["base"] > 0
     assert report.heavy == []
 
 

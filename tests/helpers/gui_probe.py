@@ -236,6 +236,30 @@ def settings(probe: Probe, _params: dict[str, Any]) -> dict[str, Any]:
     return {"torch": about.versions.get("torch"), "licences": about.table.rowCount()}
 
 
+@step("playground")
+def playground(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask ``params["prompt"]`` of base model ``params["base"]`` and adapter ``params["a"]``
+    on the Playground page; wait until every answer has streamed in."""
+    page = probe.window.show_page("Playground")
+    page.choose(params["base"], params.get("a"), params.get("b"))  # type: ignore[attr-defined]
+    settings = page.settings_panel  # type: ignore[attr-defined]
+    settings.max_new_tokens.setValue(int(params.get("max_new_tokens", 8)))
+    page.prompt.setPlainText(params["prompt"])  # type: ignore[attr-defined]
+    if not page.send():  # type: ignore[attr-defined]
+        raise StepFailed(f"the Playground refused: {page.status.text()}")  # type: ignore[attr-defined]
+    timeout_s = float(params.get("timeout_s", 300))
+    probe.wait_until(lambda: not page.busy, timeout_s)  # type: ignore[attr-defined]
+    columns = {k: c for k, c in page.columns.items() if c.isEnabled()}  # type: ignore[attr-defined]
+    figures = {key: column.figures.text() for key, column in columns.items()}
+    if not all("tokens/s" in text for text in figures.values()):
+        raise StepFailed(f"not every column answered: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "answers": {key: column.answer_text for key, column in columns.items()},
+        "pieces": {key: len(column.pieces) for key, column in columns.items()},
+        "figures": figures,
+    }
+
+
 @step("lock")
 def lock(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Lock now, then unlock with ``params["passphrase"]``."""
