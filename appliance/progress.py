@@ -41,3 +41,20 @@ EXPORT_STAGES = {
 }
 """The stages :func:`appliance.export.pipeline.export_adapter` reports, in order, in words for
 people (the CLI's progress line and the Export page)."""
+
+EVAL_STAGES = {
+    "checking": "Checking the adapters, base model and dataset",
+    "loading": "Loading the model",
+    "scoring": "Scoring",
+}
+"""The stages of an ``eval`` job (:mod:`appliance.evaluation.job`), in words for people."""
+
+
+def eval_stage_words(stage: str, message: str = "") -> str:
+    """What the CLI and the Registry page show for an ``eval`` job's progress event.
+
+    While scoring, the job's ``message`` names what is being scored (``legal@2 on golden``).
+    """
+    if stage == "scoring" and message:
+        return f"Scoring {message}"
+    return EVAL_STAGES.get(stage, stage)
