@@ -9,8 +9,11 @@ Layout of an adapter version::
 
 Serialisation happens in memory (``safetensors.torch.save``/``load`` on bytes), so the plaintext
 tensors never touch the disk; the vault authenticates the whole object before it is parsed.
-The training child packs its adapter with :func:`pack` (it never loads the registry: the parent
-registers what it packed with :func:`store`), and export reads adapters with :func:`load`.
+The training child packs its adapter with :func:`pack` into its run folder, sealed with the run's
+key (it never loads the registry); the parent, settling the run, registers the packed bytes with
+:func:`store`. Export reads an adapter with :func:`load`; the chat and evaluation children find
+theirs with :func:`locate` and decrypt it with the key they are handed (:func:`unpack_stored`).
+Checkpoints are not adapters: they stay in the run folder (:mod:`appliance.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -51,10 +54,6 @@ class AdapterWeights:
     """The content of PEFT's ``adapter_config.json`` (sets as lists, enums as strings)."""
     tensors: dict[str, torch.Tensor]
     """As ``peft.get_peft_model_state_dict`` returns them (no adapter name in the keys)."""
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(int(t.numel()) for t in self.tensors.values())
 
 
 def config_to_json_dict(peft_config: Any) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     global _cancelling
     if _cancelling or _committed:
         return
@@ -50,13 +50,3 @@ def point_of_no_return() -> None:
     """The work is about to publish its result: from here on a cancel is ignored."""
     global _committed
     _committed = True
-
-
-def cancel_requested() -> bool:
-    """Whether a cancel has been raised in this process."""
-    return _cancelling
-
-
-def past_point_of_no_return() -> bool:
-    """Whether :func:`point_of_no_return` was called in this process."""
-    return _committed

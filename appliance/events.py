@@ -3,8 +3,9 @@
 Every child process of the appliance (the training worker, and the jobs of :mod:`appliance.jobs`)
 reports on stdout as one JSON object per line. The kinds of events differ; the machinery does
 not, and lives here: turning a JSON object into a typed, frozen dataclass with a message naming
-the field that is wrong (:func:`fields_of`), keeping every line strict JSON (:func:`finite`), and
-reading a byte stream as it arrives, a chunk at a time, into whole events (:class:`EventReader`).
+the field that is wrong (:func:`fields_of`, over :mod:`appliance.hints`), keeping every line
+strict JSON (:func:`finite`), and reading a byte stream as it arrives, a chunk at a time, into
+whole events (:class:`EventReader`).
 
 Compatibility rule for every stream: a reader ignores fields it does not know, so an older
 reader follows a newer child.
@@ -12,14 +13,12 @@ reader follows a newer child.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import types
-import typing
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, get_args, get_origin
+from typing import Any, Generic, TypeVar
 
+from appliance import hints
 from appliance.errors import ApplianceError
 
 T = TypeVar("T")
@@ -74,94 +73,27 @@ def decode_object(line: str | bytes, where: str) -> dict[str, Any]:
     return data
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    # Resolving string annotations compiles each one: about 2 ms an event without the cache,
-    # which a desktop window following a run pays on its GUI thread.
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
 def fields_of(
     cls: type[Any], data: dict[str, Any], where: str, kind: str, prefix: str = ""
 ) -> dict[str, Any]:
     """The constructor arguments of dataclass ``cls`` read from ``data``, type-checked.
 
-    Unknown keys are ignored; a missing required field or a value of the wrong type is refused.
+    Unknown keys are ignored (a newer child's fields); a missing required field (``time``
+    included) or a value of the wrong type is refused. Non-finite floats, written as null by
+    :func:`finite`, read back as NaN.
 
     Raises:
         EventError: naming ``where``, the event ``kind`` and the field.
     """
-    hints = _type_hints(cls)
-    values: dict[str, Any] = {}
-    for spec in dataclasses.fields(cls):
-        if not spec.init:
-            continue
-        name = prefix + spec.name
-        if spec.name in data:
-            values[spec.name] = coerce(data[spec.name], hints[spec.name], where, kind, name)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise EventError(f"{where}: '{kind}' event lacks the required field '{name}'")
-        elif spec.name == "time":
-            raise EventError(f"{where}: '{kind}' event lacks the required field 'time'")
-    return values
-
-
-def coerce(value: Any, hint: Any, where: str, kind: str, name: str) -> Any:
-    """``value`` checked against the type ``hint`` (numbers, strings, lists, dicts, dataclasses)."""
-
-    def bad(expected: str) -> typing.NoReturn:
+    try:
+        return hints.build(cls, data, prefix, required=("time",), nan_from_null=True)
+    except hints.HintError as exc:
         raise EventError(
-            f"{where}: '{kind}' event field '{name}' must be {expected}, got {json.dumps(value)}"
-        )
-
-    origin = get_origin(hint)
-    if isinstance(hint, types.UnionType) or origin is typing.Union:
-        options = [a for a in get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return coerce(value, options[0], where, kind, name)
-    if hint is Any:
-        return value
-    if hint is float:
-        if value is None:
-            return math.nan  # a non-finite float written as null
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            bad("a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            bad("a whole number")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            bad("a string")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            bad("true or false")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            bad("a list")
-        (item_hint,) = get_args(hint)
-        return [
-            coerce(item, item_hint, where, kind, f"{name}[{i}]") for i, item in enumerate(value)
-        ]
-    if origin is dict:
-        if not isinstance(value, dict):
-            bad("an object")
-        return value
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            bad("an object")
-        target = typing.cast(type[Any], hint)
-        return target(**fields_of(target, value, where, kind, prefix=f"{name}."))
-    raise AssertionError(f"no coercion for {hint!r}")
+            f"{where}: '{kind}' event field '{exc.name}' must be {exc.expected}, "
+            f"got {json.dumps(exc.value)}"
+        ) from None
+    except hints.MissingFieldError as exc:
+        raise EventError(f"{where}: '{kind}' event lacks the required field '{exc.name}'") from None
 
 
 class EventReader(Generic[T]):

@@ -28,7 +28,7 @@ _LEGACY = (
     re.compile(r"^import-.+-[0-9a-f]{8}$"),
     re.compile(r"^adapter-.+-[0-9a-f]{8}$"),
 )
-_LOCKED_PLACES = ("", "keys", "datasets", "models", "adapters", "exports", "tmp", "logs")
+_LOCKED_PLACES = ("", "keys", "datasets", "models", "adapters", "tmp")
 """Folders (relative to the workspace home) written only under the writer lock."""
 
 

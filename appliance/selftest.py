@@ -93,7 +93,7 @@ def _result(name: str, ok: bool, detail: str) -> CheckResult:
 # --- vault --------------------------------------------------------------------------------------
 
 
-def check_vault_known_answers(ctx: SelftestContext) -> list[CheckResult]:
+def check_vault_known_answers(_ctx: SelftestContext) -> list[CheckResult]:
     """The vault's own known-answer tests; their absence is a failure, never a pass."""
     try:
         module = importlib.import_module("appliance.vault.selftest")
@@ -296,7 +296,7 @@ def check_dependencies(ctx: SelftestContext) -> list[CheckResult]:
 # --- GPU ----------------------------------------------------------------------------------------
 
 
-def check_nvml(ctx: SelftestContext) -> list[CheckResult]:
+def check_nvml(_ctx: SelftestContext) -> list[CheckResult]:
     """NVML answers, or reports a clean "no GPU" state; a missing nvidia-ml-py fails."""
     if importlib.util.find_spec("pynvml") is None:
         return [_result("nvml", False, "nvidia-ml-py is not installed: GPU readouts impossible")]
@@ -347,7 +347,7 @@ def _ipv6_sockets() -> bool:
     return True
 
 
-def check_no_egress(ctx: SelftestContext) -> list[CheckResult]:
+def check_no_egress(_ctx: SelftestContext) -> list[CheckResult]:
     """Public connects, datagrams and lookups are refused in-process; loopback is not."""
     offline.enforce()
     results = []

@@ -6,8 +6,7 @@ Layout (mode 0700)::
       FORMAT            JSON: workspace format version, creation time, appliance version
       registry.sqlite   the SQLite registry (an index over the folders below)
       keys/             vault key slots (one per person)
-      datasets/ models/ runs/ adapters/ exports/
-      logs/             log files of commands and runs
+      datasets/ models/ runs/ adapters/   (a run's log is its folder's train.log)
       tmp/              scratch for atomic writes (same filesystem as the rest)
       .lock             the single-writer lock (flock; holds "PID command")
 
@@ -42,7 +41,12 @@ from appliance.fsutil import atomic_write_bytes
 FORMAT_VERSION = 1
 """Version of the on-disk layout. Bump it with a migration when the layout changes."""
 
-SUBFOLDERS = ("keys", "datasets", "models", "runs", "adapters", "exports", "logs", "tmp")
+FORMAT_FILE = "FORMAT"
+"""The file that makes a folder a workspace: JSON with the format version, written last by init."""
+SUBFOLDERS = ("keys", "datasets", "models", "runs", "adapters", "tmp")
+RETIRED_SUBFOLDERS = ("exports", "logs")
+"""Folders that workspaces made by earlier versions have and nothing ever wrote to (exports go
+outside the workspace; a run logs into its own folder). Accepted while empty, never created."""
 HOME_ENV = "APPLIANCE_HOME"
 LOCK_WAIT_S = 5.0
 """How long a writer waits for another writer to finish before giving up."""
@@ -73,10 +77,6 @@ class Workspace:
     home: Path
 
     @property
-    def format_file(self) -> Path:
-        return self.home / "FORMAT"
-
-    @property
     def registry_path(self) -> Path:
         return self.home / "registry.sqlite"
 
@@ -99,14 +99,6 @@ class Workspace:
     @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.home / "exports"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.home / "logs"
 
     @property
     def tmp_dir(self) -> Path:
@@ -204,7 +196,7 @@ def _read_holder(fd: int) -> str:
 
 
 def _read_format(home: Path) -> dict[str, object]:
-    path = home / "FORMAT"
+    path = home / FORMAT_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -274,7 +266,7 @@ def check_home(home: Path | str | None = None) -> bool:
     """
     path = resolve_home(home)
     _check_folder_usable(path)
-    if (path / "FORMAT").exists():
+    if (path / FORMAT_FILE).exists():
         _read_format(path)
         return True
     # Only what an interrupted init leaves (empty subfolders, the lock file) may be there: a
@@ -289,7 +281,11 @@ def check_home(home: Path | str | None = None) -> bool:
 def _init_leftover(entry: Path) -> bool:
     if entry.name == ".lock":
         return entry.is_file() and not entry.is_symlink()
-    if entry.name in SUBFOLDERS and entry.is_dir() and not entry.is_symlink():
+    if (
+        entry.name in (*SUBFOLDERS, *RETIRED_SUBFOLDERS)
+        and entry.is_dir()
+        and not entry.is_symlink()
+    ):
         return not any(entry.iterdir())
     return False
 
@@ -303,7 +299,7 @@ def discard_new(home: Path, existed_before: bool) -> None:
     if not existed_before:
         shutil.rmtree(home, ignore_errors=True)
         return
-    own = {*SUBFOLDERS, "FORMAT", ".lock", "registry.sqlite"}
+    own = {*SUBFOLDERS, FORMAT_FILE, ".lock", "registry.sqlite"}
     for child in home.iterdir():
         if child.name not in own and not child.name.startswith("registry.sqlite-"):
             continue
@@ -342,7 +338,7 @@ def init(home: Path | str | None = None) -> tuple[Workspace, bool]:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "appliance": __version__,
         }
-        atomic_write_bytes(path / "FORMAT", (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(path / FORMAT_FILE, (json.dumps(record, indent=2) + "\n").encode())
     except OSError as exc:
         for folder in reversed(created):
             with suppress(OSError):

@@ -288,7 +288,8 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
 
     # 1. A run started from the page whose child streams events (the fake source).
     real_command = runs.worker_command
-    runs.worker_command = lambda folder, threads=None: [
+    # The real worker_command's parameters, so a caller passing threads= by keyword still works.
+    runs.worker_command = lambda folder, threads=None: [  # noqa: ARG005
         sys.executable, "-c", FAKE_SOURCE, str(folder), str(args.rate), str(args.seconds), "0", "-",
     ]  # fmt: skip
     settled: list[Any] = []

@@ -268,7 +268,7 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def run_kernels(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_kernels(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`kernels_child` in a fresh process."""
     command = [sys.executable, str(Path(__file__).resolve()), "--kernels-child", *args.argv]
     proc = subprocess.run(
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in ABLATIONS.items():
             ablations[name] = run_appliance(home, args, extra, "ablation")
             print(f"{name}: {ablations[name]['tokens_per_s']:.1f} tokens/s", flush=True)
-        kernels = run_kernels(model_dir, args)
+        kernels = run_kernels(args)
 
     keys = ("tokens_per_s", "first_step_s", "peak_rss", "final_loss")
     a = {k: median(appliance_runs, k) for k in keys}

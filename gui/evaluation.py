@@ -15,18 +15,14 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from appliance.evaluation.request import eval_request
 from appliance.jobs.events import JobProgress
+from appliance.progress import Progress, eval_stage_words
 from appliance.session import Session
 from gui.process import JobProcess
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 EVAL_HANG_S = 900.0
 """Loading a large model and scoring its first batch can be silent for minutes."""
 CANCEL_GRACE_S = 10.0
-STAGES = {
-    "checking": "Checking the adapters, base model and dataset",
-    "loading": "Loading the model",
-    "scoring": "Scoring",
-}
 
 
 class EvalRun(QObject):
@@ -71,13 +67,13 @@ class EvalRun(QObject):
             self.base,
         )
 
-        def work(progress: Progress) -> Any:
+        def work(_progress: Progress) -> Any:
             with session.registry() as reg:
                 request, _ = eval_request(session.vault, reg, refs, dataset, split=split, base=base)
             return request
 
         self.running = True
-        self.progress.emit(0, 0, STAGES["checking"])
+        self.progress.emit(0, 0, eval_stage_words("checking"))
         self.task = Task("preparing an evaluation", work, self)
         self.task.succeeded.connect(self._prepared)
         self.task.failed.connect(self._end_failed)
@@ -106,10 +102,7 @@ class EvalRun(QObject):
     def _on_event(self, event: object) -> None:
         if not isinstance(event, JobProgress):
             return
-        words = STAGES.get(event.stage, event.stage)
-        if event.stage == "scoring" and event.message:
-            words = f"Scoring {event.message}"
-        self.progress.emit(event.done, event.total, words)
+        self.progress.emit(event.done, event.total, eval_stage_words(event.stage, event.message))
 
     @Slot(object)
     def _succeeded(self, result: dict[str, Any]) -> None:

@@ -107,7 +107,7 @@ class LiveRun(QObject):
         self.own = True
         session, run_id = self.session, self.run_id
 
-        def prepare(progress: Progress) -> tuple[runs.LaunchPlan, int]:
+        def prepare(_progress: Progress) -> tuple[runs.LaunchPlan, int]:
             with session.registry() as reg:
                 plan = runs.prepare_launch(session.vault, reg, run_id, threads=threads)
             return plan, plan.log_file.stat().st_size
@@ -205,7 +205,7 @@ class LiveRun(QObject):
             self.pid = event.pid
             session, plan, pid = self.session, self._plan, event.pid
 
-            def mark(progress: Progress) -> None:
+            def mark(_progress: Progress) -> None:
                 assert plan is not None
                 with session.registry() as reg:
                     runs.mark_started(session.vault, reg, plan, pid)
@@ -270,7 +270,7 @@ class LiveRun(QObject):
         session, run_id, reason = self.session, self.run_id, self._reason
         code = self._exit.exit_code if self._exit is not None else None
 
-        def finalize(progress: Progress) -> Settled:
+        def finalize(_progress: Progress) -> Settled:
             with session.registry() as reg:
                 outcome = runs.finalize(session.vault, reg, run_id, exit_code=code, reason=reason)
                 folder = runs.run_folder(session.vault, reg.run(run_id))

@@ -24,8 +24,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance.progress import Progress
 from appliance.session import Session
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 INPUT_EVENTS = frozenset(
     {
@@ -107,7 +108,7 @@ class IdleWatcher(QObject):
         else:
             self._timer.stop()
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+    def eventFilter(self, _watched: QObject, event: QEvent) -> bool:
         if event.type() in INPUT_EVENTS:
             self._last_input = time.monotonic()
         return False
@@ -218,7 +219,7 @@ class LockScreen(QWidget):
             return
         session = self.session
 
-        def work(progress: Progress) -> None:
+        def work(_progress: Progress) -> None:
             session.unlock(passphrase)
 
         self.task = Task("unlock", work, self)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
+from appliance.progress import Progress
 from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
 from appliance.vault import Vault
@@ -33,7 +34,7 @@ from gui.pages.playground import PlaygroundPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.pages.train import TrainPage
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.gpu_status import GpuStatusLabel
 from gui.window_lock import WindowLock
 
@@ -185,7 +186,7 @@ class MainWindow(QMainWindow):
             return None
         session = self.session
 
-        def work(progress: Progress) -> list[Outcome]:
+        def work(_progress: Progress) -> list[Outcome]:
             with session.registry() as reg:
                 return try_reconcile(session.vault, reg)
 

@@ -19,9 +19,10 @@ from PySide6.QtCore import QObject, Signal, Slot
 from appliance.generation.protocol import Generate
 from appliance.generation.request import generate_request, load_command
 from appliance.generation.settings import GenerationSettings
+from appliance.progress import Progress
 from appliance.session import Session
 from gui.chat import ChatSession
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 Conversation = list[dict[str, str]]
 
@@ -105,7 +106,7 @@ class SideBySide(QObject):
             return
         load_id = f"l{next(self._ids)}"
 
-        def work(progress: Progress) -> Any:
+        def work(_progress: Progress) -> Any:
             with session.registry() as reg:
                 if reuse:
                     return load_command(session.vault, reg, missing, base, load_id)[0]

@@ -20,8 +20,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from appliance.errors import ApplianceError
-
-Progress = Callable[[int, int, str], None]
+from appliance.progress import Progress
 
 
 class Task(QObject):

@@ -243,9 +243,11 @@ def verify_bundle(bundle: Path, public_key: bytes) -> int:
         elif _sha256(path) != digest:
             problems.append(f"{rel}: sha256 differs from the signed manifest (altered)")
     listed = {rel for _, rel in entries} | {MANIFEST, SIGNATURE}
-    for rel in _all_files(bundle):
-        if rel not in listed:
-            problems.append(f"{rel}: not listed in the signed manifest (unexpected file)")
+    problems.extend(
+        f"{rel}: not listed in the signed manifest (unexpected file)"
+        for rel in _all_files(bundle)
+        if rel not in listed
+    )
     if problems:
         raise VerifyError(problems)
     return len(entries)

@@ -63,7 +63,7 @@ def _global_options(
         help="Read the passphrase from this file (else APPLIANCE_PASSPHRASE, else a prompt).",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
-    version: bool = typer.Option(
+    version: bool = typer.Option(  # noqa: ARG001 (Typer declares --version here; _version acts)
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:

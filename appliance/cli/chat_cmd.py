@@ -177,7 +177,7 @@ def _stream(session: GenerationSession, command: Generate) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _ctrl_c_stops(session: GenerationSession) -> Iterator[None]:
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def stop(_signum: int, _frame: FrameType | None) -> None:
         session.stop_answer()
 
     previous = signal.signal(signal.SIGINT, stop)

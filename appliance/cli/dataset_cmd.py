@@ -201,7 +201,7 @@ def _token_stats(
 ) -> dict[str, Any]:
     from appliance.datasets import tokens
 
-    folder, label = tokens.model_folder(ws, reg, model)
+    folder, label = tokens.tokenizer_folder(ws, reg, model)
     tokenizer = tokens.load_tokenizer(folder)
     return {"model": label, **tokens.token_stats(data, tokenizer, max_length)}
 

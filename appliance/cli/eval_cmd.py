@@ -15,12 +15,7 @@ from rich.table import Table
 from appliance.cli.context import err, out, print_json, state
 from appliance.cli.progress import stage_progress
 from appliance.jobs import JobEvent, JobProgress, JobRequest, run_job
-
-_STAGES = {
-    "checking": "Checking adapter, base model and dataset",
-    "loading": "Loading the model",
-    "scoring": "Scoring",
-}
+from appliance.progress import EVAL_STAGES, eval_stage_words
 
 
 def register(app: typer.Typer) -> None:
@@ -34,15 +29,12 @@ def run_eval_job(request: JobRequest) -> dict[str, Any]:
     Raises:
         JobError: the job failed, with its one-line message and exit code.
     """
-    with stage_progress(_STAGES, counting="items") as callback:
+    with stage_progress(EVAL_STAGES, counting="items") as callback:
 
         def on_event(event: JobEvent) -> None:
             if callback is None or not isinstance(event, JobProgress):
                 return
-            label = _STAGES.get(event.stage, event.stage)
-            if event.stage == "scoring" and event.message:
-                label = f"Scoring {event.message}"
-            callback(event.done, event.total, label)
+            callback(event.done, event.total, eval_stage_words(event.stage, event.message))
 
         outcome = run_job(request, on_event=on_event)
     return outcome.data()

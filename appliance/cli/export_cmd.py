@@ -8,16 +8,7 @@ import typer
 
 from appliance.cli.context import err, out, print_json, state
 from appliance.cli.progress import stage_progress
-
-_STAGES = {
-    "checking": "Checking adapter and base",
-    "loading": "Loading base model",
-    "reference": "Running the adapter",
-    "merging": "Merging",
-    "writing": "Writing",
-    "verifying": "Reloading and verifying",
-    "finishing": "Manifest and model card",
-}
+from appliance.progress import EXPORT_STAGES
 
 
 def register(app: typer.Typer) -> None:
@@ -52,7 +43,7 @@ def export(
 ) -> None:
     """Export an adapter for local serving, verified against the unmerged model."""
     from appliance.export import ExportOptions, export_adapter
-    from appliance.export.verify import describe
+    from appliance.export.verify import verification_line
 
     options = ExportOptions.checked(
         format,
@@ -65,14 +56,14 @@ def export(
     st = state(ctx)
     ws = st.workspace()
     vault = st.vault(ws)
-    with st.registry(ws) as reg, stage_progress(_STAGES) as callback:
+    with st.registry(ws) as reg, stage_progress(EXPORT_STAGES) as callback:
         result = export_adapter(vault, reg, ref, options, progress=callback)
     if json_out:
         print_json(result.to_json())
         return
     for warning in result.warnings:
         err.print(f"warning: {warning}")
-    what = options.format
+    what: str = options.format
     if options.format == "gguf":
         what = f"GGUF {options.gguf_type.upper()}"
     elif result.details.get("dtype"):
@@ -81,4 +72,4 @@ def export(
         f"Exported {result.ref} as {what} to {result.path} "
         f"({len(result.files)} files, {result.bytes / 1024**2:.1f} MiB)"
     )
-    out.print(f"Verified: {describe(result.verification)}")
+    out.print(f"Verified: {verification_line(result.verification)}")

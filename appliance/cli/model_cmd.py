@@ -12,6 +12,8 @@ from appliance.cli.context import out, print_json, state
 from appliance.cli.progress import stage_progress
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import UsageError
+from appliance.progress import MODEL_IMPORT_STAGES
+from appliance.registry.records import BASE_MODEL_FIELDS
 from appliance.units import format_bytes, format_count
 
 model_app = typer.Typer(
@@ -19,15 +21,6 @@ model_app = typer.Typer(
     help="Base models: import a safetensors folder or a GGUF file, list, show.",
     no_args_is_help=True,
 )
-
-_STAGES = {
-    "checking": "Checking",
-    "hashing": "Hashing",
-    "copying": "Copying",
-    "converting": "Converting GGUF",
-    "saving": "Saving bf16 safetensors",
-    "verifying": "Verifying",
-}
 
 
 def register(app: typer.Typer) -> None:
@@ -72,7 +65,7 @@ def import_(
         raise UsageError("give the model's name in the workspace with --name NAME")
     st = state(ctx)
     ws = st.workspace()
-    with st.registry(ws) as reg, stage_progress(_STAGES) as callback:
+    with st.registry(ws) as reg, stage_progress(MODEL_IMPORT_STAGES) as callback:
         model = import_model(ws, reg, path, name, link=link, progress=callback)
     if json_out:
         print_json(_public(model, manifest=False))
@@ -132,25 +125,8 @@ def show(
         print_json({**_public(model, manifest=True), "adapters": adapters})
         return
     table = Table(show_header=False, box=None)
-    for key in (
-        "name",
-        "architecture",
-        "model_type",
-        "parameters",
-        "dtype",
-        "context_length",
-        "vocab_size",
-        "has_chat_template",
-        "total_bytes",
-        "format",
-        "linked",
-        "source",
-        "source_sha256",
-        "path",
-        "sha256",
-        "created_at",
-        "created_by",
-    ):
+    fields = [f for f in BASE_MODEL_FIELDS if f != "manifest"]  # counted as "files" below
+    for key in ("name", *fields, "created_at", "created_by"):
         value = model.get(key)
         if key == "parameters":
             value = f"{value} ({format_count(value)})"

@@ -132,9 +132,7 @@ def report(outcome: runs.Outcome) -> None:
         raise TrainingError(f"run {outcome.run_id} failed: {outcome.message}")
 
 
-def _start(
-    st: CliState, ws: Workspace, vault: Vault, reg: Registry, run_id: str, detach: bool
-) -> None:
+def _start(ws: Workspace, vault: Vault, reg: Registry, run_id: str, detach: bool) -> None:
     metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
     history = _replay(metrics)  # read before the new session can append to it
     process = runs.launch(vault, reg, run_id, detach=detach)
@@ -193,7 +191,7 @@ def train(
         run_id = runs.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config
         )
-        _start(st, ws, vault, reg, run_id, detach)
+        _start(ws, vault, reg, run_id, detach)
 
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
@@ -330,4 +328,4 @@ def resume(
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
-        _start(st, ws, vault, reg, run_id, detach)
+        _start(ws, vault, reg, run_id, detach)

@@ -32,18 +32,18 @@ from appliance.datasets.problems import DatasetValidationError, Problem
 if TYPE_CHECKING:
     from appliance.datasets.store import (
         delete_version,
-        describe,
         export_version,
         import_file,
         load_rows,
         read_plaintext,
         resolve,
+        version_label,
     )
 
 _STORE = frozenset(
     (
         "delete_version",
-        "describe",
+        "version_label",
         "export_version",
         "import_file",
         "load_rows",
@@ -67,11 +67,11 @@ __all__ = [
     "content",
     "decode_rows",
     "delete_version",
-    "describe",
     "export_version",
     "import_file",
     "load_rows",
     "prepare",
     "read_plaintext",
     "resolve",
+    "version_label",
 ]

@@ -25,6 +25,8 @@ from typing import Any
 from appliance.errors import IntegrityError, UsageError
 
 Row = dict[str, Any]
+"""One dataset row as JSON gives it (canonical, or as read from a source file): the one
+definition, which readers, stores, trainers and the desktop app's tables share."""
 SPLITS = ("train", "eval")
 MAX_EVAL_FRACTION = 0.5
 MAX_SEED = 2**32 - 1

@@ -70,10 +70,6 @@ class ColumnMap:
         """The file's column that plays ``role`` (the role's own name when unmapped)."""
         return self.roles.get(role, role)
 
-    def as_options(self) -> list[str]:
-        """The mapping as the CLI writes it: ``["output=answer", ...]``."""
-        return [f"{role}={column}" for role, column in self.roles.items()]
-
     def check_columns(self, file: str, found: Iterable[str] | None) -> None:
         """Refuse a mapping to a column the file does not have (when its columns are known).
 

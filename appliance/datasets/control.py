@@ -1,9 +1,8 @@
 """Progress and cancellation of a long dataset operation (an import run by the desktop app).
 
-``progress(done, total, stage)`` has the shape of every progress callback of the core (and of
-:meth:`appliance.jobs.child.JobContext.progress`); ``total`` is 0 when unknown. A cancel flag is
-a :class:`threading.Event` or any callable returning True once the user asked to stop; it is
-checked between rows, and a cancelled operation raises :class:`ImportCancelled` having stored
+Progress is reported as everywhere in the core (:data:`appliance.progress.Progress`). A cancel
+flag is a :class:`threading.Event` or any callable returning True once the user asked to stop;
+it is checked between rows, and a cancelled operation raises :class:`ImportCancelled` having stored
 nothing.
 """
 
@@ -13,8 +12,8 @@ import threading
 from collections.abc import Callable
 
 from appliance.errors import ApplianceError
+from appliance.progress import Progress, no_progress
 
-Progress = Callable[[int, int, str], None]
 CancelFlag = threading.Event | Callable[[], bool]
 
 
@@ -25,10 +24,6 @@ class ImportCancelled(ApplianceError):
 
     def __init__(self, what: str = "the import") -> None:
         super().__init__(f"{what} was cancelled; nothing was stored")
-
-
-def no_progress(done: int, total: int, stage: str) -> None:
-    """A progress callback that ignores its reports."""
 
 
 class Control:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from appliance.datasets.canonical import Row
 from appliance.datasets.problems import Problem, json_type
 from appliance.datasets.sources import NestingError, Record, Source, loads_row
 from appliance.errors import DatasetError, UsageError
@@ -27,8 +28,6 @@ SHAREGPT_ROLES = {
     "assistant": "assistant",
     "chatgpt": "assistant",
 }
-
-Row = dict[str, Any]
 
 
 def kind_of(fmt: str) -> str:

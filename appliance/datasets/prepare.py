@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.datasets import canonical
+from appliance.datasets.canonical import Row
 from appliance.datasets.columns import ColumnMap
-from appliance.datasets.control import CancelFlag, Progress
+from appliance.datasets.control import CancelFlag
 from appliance.datasets.formats import FORMATS, kind_of
 from appliance.datasets.problems import RECORDED, DatasetValidationError, Problem
 from appliance.datasets.reading import Parsed, parse_file
 from appliance.errors import DatasetError, UsageError
-
-Row = dict[str, Any]
+from appliance.progress import Progress
 
 
 @dataclass

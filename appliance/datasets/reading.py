@@ -18,12 +18,13 @@ from pathlib import Path
 
 from appliance.datasets.canonical import Row
 from appliance.datasets.columns import FORMAT_ROLES, ColumnMap, candidate_formats, parse_mapping
-from appliance.datasets.control import CancelFlag, Control, Progress
+from appliance.datasets.control import CancelFlag, Control
 from appliance.datasets.formats import FORMATS, detect_format, normalise
 from appliance.datasets.parquet import ParquetSource, is_parquet
 from appliance.datasets.problems import Problem
 from appliance.datasets.sources import Source, read_source
 from appliance.errors import DatasetError, UsageError
+from appliance.progress import Progress
 
 CHUNK_ROWS = 1000
 """Rows normalised between two progress reports and cancellation checks."""

@@ -14,17 +14,17 @@ from typing import Any
 
 from appliance import destinations
 from appliance.datasets import canonical
+from appliance.datasets.canonical import Row
 from appliance.datasets.columns import ColumnMap
-from appliance.datasets.control import CancelFlag, Control, Progress
+from appliance.datasets.control import CancelFlag, Control
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import DestinationError, IntegrityError, UsageError
 from appliance.folders import sidecar_path
 from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
+from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
 from appliance.vault import Vault, new_object_id
-
-Row = dict[str, Any]
 
 
 def object_path(vault: Vault, object_id: str) -> Path:
@@ -33,7 +33,7 @@ def object_path(vault: Vault, object_id: str) -> Path:
     return vault.ws.datasets_dir / f"{object_id}.enc"
 
 
-def describe(version: dict[str, Any]) -> str:
+def version_label(version: dict[str, Any]) -> str:
     """How messages name a version: "dataset legal-qa version 3"."""
     return f"dataset {version['name']} version {version['version']}"
 
@@ -151,7 +151,7 @@ def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
         IntegrityError: "dataset NAME version N is damaged or was modified (...)", or the
             plaintext does not have the sha256 the registry recorded.
     """
-    what = describe(version)
+    what = version_label(version)
     data = vault.read(vault.path(version["path"]), version["object_id"], what=what)
     if hashlib.sha256(data).hexdigest() != version["sha256"]:
         raise IntegrityError(
@@ -162,7 +162,7 @@ def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
 
 def load_rows(vault: Vault, version: dict[str, Any]) -> list[Row]:
     """Every row of a version (with its ``split``), decrypted in memory."""
-    return canonical.decode(read_plaintext(vault, version), describe(version))
+    return canonical.decode(read_plaintext(vault, version), version_label(version))
 
 
 def export_version(
@@ -247,7 +247,6 @@ def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None
 
 __all__ = [
     "delete_version",
-    "describe",
     "export_version",
     "import_file",
     "load_rows",
@@ -255,4 +254,5 @@ __all__ = [
     "read_plaintext",
     "resolve",
     "store_prepared",
+    "version_label",
 ]

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from appliance.datasets.store import describe, resolve
+from appliance.datasets.store import resolve, version_label
 from appliance.datasets.token_stats import TokenStats
 from appliance.errors import IntegrityError
 from appliance.fsutil import fsync_dir
@@ -76,8 +76,8 @@ def check_plaintext(version: dict[str, Any], plaintext: bytes | bytearray) -> No
     """
     if hashlib.sha256(plaintext).hexdigest() != version["sha256"]:
         raise IntegrityError(
-            f"{describe(version)} does not match its registry record (sha256); restore it from "
-            "backup"
+            f"{version_label(version)} does not match its registry record (sha256); "
+            "restore it from backup"
         )
 
 
@@ -101,7 +101,7 @@ def read_cache(
     path = cache_path(ws, version, model)
     if not path.is_file():
         return None
-    what = f"token statistics of {describe(version)} against model {model['name']}"
+    what = f"token statistics of {version_label(version)} against model {model['name']}"
     try:
         data = read_object(path, key, cache_object_id(version, model), what)
         stats = TokenStats.from_bytes(data, what)
@@ -144,7 +144,7 @@ def token_stats_request(vault: Vault, reg: Registry, dataset_ref: str, model: st
         vault,
         KIND,
         {"dataset": f"{version['name']}@{version['version']}", "model": model_row["name"]},
-        objects=[(vault.path(version["path"]), version["object_id"], describe(version))],
+        objects=[(vault.path(version["path"]), version["object_id"], version_label(version))],
     )
     keys = {**request.keys, CACHE_KEY_NAME: cache_key(vault)}
     return JobRequest(

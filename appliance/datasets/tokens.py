@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.datasets.canonical import Row, content, summary
-from appliance.datasets.control import Progress, no_progress
 from appliance.datasets.token_stats import TokenStats, truncation
 from appliance.errors import DatasetError, NotFoundError, UsageError
+from appliance.progress import Progress, no_progress
 from appliance.training.encoding import Example, encode_chat, encode_text
 from appliance.workspace import Workspace
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_LENGTH = 2048
 
 
-def model_folder(ws: Workspace, reg: Any, model: str) -> tuple[Path, str]:
+def tokenizer_folder(ws: Workspace, reg: Any, model: str) -> tuple[Path, str]:
     """The folder to load the tokenizer of ``model`` from, and how to name it in output.
 
     ``model`` is a base model name from the registry, or else the path of a Hugging Face
@@ -151,7 +151,7 @@ def token_stats_job(ctx: JobContext) -> dict[str, Any]:
     which the parent reads with :func:`token_cache.cached_token_stats`.
     """
     from appliance.datasets import canonical, token_cache
-    from appliance.datasets.store import describe, resolve
+    from appliance.datasets.store import resolve, version_label
     from appliance.models.use import model_folder as folder_of
 
     ref, model = str(ctx.params.get("dataset", "")), str(ctx.params.get("model", ""))
@@ -160,7 +160,7 @@ def token_stats_job(ctx: JobContext) -> dict[str, Any]:
     with ctx.registry() as reg:
         version = resolve(reg, ref)
         model_row = reg.base_model(model)
-    what = describe(version)
+    what = version_label(version)
     ctx.progress(0, 0, "decrypting")
     plaintext = ctx.keys.read(ctx.ws.home / version["path"], version["object_id"], what)
     token_cache.check_plaintext(version, plaintext)

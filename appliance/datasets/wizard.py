@@ -26,13 +26,14 @@ from typing import Any
 from appliance.datasets import canonical
 from appliance.datasets.canonical import Row
 from appliance.datasets.columns import ColumnMap
-from appliance.datasets.control import CancelFlag, Progress
+from appliance.datasets.control import CancelFlag
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.prepare import Prepared, prepare_parsed
 from appliance.datasets.problems import DatasetValidationError, Problem, problem_lines
 from appliance.datasets.reading import Parsed, open_source, parse
 from appliance.datasets.store import store_prepared
 from appliance.errors import DatasetError, UsageError
+from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
 from appliance.vault import Vault

@@ -24,7 +24,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.datasets.canonical import Row, decode
-from appliance.datasets.store import describe
+from appliance.datasets.store import version_label
 from appliance.errors import DatasetError
 from appliance.evaluation.metrics import EvalSettings
 from appliance.evaluation.request import check_dataset
@@ -48,7 +48,7 @@ def lib_versions() -> dict[str, str]:
 def read_rows(ctx: JobContext, ds: dict[str, Any]) -> list[Row]:
     """The dataset version's rows, decrypted with the key handed over and checked against the
     registry's sha256."""
-    what = describe(ds)
+    what = version_label(ds)
     data = ctx.keys.read(ctx.ws.home / ds["path"], ds["object_id"], what)
     if hashlib.sha256(data).hexdigest() != ds["sha256"]:
         raise DatasetError(f"{what} does not match its registry record (sha256)")

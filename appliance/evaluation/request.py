@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.datasets.store import describe, resolve
+from appliance.datasets.store import resolve, version_label
 from appliance.errors import DatasetError, UsageError
 from appliance.evaluation.metrics import EvalSettings
 from appliance.generation.plan import plan
@@ -63,7 +63,7 @@ def eval_request(
     loaded = plan(vault.ws, reg, refs, check_files=False)
     ds = resolve(reg, dataset)
     check_dataset(ds, split)
-    objects = [*loaded.objects(), (vault.path(ds["path"]), ds["object_id"], describe(ds))]
+    objects = [*loaded.objects(), (vault.path(ds["path"]), ds["object_id"], version_label(ds))]
     params = {
         "adapters": list(refs),
         "dataset": {"name": ds["name"], "version": ds["version"]},

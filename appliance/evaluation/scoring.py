@@ -22,8 +22,9 @@ from appliance.training.data import collate
 from appliance.training.encoding import Example, encode_chat
 from appliance.training.loop import loss_sum
 
-Progress = Callable[[int], None]
-"""Called with the number of work units just finished."""
+UnitsDone = Callable[[int], None]
+"""Called with the number of work units just finished (the evaluation job turns them into
+:data:`appliance.progress.Progress` reports)."""
 
 
 @dataclass
@@ -79,7 +80,7 @@ def score(
     adapter: str | None,
     encoded: Encoded,
     settings: EvalSettings,
-    progress: Progress | None = None,
+    progress: UnitsDone | None = None,
 ) -> Scores:
     """The figures of one model (``adapter``, or the base for None) on the encoded rows."""
     scores = Scores(rows=len(encoded.rows))

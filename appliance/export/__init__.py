@@ -29,7 +29,6 @@ from appliance.export.options import (
     GGUF_TYPES,
     ExportCancelledError,
     ExportOptions,
-    Progress,
     VerificationFailedError,
     parse_size,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "ExportCancelledError",
     "ExportOptions",
     "ExportResult",
-    "Progress",
     "VerificationFailedError",
     "export_adapter",
     "parse_size",

@@ -123,7 +123,7 @@ def model_card(
         "## Verification",
         "",
         "Reloaded from these files and compared with the adapter applied to the unmerged base in "
-        "the same precision: " + verify.describe(verification) + ".",
+        "the same precision: " + verify.verification_line(verification) + ".",
         "",
         "## Loading it",
         "",

@@ -1,6 +1,7 @@
 """Write a merged llama-family model as one GGUF file with the ``gguf`` package alone.
 
-What llama.cpp (and Ollama) need, per FACTS.md: GGUF tensor names from the ``gguf`` name map,
+What llama.cpp (and Ollama) need (docs/engineering-notes.md, "GGUF files that llama.cpp
+loads"): GGUF tensor names from the ``gguf`` name map,
 ``q_proj``/``k_proj`` permuted from Hugging Face's rotary layout to GGML's interleaved one (llama
 architecture only: Qwen2 uses the NeoX layout HF already has), the hyperparameters, and for a
 byte-level BPE tokenizer the ``gpt2`` tokenizer model with token types, merges, special tokens

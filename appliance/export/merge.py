@@ -2,8 +2,8 @@
 
 The base is always loaded from its safetensors folder in the export's dtype on the CPU, never in
 4-bit: merging into NF4 weights requantises the sum and loses about the adapter's own effect
-(FACTS.md). ``merge_and_unload`` then adds each LoRA product into its layer in place, one layer
-at a time, so the peak stays at one copy of the model plus one layer.
+(docs/engineering-notes.md, "Merging"). ``merge_and_unload`` then adds each LoRA product into its
+layer in place, one layer at a time, so the peak stays at one copy of the model plus one layer.
 """
 
 from __future__ import annotations

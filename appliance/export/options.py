@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from appliance.errors import ExportError, UsageError
 
-FORMATS = ("merged", "adapter", "gguf")
-DTYPES = ("bf16", "fp16", "fp32")
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+ExportFormat = Literal["merged", "adapter", "gguf"]
+WeightsDtype = Literal["bf16", "fp16", "fp32"]
+GgufType = Literal["f16", "q8_0", "q4_0"]
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+DTYPES: tuple[WeightsDtype, ...] = get_args(WeightsDtype)
+GGUF_TYPES: tuple[GgufType, ...] = get_args(GgufType)
 DEFAULT_SHARD_SIZE = 2 * 1024**3
-
-Progress = Callable[[int, int, str], None]
-"""``progress(done, total, stage)``. Stages, in order: checking, loading, reference, merging,
-writing, verifying, finishing. ``total`` 0 means unknown; during writing they count bytes."""
 
 
 class ExportCancelledError(ExportError):
@@ -39,17 +37,21 @@ class VerificationFailedError(ExportError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """One export request. Build it with :meth:`checked`, which validates every field."""
+    """One export request, valid once built: :meth:`__post_init__` checks every field.
 
-    format: str
+    :meth:`checked` builds one from what a user typed (any case, a size as text, a relative
+    folder) and refuses options that do not apply to the format.
+    """
+
+    format: ExportFormat
     """``merged`` (safetensors folder), ``adapter`` (PEFT folder) or ``gguf`` (+ Modelfile)."""
     out: Path
     """The destination folder, created by the export (absolute)."""
-    dtype: str | None = None
+    dtype: WeightsDtype | None = None
     """Precision of the base while merging and of the written weights. ``None`` picks bf16 for
     merged, fp32 for gguf (the GGUF type sets the file's precision; merging in fp32 keeps bf16
     rounding out of it, at twice the RAM) and the adapter's own precision for adapter."""
-    gguf_type: str = "q8_0"
+    gguf_type: GgufType = "q8_0"
     """Type of the GGUF matrices: ``f16``, ``q8_0`` or ``q4_0`` (norms stay F32)."""
     max_shard_size: int = DEFAULT_SHARD_SIZE
     """Largest safetensors shard of a merged export, in bytes."""
@@ -57,6 +59,32 @@ class ExportOptions:
     """Replace an earlier export at ``out`` (a folder whose ``MANIFEST`` lists everything in
     it), once the new export verified; only its listed files are removed. Any other non-empty
     folder is refused, with or without it (:mod:`appliance.destinations`)."""
+
+    def __post_init__(self) -> None:
+        """Refuse a value outside its choices, so an object that exists is a valid request.
+
+        The messages name the CLI's options, which the desktop app's form and the export job's
+        parameters mirror one to one.
+
+        Raises:
+            UsageError: naming the option and its choices.
+        """
+        if self.format not in FORMATS:
+            raise UsageError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.gguf_type not in GGUF_TYPES:
+            raise UsageError(
+                f"--gguf-type {self.gguf_type!r} is not one of {', '.join(GGUF_TYPES)}"
+            )
+        if (
+            isinstance(self.max_shard_size, bool)
+            or not isinstance(self.max_shard_size, int)
+            or self.max_shard_size <= 0
+        ):
+            raise UsageError(f"--max-shard-size {self.max_shard_size!r} is not a size in bytes")
+        if not isinstance(self.out, Path) or not self.out.is_absolute():
+            raise UsageError(f"--out {str(self.out)!r} is not an absolute folder path")
 
     @classmethod
     def checked(
@@ -69,32 +97,26 @@ class ExportOptions:
         max_shard_size: str | int | None = None,
         force: bool = False,
     ) -> ExportOptions:
-        """Validate and normalise the options.
+        """Normalise what a user gave (case, size text, ``~`` and relative folders) and check it.
 
         Raises:
-            UsageError: an option has a value outside its choices; the message lists them.
+            UsageError: an option has a value outside its choices (the message lists them), or
+                applies only to another format.
         """
-        fmt = format.lower()
-        if fmt not in FORMATS:
-            raise UsageError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
-        if dtype is not None and dtype.lower() not in DTYPES:
-            raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        if gguf_type is not None:
-            if fmt != "gguf":
-                raise UsageError("--gguf-type only applies to --format gguf")
-            if gguf_type.lower() not in GGUF_TYPES:
-                raise UsageError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
-        if max_shard_size is not None and fmt != "merged":
-            raise UsageError("--max-shard-size only applies to --format merged")
         shard = DEFAULT_SHARD_SIZE if max_shard_size is None else parse_size(max_shard_size)
-        return cls(
-            format=fmt,
+        options = cls(
+            format=cast(ExportFormat, format.lower()),
             out=Path(out).expanduser().absolute(),
-            dtype=dtype.lower() if dtype else None,
-            gguf_type=(gguf_type or "q8_0").lower(),
+            dtype=cast(WeightsDtype, dtype.lower()) if dtype else None,
+            gguf_type=cast(GgufType, (gguf_type or "q8_0").lower()),
             max_shard_size=shard,
             force=force,
         )
+        if gguf_type is not None and options.format != "gguf":
+            raise UsageError("--gguf-type only applies to --format gguf")
+        if max_shard_size is not None and options.format != "merged":
+            raise UsageError("--max-shard-size only applies to --format merged")
+        return options
 
     @property
     def weights_dtype(self) -> str | None:

@@ -25,16 +25,12 @@ from appliance import adapters, destinations
 from appliance.cancel import point_of_no_return
 from appliance.errors import DestinationError, ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
-from appliance.export.options import (
-    ExportOptions,
-    Progress,
-    VerificationFailedError,
-    check_cancel,
-)
+from appliance.export.options import ExportOptions, VerificationFailedError, check_cancel
 from appliance.export.preflight import BYTES_PER_PARAM, check_space, estimate_bytes
 from appliance.folders import manifest_digest
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
+from appliance.progress import Progress, no_progress
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
 
@@ -77,10 +73,6 @@ class ExportResult:
         }
 
 
-def _no_progress(done: int, total: int, stage: str) -> None:
-    pass
-
-
 def export_adapter(
     vault: AdapterReader,
     reg: Registry,
@@ -93,8 +85,10 @@ def export_adapter(
     """Export adapter version ``ref`` (NAME[@N|@TAG]) as ``options`` say, verified.
 
     Holds the workspace's writer lock throughout. ``progress(done, total, stage)`` is called
-    from this thread; setting ``cancel`` stops the export at the next step. ``vault`` is the
-    unlocked vault, or an export job's key ring (it only decrypts the adapter).
+    from this thread, with the stages checking, loading, reference, merging, writing (``done``
+    and ``total`` count bytes), verifying and finishing; setting ``cancel`` stops the export at
+    the next step. ``vault`` is the unlocked vault, or an export job's key ring (it only decrypts
+    the adapter).
 
     Raises:
         NotFoundError: no such adapter version.
@@ -104,7 +98,7 @@ def export_adapter(
             destination is left as it was (:class:`VerificationFailedError` carries the
             figures of a failed verification).
     """
-    report = progress or _no_progress
+    report = progress or no_progress
     ws = reg.ws
     out = destinations.check_export_folder(options.out, force=options.force, workspace_home=ws.home)
     options = dataclasses.replace(options, out=out)
@@ -158,8 +152,8 @@ def export_adapter(
                 )
                 raise VerificationFailedError(
                     f"the {options.format} export of {record['ref']} failed verification "
-                    f"({verify.describe(build.figures)}); its files were removed and nothing "
-                    "was written to the destination: report this with the figures",
+                    f"({verify.verification_line(build.figures)}); its files were removed and "
+                    "nothing was written to the destination: report this with the figures",
                     build.figures,
                 )
             report(0, 0, "finishing")

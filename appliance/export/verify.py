@@ -154,7 +154,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def describe(figures: dict[str, Any]) -> str:
+def verification_line(figures: dict[str, Any]) -> str:
     """One line for people: max difference, tolerance, scale, greedy tokens (and GGUF extras)."""
     line = (
         f"max |Δlogit| {figures['max_abs_diff']:.3g} (tolerance {figures['tolerance']:.3g}, "

@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-from appliance.models.importer import Progress, import_model
+from appliance.models.importer import import_model
 from appliance.models.safety import check_safetensors, scan_folder
 from appliance.models.use import model_folder, resolve_model_for_use, verify_model_files
 
 __all__ = [
-    "Progress",
     "check_safetensors",
     "import_model",
     "model_folder",

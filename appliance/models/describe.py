@@ -141,7 +141,7 @@ def load_tokenizer(folder: Path) -> Any:
         ) from None
 
 
-def describe(
+def model_facts(
     folder: Path, infos: Sequence[SafetensorsInfo], config: Any, tokenizer: Any, architecture: str
 ) -> dict[str, Any]:
     """The facts the registry records about a model folder."""

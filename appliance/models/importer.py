@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,17 @@ from appliance.folders import manifest_digest, write_meta
 from appliance.fsutil import CHUNK, fsync_dir, temp_name
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
+from appliance.progress import Progress, no_progress
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, now, os_user
 from appliance.workspace import Workspace
 
-Progress = Callable[[int, int, str], None]
 """``progress(done_bytes, total_bytes, stage)``; stages: checking, hashing, copying, converting,
 saving, verifying."""
 
 FILES_DIR = "files"
 STAGING_PREFIX = "import-"
-
-
-def _no_progress(done: int, total: int, stage: str) -> None:
-    pass
 
 
 def import_model(
@@ -73,7 +68,7 @@ def import_model(
         UsageError: bad name, name taken, or ``--link`` with a GGUF file.
     """
     check_name(name, "model name")
-    report = progress or _no_progress
+    report = progress or no_progress
     source = Path(source).expanduser().absolute()
     if not source.exists():
         raise UsageError(f"{source} does not exist; give a model folder or a .gguf file")
@@ -93,7 +88,7 @@ def import_model(
         staging.mkdir(mode=0o700)
         try:
             if is_gguf:
-                fields = _stage_gguf(ws, source, staging, report)
+                fields = _stage_gguf(source, staging, report)
             else:
                 fields = _stage_folder(source, staging, link, report)
             fields["path"] = str(source) if link else f"models/{name}/{FILES_DIR}"
@@ -189,7 +184,7 @@ def _check_and_describe(folder: Path, *, files_checked: bool) -> dict[str, Any]:
     config = desc.load_config(folder)
     architecture = desc.check_architecture(config, folder)
     tokenizer = desc.load_tokenizer(folder)
-    return desc.describe(folder, infos, config, tokenizer, architecture)
+    return desc.model_facts(folder, infos, config, tokenizer, architecture)
 
 
 def _copy_files(
@@ -232,7 +227,7 @@ def _hash_files(folder: Path, rels: list[str], total: int, report: Progress) -> 
     return manifest
 
 
-def _stage_gguf(ws: Workspace, source: Path, staging: Path, report: Progress) -> dict[str, Any]:
+def _stage_gguf(source: Path, staging: Path, report: Progress) -> dict[str, Any]:
     report(0, 0, "checking")
     check_gguf_magic(source)
     size = source.stat().st_size
@@ -293,7 +288,8 @@ def _convert_gguf_quietly(src_dir: Path, filename: str, out: Path, report: Progr
         ) from None
     report(1, 1, "converting")
     report(0, 1, "saving")
-    # save_pretrained refuses a model that still carries the GGUF quantizer marker (FACTS.md).
+    # save_pretrained refuses a model that still carries the GGUF quantizer marker
+    # (docs/engineering-notes.md, "GGUF models: the quantizer marker").
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.errors import IntegrityError, ModelImportError
 from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
 from appliance.models import describe as desc
 from appliance.models.safety import scan_folder
+from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.workspace import Workspace
-
-if TYPE_CHECKING:
-    # The type alias only: the importer converts GGUF files with torch, which the desktop
-    # process (that checks models before a launch) must never load.
-    from appliance.models.importer import Progress
 
 
 def model_folder(ws: Workspace, model: dict[str, Any]) -> Path:
@@ -47,9 +43,11 @@ def verify_model_files(
     except ModelImportError as exc:
         problems.append(f"model {model['name']}: {exc}")
     present = set(tree_files(folder, skip_meta=False))
-    for rel in sorted(present - set(manifest)):
-        if not any(part.startswith(".") for part in Path(rel).parts):
-            problems.append(f"model {model['name']}: {folder / rel} was added after the import")
+    problems.extend(
+        f"model {model['name']}: {folder / rel} was added after the import"
+        for rel in sorted(present - set(manifest))
+        if not any(part.startswith(".") for part in Path(rel).parts)
+    )
     total = int(model.get("total_bytes") or 0)
     done = 0
     for rel, expected in sorted(manifest.items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class AdaptersMixin(RecordsMixin):
                             f"{target} exists but is not registered; run 'appliance verify "
                             "--rebuild-index' or move it away"
                         )
+                    new_name = not target.parent.exists()
                     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                     os.replace(move_from, target)
                     fsync_dir(target.parent)
@@ -100,6 +102,9 @@ class AdaptersMixin(RecordsMixin):
         except BaseException:
             if moved is not None:
                 os.replace(moved[0], moved[1])
+                if new_name:  # the name's folder came with this version: it goes with it
+                    with suppress(OSError):
+                        moved[0].parent.rmdir()
             raise
         return version
 
@@ -289,16 +294,13 @@ class AdaptersMixin(RecordsMixin):
     ) -> int:
         """Record an export of an adapter version (a file or folder) and audit it; returns its id.
 
-        ``path`` is stored relative to the workspace home when inside it, else absolute.
+        ``path`` is stored absolute: an export lies outside the workspace
+        (:func:`appliance.destinations.check_apart_from_workspace`).
         """
-        absolute = Path(path) if Path(path).is_absolute() else self.ws.home / path
-        try:
-            stored = str(absolute.relative_to(self.ws.home))
-        except ValueError:
-            stored = str(absolute)
+        stored = str(Path(path).absolute())
         with self.transaction():
             adapter = self.adapter_version(ref)
-            digest = sha256 or artifact_sha256(absolute)
+            digest = sha256 or artifact_sha256(Path(stored))
             export_id = self._insert(
                 "exports",
                 {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from appliance.folders import META_FILE, SIDECAR_SUFFIX, sidecar_path
 from appliance.leftovers import is_temp_name
 from appliance.vault.keyslots import SLOT_SUFFIX
-from appliance.workspace import SUBFOLDERS, Workspace
+from appliance.workspace import FORMAT_FILE, RETIRED_SUBFOLDERS, SUBFOLDERS, Workspace
 
 if TYPE_CHECKING:
     from appliance.registry import Registry
@@ -48,8 +48,6 @@ class Known:
     runs: set[str]
     adapters: set[str]
     """``NAME/VERSION`` of every adapter version."""
-    exports: set[str]
-    """First path component under ``exports/`` of every export stored inside the workspace."""
 
     @classmethod
     def from_registry(cls, reg: Registry) -> Known:
@@ -68,12 +66,7 @@ class Known:
             for a in reg.adapter_versions()
             if Path(a["path"]).parts[:1] == ("adapters",)
         }
-        exports = {
-            Path(e["path"]).parts[1]
-            for e in reg.exports()
-            if not Path(e["path"]).is_absolute() and Path(e["path"]).parts[:1] == ("exports",)
-        }
-        return cls(datasets, object_ids, models, runs, adapters, exports)
+        return cls(datasets, object_ids, models, runs, adapters)
 
 
 def take(ws: Workspace, known: Known) -> Inventory:
@@ -82,7 +75,14 @@ def take(ws: Workspace, known: Known) -> Inventory:
     home = ws.home
     for entry in _entries(home):
         name = entry.name
-        if name in SUBFOLDERS or name in REGISTRY_FILES or name in ("FORMAT", ".lock"):
+        if name in SUBFOLDERS or name in REGISTRY_FILES or name in (FORMAT_FILE, ".lock"):
+            continue
+        if name in RETIRED_SUBFOLDERS and entry.is_dir() and not entry.is_symlink():
+            # Made empty by earlier versions: silent while empty, its contents are not ours.
+            inv.unknown += [
+                f"{name}/{inner.name}: in a folder the appliance no longer uses"
+                for inner in _entries(entry)
+            ]
             continue
         if name.startswith(DAMAGED_PREFIX):
             if name.endswith(("-wal", "-shm")):
@@ -122,9 +122,6 @@ def take(ws: Workspace, known: Known) -> Inventory:
             if f"{entry.name}/{version.name}" not in known.adapters:
                 kind = _folder_kind(version, "adapter version")
                 inv.unknown.append(f"adapters/{entry.name}/{version.name}: {kind}")
-    for entry in _entries(ws.exports_dir):
-        if entry.name not in known.exports and not is_temp_name(entry.name):
-            inv.unknown.append(f"exports/{entry.name}: no export in the registry is stored here")
     for entry in _entries(ws.tmp_dir):
         if not is_temp_name(entry.name):
             inv.unknown.append(f"tmp/{entry.name}: not a temporary file of the appliance")

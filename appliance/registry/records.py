@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,25 +14,25 @@ from appliance.registry.core import RegistryBase
 from appliance.registry.refs import check_name, now
 from appliance.registry.schema import RUN_STATES
 
-BASE_MODEL_FIELDS = frozenset(
-    {
-        "format",
-        "source",
-        "source_sha256",
-        "linked",
-        "path",
-        "sha256",
-        "manifest",
-        "architecture",
-        "model_type",
-        "parameters",
-        "dtype",
-        "context_length",
-        "vocab_size",
-        "has_chat_template",
-        "total_bytes",
-    }
+BASE_MODEL_FIELDS = (
+    "architecture",
+    "model_type",
+    "parameters",
+    "dtype",
+    "context_length",
+    "vocab_size",
+    "has_chat_template",
+    "total_bytes",
+    "format",
+    "linked",
+    "source",
+    "source_sha256",
+    "path",
+    "sha256",
+    "manifest",
 )
+"""The fields a base model is recorded with besides its name and stamps, in the order
+``appliance model show`` lists them."""
 DATASET_FIELDS = frozenset(
     {
         "object_id",
@@ -63,8 +64,8 @@ _RUN_TRANSITIONS = {
 }
 
 
-def _check_fields(given: dict[str, Any], allowed: frozenset[str], what: str) -> None:
-    unknown = sorted(set(given) - allowed)
+def _check_fields(given: dict[str, Any], allowed: Collection[str], what: str) -> None:
+    unknown = sorted(set(given).difference(allowed))
     if unknown:
         raise RegistryError(f"unknown {what} field(s): {', '.join(unknown)}")
 

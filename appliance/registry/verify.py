@@ -27,7 +27,6 @@ from appliance.workspace import Workspace
 if TYPE_CHECKING:
     from appliance.registry import Registry
 
-Progress = Callable[[int, int, str], None]
 Check = Callable[["Section", Workspace, "Registry"], None]
 
 
@@ -97,7 +96,7 @@ def verify_workspace(ws: Workspace, reg: Registry) -> VerifyReport:
     return report
 
 
-def _database(section: Section, ws: Workspace, reg: Registry) -> None:
+def _database(section: Section, _ws: Workspace, reg: Registry) -> None:
     section.checked = 1
     section.findings += [f"registry: {p}" for p in reg.integrity_check()]
     section.findings += [
@@ -107,7 +106,7 @@ def _database(section: Section, ws: Workspace, reg: Registry) -> None:
     ]
 
 
-def _key_slots(section: Section, ws: Workspace, reg: Registry) -> None:
+def _key_slots(section: Section, ws: Workspace, _reg: Registry) -> None:
     from appliance.vault import keyslots
 
     slots, damaged = keyslots.scan_slots(ws)
@@ -168,15 +167,13 @@ def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
             section.findings.append(f"adapter {ad['ref']}: {problem}")
 
 
-def _exports(section: Section, ws: Workspace, reg: Registry) -> None:
+def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
     for ex in reg.exports():
         section.checked += 1
-        path = Path(ex["path"])
-        inside = not path.is_absolute()
-        full = ws.home / path if inside else path
-        problem = _check_artifact(full, ex["sha256"])
-        if problem and not inside and not full.exists():
-            section.warnings.append(f"export of {ex['adapter']}: {full} is gone (moved away?)")
+        path = Path(ex["path"])  # absolute: exports lie outside the workspace
+        problem = _check_artifact(path, ex["sha256"])
+        if problem and not path.exists():
+            section.warnings.append(f"export of {ex['adapter']}: {path} is gone (moved away?)")
         elif problem:
             section.findings.append(f"export of {ex['adapter']}: {problem}")
 
@@ -188,7 +185,7 @@ def _runs(section: Section, ws: Workspace, reg: Registry) -> None:
             section.warnings.append(f"run {run['id']}: folder {ws.home / run['path']} is missing")
 
 
-def _audit(section: Section, ws: Workspace, reg: Registry) -> None:
+def _audit(section: Section, _ws: Workspace, reg: Registry) -> None:
     chain = reg.verify_audit()
     section.checked = chain.rows
     section.findings = [f"audit row {seq}: {what}" for seq, what in chain.problems]

@@ -17,8 +17,9 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
+from appliance import hints
 from appliance.errors import TrainingError, UsageError
 from appliance.fsutil import atomic_write_bytes
 
@@ -313,61 +314,19 @@ class TrainConfig:
         schema = data.pop("schema", CONFIG_SCHEMA)
         if schema != CONFIG_SCHEMA:
             _fail(f"schema {schema!r} is not supported (this version reads {CONFIG_SCHEMA})")
-        return _build(cls, data, "")
+        return _build(cls, data)
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-def _build(cls: type[Any], data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        _fail(f"{prefix.rstrip('.') or 'the config'} must be a JSON object")
-    hints = _type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        _fail(f"unknown setting {prefix}{unknown[0]}; known: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(typing.cast(type[Any], hint), value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_json_value(f"{prefix}{name}", value, hint)
-    return cls(**kwargs)
-
-
-def _check_json_value(key: str, value: Any, hint: Any) -> Any:
-    """Type-check a value read from JSON against a field's annotation."""
-    if get_origin(hint) is Literal:
-        if value not in get_args(hint):
-            _fail(f"{key} must be one of {', '.join(get_args(hint))}; got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(f"{key} must be true or false; got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(f"{key} must be a whole number; got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(f"{key} must be a number; got {value!r}")
-        return float(value)
-    # str | list[str] (target modules): normalised by the dataclass itself.
-    if isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(item, str) for item in value)
-    ):
-        return value
-    _fail(f"{key} must be a string or a list of strings; got {value!r}")
+def _build(cls: type[Any], data: dict[str, Any]) -> Any:
+    try:
+        return cls(**hints.build(cls, data, unknown="refuse"))
+    except hints.UnknownFieldError as exc:
+        known = ", ".join(exc.known)
+        _fail(f"unknown setting {exc.name}; known: {known}")
+    except hints.HintError as exc:
+        _fail(f"{exc.name} must be {exc.expected}; got {exc.value!r}")
+    except hints.MissingFieldError as exc:  # every field has a default today; a new one may not
+        _fail(f"the setting {exc.name} is missing; add it to the config")
 
 
 # --- a config as a file of its own ---------------------------------------------------------------

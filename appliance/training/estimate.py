@@ -2,8 +2,8 @@
 token lengths of the data.
 
 The model is read from its Hugging Face ``config.json`` (a dense decoder: LLaMA, Mistral, Qwen2,
-SmolLM...), never loaded; torch is never imported. The sum follows FACTS.md's reference formula,
-one line per term::
+SmolLM...), never loaded; torch is never imported. The sum follows the reference formula of
+docs/engineering-notes.md ("Peak memory of QLoRA training"), one line per term::
 
     M ~ W + E + 16 * P_lora + A + Z + D (+ C on a GPU, + R on the CPU)
 
@@ -610,8 +610,9 @@ def render_estimate(
     if estimate.sized_from:
         lines.append(f"  sized for the largest micro-batch: {estimate.sized_from}")
     width = max(len(item.label) for item in estimate.items)
-    for item in estimate.items:
-        lines.append(f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}")
+    lines.extend(
+        f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}" for item in estimate.items
+    )
     if free_bytes is not None:
         if estimate.fits(free_bytes):
             lines.append(f"Free {where} memory: {_gb(free_bytes)}: it should fit.")

@@ -319,7 +319,7 @@ class Trainer:
     def _loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
         return causal_lm_loss(model, batch, chunked=self.paths.chunked_loss)
 
-    def _train_step(self, step_index: int) -> StepResult:
+    def _train_step(self, step_index: int) -> StepResult:  # noqa: ARG002 (tests patch by index)
         """Optimizer step ``step_index`` (0-based) over the next ``accum`` micro-batches of the
         plan (the data position is the checkpointed ``state.data_position``)."""
         accum = self.config.schedule.gradient_accumulation_steps
@@ -360,7 +360,8 @@ class Trainer:
         if self.config.method == "qlora":
             from appliance.training.quant import check_not_repacked
 
-            check_not_repacked(self.model)  # the bitsandbytes CPU trap (FACTS.md) never sprang
+            # The bitsandbytes CPU trap (docs/engineering-notes.md) never sprang.
+            check_not_repacked(self.model)
         loss = total / tokens
         self.state.last_eval_loss = loss
         self._last_eval_step = self.state.step

@@ -115,9 +115,9 @@ def read_memory(
 class MemorySampler:
     """Emits a :class:`Memory` event every ``interval`` seconds from a background thread.
 
-    The training loop's steps can take longer than a second; DESIGN.md wants memory readouts at
-    least once a second while training on a GPU, so they come from their own thread. NVML and
-    torch's allocator counters are safe to read while the main thread trains.
+    The training loop's steps can take longer than a second; memory readouts are promised at
+    least once a second while training on a GPU (README, "GPU use"), so they come from their own
+    thread. NVML and torch's allocator counters are safe to read while the main thread trains.
     """
 
     def __init__(

@@ -9,8 +9,9 @@ Per device:
   more for Llama-3-8B) and buys nothing for weights that receive no update; the loss upcasts the
   logits it needs to fp32 itself. Only with fp16 compute, whose narrow range can overflow, are
   they upcast as peft does.
-* **CPU**: fp32 throughout (AVX2-only CPUs emulate bf16 at a quarter of the speed, FACTS.md),
-  SDPA, and LoRA dropout drawn by :mod:`appliance.training.dropout`.
+* **CPU**: fp32 throughout (AVX2-only CPUs emulate bf16 at a quarter of the speed:
+  docs/engineering-notes.md, "CPUs differ between machines"), SDPA, and LoRA dropout drawn by
+  :mod:`appliance.training.dropout`.
 
 Gradient checkpointing is the non-reentrant kind, which needs no gradient on the embeddings'
 output, so the backward pass stops at the first layer instead of running into the embeddings.

@@ -1,19 +1,18 @@
 """4-bit loading for QLoRA, with the guard against bitsandbytes' CPU repacking trap.
 
-The trap (FACTS.md; bitsandbytes 0.49 and 0.50 on CPUs with AVX512-BF16): the first forward of a
-``bnb.nn.Linear4bit`` in eval mode on an input that needs no gradient (an evaluation pass, a
-``generate()`` preview) repacks the weight into a CPU inference layout
-(``quant_state.packing_format_for_cpu``). From then on the matmul goes through ``gemv_4bit``,
-which has no autograd kernel: LoRA gradients behind that layer silently become None and
-``dequantize_4bit`` of the weight returns garbage, so a merge is corrupt. Each layer decides by
-its ``support_avx512bf16_for_cpu`` attribute (set in ``Linear4bit.__init__`` from the CPU's
-features); :func:`disable_cpu_repack` turns it off on every layer, and must run before any eval
-forward. :func:`check_not_repacked` proves it held.
+The trap (bitsandbytes 0.49 and 0.50 on CPUs with AVX512-BF16; docs/engineering-notes.md, "The
+bitsandbytes CPU repack trap"): the first forward of a ``bnb.nn.Linear4bit`` in eval mode on an
+input that needs no gradient (an evaluation pass, a ``generate()`` preview) repacks the weight
+into a CPU inference layout (``quant_state.packing_format_for_cpu``). From then on the matmul
+goes through ``gemv_4bit``, which has no autograd kernel: LoRA gradients behind that layer
+silently become None and ``dequantize_4bit`` of the weight returns garbage, so a merge is
+corrupt. Each layer decides by its ``support_avx512bf16_for_cpu`` attribute (set in
+``Linear4bit.__init__`` from the CPU's features); :func:`disable_cpu_repack` turns it off on
+every layer, and must run before any eval forward. :func:`check_not_repacked` proves it held.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -137,35 +136,3 @@ def load_base(model_dir: Path, dtype: torch.dtype, *, four_bit: bool, cuda: bool
     for param in model.parameters():
         param.requires_grad = False
     return model
-
-
-def merge_dequantized(peft_model: Any, dtype: torch.dtype = torch.float32) -> Any:
-    """Merge a LoRA adapter into its 4-bit base the safe way: dequantise the base, then merge.
-
-    Merging straight into 4-bit weights requantises the sum and loses about the adapter's own
-    effect (FACTS.md). Here the adapter weights are copied out, the LoRA layers are removed,
-    every ``Linear4bit`` is replaced by an ``nn.Linear`` holding its dequantised weight, the
-    adapter is put back on the plain layers and ``merge_and_unload`` adds it exactly.
-    ``peft_model`` is consumed: use the returned model.
-
-    Raises:
-        TrainingError: a 4-bit weight was repacked, so dequantising it would give garbage.
-    """
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    check_not_repacked(peft_model)
-    adapter = peft_model.active_adapter
-    peft_config = copy.deepcopy(peft_model.peft_config[adapter])
-    state = {
-        key: value.detach().clone()
-        for key, value in get_peft_model_state_dict(peft_model, adapter_name=adapter).items()
-    }
-    base = peft_model.unload()
-    base.dequantize(dtype=dtype)
-    base.to(dtype)
-    plain = get_peft_model(base, peft_config, adapter_name=adapter)
-    result: Any = set_peft_model_state_dict(plain, state, adapter_name=adapter)
-    unexpected = list(getattr(result, "unexpected_keys", None) or [])
-    if unexpected:
-        raise TrainingError(f"the adapter does not fit the dequantised base: {unexpected[0]}")
-    return plain.merge_and_unload()

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import adapters
-from appliance.datasets.store import describe as describe_dataset
 from appliance.datasets.store import resolve as resolve_dataset
+from appliance.datasets.store import version_label
 from appliance.errors import ApplianceError, NotFoundError, UsageError, WorkspaceLockedError
 from appliance.fsutil import open_append
 from appliance.models.use import resolve_model_for_use
@@ -182,9 +182,9 @@ def key_line(vault: Vault, reg: Registry, run_id: str) -> bytes:
     ds = reg.dataset_version(run["dataset"], run["dataset_version"], include_deleted=True)
     if ds["deleted_at"] is not None:
         raise NotFoundError(
-            f"{describe_dataset(ds)} was deleted, so run {run_id} cannot train on it any more"
+            f"{version_label(ds)} was deleted, so run {run_id} cannot train on it any more"
         )
-    data_key = vault.data_key(vault.path(ds["path"]), ds["object_id"], describe_dataset(ds))
+    data_key = vault.data_key(vault.path(ds["path"]), ds["object_id"], version_label(ds))
     run_key = bytes(vault.read(folder.run_key, what=f"the key of run {run_id}"))
     return (json.dumps({"dataset_key": data_key.hex(), "run_key": run_key.hex()}) + "\n").encode()
 

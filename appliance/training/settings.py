@@ -11,15 +11,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
-import math
 import re
 import types
-import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args
 
+from appliance import hints
 from appliance.training import config as _config
 from appliance.training.config import ALL_LINEAR, ConfigError, TrainConfig
 
@@ -38,9 +36,9 @@ def _setting_keys() -> dict[str, Any]:
     # the desktop app's settings form.
     keys: dict[str, Any] = {}
     for top in dataclasses.fields(TrainConfig):
-        hint = typing.get_type_hints(TrainConfig)[top.name]
-        if dataclasses.is_dataclass(hint):
-            for sub, sub_hint in typing.get_type_hints(hint).items():
+        hint = hints.type_hints(TrainConfig)[top.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            for sub, sub_hint in hints.type_hints(hint).items():
                 keys[f"{top.name}.{sub}"] = sub_hint
         else:
             keys[top.name] = hint
@@ -85,19 +83,9 @@ def setting_named(message: str) -> str | None:
 
 def describe_allowed(hint: Any) -> str:
     """Human text for the values a field accepts, used in error messages and help."""
-    if get_origin(hint) is Literal:
-        return "one of " + ", ".join(get_args(hint))
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return "a whole number"
-    if hint is float:
-        return "a number"
-    return f"{ALL_LINEAR}, a comma list such as q,v, or a JSON list of module names"
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+    if _is_str_or_list(hint):  # target_modules: say what the text means, not just its type
+        return f"{ALL_LINEAR}, a comma list such as q,v, or a JSON list of module names"
+    return hints.expected(hint)
 
 
 def coerce_value(key: str, text: str) -> Any:
@@ -108,47 +96,11 @@ def coerce_value(key: str, text: str) -> Any:
     """
     full = resolve_key(key)
     hint = setting_keys()[full]
-    raw = text.strip()
-
-    def bad() -> typing.NoReturn:
+    try:
+        return hints.from_text(text, hint, full)
+    except hints.HintError:
         shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text):,} characters)"
-        raise ConfigError(f"setting {full} must be {describe_allowed(hint)}; got {shown}")
-
-    if get_origin(hint) is Literal:
-        value = raw.lower()
-        if value not in get_args(hint):
-            bad()
-        return value
-    if hint is bool:
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        bad()
-    if hint is int:
-        try:
-            return int(raw.replace("_", ""))
-        except ValueError:
-            bad()
-    if hint is float:
-        try:
-            number = float(raw)
-        except ValueError:
-            bad()
-        if not math.isfinite(number):
-            bad()
-        return number
-    if _is_str_or_list(hint):
-        if raw.startswith("["):
-            try:
-                parsed = json.loads(raw)
-            except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..."
-                bad()
-            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
-                bad()
-            return parsed
-        return raw
-    raise AssertionError(f"no coercion for {full}: {hint!r}")
+        raise ConfigError(f"setting {full} must be {describe_allowed(hint)}; got {shown}") from None
 
 
 def _is_str_or_list(hint: Any) -> bool:
@@ -298,7 +250,7 @@ def settings_help() -> list[SettingInfo]:
 def _owner(section: str) -> str:
     if not section:
         return TrainConfig.__name__
-    hint = typing.get_type_hints(TrainConfig)[section]
+    hint = hints.type_hints(TrainConfig)[section]
     return str(hint.__name__)
 
 

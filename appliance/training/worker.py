@@ -81,7 +81,7 @@ def read_keys(stream: IO[str]) -> dict[str, bytes]:
     return keys
 
 
-def load_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
+def decrypt_run_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
     """Decrypt the dataset version in memory and check it is the one the registry recorded.
 
     Raises:
@@ -110,8 +110,8 @@ def load_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
 def choose_threads(requested: int | None) -> int:
     """Torch threads: one per core that is really free, leaving one for the parent and the OS.
 
-    On the project's 2-core machines this is one thread, which FACTS.md measured to be both
-    faster and far steadier than two.
+    On the project's 2-core machines this is one thread, measured to be both faster and far
+    steadier than two (docs/engineering-notes.md, "One torch thread on a 2-core machine").
     """
     if requested:
         return requested
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingError as exc:
             raise RunConfigError(str(exc)) from None
         keys = read_keys(sys.stdin)
-        rows = load_rows(spec, keys["dataset_key"])
+        rows = decrypt_run_rows(spec, keys["dataset_key"])
 
         import torch
         from transformers.utils import logging as hf_logging

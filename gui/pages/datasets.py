@@ -30,9 +30,10 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import datasets
+from appliance.progress import Progress
 from appliance.session import Session
 from gui.pages.base import Page
-from gui.tasks import Progress, Task, delete_when_done
+from gui.tasks import Task, delete_when_done
 from gui.widgets.import_wizard import ImportWizard
 from gui.widgets.rows_table import RowsView
 from gui.widgets.token_panel import TokenPanel
@@ -299,7 +300,7 @@ class DatasetsPage(Page):
             return None
         generation = self._generation
 
-        def work(progress: Progress) -> list[tuple[str, dict[str, Any]]]:
+        def work(_progress: Progress) -> list[tuple[str, dict[str, Any]]]:
             rows = datasets.load_rows(session.vault, version)
             return [(str(i + 1), row) for i, row in enumerate(rows[:PREVIEW_ROWS])]
 
@@ -414,7 +415,7 @@ class DatasetsPage(Page):
             return None
         ref = version_ref(version)
 
-        def work(progress: Progress) -> Path:
+        def work(_progress: Progress) -> Path:
             with session.ws.writer("dataset export"), session.registry() as reg:
                 current = datasets.resolve(reg, ref)
                 return datasets.export_version(session.vault, reg, current, out, force=force)
@@ -483,7 +484,7 @@ class DatasetsPage(Page):
         if session is None or session.locked or self.action_busy:
             return None
 
-        def work(progress: Progress) -> list[str]:
+        def work(_progress: Progress) -> list[str]:
             done = []
             with session.ws.writer("dataset delete"), session.registry() as reg:
                 if version is None:

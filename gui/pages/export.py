@@ -37,6 +37,7 @@ from appliance.errors import ApplianceError, IntegrityError, UsageError
 from appliance.export.options import DTYPES, GGUF_TYPES, ExportOptions
 from appliance.export.preflight import ExportPlan, plan_export
 from appliance.export.serving import exported_files, serving_commands
+from appliance.progress import EXPORT_STAGES
 from appliance.registry.catalog import live_refs
 from appliance.registry.lineage import ExportRecord, export_history
 from appliance.session import Session
@@ -60,15 +61,6 @@ STAGE_STEP = {
     "writing": "write",
     "verifying": "verify",
     "finishing": "verify",
-}
-STAGE_WORDS = {
-    "checking": "Checking the adapter and its base",
-    "loading": "Loading the base model",
-    "reference": "Running the adapter (reference)",
-    "merging": "Merging",
-    "writing": "Writing",
-    "verifying": "Reloading and verifying",
-    "finishing": "Writing MANIFEST and model card",
 }
 MARKS = {"pending": "○", "active": "▶", "done": "✔", "skipped": "–"}
 EXPORT_HANG_S = 600.0
@@ -436,7 +428,7 @@ class ExportPage(Page):
                     continue
                 self.stage_states[key] = "done" if i < at else "active" if i == at else "pending"
             self._show_stages()
-        words = STAGE_WORDS.get(stage, stage.capitalize())
+        words = EXPORT_STAGES.get(stage, stage.capitalize())
         if total > 0:
             scale = 1024 if total >= 2**31 else 1
             self.progress.setRange(0, max(1, total // scale))

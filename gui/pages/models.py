@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.jobs import JobRequest
+from appliance.progress import MODEL_IMPORT_STAGES
 from appliance.session import Session
 from appliance.units import format_bytes, format_count
 from gui.pages.base import Page
@@ -37,14 +38,6 @@ IMPORT_HANG_S = 600.0
 than this (minutes, on a large model) is reported as hung."""
 CANCEL_GRACE_S = 10.0
 """How long a cancelled import may take to clean up before it is killed."""
-_STAGES = {
-    "checking": "Checking files",
-    "hashing": "Hashing",
-    "copying": "Copying",
-    "converting": "Converting GGUF to safetensors",
-    "saving": "Saving",
-    "verifying": "Verifying",
-}
 
 
 class ModelsPage(Page):
@@ -216,7 +209,7 @@ class ModelsPage(Page):
 
     @Slot(int, int, str)
     def _show_progress(self, done: int, total: int, stage: str) -> None:
-        label = _STAGES.get(stage, stage.capitalize())
+        label = MODEL_IMPORT_STAGES.get(stage, stage.capitalize())
         self.progress.setFormat(f"{label}: %p%")
         if total > 1 or (total == 1 and done >= 1):
             # QProgressBar holds an int: count large totals (bytes) in KiB so multi-GB fit.

@@ -31,11 +31,12 @@ from PySide6.QtWidgets import (
 
 from appliance.datasets.conversations import add_conversations
 from appliance.errors import ApplianceError
+from appliance.progress import Progress
 from appliance.session import Session
 from gui.chat import ChatSession
 from gui.pages.base import Page
 from gui.side_by_side import Conversation, SideBySide
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.answer_column import AnswerColumn
 from gui.widgets.eval_runner import EvalRunner
 from gui.widgets.generation_settings import GenerationSettingsPanel
@@ -322,7 +323,7 @@ class PlaygroundPage(Page):
         assert self.session is not None
         session = self.session
 
-        def work(progress: Progress) -> dict[str, Any]:
+        def work(_progress: Progress) -> dict[str, Any]:
             with session.registry() as reg:
                 return add_conversations(session.vault, reg, dataset, [conversation])
 

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 from appliance import adapters
 from appliance.errors import ApplianceError
 from appliance.evaluation import gate
+from appliance.progress import Progress
 from appliance.registry.catalog import (
     AdapterGroup,
     CatalogFilter,
@@ -46,7 +47,7 @@ from appliance.registry.history import TagMove, plan_tag, tag_history
 from appliance.registry.lineage import lineage_of
 from appliance.session import Session
 from gui.pages.base import Page
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.audit_view import AuditView
 from gui.widgets.compare_view import CompareView
 from gui.widgets.evaluations import EvaluationsPanel
@@ -375,7 +376,7 @@ class RegistryPage(Page):
             return None
         session = self.session
 
-        def work(progress: Progress) -> Comparison:
+        def work(_progress: Progress) -> Comparison:
             with session.registry() as reg:
                 return compare_versions(reg, refs)
 

@@ -35,13 +35,14 @@ from appliance import __version__, offline, preferences
 from appliance.errors import ApplianceError
 from appliance.gpu import GpuState, read_gpus
 from appliance.passphrases import change_passphrase, remove_key_slot
+from appliance.progress import Progress
 from appliance.session import Session
 from appliance.units import format_bytes
 from appliance.usage import Usage, disk_usage
 from appliance.vault import DEFAULT_TARGET_S, KeySlot, keyslots
 from appliance.workspace import Workspace, open_workspace
 from gui.pages.base import Page
-from gui.tasks import Progress, Task, delete_when_done
+from gui.tasks import Task, delete_when_done
 from gui.widgets.about_panel import AboutPanel
 from gui.widgets.new_passphrase import NewPassphraseDialog, sentence
 from gui.widgets.second_slot import add_slot_dialog
@@ -397,7 +398,7 @@ class SettingsPage(Page):
             return None
         vault = self.session.vault
 
-        def work(progress: Progress) -> None:
+        def work(_progress: Progress) -> None:
             remove_key_slot(vault, label)
 
         task = Task("removing a key slot", work, self)
@@ -437,7 +438,7 @@ class SettingsPage(Page):
     def read_gpus(self) -> Task:
         """Read the GPUs through NVML in the background (never CUDA)."""
 
-        def work(progress: Progress) -> GpuState:
+        def work(_progress: Progress) -> GpuState:
             return read_gpus()
 
         task = Task("reading GPUs", work, self)

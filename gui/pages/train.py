@@ -290,7 +290,7 @@ class TrainPage(Page):
         if session is None:
             return None
 
-        def read(progress: Progress) -> tuple[list[Any], list[Any], list[RunSummary]]:
+        def read(_progress: Progress) -> tuple[list[Any], list[Any], list[RunSummary]]:
             with session.registry() as reg:
                 return (
                     reg.base_models(),
@@ -347,7 +347,7 @@ class TrainPage(Page):
             return
         session = self.session
 
-        def create(progress: Progress) -> str:
+        def create(_progress: Progress) -> str:
             with session.registry() as reg:
                 return runs.create_run(
                     session.vault,

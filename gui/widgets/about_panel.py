@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import about
-from gui.tasks import Progress, Task
+from appliance.progress import Progress
+from gui.tasks import Task
 
 
 class AboutPanel(QWidget):
@@ -57,7 +58,7 @@ class AboutPanel(QWidget):
     def load(self) -> Task:
         """Fill the licence table in the background."""
 
-        def work(progress: Progress) -> tuple[list[about.Installed], str]:
+        def work(_progress: Progress) -> tuple[list[about.Installed], str]:
             return about.licences()
 
         task = Task("reading licences", work, self)

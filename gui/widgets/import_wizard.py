@@ -42,9 +42,10 @@ from appliance.datasets.columns import FORMAT_ROLES, ROLES
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.wizard import ImportPreview, preview_import, store_import
 from appliance.errors import UsageError
+from appliance.progress import Progress
 from appliance.registry.refs import check_name
 from appliance.session import Session
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.rows_table import RowsView
 
 FORMAT_LABELS = {

@@ -24,8 +24,9 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.errors import UsageError
+from appliance.progress import Progress
 from appliance.vault.keyslots import check_label, check_new_passphrase
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.strength_meter import StrengthMeter
 
 Action = Callable[[str, str], Any]
@@ -127,7 +128,7 @@ class NewPassphraseDialog(QDialog):
             return
         action = self.action
 
-        def work(progress: Progress) -> Any:
+        def work(_progress: Progress) -> Any:
             return action(label, passphrase)
 
         self.task = Task("new passphrase", work, self)

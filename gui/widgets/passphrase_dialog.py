@@ -21,11 +21,12 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.errors import UsageError
+from appliance.progress import Progress
 from appliance.session import create_vault
 from appliance.vault import Vault
 from appliance.vault.keyslots import check_label, check_new_passphrase
 from appliance.workspace import Workspace
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 from gui.widgets.new_passphrase import sentence
 from gui.widgets.strength_meter import StrengthMeter
 
@@ -124,7 +125,7 @@ class PassphraseDialog(QDialog):
                 return
         ws, create = self.ws, self.creating
 
-        def work(progress: Progress) -> Vault:
+        def work(_progress: Progress) -> Vault:
             if create:
                 # With its first keyed audit row, exactly as 'appliance init' makes it.
                 return create_vault(ws, passphrase, _default_label())

@@ -29,9 +29,10 @@ from PySide6.QtWidgets import (
 
 from appliance.evaluation import gate
 from appliance.evaluation.gate import GateCheck
+from appliance.progress import Progress
 from appliance.session import Session
 from gui.evaluation import EvalRun
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 ERROR_STYLE = "color: #b00020;"
 
@@ -161,7 +162,7 @@ class PromotePanel(QWidget):
         assert self.ref is not None
         session, ref = self.session, self.ref
 
-        def work(progress: Progress) -> GateCheck:
+        def work(_progress: Progress) -> GateCheck:
             with session.registry() as reg:
                 return gate.check(reg, ref)
 
@@ -237,7 +238,7 @@ class PromotePanel(QWidget):
         assert self.ref is not None
         session, ref = self.session, self.ref
 
-        def work(progress: Progress) -> tuple[dict[str, Any], GateCheck]:
+        def work(_progress: Progress) -> tuple[dict[str, Any], GateCheck]:
             with session.ws.writer("adapter tag"), session.registry() as reg:
                 return gate.promote(reg, ref, override=override)
 

@@ -23,10 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance.datasets.canonical import Row
+
 ELIDE_CHARS = 160
 """Characters of a cell shown in the table; the rest is behind a double-click."""
 
-Row = dict[str, Any]
 Index = QModelIndex | QPersistentModelIndex
 
 

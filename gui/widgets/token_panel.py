@@ -29,10 +29,11 @@ from PySide6.QtWidgets import (
 from appliance.datasets.token_cache import cached_token_stats, token_stats_request
 from appliance.datasets.token_stats import TokenStats
 from appliance.demo import DEMO_MODEL_NAME
+from appliance.progress import Progress
 from appliance.session import Session
 from appliance.training.config import DataSettings
 from gui.process import JobProcess
-from gui.tasks import Progress, Task
+from gui.tasks import Task
 
 DEFAULT_MAX_SEQ_LENGTH = DataSettings().max_seq_length
 """The cut-off shown first: training's own default, so the histogram answers for a run with
@@ -178,7 +179,7 @@ class TokenPanel(QWidget):
             return None
         generation = self._generation
 
-        def work(progress: Progress) -> TokenStats | None:
+        def work(_progress: Progress) -> TokenStats | None:
             with session.registry() as reg:
                 return cached_token_stats(session.vault, reg, ref, model)
 

@@ -293,7 +293,7 @@ class TrainSetup(QWidget):
         gpu_index = self.device_choice.currentData()
         generation = self._generation
 
-        def estimate(progress: Progress) -> preflight.Preflight:
+        def estimate(_progress: Progress) -> preflight.Preflight:
             with session.registry() as reg:
                 return preflight.for_model(session.ws, reg, model, config, gpu_index=gpu_index or 0)
 

@@ -36,8 +36,9 @@ def lock_text(wheels: Iterable[WheelInfo], name: str) -> str:
     items = sorted(wheels, key=lambda w: w.key)
     check_unique(items)
     lines = [HEADER.format(name=name)]
-    for wheel in items:
-        lines.append(f"{wheel.key}=={wheel.version} \\\n    --hash=sha256:{wheel.sha256}\n")
+    lines.extend(
+        f"{wheel.key}=={wheel.version} \\\n    --hash=sha256:{wheel.sha256}\n" for wheel in items
+    )
     return "".join(lines)
 
 

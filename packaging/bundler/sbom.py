@@ -193,8 +193,10 @@ def licence_summary(wheels: Iterable[WheelInfo], bundle_name: str) -> str:
         "| Licence | Distributions |",
         "|---|---|",
     ]
-    for label in sorted(by_licence):
-        lines.append(f"| {label} | {len(by_licence[label])}: {', '.join(by_licence[label])} |")
+    lines.extend(
+        f"| {label} | {len(by_licence[label])}: {', '.join(by_licence[label])} |"
+        for label in sorted(by_licence)
+    )
     lines += ["", "| Distribution | Version | Licence | sha256 |", "|---|---|---|---|"]
     for wheel in items:
         lines.append(

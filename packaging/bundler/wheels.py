@@ -126,9 +126,11 @@ def _project_files(source: Path) -> list[str]:
     # two packages setuptools is told to find.
     files = [n for n in ("pyproject.toml", "README.md") if (source / n).is_file()]
     for package in ("appliance", "gui"):
-        for path in sorted((source / package).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files.append(path.relative_to(source).as_posix())
+        files.extend(
+            path.relative_to(source).as_posix()
+            for path in sorted((source / package).rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        )
     return files
 
 

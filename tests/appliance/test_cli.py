@@ -82,7 +82,8 @@ def test_appliance_home_env_is_used(cli: CliRunner, tmp_path: Path) -> None:
     assert (target / "FORMAT").is_file()
 
 
-def test_home_pointing_at_a_file(cli: CliRunner, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("cli")  # APPLIANCE_HOME unset, so the runner's home is the one used
+def test_home_pointing_at_a_file(tmp_path: Path) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
     result = CliRunner(target)("init", env=PASS)
@@ -92,7 +93,8 @@ def test_home_pointing_at_a_file(cli: CliRunner, tmp_path: Path) -> None:
     assert target.read_text() == "keep me"
 
 
-def test_unwritable_location(cli: CliRunner) -> None:
+@pytest.mark.usefixtures("cli")
+def test_unwritable_location() -> None:
     # /proc refuses new folders even to root, so this holds wherever the tests run.
     result = CliRunner(Path("/proc/appliance-test-ws"))("init", env=PASS)
     assert result.returncode == 1

@@ -355,9 +355,7 @@ def test_versions_duplicates_and_split(env: Env, tmp_path: Path) -> None:
             datasets.delete_version(vault, reg, v)
 
 
-def test_failed_registry_write_leaves_no_file(
-    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_registry_write_leaves_no_file(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     _, vault, reg = env
 
     def refuse(*args: object, **kwargs: object) -> int:

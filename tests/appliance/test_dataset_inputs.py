@@ -28,7 +28,7 @@ GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
 def never_hang() -> Iterator[None]:
     """A regression that blocks (on a FIFO, on /dev/zero) fails the test instead of the suite."""
 
-    def expire(signum: int, frame: object) -> None:
+    def expire(_signum: int, _frame: object) -> None:
         raise TimeoutError("the import blocked")
 
     previous = signal.signal(signal.SIGALRM, expire)

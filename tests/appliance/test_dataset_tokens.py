@@ -67,10 +67,11 @@ def test_model_by_name_or_folder(tmp_path: Path, tiny_llama: Path) -> None:
                 raise NotFoundError(f"no base model named {name!r} (base models: tiny)")
             return {"name": "tiny", "path": "models/tiny/files"}
 
-    assert tokens.model_folder(ws, Reg(), "tiny") == (ws.home / "models/tiny/files", "model tiny")
-    assert tokens.model_folder(ws, Reg(), str(tiny_llama))[0] == tiny_llama
+    folder = tokens.tokenizer_folder(ws, Reg(), "tiny")
+    assert folder == (ws.home / "models/tiny/files", "model tiny")
+    assert tokens.tokenizer_folder(ws, Reg(), str(tiny_llama))[0] == tiny_llama
     with pytest.raises(NotFoundError, match="or give the path of a model folder"):
-        tokens.model_folder(ws, Reg(), "nope")
+        tokens.tokenizer_folder(ws, Reg(), "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match=r"cannot load the tokenizer from .*; check that"):

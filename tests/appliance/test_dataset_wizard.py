@@ -132,7 +132,7 @@ def test_bad_rows_listed_then_skip_or_refuse(env: Env) -> None:
     assert prepared.rows[0]["messages"][0]["content"] == "Summarise the clause"
 
 
-def test_unknown_format_is_reported_with_the_columns_then_mapped(env: Env) -> None:
+def test_unknown_format_is_reported_with_the_columns_then_mapped() -> None:
     path = MALFORMED / "no_format.jsonl"
     preview = preview_import(path)
     with pytest.raises(DatasetError) as cli_error:
@@ -154,7 +154,7 @@ def test_unknown_format_is_reported_with_the_columns_then_mapped(env: Env) -> No
     )
 
 
-def test_file_level_errors_raise_the_cli_message(tmp_path: Path) -> None:
+def test_file_level_errors_raise_the_cli_message() -> None:
     for name in ("bom.jsonl", "binary.jsonl", "empty.jsonl"):
         with pytest.raises(DatasetError) as cli_error:
             datasets.prepare(MALFORMED / name)
@@ -173,7 +173,7 @@ def test_cancel_during_the_store_stores_nothing(env: Env, tmp_path: Path) -> Non
     preview = preview_import(path)
     cancel = threading.Event()
 
-    def progress(done: int, total: int, stage: str) -> None:
+    def progress(done: int, _total: int, stage: str) -> None:
         if stage == "encrypting" and done > 0:
             cancel.set()
 

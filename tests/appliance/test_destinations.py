@@ -206,7 +206,8 @@ def test_an_earlier_export_needs_force_and_only_its_files_are_removed(
     assert not dest.exists()
 
 
-def test_removal_keeps_what_appeared_after_the_check(ws_home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("ws_home")  # a workspace beside the folder, as in use
+def test_removal_keeps_what_appeared_after_the_check(tmp_path: Path) -> None:
     dest = tmp_path / "served"
     make_export(dest, {"model.safetensors": "w"})
     (dest / "late.txt").write_text("written while the export ran")

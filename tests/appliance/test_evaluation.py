@@ -229,7 +229,8 @@ def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli:
     assert store.golden_set("legal")["dataset"] == "essays@1"
 
 
-def test_chat_answers_once_with_the_adapter_or_the_base(store: Registry, cli: CliRunner) -> None:
+@pytest.mark.usefixtures("store")  # the adapter and its base, in the CLI's workspace
+def test_chat_answers_once_with_the_adapter_or_the_base(cli: CliRunner) -> None:
     asked = ["--prompt", "What is 3 plus one?", "--max-new-tokens", "6"]
     base = cli("chat", "legal", "--base-only", *asked, "--json", env=ENV)
     assert base.returncode == 0, base.stderr

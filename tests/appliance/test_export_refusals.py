@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -129,7 +130,7 @@ def test_cancel_stops_and_cleans_up(store: Store, tmp_path: Path) -> None:
     vault, reg, ref = store
     cancel = threading.Event()
 
-    def progress(done: int, total: int, stage: str) -> None:
+    def progress(_done: int, _total: int, stage: str) -> None:
         if stage == "writing":
             cancel.set()
 
@@ -202,6 +203,40 @@ def test_bad_options_are_usage_errors(args: tuple[object, ...], message: str) ->
     assert ExportOptions.checked("merged", "/tmp/x", max_shard_size="1.5GB").max_shard_size == int(
         1.5 * 1024**3
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "zip"}, "--format 'zip' is not one of merged, adapter, gguf"),
+        ({"dtype": "int8"}, "--dtype 'int8' is not one of bf16, fp16, fp32"),
+        ({"gguf_type": "Q8_0"}, "--gguf-type 'Q8_0' is not one of f16, q8_0, q4_0"),
+        ({"max_shard_size": 0}, "--max-shard-size 0 is not a size in bytes"),
+        ({"max_shard_size": "1GB"}, "--max-shard-size '1GB' is not a size in bytes"),
+        ({"out": Path("relative")}, "--out 'relative' is not an absolute folder path"),
+    ],
+)
+def test_options_are_valid_however_they_are_built(change: dict[str, object], message: str) -> None:
+    """Direct construction and ``dataclasses.replace`` meet the same checks as ``checked``."""
+    good = ExportOptions.checked("merged", "/tmp/x")
+    with pytest.raises(UsageError) as info:
+        dataclasses.replace(good, **change)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert ExportOptions(format="gguf", out=Path("/tmp/x"), gguf_type="q4_0").gguf_type == "q4_0"
+
+
+def test_checked_normalises_case_size_text_and_folder(tmp_path: Path) -> None:
+    options = ExportOptions.checked(
+        "MERGED", "rel/out", dtype="FP32", max_shard_size="500MB", force=True
+    )
+    assert options == ExportOptions(
+        format="merged",
+        out=Path.cwd() / "rel" / "out",
+        dtype="fp32",
+        max_shard_size=500 * 1024**2,
+        force=True,
+    )
+    assert ExportOptions.checked("gguf", tmp_path, gguf_type="Q4_0").gguf_type == "q4_0"
 
 
 def test_cli_exports_and_refuses_an_existing_destination(

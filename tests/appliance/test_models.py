@@ -151,7 +151,8 @@ def test_sharded_safetensors_with_index(ws: Workspace, reg: Registry, tiny_llama
         import_model(ws, reg, sharded, "broken")
 
 
-def test_cli_import_list_show(cli: CliRunner, ws: Workspace, tiny_llama: Path) -> None:
+@pytest.mark.usefixtures("ws")  # the workspace the CLI imports into
+def test_cli_import_list_show(cli: CliRunner, tiny_llama: Path) -> None:
     imported = cli("model", "import", str(tiny_llama), "--name", "tiny", "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["architecture"] == "LlamaForCausalLM"

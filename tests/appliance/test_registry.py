@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from appliance.errors import NotFoundError, RegistryError, UsageError
 from appliance.folders import read_meta
 from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry
+from appliance.registry import adapters as registry_adapters
 from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace
@@ -211,17 +213,40 @@ def test_adapter_versions_count_per_name_and_bare_name_is_latest(populated: Regi
         populated.adapter_version("a@")
 
 
-def test_failed_adapter_registration_moves_the_folder_back(populated: Registry) -> None:
+def test_adapter_registration_of_an_unknown_run_moves_nothing(populated: Registry) -> None:
     staged = populated.ws.tmp_dir / "staged"
     staged.mkdir()
     (staged / "w").write_bytes(b"x")
     with pytest.raises(NotFoundError):
         populated.add_adapter_version("a", run_id="run-missing", move_from=staged)
-    assert (staged / "w").is_file()
-    assert not (populated.ws.adapters_dir / "a").exists() or not any(
-        (populated.ws.adapters_dir / "a").iterdir()
-    )
+    assert (staged / "w").read_bytes() == b"x"
+    assert not (populated.ws.adapters_dir / "a").exists()
     assert populated.adapter_versions() == []
+
+
+def test_failed_adapter_registration_moves_the_folder_back(
+    populated: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_adapter(populated, "b")  # a name with a version already: its folder stays
+    staged = populated.ws.tmp_dir / "staged"
+    for name in ("a", "b"):
+        staged.mkdir()
+        (staged / "w").write_bytes(b"x")
+
+        def fail(folder: Path, *args: object) -> None:
+            # The folder was moved in: the failure comes after the move, inside the transaction.
+            assert (folder / "w").is_file()
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(registry_adapters, "write_meta", fail)
+            with pytest.raises(OSError, match="No space left"):
+                populated.add_adapter_version(name, run_id=None, move_from=staged)
+        assert sorted(p.name for p in staged.iterdir()) == ["w"]
+        shutil.rmtree(staged)
+    assert not (populated.ws.adapters_dir / "a").exists()
+    assert sorted(p.name for p in (populated.ws.adapters_dir / "b").iterdir()) == ["1"]
+    assert [r["ref"] for r in populated.adapter_versions()] == ["b@1"]
 
 
 def test_tags_move_atomically_between_versions(populated: Registry) -> None:
@@ -256,9 +281,12 @@ def test_tags_move_atomically_between_versions(populated: Registry) -> None:
 # -- lineage and exports -------------------------------------------------------------------------
 
 
-def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(populated: Registry) -> None:
+def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(
+    populated: Registry, tmp_path: Path
+) -> None:
     run_id, _ = add_adapter(populated, "a", eval_loss=0.75)
-    out = populated.ws.exports_dir / "a-merged.safetensors"
+    out = tmp_path / "serve" / "a-merged.safetensors"
+    out.parent.mkdir()
     out.write_bytes(b"merged")
     populated.add_export("a@1", format="hf", path=out, details={"dtype": "bf16"})
     lineage = populated.adapter_lineage("a")
@@ -277,7 +305,7 @@ def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(populated
     assert lineage["seed"] == 3
     assert lineage["lib_versions"]["peft"] == "0.21.2"
     assert lineage["metrics"]["eval_loss"] == 0.75
-    assert lineage["exports"][0]["path"] == "exports/a-merged.safetensors"
+    assert lineage["exports"][0]["path"] == str(out)  # absolute: exports lie outside
     json.dumps(lineage)  # scripts get it as JSON
 
 

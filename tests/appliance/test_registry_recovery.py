@@ -37,7 +37,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "datasets" / "valid"
 
 
 @pytest.fixture
-def vaulted(ws: Workspace, cheap_kdf: None) -> Vault:
+def vaulted(ws: Workspace, cheap_kdf: None) -> Vault:  # noqa: ARG001 (used for its effect)
     """A workspace with a vault, datasets m@1, t@1 (deleted) and t@2."""
     vault = create_vault(ws, PASS, "alice", target_s=0)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
@@ -198,7 +198,7 @@ def test_failed_import_leaves_neither_file_nor_metadata(
     ws = vaulted.ws
     before = sorted(p.name for p in ws.datasets_dir.iterdir())
 
-    def fail(self: Registry) -> list[str]:
+    def fail(_self: Registry) -> list[str]:
         raise RegistryError("simulated failure after the metadata file was written")
 
     monkeypatch.setattr(Registry, "backfill_dataset_meta", fail)

@@ -86,11 +86,11 @@ def test_missing_vault_known_answers_is_a_failure_not_a_pass() -> None:
     assert "absent" in vault[0]["detail"]
 
 
-def test_raising_or_silent_checks_fail(tmp_path: Path) -> None:
-    def boom(ctx: SelftestContext) -> list[CheckResult]:
+def test_raising_or_silent_checks_fail() -> None:
+    def boom(_ctx: SelftestContext) -> list[CheckResult]:
         raise RuntimeError("kaput")
 
-    def silent(ctx: SelftestContext) -> list[CheckResult]:
+    def silent(_ctx: SelftestContext) -> list[CheckResult]:
         return []
 
     report = run_selftest(checks=[("boom", boom), ("silent", silent)])

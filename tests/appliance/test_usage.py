@@ -19,7 +19,7 @@ def test_every_kind_is_listed_and_counted(ws: Workspace, tmp_path: Path) -> None
         "token-stats": ws.datasets_dir / "token-stats" / "a.b.enc",
         "models": ws.models_dir / "tiny" / "files" / "model.safetensors",
         "adapters": ws.adapters_dir / "legal" / "1" / "adapter.enc",
-        "logs": ws.logs_dir / "run.log",
+        "runs": ws.runs_dir / "run-1" / "train.log",
     }
     for i, path in enumerate(files.values()):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +39,6 @@ def test_every_kind_is_listed_and_counted(ws: Workspace, tmp_path: Path) -> None
     assert usage["registry"].files == 1
     assert usage["other"].files == 1  # FORMAT
     assert usage["models"].bytes < 1_000_000
-    assert usage["runs"].files == usage["runs"].bytes == 0
+    assert usage["tmp"].files == usage["tmp"].bytes == 0
     every = [p for p in ws.home.rglob("*") if p.is_file() and not p.is_symlink()]
     assert sum(u.files for u in usage.values()) == len(every) + 1  # and the symlink itself

@@ -206,7 +206,7 @@ def test_calibration_never_goes_below_the_minimums(monkeypatch: pytest.MonkeyPat
     assert (fast_target.memory_kib, fast_target.iterations) == (MIN_MEMORY_KIB, MIN_ITERATIONS)
 
 
-def test_calibrated_slot_takes_about_the_target(tmp_path: Path) -> None:
+def test_calibrated_slot_takes_about_the_target() -> None:
     params = calibrate(0.3)
     start = time.perf_counter()
     params.derive("x" * 12)

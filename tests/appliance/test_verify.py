@@ -18,6 +18,11 @@ from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
 
 
+def _export_path(ws: Workspace) -> Path:
+    """Where the fixture's export lies: outside the workspace, as every export does."""
+    return ws.home.parent / "serve" / "a-1.gguf"
+
+
 @pytest.fixture
 def filled(ws: Workspace, tiny_llama: Path) -> Workspace:
     """A workspace with a model, a dataset file, a run, an adapter, a tag and an export."""
@@ -28,7 +33,8 @@ def filled(ws: Workspace, tiny_llama: Path) -> Workspace:
         add_dataset(reg, path="datasets/docs-1.enc", file_sha256=sha256_file(data))
         add_adapter(reg, "a")
         reg.set_tag("a@1", "production")
-        export = ws.exports_dir / "a-1.gguf"
+        export = _export_path(ws)
+        export.parent.mkdir()
         export.write_bytes(b"gguf bytes")
         reg.add_export("a@1", format="gguf", path=export)
     return ws
@@ -53,6 +59,17 @@ def test_clean_workspace_passes(filled: Workspace, cli: CliRunner) -> None:
     assert checked["exports"] == 1
 
 
+def test_empty_folders_of_earlier_versions_are_no_finding(filled: Workspace) -> None:
+    assert not (filled.home / "exports").exists()  # no longer made
+    for name in ("exports", "logs"):
+        (filled.home / name).mkdir(mode=0o700)
+    assert _findings(filled) == []
+    (filled.home / "logs" / "old.log").write_text("x")
+    assert _findings(filled) == [
+        "unknown file logs/old.log: in a folder the appliance no longer uses (left in place)"
+    ]
+
+
 def test_changed_model_file_fails_verify_with_a_readable_report(
     filled: Workspace, cli: CliRunner
 ) -> None:
@@ -72,7 +89,6 @@ def test_changed_model_file_fails_verify_with_a_readable_report(
     [
         ("datasets/docs-1.enc", "dataset docs@1"),
         ("adapters/a/1/adapter.enc", "adapter a@1"),
-        ("exports/a-1.gguf", "export of a@1"),
         ("models/base/files/tokenizer.json", "model base"),
     ],
 )
@@ -87,6 +103,22 @@ def test_each_kind_of_artifact_is_checked(filled: Workspace, artifact: str, expe
     gone = _findings(filled)
     assert gone
     assert all(f.startswith(expected) for f in gone)
+
+
+def test_a_changed_export_is_a_finding_and_a_moved_one_a_warning(filled: Workspace) -> None:
+    export = _export_path(filled)
+    export.write_bytes(b"gguf bytes, edited")
+    with Registry.open(filled) as reg:
+        report = verify_workspace(filled, reg)
+    assert report.findings == [
+        f"export of a@1: {export} changed since it was registered (sha256 differs)"
+    ]
+    export.unlink()
+    with Registry.open(filled) as reg:
+        report = verify_workspace(filled, reg)
+    assert report.findings == []
+    warnings = [w for section in report.sections for w in section.warnings]
+    assert warnings == [f"export of a@1: {export} is gone (moved away?)"]
 
 
 def test_audit_tampering_and_unregistered_folders_are_findings(filled: Workspace) -> None:
@@ -107,20 +139,27 @@ def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: Cli
         before = reg.adapter_lineage("a@1")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
+    # A workspace of an earlier version has an exports/ folder; somebody left a file there.
+    stray = filled.home / "exports" / "a-1.gguf"
+    stray.parent.mkdir()
+    stray.write_bytes(b"gguf bytes")
 
     result = cli("verify", "--rebuild-index")
     assert "rebuild: there was no registry; built one from the workspace folders" in result.stdout
     assert "rebuild: added base model base" in result.stdout
     assert "rebuild: added dataset docs@1" in result.stdout
     assert "rebuild: added adapter a@1" in result.stdout
-    # Exports are known only to the registry: the file is reported, never deleted.
+    # A file nothing accounts for is reported, never deleted.
     assert (
-        "rebuild: could not account for exports/a-1.gguf: no export in the registry is stored "
-        "here; it was left in place" in result.stdout
+        "rebuild: could not account for exports/a-1.gguf: in a folder the appliance no longer "
+        "uses; it was left in place" in result.stdout
     )
     assert result.returncode == 1
     assert result.err_lines[-1].startswith("error: verify found 1 problem(s); the first: unknown")
-    assert (filled.exports_dir / "a-1.gguf").is_file()
+    assert stray.is_file()
+    # Exports are known only to the registry (they lie outside the workspace): a registry
+    # rebuilt from nothing has none, and the exported file is left alone.
+    assert _export_path(filled).is_file()
     with Registry.open(filled) as reg:
         after = reg.adapter_lineage("a@1")
         assert reg.base_model("base")["sha256"] == before["base_model"]["sha256"]
@@ -170,7 +209,7 @@ def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Works
     assert actions[0].startswith("the registry was damaged (integrity_check: ")
     assert "added dataset docs@1" in actions
     assert "salvaged tag a@production -> version 1" in actions
-    assert "salvaged export of a@1 (exports/a-1.gguf)" in actions
+    assert f"salvaged export of a@1 ({_export_path(filled)})" in actions
     # Evaluation results and golden sets exist only in the registry: salvaged too.
     assert "salvaged an evaluation of a@1 on docs@1" in actions
     assert "salvaged the golden set of a" in actions

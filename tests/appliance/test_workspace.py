@@ -10,7 +10,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +26,7 @@ def test_init_creates_private_layout(home: Path) -> None:
     ws, created = workspace.init(home)
     assert created
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert sorted(p.name for p in home.iterdir()) == sorted([*workspace.SUBFOLDERS, "FORMAT"])
     for name in workspace.SUBFOLDERS:
         assert (home / name).is_dir()
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o700
@@ -83,6 +87,18 @@ def test_folder_whose_subfolders_hold_files_is_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_an_interrupted_init_of_an_earlier_version_is_finished(tmp_path: Path) -> None:
+    # Earlier versions also made exports/ and logs/: left empty by an interrupted init, they
+    # do not make the folder foreign.
+    for name in ("keys", "exports", "logs"):
+        (tmp_path / name).mkdir()
+    _, created = workspace.init(tmp_path)
+    assert created
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*workspace.SUBFOLDERS, "exports", "logs", "FORMAT"]
+    )
+
+
 def test_discarding_a_new_workspace_keeps_what_is_not_ours(tmp_path: Path) -> None:
     (tmp_path / "tmp").mkdir()  # left by an interrupted init: empty, so accepted
     ws, created = workspace.init(tmp_path)
@@ -130,65 +146,92 @@ def test_default_home_is_user_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert workspace.default_home() == tmp_path / "finetune-appliance"
 
 
-def _hold_lock(home: Path, command: str) -> subprocess.Popen[str]:
+@contextmanager
+def _lock_holder(home: Path, command: str) -> Iterator[subprocess.Popen[str]]:
+    """A child that holds the writer lock until it reads a line on stdin, reaped on exit.
+
+    It prints "locked" once it holds the lock and "released" once the lock is free again; one
+    still running when the block ends is killed.
+    """
     code = textwrap.dedent(
         f"""
-        import sys, time
+        import sys
         from appliance.workspace import open_workspace
         with open_workspace({str(home)!r}).writer({command!r}):
             print("locked", flush=True)
-            time.sleep(60)
+            sys.stdin.readline()
+        print("released", flush=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "locked"
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_second_writer_is_told_who_holds_the_lock(ws: workspace.Workspace) -> None:
-    holder = _hold_lock(ws.home, "dataset import legal.jsonl")
-    try:
+    with _lock_holder(ws.home, "dataset import legal.jsonl") as holder:
         started = time.monotonic()
         with pytest.raises(WorkspaceLockedError) as info, ws.writer("model import", wait_s=0.3):
             pass
         assert time.monotonic() - started >= 0.3
         assert f"PID {holder.pid} (dataset import legal.jsonl)" in str(info.value)
-    finally:
-        holder.kill()
-        holder.wait()
+        assert holder.poll() is None  # refused while the holder still held the lock
 
 
 def test_lock_of_a_killed_process_is_recovered(ws: workspace.Workspace) -> None:
-    holder = _hold_lock(ws.home, "train")
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
-    # The stale "PID command" text is still in the file; the kernel released the flock.
-    with ws.writer("model import", wait_s=0.5):
-        assert ws.lock_path.read_text().startswith(f"{os.getpid()} model import")
-    assert ws.lock_path.read_text() == ""
+    with _lock_holder(ws.home, "train") as holder:
+        os.kill(holder.pid, signal.SIGKILL)
+        assert holder.wait() == -signal.SIGKILL
+        # The stale "PID command" text is still in the file; the kernel released the flock.
+        assert ws.lock_path.read_text() == f"{holder.pid} train\n"
+        with ws.writer("model import", wait_s=0.5):
+            assert ws.lock_path.read_text() == f"{os.getpid()} model import\n"
+        assert ws.lock_path.read_text() == ""
 
 
-def test_writer_waits_for_a_short_writer(ws: workspace.Workspace) -> None:
-    holder = _hold_lock(ws.home, "short")
-    try:
-        subprocess.Popen(["sh", "-c", f"sleep 0.3; kill {holder.pid}"])
+def test_writer_waits_for_a_short_writer(
+    ws: workspace.Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    with _lock_holder(ws.home, "short") as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        stdin, stdout = holder.stdin, holder.stdout
+        real_sleep = time.sleep
+
+        def sleep(seconds: float) -> None:
+            # The writer sleeps only between attempts on a taken lock, so its first sleep shows
+            # that it found the lock taken and waited; only then is the holder told to finish.
+            if not events:
+                events.append("waiting")
+                stdin.write("done\n")
+                stdin.flush()
+                events.append(stdout.readline().strip())
+            real_sleep(seconds)
+
+        monkeypatch.setattr(
+            workspace, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep)
+        )
         with ws.writer("patient", wait_s=10):
-            pass
-    finally:
-        holder.kill()
-        holder.wait()
+            events.append("acquired")
+            assert ws.lock_path.read_text() == f"{os.getpid()} patient\n"
+        assert holder.wait(timeout=30) == 0  # it finished by itself, after releasing the lock
+    assert events == ["waiting", "released", "acquired"]
 
 
 def test_second_cli_writer_gets_one_clear_line(
     ws: workspace.Workspace, cli: CliRunner, tiny_llama: Path
 ) -> None:
-    holder = _hold_lock(ws.home, "train --adapter legal")
-    try:
+    with _lock_holder(ws.home, "train --adapter legal") as holder:
         result = cli("model", "import", str(tiny_llama), "--name", "tiny")
-    finally:
-        holder.kill()
-        holder.wait()
+        assert holder.poll() is None  # it held the lock all along
     assert result.returncode == 1
     assert result.err_lines == [
         f"error: workspace {ws.home} is in use by PID {holder.pid} (train --adapter legal); "

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pytestqt.qtbot import QtBot
 
 from gui.follow import FileFollower, ProcessWatch
@@ -44,7 +45,8 @@ def test_a_file_that_appears_later_is_followed(qtbot: QtBot, tmp_path: Path) -> 
     assert blocker.args == [b"again\n"]
 
 
-def test_read_all_catches_up_in_chunks(qtbot: QtBot, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("qtbot")  # a QApplication for the follower's QObject
+def test_read_all_catches_up_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     path.write_bytes(b"x" * (3 * 1024 * 1024 + 5))
     follower = FileFollower(path)

@@ -39,7 +39,7 @@ def _stages(page: ModelsPage, job: JobProcess) -> list[str]:
     """The progress bar's label at each progress event, without repeats."""
     shown: list[str] = []
 
-    def record(done: int, total: int, stage: str) -> None:
+    def record(_done: int, _total: int, _stage: str) -> None:
         text = page.progress.format()
         if not shown or shown[-1] != text:
             shown.append(text)

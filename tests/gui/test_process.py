@@ -181,7 +181,7 @@ def test_a_child_killed_by_someone_else_fails_with_its_last_lines(
     assert job.outcome.stopped == ""
 
 
-def test_an_exit_without_a_final_event_is_a_failure(qtbot: QtBot, tmp_path: Path) -> None:
+def test_an_exit_without_a_final_event_is_a_failure(qtbot: QtBot) -> None:
     child = ChildProcess("worker", job_reader(), is_final=lambda e: e.type == "result")
     code = "import sys; sys.stderr.write('segfault in libfoo\\n'); sys.exit(3)"
     with qtbot.waitSignal(child.ended, timeout=WAIT_MS) as ended:

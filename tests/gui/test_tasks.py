@@ -8,7 +8,8 @@ from PySide6.QtCore import QObject
 from pytestqt.qtbot import QtBot
 
 from appliance.errors import DatasetError
-from gui.tasks import Progress, Task
+from appliance.progress import Progress
+from gui.tasks import Task
 
 
 def test_success_reports_progress_then_result_off_the_gui_thread(qtbot: QtBot) -> None:
@@ -35,7 +36,7 @@ def test_success_reports_progress_then_result_off_the_gui_thread(qtbot: QtBot) -
 
 
 def test_appliance_error_becomes_its_message(qtbot: QtBot) -> None:
-    def work(progress: Progress) -> None:
+    def work(_progress: Progress) -> None:
         raise DatasetError("data.jsonl line 3: bad JSON; fix the line and import again")
 
     task = Task("import", work)
@@ -45,7 +46,7 @@ def test_appliance_error_becomes_its_message(qtbot: QtBot) -> None:
 
 
 def test_unexpected_error_is_one_line(qtbot: QtBot) -> None:
-    def work(progress: Progress) -> None:
+    def work(_progress: Progress) -> None:
         raise ZeroDivisionError("division by zero")
 
     task = Task("estimate", work)

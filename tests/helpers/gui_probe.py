@@ -111,7 +111,7 @@ class Probe:
 
 
 @step("settle-runs")
-def settle_runs(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+def settle_runs(probe: Probe, _params: dict[str, Any]) -> dict[str, Any]:
     """What the app does at start: settle runs whose process is gone (a light task)."""
     task = probe.window.settle_runs()
     if task is None:
@@ -258,7 +258,7 @@ def token_histogram(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @step("settings")
-def settings(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+def settings(probe: Probe, _params: dict[str, Any]) -> dict[str, Any]:
     """Open Settings: sizes, GPUs and the licence list load (none may import torch)."""
     page = probe.window.show_page("Settings")
     probe.wait_until(
@@ -309,7 +309,7 @@ def lock(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
 
 
 @step("import-module")
-def import_module(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+def import_module(_probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Import ``params["module"]`` in the GUI process: proves the probe sees what is loaded."""
     importlib.import_module(params["module"])
     return {}

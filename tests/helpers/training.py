@@ -101,7 +101,7 @@ def trainer_for(vault: Vault, run_id: str, log: ev.EventLog) -> Any:
     """A set-up :class:`Trainer` for ``run_id`` in this process, prepared as a launch would be
     and with the keys the parent would hand over."""
     from appliance.training.loop import Trainer
-    from appliance.training.worker import load_rows, read_keys
+    from appliance.training.worker import decrypt_run_rows, read_keys
 
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
         plan = runs.prepare_launch(vault, reg, run_id)
@@ -113,7 +113,7 @@ def trainer_for(vault: Vault, run_id: str, log: ev.EventLog) -> Any:
         config=folder.config(),
         run_dir=folder.path,
         run_key=keys["run_key"],
-        rows=load_rows(spec, keys["dataset_key"]),
+        rows=decrypt_run_rows(spec, keys["dataset_key"]),
         events=log,
     )
     trainer.setup()

@@ -1,9 +1,9 @@
 """The pre-flight memory estimate, checked term by term against hand-worked numbers.
 
-The reference is FACTS.md's worked example: Llama-3-8B (L=32, h=4096, h_kv=1024, f=14336,
-V=128256), LoRA r=16 on all seven projections, s=2048, b=1, checkpointing on: W4 3.60 GB,
-E 2.10 GB (4.20 upcast), LoRA 0.67 GB (41.9 M params), A 0.88 GB, Z 3.15 GB, D ~0.3 GB,
-about 10.7 GB allocated with 16-bit embeddings and 12.8 GB with the upcast.
+The reference is the worked example of docs/engineering-notes.md: Llama-3-8B (L=32, h=4096,
+h_kv=1024, f=14336, V=128256), LoRA r=16 on all seven projections, s=2048, b=1, checkpointing
+on: W4 3.60 GB, E 2.10 GB (4.20 upcast), LoRA 0.67 GB (41.9 M params), A 0.88 GB, Z 3.15 GB,
+D ~0.3 GB, about 10.7 GB allocated with 16-bit embeddings and 12.8 GB with the upcast.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def facts_example(**extra: str) -> TrainConfig:
         "gradient_checkpointing": "true",
         "dropout": "0",
         "compute_dtype": "bf16",
-        "chunked_loss": "false",  # FACTS.md's worked example is the stock (whole logits) loss
+        # The notes' worked example uses the stock (whole logits) loss.
+        "chunked_loss": "false",
         **extra,
     }
     return build_config("balanced", [f"{k}={v}" for k, v in sets.items()])
@@ -69,7 +70,7 @@ def facts_example(**extra: str) -> TrainConfig:
 
 def test_hand_counts_of_llama3_8b() -> None:
     assert L8B_LINEAR == 6_979_321_856
-    assert L8B_LORA_R16_ALL == 41_943_040  # FACTS.md: 41.9 M
+    assert L8B_LORA_R16_ALL == 41_943_040  # the notes' worked example: 41.9 M
     shape = ModelShape.from_config(LLAMA3_8B)
     assert shape.linear_params == L8B_LINEAR
     assert shape.embedding_params + shape.norm_params == L8B_EMBED_AND_NORMS
@@ -89,8 +90,9 @@ def test_llama3_8b_worked_example_term_by_term() -> None:
         "logits": 3 * b * s * 128256 * 4,  # 3.152 GB
         "dequant": round(2.5 * 4096 * 14336 * 2),  # 0.294 GB
         "context": CUDA_CONTEXT_BYTES,
-        # Not in FACTS.md's formula: peft casts each wrapped projection's bf16 input to fp32
-        # for the adapter and keeps it for backward, one layer at a time under checkpointing.
+        # Not in the notes' reference formula: peft casts each wrapped projection's bf16 input
+        # to fp32 for the adapter and keeps it for backward, one layer at a time under
+        # checkpointing.
         "lora_inputs": 4 * b * s * (5 * 4096 + 4096 + 14336),
     }
     assert {item.key: item.bytes for item in est.items} == expected

@@ -198,7 +198,7 @@ def test_unknown_types_are_kept_not_refused() -> None:
         (
             '{"type":"started","run_id":"r","time":1,"model":"m","dataset":"d","device":"cpu",'
             '"trainable_params":1,"total_params":2,"total_steps":3,"estimate":[1]}',
-            "field 'estimate' must be an object",
+            "field 'estimate' must be a JSON object, got [1]",
         ),
     ],
 )

@@ -66,18 +66,26 @@ def test_read_memory_without_cuda_reports_rss_and_round_trips() -> None:
 
 
 def test_sampler_emits_at_its_interval_until_stopped(tmp_path: Path) -> None:
-    import time
+    import threading
 
     from appliance.training.events import EventLog, replay
 
     path = tmp_path / "metrics.jsonl"
     steps = iter(range(1000))
+    third = threading.Event()
+
+    def step() -> int:
+        index = next(steps)
+        if index == 2:
+            third.set()  # the third sample is being taken
+        return index
+
     with EventLog(path) as log:
-        with MemorySampler(log, "run-s", step=lambda: next(steps), interval=0.05) as sampler:
-            time.sleep(0.4)
+        with MemorySampler(log, "run-s", step=step, interval=0.05) as sampler:
+            assert third.wait(timeout=60)
+        # Stopped: the thread was joined, so no event can come after this count.
+        assert not [t for t in threading.enumerate() if t.name == "memory-sampler"]
         count = sampler.samples
-        time.sleep(0.15)  # stopped: no more events
-        assert sampler.samples == count
     events = [e for e in replay(path) if isinstance(e, Memory) and e.run_id == "run-s"]
     assert 3 <= len(events) == count
     assert [e.step for e in events] == list(range(len(events)))

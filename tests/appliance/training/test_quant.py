@@ -1,4 +1,4 @@
-"""QLoRA on CPU and bitsandbytes' repacking trap (FACTS.md), on the tiny LLaMA.
+"""QLoRA on CPU and bitsandbytes' repacking trap (docs/engineering-notes.md), on the tiny LLaMA.
 
 The trap: on a CPU with AVX512-BF16, bitsandbytes 0.49/0.50 repacks a 4-bit weight on the first
 eval-mode forward without grad; afterwards LoRA gradients are silently None and a merge is
@@ -22,6 +22,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # 
 
 from appliance.errors import TrainingError  # noqa: E402
 from appliance.training import quant  # noqa: E402
+from tests.helpers.qlora import merge_dequantized  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -143,7 +144,7 @@ def test_merge_after_evaluation_matches_the_unmerged_model(guarded: Any) -> None
     effect = (unmerged - base).abs().max().item()
     assert effect > 1e-2  # the adapter matters, so a merge that dropped it would show
 
-    merged = quant.merge_dequantized(guarded)
+    merged = merge_dequantized(guarded)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     merged.eval()
@@ -181,12 +182,12 @@ def test_without_the_guard_this_machine_hits_the_trap(tiny_llama: Path) -> None:
         after = _grads(model, ids)
     assert all(g is None for g in after.values())  # LoRA would silently stop learning
     weight_after = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
-    # A merge would be corrupt: the "dequantised" weight is no longer the weight.
-    assert weight_after.shape != weight_before.shape or not torch.allclose(
-        weight_after, weight_before, atol=1e-2
-    )
+    # A merge would be corrupt: the "dequantised" weight, of the same shape, is no longer the
+    # weight (the merge helper refuses it: check_not_repacked above).
+    assert weight_after.shape == weight_before.shape
+    assert not torch.allclose(weight_after, weight_before, atol=1e-2)
     with pytest.raises(TrainingError, match="repacked"):
-        quant.merge_dequantized(model)
+        merge_dequantized(model)
 
 
 @pytest.mark.parametrize("targets", ["all-linear", "q,v"])

@@ -263,8 +263,19 @@ IGNORES_SIGTERM = (
     "import signal, sys, time  # appliance.training.worker\n"
     "sys.stdin.readline()\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ignoring SIGTERM', file=sys.stderr, flush=True)\n"
     "time.sleep(120)\n"
 )
+
+
+def _wait_for_log_line(log: Path, line: str, timeout: float = 60) -> None:
+    """Wait until the child has written ``line`` to its log (its stderr)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and line in log.read_text().splitlines():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{log} never got the line {line!r}")
 
 
 def test_stop_kills_a_child_that_does_not_stop_in_time(
@@ -275,7 +286,7 @@ def test_stop_kills_a_child_that_does_not_stop_in_time(
     monkeypatch.setattr(runs, "worker_command", _command(IGNORES_SIGTERM))
     with _registry(vault) as reg:
         process = runs.launch(vault, reg, run_id, detach=True)
-        time.sleep(0.5)  # let it install its handler
+        _wait_for_log_line(run_folder(vault, run_id) / LOG_FILE, "ignoring SIGTERM")
         outcome = runs.stop_run(vault, reg, run_id, timeout=1)
         assert process.wait(timeout=10) == -9
         run = reg.run(run_id)

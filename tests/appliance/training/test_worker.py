@@ -149,8 +149,10 @@ def test_training_lowers_the_loss_and_events_replay(setup: Any, method: str) -> 
 
 
 def test_lora_weights_keep_changing_after_evaluations(setup: Any) -> None:
-    """The bitsandbytes CPU trap (FACTS.md): an eval pass must not freeze 4-bit LoRA training."""
-    from appliance.training.quant import merge_dequantized, repacked_modules
+    """The bitsandbytes CPU trap (docs/engineering-notes.md): an eval pass must not freeze 4-bit
+    LoRA training."""
+    from appliance.training.quant import repacked_modules
+    from tests.helpers.qlora import merge_dequantized
 
     _ws, vault = setup
     run_id = new_run(vault, tiny_config("max_steps=5", "eval_every=1", "save_every=0", "dropout=0"))
