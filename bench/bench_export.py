@@ -26,8 +26,8 @@ model), stores a random LoRA on all seven projections, then measures in fresh ch
   and peak RSS, for reference.
 
 Each variant saves three times (to new folders) and the fastest save counts: the machine these
-run on is shared, and one slow fsync would decide the ratio. Prints a table and the ratios; ``--json`` prints them as one JSON object, ``--json-out FILE``
-writes them to a file as well.
+run on is shared, and one slow fsync would decide the ratio. Prints a table and the ratios;
+``--json`` prints them as one JSON object, ``--json-out FILE`` writes them to a file as well.
 """
 
 from __future__ import annotations
