@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError
 from appliance.folders import artifact_sha256
-from appliance.fsutil import temp_name
+from appliance.fsutil import fsync_dir, temp_name
 from appliance.vault import Vault, new_object_id
 from appliance.vault.objects import object_id_of
 from appliance.workspace import Workspace
@@ -269,3 +269,25 @@ def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], Adapter
     stored = locate(vault.ws, reg, ref)
     blob = vault.read(stored.path, stored.object_id, what=stored.what)
     return stored.record, unpack(blob, stored.what)
+
+
+def delete_version(ws: Workspace, reg: Registry, ref: str) -> dict[str, Any]:
+    """Delete adapter version ``ref``: its registry row is marked deleted (lineage, exports and
+    audit rows stay) and its encrypted folder is removed. Call with the writer lock held.
+
+    The row is marked first: a crash in between leaves an orphan folder (harmless, no key is
+    lost), never a live row without its weights.
+
+    Returns:
+        The version's row as it was.
+
+    Raises:
+        NotFoundError: no such live version.
+        RegistryError: it carries a tag.
+    """
+    record = reg.delete_adapter_version(ref)
+    folder = ws.home / record["path"]
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir():
+        fsync_dir(folder.parent)
+    return record

@@ -6,7 +6,9 @@ docs/make_screenshots.py --out /tmp/shots``. It builds a throw-away workspace, c
 lets the window prepare the demo model as on a first start (a GGUF conversion in a child
 process), imports a made-up contracts spreadsheet through the import wizard (with a column
 mapping and two bad rows), counts its tokens against the demo model (another child) and grabs
-each view.
+each view. For the Registry and Export pages it imports ``tests/data/orgfacts``, trains two short
+runs of the demo model with different settings through the ``appliance`` command (several
+minutes on a CPU), compares them, and exports one as GGUF from the Export page.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import csv
 import os
 import random
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +99,77 @@ def save(widget: QWidget, out: Path, name: str) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
 
 
+ORGFACTS = DOCS.parent / "tests" / "data" / "orgfacts" / "orgfacts.jsonl"
+RUNS = (
+    # Two short runs of the demo model that differ in rank, alpha, learning rate and length.
+    ("rank=16", "alpha=32", "lr=2e-3", "max_steps=24"),
+    ("rank=8", "alpha=16", "lr=1e-3", "max_steps=12"),
+)
+COMMON_SETTINGS = (
+    "target_modules=all-linear",
+    "micro_batch_size=4",
+    "warmup_steps=2",
+    "eval_every=6",
+    "save_every=0",
+    "max_seq_length=256",
+    "gradient_checkpointing=false",
+)
+
+
+def appliance(home: Path, passphrase: str, *args: str) -> None:
+    env = {**os.environ, "APPLIANCE_HOME": str(home), "APPLIANCE_PASSPHRASE": passphrase}
+    subprocess.run([sys.executable, "-m", "appliance", *args], env=env, check=True)
+
+
+def train_demo_runs(home: Path, passphrase: str) -> None:
+    """Import orgfacts and train the two runs of adapter ``quillmere`` (the CLI's own path)."""
+    appliance(home, passphrase, "dataset", "import", str(ORGFACTS), "--name", "orgfacts")
+    for settings in RUNS:
+        sets = [arg for s in (*COMMON_SETTINGS, *settings) for arg in ("--set", s)]
+        appliance(
+            home,
+            passphrase,
+            "train",
+            "--model",
+            "smollm2-135m-instruct",
+            "--dataset",
+            "orgfacts",
+            "--adapter",
+            "quillmere",
+            "--preset",
+            "quick-test",
+            *sets,
+        )
+
+
+def registry_and_export_shots(window: MainWindow, out: Path, exports: Path) -> None:
+    """Lineage and compare of the two demo runs, and a verified GGUF export of one."""
+    window.resize(1400, 860)  # the registry's tables and curves need the room
+    registry = window.registry_page
+    window.show_page("Registry")
+    registry.select("quillmere@1")
+    save(window, out, "registry-lineage.png")
+    registry.select("quillmere@1", "quillmere@2")
+    task = registry.compare_selected()
+    if task is not None and task.running:
+        wait(task.done, 60_000)
+    axis = registry.compare_view.x_axis
+    axis.setCurrentIndex(axis.findData("epoch"))  # the runs differ in length
+    save(window, out, "registry-compare.png")
+    export = window.export_page
+    window.export_version("quillmere@1")
+    export.format_combo.setCurrentIndex(export.format_combo.findData("gguf"))
+    export.dest_edit.setText(str(exports / "quillmere-1-gguf-q8_0"))
+    job = export.start_export()
+    if job is None:
+        raise SystemExit(f"the export did not start: {export.status.text()}")
+    wait(job.done, 900_000)
+    if export.result_view.record is None:
+        raise SystemExit(f"the export failed: {export.status.text()}")
+    save(window, out, "export-result.png")
+    window.resize(*SIZE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for the PNG files")
@@ -160,6 +234,11 @@ def main() -> None:
         wait_until(lambda: settings.usage_task is not None and not settings.usage_task.running)
         spin(0.3)
         save(window, out, "settings.png")
+
+        train_demo_runs(ws.home, "screenshot passphrase")
+        exports = Path(tmp) / "exports"
+        exports.mkdir()
+        registry_and_export_shots(window, out, exports)
         window.monitor.stop()
         window.close()
         session.lock()

@@ -27,8 +27,11 @@ from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
 from gui.pages.datasets import DatasetsPage
-from gui.pages.jobs import ExportPage, RegistryPage, TrainPage
+from gui.pages.export import ExportPage
+from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
+from gui.pages.playground import PlaygroundPage
+from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
@@ -38,6 +41,7 @@ _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
     "Models": QStyle.StandardPixmap.SP_DirIcon,
     "Train": QStyle.StandardPixmap.SP_MediaPlay,
+    "Playground": QStyle.StandardPixmap.SP_FileDialogContentsView,
     "Registry": QStyle.StandardPixmap.SP_FileDialogDetailedView,
     "Export": QStyle.StandardPixmap.SP_DialogSaveButton,
     "Settings": QStyle.StandardPixmap.SP_FileDialogInfoView,
@@ -56,16 +60,22 @@ class MainWindow(QMainWindow):
         self.models_page = ModelsPage(session)
         self.datasets_page = DatasetsPage(session)
         self.settings_page = SettingsPage(home, session)
+        self.registry_page = RegistryPage(session)
+        self.export_page = ExportPage(session)
+        self.playground_page = PlaygroundPage(session)
         self.settle_task: Task | None = None
         self.models_page.imported.connect(self.datasets_page.refresh_models)
+        self.models_page.imported.connect(self.playground_page.refresh)
+        self.playground_page.saved.connect(lambda _version: self.datasets_page.refresh())
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
             self.datasets_page,
             self.models_page,
             TrainPage(),
-            RegistryPage(),
-            ExportPage(),
+            self.playground_page,
+            self.registry_page,
+            self.export_page,
             self.settings_page,
         ]
         self.nav = QListWidget()
@@ -107,6 +117,22 @@ class MainWindow(QMainWindow):
             self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
+        self._connect_registry_and_export()
+
+    def _connect_registry_and_export(self) -> None:
+        """The Registry page hands a version to the Export page and opens what a lineage
+        names; an export (or an import) changes what the Registry page lists."""
+        registry, export = self.registry_page, self.export_page
+        registry.export_requested.connect(self.export_version)
+        registry.open_dataset.connect(lambda _ref: self.show_page("Datasets"))
+        registry.open_run.connect(lambda _run: self.show_page("Train"))
+        registry.open_model.connect(lambda _name: self.show_page("Models"))
+        export.exported.connect(lambda _ref: registry.refresh())
+
+    def export_version(self, ref: str) -> None:
+        """Open the Export page with adapter version ``ref`` chosen."""
+        self.export_page.choose(ref)
+        self.show_page("Export")
 
     def page_titles(self) -> list[str]:
         return [page.title for page in self.pages]
@@ -194,6 +220,9 @@ class MainWindow(QMainWindow):
             self.locker.shutdown()
         self.models_page.shutdown()
         self.datasets_page.shutdown()
+        self.export_page.shutdown()
+        self.registry_page.shutdown()
+        self.playground_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
 

@@ -1,4 +1,4 @@
-"""``appliance adapter list|show|tag``: adapter versions, their lineage and tags."""
+"""``appliance adapter list|show|tag|delete``: adapter versions, their lineage and tags."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 adapter_app = typer.Typer(
     name="adapter",
-    help="Adapter versions: list, show lineage, tag. NAME@N is one version, NAME the latest.",
+    help="Adapter versions: list, show lineage, tag, delete. NAME@N is one version, NAME the "
+    "latest.",
     no_args_is_help=True,
 )
 
@@ -38,13 +39,14 @@ def list_(
     ctx: typer.Context,
     name: str | None = typer.Argument(None, help="Only the versions of this adapter."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    deleted: bool = typer.Option(False, "--deleted", help="Include deleted versions."),
 ) -> None:
     """List adapter versions with tags, base model, dataset, eval loss and date."""
     st = state(ctx)
     if name is not None:
         check_name(name, "adapter name")
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        rows = reg.adapter_versions(name)
+        rows = reg.adapter_versions(name, include_deleted=deleted)
         if name is not None and not rows:
             # "No adapter versions yet" would be wrong while others exist.
             names = sorted({a["name"] for a in reg.adapter_versions()})
@@ -65,6 +67,7 @@ def list_(
                     "metrics": a["metrics"],
                     "sha256": a["sha256"],
                     "created_at": a["created_at"],
+                    "deleted_at": a["deleted_at"],
                 }
                 for a in rows
             ]
@@ -77,7 +80,7 @@ def list_(
     for a in rows:
         dataset = f"{a['dataset']}@{a['dataset_version']}" if a["dataset"] else "-"
         table.add_row(
-            a["ref"],
+            a["ref"] + (" (deleted)" if a["deleted_at"] else ""),
             ", ".join(a["tags"]) or "-",
             a["base_model"] or "-",
             dataset,
@@ -112,6 +115,7 @@ def show(
         ("path", lineage["path"]),
         ("sha256", lineage["sha256"]),
         ("created", f"{lineage['created_at']} by {lineage['created_by']}"),
+        ("deleted", lineage["deleted_at"]),
         ("run", f"{run['id']} ({run['state']})" if run else "-"),
         ("base model", f"{base['name']} (sha256 {base['sha256']})" if base else "-"),
         (
@@ -292,3 +296,31 @@ def golden(
             "only (no exact match or contains)",
             markup=False,
         )
+
+
+@adapter_app.command("delete")
+def delete(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="NAME@N (or NAME for the latest version)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a version: its encrypted weights go; its lineage, exports and audit rows stay.
+
+    Refused while the version carries a tag: move or remove the tag first.
+    """
+    from appliance import adapters
+    from appliance.cli.passphrase_cmd import confirm
+
+    st = state(ctx)
+    ws = st.workspace()
+    with st.registry(ws) as reg:
+        # Asked before taking the writer lock, so a pending question blocks nobody.
+        record = reg.adapter_version(ref)
+        confirm(
+            yes,
+            f"Delete adapter {record['ref']}? Its encrypted weights are removed; its lineage "
+            "and audit rows stay.",
+        )
+        with ws.writer("adapter delete"):
+            record = adapters.delete_version(ws, reg, record["ref"])
+    out.print(f"Deleted adapter {record['ref']}; its lineage stays in the registry.", markup=False)

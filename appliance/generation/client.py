@@ -22,10 +22,12 @@ from typing import IO, Any, Self
 
 from appliance.errors import UsageError
 from appliance.generation.protocol import (
+    EVENT_ADDED,
     EVENT_ANSWER,
     EVENT_ERROR,
     EVENT_LOADED,
     Generate,
+    Load,
     Stop,
 )
 from appliance.jobs import JobError, JobEvent, JobFailed, JobOutput, JobRequest, job_reader
@@ -149,6 +151,26 @@ class GenerationSession:
             yield data
             if data.get("event") == EVENT_ANSWER:
                 return
+        raise self._ended_error()
+
+    def load(self, command: Load) -> dict[str, Any]:
+        """Load more adapters beside those loaded; returns the ``added`` event's data.
+
+        Raises:
+            UsageError / JobError: the job refused them (another base model...), or ended.
+        """
+        if not command.id:
+            command = Load(f"l{next(self._ids)}", command.adapters, command.keys)
+        self._write((json.dumps(command.to_dict()) + "\n").encode())
+        for event in self._events():
+            if not isinstance(event, JobOutput) or event.data.get("id") != command.id:
+                continue
+            data = event.data
+            if data.get("event") == EVENT_ERROR:
+                message = str(data.get("message", "the adapters could not be loaded"))
+                raise UsageError(message) if data.get("kind") == "usage" else JobError(message)
+            if data.get("event") == EVENT_ADDED:
+                return dict(data)
         raise self._ended_error()
 
     def stop_answer(self) -> None:

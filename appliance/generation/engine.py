@@ -112,19 +112,29 @@ class Engine:
             str(folder), local_files_only=True, trust_remote_code=False
         )
         model = load_base(folder, dtype, four_bit=cuda, cuda=cuda)
-        columns: dict[str, str] = {}
-        for index, (ref, adapter) in enumerate(weights):
-            # PEFT keeps adapters in module dicts, whose keys may not contain '.'.
-            name = f"adapter{index}"
-            if index == 0:
-                model = adapters.apply_to(model, adapter, adapter_name=name)
-            else:
-                adapters.add_to(model, adapter, name)
-            columns[ref] = name
         model.eval()
-        return cls(
-            model, tokenizer, columns, device="cuda:0" if cuda else "cpu", precision=precision
-        )
+        engine = cls(model, tokenizer, {}, device="cuda:0" if cuda else "cpu", precision=precision)
+        for ref, adapter in weights:
+            engine.add(ref, adapter)
+        return engine
+
+    def add(self, ref: str, weights: AdapterWeights) -> bool:
+        """Load adapter ``ref`` beside those loaded (the base stays); False if it was loaded.
+
+        Raises:
+            IntegrityError: the adapter does not fit the model.
+        """
+        if ref in self.columns:
+            return False
+        # PEFT keeps adapters in module dicts, whose keys may not contain '.'.
+        name = f"adapter{len(self.columns)}"
+        if not self.columns:
+            self.model = adapters.apply_to(self.model, weights, adapter_name=name)
+        else:
+            adapters.add_to(self.model, weights, name)
+        self.columns[ref] = name
+        self.model.eval()
+        return True
 
     # -- switching ----------------------------------------------------------------------------
 

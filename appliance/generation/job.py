@@ -4,6 +4,9 @@ Params: ``adapters`` (references to load, in order; may be empty), ``model`` (a 
 name: needed when no adapter is given, checked against the adapters' base otherwise). The
 parent hands over the data key of each adapter object (:func:`appliance.generation.request`).
 
+A ``load`` command adds adapter versions of the same base model while the session runs, with
+the keys of their objects (:func:`appliance.generation.request.load_command`).
+
 Result data: ``{"answers": N}``, the number of answers given, once stdin closes.
 """
 
@@ -16,17 +19,20 @@ from typing import Any
 from appliance import adapters
 from appliance.errors import ApplianceError, UsageError
 from appliance.generation.engine import Answer, Engine
-from appliance.generation.plan import LoadPlan, plan
+from appliance.generation.plan import MAX_ADAPTERS, LoadPlan, plan
 from appliance.generation.protocol import (
+    EVENT_ADDED,
     EVENT_ANSWER,
     EVENT_ERROR,
     EVENT_LOADED,
     EVENT_TOKEN,
     Generate,
+    Load,
     Stop,
     parse_command,
 )
 from appliance.jobs.child import JobContext
+from appliance.jobs.request import KeyRing, key_ring
 
 POLL_S = 0.5
 
@@ -43,15 +49,7 @@ def load_engine(ctx: JobContext, refs: list[str], model: str | None) -> tuple[En
     ctx.progress(0, 0, "checking")
     with ctx.registry() as reg:
         loaded = plan(ctx.ws, reg, refs, model)
-    weights = []
-    seen: set[str] = set()
-    for stored in loaded.adapters.values():
-        if stored.record["ref"] in seen:
-            continue
-        seen.add(stored.record["ref"])
-        blob = ctx.keys.read(stored.path, stored.object_id, stored.what)
-        weights.append((stored.record["ref"], adapters.unpack_stored(stored, blob)))
-        del blob
+    weights = _decrypt(loaded, ctx.keys, set())
     ctx.progress(0, 0, "loading")
     with quiet_libraries():
         engine = Engine.load(loaded.folder, weights)
@@ -61,13 +59,14 @@ def load_engine(ctx: JobContext, refs: list[str], model: str | None) -> tuple[En
 class CommandReader:
     """Reads command lines on a thread, so a ``stop`` reaches a running answer.
 
-    ``generate`` commands (and the errors of lines that are not commands) queue up in order;
-    a ``stop`` sets :attr:`stop` while an answer is being generated and is dropped otherwise.
+    ``generate`` and ``load`` commands (and the errors of lines that are not commands) queue up
+    in order; a ``stop`` sets :attr:`stop` while an answer is being generated and is dropped
+    otherwise.
     """
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
-        self.queue: queue.Queue[Generate | ApplianceError | None] = queue.Queue()
+        self.queue: queue.Queue[Generate | Load | ApplianceError | None] = queue.Queue()
         self.busy = threading.Event()
         self.stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="commands", daemon=True)
@@ -95,7 +94,7 @@ class CommandReader:
                 self.queue.put(command)
         self.queue.put(None)
 
-    def next(self) -> Generate | ApplianceError | None:
+    def next(self) -> Generate | Load | ApplianceError | None:
         """The next command (or a bad line's error); None once stdin closed."""
         while True:
             try:
@@ -132,11 +131,64 @@ def generate(ctx: JobContext) -> dict[str, Any]:
             ctx.output(event=EVENT_ERROR, id="", message=str(item), kind=_kind(item))
             continue
         try:
+            if isinstance(item, Load):
+                _add(ctx, engine, str(loaded.model["name"]), aliases, item)
+                continue
             _answer(ctx, engine, aliases, item, reader)
             answered += 1
         except ApplianceError as exc:
             ctx.output(event=EVENT_ERROR, id=item.id, message=str(exc), kind=_kind(exc))
     return {"answers": answered}
+
+
+def _decrypt(loaded: LoadPlan, keys: KeyRing, skip: set[str]) -> list[tuple[str, Any]]:
+    """``(NAME@N, weights)`` of each adapter of ``loaded`` not in ``skip``, decrypted with
+    ``keys``, each version once."""
+    weights = []
+    seen = set(skip)
+    for stored in loaded.adapters.values():
+        if stored.record["ref"] in seen:
+            continue
+        seen.add(stored.record["ref"])
+        blob = keys.read(stored.path, stored.object_id, stored.what)
+        weights.append((stored.record["ref"], adapters.unpack_stored(stored, blob)))
+        del blob
+    return weights
+
+
+def _add(
+    ctx: JobContext, engine: Engine, base: str, aliases: dict[str, str], command: Load
+) -> None:
+    """Load more adapters of the session's base model (a ``load`` command)."""
+    import time
+
+    from appliance.quiet import quiet_libraries
+
+    started = time.perf_counter()
+    try:
+        keys = key_ring(command.keys)
+    except (ValueError, TypeError, AttributeError):
+        raise UsageError("the load command's keys are not hex keys by object id") from None
+    with ctx.registry() as reg:
+        # The base is loaded already: its files were checked when it was.
+        more = plan(ctx.ws, reg, command.adapters, base, check_files=False)
+    wanted = set(engine.columns) | set(more.refs().values())
+    if len(wanted) > MAX_ADAPTERS:
+        raise UsageError(
+            f"this session would hold {len(wanted)} adapters, more than {MAX_ADAPTERS}; start a "
+            "new session with the versions to compare"
+        )
+    with quiet_libraries():
+        for ref, weights in _decrypt(more, keys, set(engine.columns)):
+            engine.add(ref, weights)
+    aliases.update(more.refs())
+    ctx.output(
+        event=EVENT_ADDED,
+        id=command.id,
+        adapters=list(dict.fromkeys(more.refs().values())),
+        aliases=more.refs(),
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def _answer(

@@ -19,6 +19,11 @@ and then answers one command line at a time until stdin closes:
     and the session goes on.
 ``{"op": "stop"}``
     ends the answer being generated (with ``finish: stopped``); ignored between answers.
+``{"op": "load", "id", "adapters": ["legal@4"], "keys": {OBJECT_ID: HEX}}``
+    loads more adapter versions of the same base model beside those loaded (the base is not
+    loaded again), with the data keys of their objects (stdin is the secrets' channel, as for
+    the request); answers ``{"event": "added", "id", "adapters", "aliases", "seconds"}``, or an
+    ``error`` event. Comparing other versions thus never restarts the session.
 
 Torch-free: the desktop app and the CLI build commands and read events with this module.
 """
@@ -34,11 +39,13 @@ from appliance.generation.settings import GenerationSettings
 ROLES = ("system", "user", "assistant")
 OP_GENERATE = "generate"
 OP_STOP = "stop"
+OP_LOAD = "load"
 
 EVENT_LOADED = "loaded"
 EVENT_TOKEN = "token"
 EVENT_ANSWER = "answer"
 EVENT_ERROR = "error"
+EVENT_ADDED = "added"
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -104,17 +111,35 @@ class Stop:
         return {"op": OP_STOP}
 
 
-def parse_command(data: dict[str, Any]) -> Generate | Stop:
+@dataclass(frozen=True)
+class Load:
+    """Loads more adapter versions (of the session's base model) beside those loaded."""
+
+    id: str
+    """Chosen by the sender; the ``added`` or ``error`` event carries it."""
+    adapters: list[str]
+    """References to load (``NAME``, ``NAME@N``, ``NAME@TAG``); those loaded already are kept."""
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
+    """The data keys (hex) of their objects, by object id: exactly what the job may read."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": OP_LOAD, "id": self.id, "adapters": self.adapters, "keys": self.keys}
+
+
+def parse_command(data: dict[str, Any]) -> Generate | Stop | Load:
     """A command from its JSON object.
 
     Raises:
-        UsageError: an unknown op, or a generate command whose fields are wrong.
+        UsageError: an unknown op, or a command whose fields are wrong.
     """
     op = data.get("op")
     if op == OP_STOP:
         return Stop()
+    if op == OP_LOAD:
+        return _parse_load(data)
     if op != OP_GENERATE:
-        raise UsageError(f"unknown command {op!r}; the commands are {OP_GENERATE} and {OP_STOP}")
+        ops = ", ".join((OP_GENERATE, OP_STOP, OP_LOAD))
+        raise UsageError(f"unknown command {op!r}; the commands are {ops}")
     adapter = data.get("adapter")
     if adapter is not None and not isinstance(adapter, str):
         raise UsageError("the command's adapter must be a reference such as legal@2, or null")
@@ -127,3 +152,19 @@ def parse_command(data: dict[str, Any]) -> Generate | Stop:
         messages=check_messages(data.get("messages")),
         settings=GenerationSettings.from_dict(settings),
     )
+
+
+def _parse_load(data: dict[str, Any]) -> Load:
+    adapters = data.get("adapters")
+    if (
+        not isinstance(adapters, list)
+        or not adapters
+        or not all(isinstance(a, str) and a for a in adapters)
+    ):
+        raise UsageError('a load command names adapters as a list such as ["legal@2"]')
+    keys = data.get("keys") or {}
+    if not isinstance(keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in keys.items()
+    ):
+        raise UsageError("a load command's keys must map object ids to hex keys")
+    return Load(id=str(data.get("id", "")), adapters=list(adapters), keys=dict(keys))

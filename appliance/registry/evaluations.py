@@ -101,7 +101,7 @@ class EvaluationsMixin(AdaptersMixin):
         params: list[Any] = []
         if ref is not None:
             clauses.append("e.adapter_version_id = ?")
-            params.append(self.adapter_version(ref)["id"])
+            params.append(self.adapter_version(ref, include_deleted=True)["id"])
         if dataset_version_id is not None:
             clauses.append("e.dataset_version_id = ?")
             params.append(dataset_version_id)

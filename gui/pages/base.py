@@ -13,6 +13,9 @@ class Page(QWidget):
 
     title: str = ""
     purpose: str = ""
+    expanding: bool = False
+    """The body takes the page's whole height (pages with tables and charts); otherwise the
+    body sits at the top above empty space."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -37,8 +40,9 @@ class Page(QWidget):
         layout.addWidget(line)
         self.body = QVBoxLayout()
         self.body.setSpacing(6)
-        layout.addLayout(self.body)
-        layout.addStretch(1)
+        layout.addLayout(self.body, 1 if self.expanding else 0)
+        if not self.expanding:
+            layout.addStretch(1)
 
     def on_lock(self) -> None:
         """The workspace was locked: forget every piece of data shown (rows, previews, names),

@@ -20,7 +20,8 @@ from appliance.generation import Generate, GenerationSettings, check_messages
 from appliance.generation.client import GenerationSession
 from appliance.generation.engine import Engine
 from appliance.generation.plan import plan
-from appliance.generation.request import generate_request
+from appliance.generation.protocol import Load
+from appliance.generation.request import generate_request, load_command
 from appliance.jobs import JobError, JobFailed, JobOutput
 from appliance.registry import Registry
 from appliance.vault import Vault
@@ -76,6 +77,21 @@ def test_switching_adapters_gives_the_logits_of_each_loaded_alone(store: Store) 
         assert torch.allclose(seen[ref], alone, atol=1e-5), ref
     assert not torch.allclose(seen[store.one], seen[store.two], atol=1e-2)
     assert not torch.allclose(seen[store.one], seen[None], atol=1e-2)
+
+
+def test_adapters_added_to_a_running_engine_match_those_loaded_with_it(store: Store) -> None:
+    ids = list(range(7, 31))
+    weights = {ref: adapters.load(store.vault, store.reg, ref)[1] for ref in (store.one, store.two)}
+    folder = plan(store.vault.ws, store.reg, [store.one]).folder
+    together = Engine.load(folder, list(weights.items()))
+    later = Engine.load(folder, [])
+    base = later.logits(ids, None)
+    assert later.add(store.two, weights[store.two])
+    assert later.add(store.one, weights[store.one])
+    assert not later.add(store.one, weights[store.one])  # loaded already: nothing changes
+    for ref in (store.one, store.two, None):
+        assert torch.allclose(later.logits(ids, ref), together.logits(ids, ref), atol=1e-5), ref
+    assert torch.allclose(later.logits(ids, None), base, atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -161,6 +177,30 @@ def test_the_job_streams_tokens_in_order_then_the_answer(store: Store) -> None:
     assert session.close() == 0
     result = [e for e in session.events if e.type == "result"]
     assert result[0].to_dict()["data"] == {"answers": 3}
+
+
+def test_a_running_session_loads_more_adapters_without_restarting(store: Store) -> None:
+    request, _ = generate_request(store.vault, store.reg, [], model="tiny")
+    with GenerationSession(request) as session:
+        assert session.start()["adapters"] == []
+        pid = session.pid
+        command, _ = load_command(store.vault, store.reg, ["legal@1"], "tiny")
+        added = session.load(command)
+        assert added["adapters"] == [store.one]
+        assert added["aliases"] == {"legal@1": store.one}
+        settings = GenerationSettings(max_new_tokens=6)
+        answer = list(session.ask(Generate("a", "legal@1", QUESTION, settings)))[-1]
+        assert answer["adapter"] == store.one
+        assert answer["tokens"] == 6
+        # Keys for other objects than the ones named: the child cannot read the adapter.
+        stolen = Load("x", [store.two], command.keys)
+        with pytest.raises(UsageError, match="this job was not given the key of adapter legal"):
+            session.load(stolen)
+        with pytest.raises(JobError, match="no adapter named 'other'"):
+            session.load(Load("y", ["other@1"], {}))
+        assert session.alive
+        assert session.pid == pid
+    assert session.close() == 0
 
 
 def test_cancel_ends_the_child(store: Store) -> None:

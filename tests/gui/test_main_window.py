@@ -14,7 +14,7 @@ from appliance.workspace import Workspace
 from gui.app import has_display
 from gui.main_window import MainWindow
 
-PAGES = ["Datasets", "Models", "Train", "Registry", "Export", "Settings"]
+PAGES = ["Datasets", "Models", "Train", "Playground", "Registry", "Export", "Settings"]
 
 
 def _window(qtbot: QtBot, home: Path) -> MainWindow:

@@ -135,6 +135,55 @@ def import_model(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     return {"status": status}
 
 
+@step("export")
+def export(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Export ``params["adapter"]`` from the Export page as ``params["format"]`` (with
+    ``gguf_type`` / ``dtype``) to ``params["out"]``, to its end."""
+    page = probe.window.show_page("Export")
+    page.choose(params["adapter"])  # type: ignore[attr-defined]
+    combo = page.format_combo  # type: ignore[attr-defined]
+    combo.setCurrentIndex(combo.findData(params["format"]))
+    if params.get("gguf_type"):
+        gguf = page.gguf_combo  # type: ignore[attr-defined]
+        gguf.setCurrentIndex(gguf.findData(params["gguf_type"]))
+    if params.get("dtype"):
+        dtype = page.dtype_combo  # type: ignore[attr-defined]
+        dtype.setCurrentIndex(dtype.findData(params["dtype"]))
+    page.dest_edit.setText(params["out"])  # type: ignore[attr-defined]
+    job = page.start_export()  # type: ignore[attr-defined]
+    if job is None:
+        raise StepFailed(f"the export did not start: {page.status.text()}")  # type: ignore[attr-defined]
+    probe.wait(job.done, float(params.get("timeout_s", 600)))
+    view = page.result_view  # type: ignore[attr-defined]
+    if view.record is None:
+        raise StepFailed(f"the export failed: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "status": page.status.text(),  # type: ignore[attr-defined]
+        "record": view.record,
+        "stages": dict(page.stage_states),  # type: ignore[attr-defined]
+        "commands": [c.command for c in view.commands],
+    }
+
+
+@step("compare")
+def compare(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Select ``params["refs"]`` on the Registry page and compare them (curves plotted)."""
+    page = probe.window.show_page("Registry")
+    page.select(*params["refs"])  # type: ignore[attr-defined]
+    task = page.compare_selected()  # type: ignore[attr-defined]
+    if task is None:
+        raise StepFailed("Compare did not start")
+    if task.running:
+        probe.wait(task.done)
+    view = page.compare_view  # type: ignore[attr-defined]
+    if view.comparison is None:
+        raise StepFailed(f"no comparison shown: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "differences": view.shown_config_keys(),
+        "curves": sorted(f"{ref} {kind}" for ref, kind in view.curve_items),
+    }
+
+
 @step("import-dataset")
 def import_dataset(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Import ``params["source"]`` as ``params["name"]`` through the Datasets page's wizard."""
@@ -185,6 +234,30 @@ def settings(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     )
     about = page.about  # type: ignore[attr-defined]
     return {"torch": about.versions.get("torch"), "licences": about.table.rowCount()}
+
+
+@step("playground")
+def playground(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask ``params["prompt"]`` of base model ``params["base"]`` and adapter ``params["a"]``
+    on the Playground page; wait until every answer has streamed in."""
+    page = probe.window.show_page("Playground")
+    page.choose(params["base"], params.get("a"), params.get("b"))  # type: ignore[attr-defined]
+    settings = page.settings_panel  # type: ignore[attr-defined]
+    settings.max_new_tokens.setValue(int(params.get("max_new_tokens", 8)))
+    page.prompt.setPlainText(params["prompt"])  # type: ignore[attr-defined]
+    if not page.send():  # type: ignore[attr-defined]
+        raise StepFailed(f"the Playground refused: {page.status.text()}")  # type: ignore[attr-defined]
+    timeout_s = float(params.get("timeout_s", 300))
+    probe.wait_until(lambda: not page.busy, timeout_s)  # type: ignore[attr-defined]
+    columns = {k: c for k, c in page.columns.items() if c.isEnabled()}  # type: ignore[attr-defined]
+    figures = {key: column.figures.text() for key, column in columns.items()}
+    if not all("tokens/s" in text for text in figures.values()):
+        raise StepFailed(f"not every column answered: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "answers": {key: column.answer_text for key, column in columns.items()},
+        "pieces": {key: len(column.pieces) for key, column in columns.items()},
+        "figures": figures,
+    }
 
 
 @step("lock")
