@@ -228,12 +228,11 @@ class _Build:
             self.extra["lora_rank"] = self.weights.config.get("r")
             return
         report(0, 0, "merging")
-        merged = merge.merge(model)
-        del model
-        check_cancel(cancel)
         if self.options.format == "merged":
+            # Merged a block at a time into the shards as they are written: the model that
+            # computed the reference is never copied or modified.
             merge.save_merged(
-                merged,
+                model,
                 tokenizer,
                 self.staging,
                 self.dtype,
@@ -241,7 +240,7 @@ class _Build:
                 on_bytes=written,
                 cancel=cancel,
             )
-            del merged
+            del model
             gc.collect()
             report(0, 0, "verifying")
             reloaded = _load_merged(self.staging, self.dtype)
@@ -252,6 +251,9 @@ class _Build:
                 require_greedy=self.dtype == "fp32",
             )
             return
+        merged = merge.merge(model)
+        del model
+        check_cancel(cancel)
         gguf_name = (
             f"{self.record['name']}-{self.record['version']}.{self.options.gguf_type.upper()}.gguf"
         )

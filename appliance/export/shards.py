@@ -4,6 +4,10 @@
 a model briefly holds it twice. Here each tensor's own buffer is written straight to the file
 (a zero-copy ``memoryview`` of its storage), which keeps the peak at one copy of the model plus
 one tensor, and lets the caller report progress and cancel between tensors.
+
+An entry may also be :class:`Blocks`: a tensor that does not exist yet and is computed a block of
+rows at a time while it is written (a merged LoRA weight), so a merged model is never built in
+memory at all.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -24,7 +29,42 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _dtype_code(tensor: torch.Tensor) -> str:
+@dataclass(frozen=True)
+class Blocks:
+    """A tensor written as consecutive row blocks, computed only while it is being written.
+
+    A safetensors header needs each tensor's dtype and shape before any data, so both are known
+    up front; the values come from ``produce``, whose blocks (contiguous, in ``dtype``) must
+    together hold exactly ``shape``'s elements in row-major order.
+    """
+
+    shape: tuple[int, ...]
+    """The whole tensor's shape."""
+    dtype: torch.dtype
+    """The dtype of every block."""
+    produce: Callable[[], Iterator[torch.Tensor]]
+    """Yields the blocks in order; called once, when the tensor is written."""
+
+    def numel(self) -> int:
+        """Elements of the whole tensor."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return self.numel() * self.dtype.itemsize
+
+
+def nbytes(entry: torch.Tensor | Blocks) -> int:
+    """Bytes of a tensor or of a :class:`Blocks` tensor once produced."""
+    if isinstance(entry, Blocks):
+        return entry.nbytes()
+    return entry.numel() * entry.element_size()
+
+
+def _dtype_code(dtype: torch.dtype) -> str:
     import torch
 
     codes = {
@@ -39,7 +79,7 @@ def _dtype_code(tensor: torch.Tensor) -> str:
         torch.uint8: "U8",
         torch.bool: "BOOL",
     }
-    return codes[tensor.dtype]
+    return codes[dtype]
 
 
 def tensor_buffer(tensor: torch.Tensor) -> memoryview:
@@ -60,14 +100,20 @@ def _write(handle: IO[bytes], data: bytes | memoryview) -> None:
     handle.write(data)
 
 
-def distinct_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def distinct_tensors(
+    state: Mapping[str, torch.Tensor | Blocks],
+) -> dict[str, torch.Tensor | Blocks]:
     """``state`` without tensors that share storage with an earlier one (tied embeddings).
 
     transformers re-ties them on load from the config, as ``save_pretrained`` expects.
+    :class:`Blocks` entries have no storage yet and are always kept.
     """
     seen: set[tuple[int, tuple[int, ...]]] = set()
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | Blocks] = {}
     for name, tensor in state.items():
+        if isinstance(tensor, Blocks):
+            out[name] = tensor
+            continue
         key = (tensor.data_ptr(), tuple(tensor.shape))
         if tensor.numel() and key in seen:
             continue
@@ -78,19 +124,24 @@ def distinct_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def write_file(
     path: Path,
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor | Blocks],
     metadata: Mapping[str, str] | None = None,
     *,
     on_bytes: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> int:
-    """Write one safetensors file; returns its size in bytes. fsyncs before returning."""
+    """Write one safetensors file; returns its size in bytes. fsyncs before returning.
+
+    Raises:
+        ValueError: a :class:`Blocks` entry produced a different number of bytes than its shape
+            says (a bug: the file would be corrupt).
+    """
     header: dict[str, object] = {}
     offset = 0
     for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+        size = nbytes(tensor)
         header[name] = {
-            "dtype": _dtype_code(tensor),
+            "dtype": _dtype_code(tensor.dtype),
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }
@@ -102,8 +153,11 @@ def write_file(
     with open(path, "xb") as handle:
         _write(handle, len(raw).to_bytes(8, "little"))
         _write(handle, raw)
-        for tensor in tensors.values():
+        for name, tensor in tensors.items():
             check_cancel(cancel)
+            if isinstance(tensor, Blocks):
+                _write_blocks(handle, name, tensor, on_bytes)
+                continue
             buffer = tensor_buffer(tensor)
             _write(handle, buffer)
             if on_bytes is not None:
@@ -113,17 +167,33 @@ def write_file(
     return 8 + len(raw) + offset
 
 
+def _write_blocks(
+    handle: IO[bytes], name: str, tensor: Blocks, on_bytes: Callable[[int], None] | None
+) -> None:
+    written = 0
+    for block in tensor.produce():
+        if block.dtype != tensor.dtype:
+            raise ValueError(f"{name}: a block came as {block.dtype}, not {tensor.dtype}")
+        buffer = tensor_buffer(block)
+        _write(handle, buffer)
+        written += len(buffer)
+        if on_bytes is not None:
+            on_bytes(len(buffer))
+    if written != tensor.nbytes():
+        raise ValueError(f"{name}: {written} bytes produced for {tensor.nbytes()} declared")
+
+
 def plan_shards(
-    tensors: Mapping[str, torch.Tensor], max_shard_size: int
-) -> list[dict[str, torch.Tensor]]:
+    tensors: Mapping[str, torch.Tensor | Blocks], max_shard_size: int
+) -> list[dict[str, torch.Tensor | Blocks]]:
     """Group tensors in order into shards of at most ``max_shard_size`` bytes each.
 
     A tensor larger than the limit gets a shard of its own, as transformers does.
     """
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    shards: list[dict[str, torch.Tensor | Blocks]] = [{}]
     current = 0
     for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+        size = nbytes(tensor)
         if shards[-1] and current + size > max_shard_size:
             shards.append({})
             current = 0
@@ -134,7 +204,7 @@ def plan_shards(
 
 def save_sharded(
     folder: Path,
-    state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor | Blocks],
     max_shard_size: int,
     *,
     on_bytes: Callable[[int], None] | None = None,
@@ -155,7 +225,7 @@ def save_sharded(
     weight_map: dict[str, str] = {}
     total = 0
     for file_name, shard in zip(names, shards, strict=True):
-        total += sum(t.numel() * t.element_size() for t in shard.values())
+        total += sum(nbytes(t) for t in shard.values())
         write_file(folder / file_name, shard, meta, on_bytes=on_bytes, cancel=cancel)
         weight_map.update(dict.fromkeys(shard, file_name))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}

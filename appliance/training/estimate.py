@@ -15,8 +15,9 @@ for the backward pass. Z: logits for the loss (one chunk of labelled rows with t
 the whole batch x sequence x vocabulary otherwise). D: dequantisation scratch. C: the CUDA
 context, which NVML sees and torch does not. R: on the CPU the peak is the process's resident
 memory, which also holds the interpreter and the libraries (torch, transformers, peft,
-bitsandbytes) and the allocator's slack; its terms were calibrated against measured peak RSS of
-the demo model (bench/estimate.py).
+bitsandbytes), the step's temporaries and the allocator's slack (a share of the step's tensors),
+and either a checkpoint being saved or the model being loaded where those need more than a step;
+its terms were calibrated against measured peak RSS of the demo model (bench/estimate.py).
 
 Activations and logits scale with the tokens of the largest micro-batch the run can form, not
 with ``max_seq_length``: micro-batches are padded only to their longest example (or packed).
@@ -63,6 +64,13 @@ mapped and read; calibrated: bench/estimate.py)."""
 CPU_CHECKPOINT_COPIES = 2.0
 """Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
 is serialised and encrypted on the CPU."""
+CPU_STEP_SLACK = 0.4
+"""Resident memory a CPU step holds beyond its tensor terms (activations, LoRA input copies,
+logits, dequantisation), as a share of them: the backward pass's gradients and temporaries, and
+freed blocks glibc keeps in its heap until the step's ``malloc_trim``. Fitted to the measured
+peak RSS of the demo model at four settings (bench/estimate.py, docs/benchmarks.md: 0.35-0.5
+each; 0.4 keeps all four within 12%); autograd itself keeps 16% less than the activations term
+says on the CPU (bench/activations.py), so the slack is the larger share."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -458,34 +466,44 @@ def _cpu_items(
     lora_params: int,
     items: Sequence[EstimateItem],
 ) -> list[EstimateItem]:
-    """The CPU process's terms: its runtime, a checkpoint being saved, and model loading.
+    """The CPU process's terms: step slack, a checkpoint being saved, model loading, runtime.
 
-    Loading and training do not overlap: loading holds the checkpoint file's pages on top of the
-    final weights, training holds LoRA states, activations and logits. The larger of the two
-    sets the peak; the ``loading`` term is what loading adds beyond training's own terms.
+    A step's tensors, a checkpoint being saved and the model being loaded are never alive at
+    the same time: the checkpoint is written between steps, after the step's tensors are freed,
+    and loading ends before training starts. The largest of the three sets the peak, so the
+    ``checkpoint`` and ``loading`` terms are what each adds beyond the step's own (usually 0).
     """
-    saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
-    training = saving + sum(
-        i.bytes
-        for i in items
-        if i.key in ("lora", "activations", "lora_inputs", "logits", "dequant")
+    step_tensors = sum(
+        i.bytes for i in items if i.key in ("activations", "lora_inputs", "logits", "dequant")
     )
+    slack = round(CPU_STEP_SLACK * step_tensors)
+    step = step_tensors + slack
+    saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
     stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
     file_bytes = (4 if "32" in stored else 2) * shape.total_params
-    loading = max(0, round(CPU_LOAD_FILE_FACTOR * file_bytes) - training)
+    loading = round(CPU_LOAD_FILE_FACTOR * file_bytes)
+    lora_states = sum(i.bytes for i in items if i.key == "lora")  # not alive while loading
     return [
         EstimateItem(
+            "slack",
+            "step temporaries and allocator slack",
+            slack,
+            f"{CPU_STEP_SLACK:g} x the step's tensors ({step_tensors / 1e6:,.0f} MB): gradients, "
+            "temporaries, freed memory glibc keeps until the step ends",
+        ),
+        EstimateItem(
             "checkpoint",
-            "checkpoint being saved",
-            saving,
-            f"{CPU_CHECKPOINT_COPIES:g} x {lora_params / 1e6:,.2f} M LoRA params x 12 B",
+            "checkpoint being saved (beyond the step)",
+            max(0, saving - step),
+            f"{CPU_CHECKPOINT_COPIES:g} x {lora_params / 1e6:,.2f} M LoRA params x 12 B "
+            f"= {saving / 1e6:,.0f} MB between steps, less what a step holds",
         ),
         EstimateItem(
             "loading",
-            "model loading (beyond training)",
-            loading,
+            "model loading (beyond the step)",
+            max(0, loading - step - lora_states),
             f"{CPU_LOAD_FILE_FACTOR:g} x the {file_bytes / 1e6:,.0f} MB {stored} weights file "
-            "mapped while loading, less what training holds",
+            "mapped while loading, less what a step holds",
         ),
         EstimateItem(
             "runtime",

@@ -272,6 +272,94 @@ def test_row_block_merge_matches_peft(
             assert not torch.equal(a, base[key])
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("model*.safetensors*"))}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_streamed_merge_matches_peft_and_the_in_place_merge_byte_for_byte(
+    tiny_llama: Path, dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    from appliance.export import merge
+    from tests.helpers.adapters import random_lora
+
+    # Blocks of 1,000 values: several blocks per weight on the tiny model, the last one partial.
+    monkeypatch.setattr(merge, "MERGE_BLOCK_ELEMENTS", 1000)
+    weights = random_lora(tiny_llama, seed=5)
+    tokenizer = merge.load_tokenizer(tiny_llama)
+    model = merge.apply_adapter(merge.load_base(tiny_llama, dtype), weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merge.save_merged(model, tokenizer, _mkdir(tmp_path / "streamed"), dtype, 40_000)
+    # The model that computed the reference logits is left as it was, adapter applied.
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+    in_place = merge.merge(merge.apply_adapter(merge.load_base(tiny_llama, dtype), weights))
+    merge.save_state(
+        in_place, in_place.state_dict(), tokenizer, _mkdir(tmp_path / "in_place"), dtype, 40_000
+    )
+    streamed = _files(tmp_path / "streamed")
+    assert len(streamed) > 3  # sharded: index and several shards
+    assert streamed == _files(tmp_path / "in_place")
+
+    peft_merged = (
+        merge.apply_adapter(merge.load_base(tiny_llama, dtype), weights)
+        .merge_and_unload(safe_merge=True)
+        .state_dict()
+    )
+    written: dict[str, torch.Tensor] = {}
+    for name in streamed:
+        if name.endswith(".safetensors"):
+            written.update(load_file(str(tmp_path / "streamed" / name)))
+    # The tied-free state dict of the merged model, every tensor written once.
+    assert written.keys() == peft_merged.keys()
+    base = merge.load_base(tiny_llama, dtype).state_dict()
+    ulp = 2.0**-7 if dtype == "bf16" else 2.0**-23
+    for key, theirs in peft_merged.items():
+        ours = written[key]
+        assert ours.dtype == theirs.dtype == merge.torch_dtype(dtype)
+        # peft rounds B A to the dtype before adding it: one rounding more, no more apart.
+        bound = 2 * ulp * max(1.0, float(theirs.abs().max()))
+        assert float((ours.float() - theirs.float()).abs().max()) <= bound, key
+        if "proj" in key:
+            assert not torch.equal(ours, base[key])
+        else:
+            assert torch.equal(ours, base[key])
+
+
+def test_streamed_merge_refuses_nan_naming_the_layer(tiny_llama: Path, tmp_path: Path) -> None:
+    from appliance.errors import ExportError
+    from appliance.export import merge
+    from tests.helpers.adapters import random_lora
+
+    weights = random_lora(tiny_llama, targets=("v_proj",))
+    key = next(k for k in weights.tensors if "layers.1." in k and "lora_B" in k)
+    weights.tensors[key][3, 0] = float("inf")
+    model = merge.apply_adapter(merge.load_base(tiny_llama, "fp32"), weights)
+    tokenizer = merge.load_tokenizer(tiny_llama)
+    with pytest.raises(ExportError, match=r"NaN or infinite weights in model\.layers\.1\..*v_proj"):
+        merge.save_merged(model, tokenizer, _mkdir(tmp_path / "out"), "fp32", 1 << 30)
+
+
+def test_blocks_that_do_not_fill_their_shape_are_refused(tmp_path: Path) -> None:
+    from appliance.export import shards
+
+    def two_rows() -> Iterator[torch.Tensor]:
+        yield torch.ones(2, 4)
+
+    short = shards.Blocks((3, 4), torch.float32, two_rows)
+    with pytest.raises(ValueError, match="32 bytes produced for 48 declared"):
+        shards.write_file(tmp_path / "x.safetensors", {"w": short})
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def test_qwen2_gguf_keeps_biases_and_needs_no_permutation(
     store: Store, tiny_llama: Path, tmp_path: Path
 ) -> None:
