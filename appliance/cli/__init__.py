@@ -19,6 +19,7 @@ from appliance.cli import (
     dataset_cmd,
     export_cmd,
     model_cmd,
+    network_cmd,
     passphrase_cmd,
     selftest_cmd,
     train_cmd,
@@ -76,6 +77,7 @@ app.command("gpu")(gpu)
 passphrase_cmd.register(app)
 audit_cmd.register(app)
 selftest_cmd.register(app)
+network_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -156,6 +156,7 @@ def _no_own_name_lookups(name: str) -> Iterator[None]:
     """torch's agent asks for this host's fully qualified name (a DNS query the offline guard
     refuses, and one the appliance has no reason to make): answer with ``name`` instead."""
     real = socket.getfqdn
+
     def own_name(_name: str = "") -> str:
         return name
 
