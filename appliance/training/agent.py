@@ -47,6 +47,8 @@ log = logging.getLogger("appliance.training")
 SHUTDOWN_GRACE_S = 100
 """How long the agent lets the ranks finish a step and checkpoint after SIGTERM (a stop) before
 it kills them; below :data:`appliance.training.runs.STOP_TIMEOUT_S`."""
+RENDEZVOUS_ID = "appliance"
+"""torchrun's run id on several machines (each machine's run has its own appliance id)."""
 MONITOR_INTERVAL_S = 0.2
 """How often the agent looks at its ranks: a dead rank is noticed within this."""
 
@@ -179,7 +181,10 @@ def _environment(topology: Topology) -> None:
         # NVML and CUDA number GPUs the same way only in PCI bus order.
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in topology.gpu_indices)
-    if topology.nnodes == 1:
+    from appliance.offline import is_loopback_host
+
+    host = parse_rendezvous(topology.rendezvous)[0] if topology.rendezvous else "127.0.0.1"
+    if is_loopback_host(host):
         # Everything stays on loopback (gloo and NCCL's bootstrap would pick an interface).
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
@@ -229,7 +234,8 @@ def run_agent(run_id: str, topology: Topology, events: ev.EventLog, stream: IO[s
         "min_nodes": topology.nnodes,
         "max_nodes": topology.nnodes,
         "nproc_per_node": topology.nproc_per_node,
-        "run_id": run_id,
+        # The machines' runs have ids of their own; the rendezvous is the one they share.
+        "run_id": RENDEZVOUS_ID if topology.nnodes > 1 else run_id,
         "rdzv_backend": "c10d",
         "rdzv_endpoint": endpoint,
         "rdzv_configs": {

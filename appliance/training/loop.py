@@ -204,6 +204,9 @@ class Trainer:
             # not on what loading the model happened to draw.
             torch.manual_seed(cfg.seed + 1 + 7919 * self.group.rank)
 
+    def _parallel_mode(self) -> str:
+        return self.topology.parallel if self.topology is not None else self.config.parallel
+
     def _digest(self) -> bytes:
         """What every process of a run must agree on: settings, data and model."""
         import hashlib
@@ -241,8 +244,18 @@ class Trainer:
         if cfg.method == "qlora":
             from appliance.training.quant import load_4bit
 
-            model = load_4bit(model_dir, dtype, device_map=device_map)
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            # FSDP shards the 4-bit weights only when they are stored in the compute dtype.
+            fsdp = self._parallel_mode() == "fsdp" and self.group.distributed
+            model = load_4bit(
+                model_dir, dtype, device_map=device_map, quant_storage=dtype if fsdp else None
+            )
+            if fsdp:
+                # No fp32 upcast of the frozen 16-bit weights: an FSDP unit holds one dtype, and
+                # the 4-bit weights are stored in the compute dtype beside them.
+                for param in model.parameters():
+                    param.requires_grad = False
+            else:
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         else:
             from transformers import AutoModelForCausalLM
 

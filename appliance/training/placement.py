@@ -101,6 +101,8 @@ class Topology:
     timeout_s: int = DEFAULT_TIMEOUT_S
     parallel: str = "ddp"
     """``ddp`` (each process holds the whole base) or ``fsdp`` (the base sharded)."""
+    torchrun: bool = False
+    """Run under torchrun even with one process (``bench/gpu_check.py`` proves the path so)."""
 
     @property
     def world_size(self) -> int:
@@ -109,8 +111,9 @@ class Topology:
 
     @property
     def distributed(self) -> bool:
-        """Whether the session runs under torchrun (more than one process in all)."""
-        return self.world_size > 1 or self.nnodes > 1
+        """Whether the session runs under torchrun: more than one process in all, or FSDP (which
+        wraps the model even on one GPU), or asked for."""
+        return self.world_size > 1 or self.nnodes > 1 or self.parallel == "fsdp" or self.torchrun
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the world size (the launch section and lineage keep it)."""
