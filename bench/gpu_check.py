@@ -5,6 +5,11 @@ Run on a machine with an NVIDIA GPU::
     .venv/bin/python bench/gpu_check.py                    # Llama-3.2-1B shape, a small sweep
     .venv/bin/python bench/gpu_check.py --model llama-3-8b --sweep b1s2048
     .venv/bin/python bench/gpu_check.py --cpu-smoke        # the same code path on CPU, tiny shape
+    .venv/bin/python bench/gpu_check.py --no-parallel      # skip the DDP/FSDP checks
+
+After the sweep, on CUDA, the multi-process checks of ``bench/gpu_parallel.py`` run on the same
+random model: DDP and FSDP through torchrun on one GPU, an FSDP run resumed under DDP, and the
+1 vs N GPUs scaling when there are several; ``summary.json`` keeps them under ``parallel``.
 
 For each setting of the sweep it trains a few QLoRA steps on random tokens, emits the appliance's
 events (``step`` and ``memory`` each step: NVML used/total, torch allocated/reserved/peak) to
@@ -24,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from appliance import offline
+from appliance import offline  # noqa: E402
 
 offline.enforce()
 
@@ -225,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-smoke", action="store_true", help="run the same code on CPU with the tiny shape"
     )
+    parser.add_argument(
+        "--no-parallel", action="store_true", help="skip the DDP/FSDP checks through torchrun"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -335,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
                         **measured,
                     }
                 )
+        parallel = None
+        if device == "cuda" and not args.no_parallel:
+            from bench.gpu_parallel import _tokenizer, check
+
+            del model  # the checks train in child processes, which need the GPU's memory
+            torch.cuda.empty_cache()
+            _tokenizer(folder)
+            print("\n== DDP / FSDP through torchrun", flush=True)
+            parallel = check(folder, "qlora", 2 * args.steps)
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     summary = {
         "model": args.model,
@@ -342,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "dtype": dtype_name,
         "results": results,
+        "parallel": parallel,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nevents: {metrics}\nsummary: {args.out / 'summary.json'}")

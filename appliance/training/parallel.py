@@ -74,6 +74,15 @@ class Parallel:
     """The PEFT model itself (its ``state_dict`` names are the adapter's)."""
     module: torch.nn.Module
     """What computes the loss: :class:`LossModule`, possibly wrapped."""
+    device: str = "cpu"
+    adapter_keys: tuple[str, ...] = ()
+    """peft's names of the adapter's tensors, read before FSDP wrapped the model."""
+
+    @property
+    def _offload(self) -> bool:
+        # Whole state gathered to the CPU as it is assembled (GPU memory holds one unit at a
+        # time); on the CPU itself FSDP's offload would free what it just gathered.
+        return self.device.startswith("cuda")
 
     def loss(self, batch: Any) -> tuple[torch.Tensor, int]:
         """(sum of token losses, label tokens) of ``batch``, through the wrapper."""
@@ -117,22 +126,23 @@ class Parallel:
 
         if self.mode != "fsdp":
             return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        full = get_model_state_dict(
-            self.module,
-            options=StateDictOptions(
-                full_state_dict=True, cpu_offload=True, ignore_frozen_params=True
-            ),
-        )
-        plain = {k.removeprefix("model."): v for k, v in full.items()}
-        return {
-            k: v.detach().clone()
-            for k, v in get_peft_model_state_dict(self.model, state_dict=plain).items()
-        }
+        # Whole parameters for the moment (every process takes part), read by name: FSDP's own
+        # state-dict paths differ between one GPU (no sharding) and several, and peft's picks
+        # entries by module names, which FSDP's wrappers change.
+        with FSDP.summon_full_params(self.module, writeback=False, offload_to_cpu=self._offload):
+            found = {
+                _clean(name).replace(".default.", "."): param.detach().clone()
+                for name, param in self.model.named_parameters()
+                if param.requires_grad
+            }
+        if set(found) != set(self.adapter_keys):
+            missing = sorted(set(self.adapter_keys) ^ set(found))
+            raise RuntimeError(
+                f"the sharded model's LoRA weights do not match peft's: {missing[0]}"
+            )
+        return found
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer's whole state, keyed by parameter index as a single process keys it."""
@@ -148,11 +158,14 @@ class Parallel:
             get_optimizer_state_dict(
                 self.module,
                 optimizer,
-                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+                options=StateDictOptions(full_state_dict=True, cpu_offload=self._offload),
             )
         )
         index = {name: i for i, name in enumerate(names)}
-        state = {index[k]: v for k, v in full.get("state", {}).items() if k in index}
+        unknown = [k for k in full.get("state", {}) if k not in index]
+        if unknown:
+            raise RuntimeError(f"optimizer state for {unknown[0]}, which is not a LoRA weight")
+        state = {index[k]: v for k, v in full.get("state", {}).items()}
         groups = [
             {**g, "params": [index[p] for p in g["params"] if p in index]}
             for g in full.get("param_groups", [])
@@ -181,12 +194,12 @@ class Parallel:
         )
 
     def _trainable_names(self) -> list[str]:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        return [_clean(n) for n, p in self.module.named_parameters() if p.requires_grad]
 
-        names = [n for n, p in self.module.named_parameters() if p.requires_grad]
-        return [
-            n.replace(f"{FSDP.__name__}.", "").replace("_fsdp_wrapped_module.", "") for n in names
-        ]
+
+def _clean(name: str) -> str:
+    """A parameter's name without the FSDP wrappers' segments."""
+    return name.replace("_fsdp_wrapped_module.", "")
 
 
 def wrap(model: Any, loss_fn: LossFn, group: Group, mode: str, device: str) -> Parallel:
@@ -197,9 +210,12 @@ def wrap(model: Any, loss_fn: LossFn, group: Group, mode: str, device: str) -> P
     """
     module = LossModule(model, loss_fn)
     if not group.distributed:
-        return Parallel(group, "single", model, module)
+        return Parallel(group, "single", model, module, device)
     if mode == "fsdp":
-        return Parallel(group, "fsdp", model, _fsdp(module, model, device))
+        from peft import get_peft_model_state_dict
+
+        keys = tuple(get_peft_model_state_dict(model))
+        return Parallel(group, "fsdp", model, _fsdp(module, model, device), device, keys)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
@@ -217,7 +233,7 @@ def wrap(model: Any, loss_fn: LossFn, group: Group, mode: str, device: str) -> P
     wrapped.register_comm_hook(None, _sum_gradients)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("DDP over %d processes: %d LoRA parameters kept in step", group.world_size, trainable)
-    return Parallel(group, "ddp", model, wrapped)
+    return Parallel(group, "ddp", model, wrapped, device)
 
 
 def _fsdp(module: LossModule, model: Any, device: str) -> torch.nn.Module:

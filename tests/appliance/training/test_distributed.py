@@ -316,3 +316,44 @@ def test_bad_placements_are_refused_and_nothing_is_created(
     assert listed == []
     runs_dir = cli.home / "runs"
     assert not runs_dir.exists() or not list(runs_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_fsdp_path_matches_ddp_checkpoints_whole_and_resumes_under_one_process(
+    setup: Any, two_processes: Any
+) -> None:
+    # FSDP is offered on GPUs only; its code path (sharded 4-bit base stored in the compute
+    # dtype, gathered checkpoints) runs on gloo too, which is what this checks on the CPU.
+    from appliance.training.placement import Topology
+
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config(*SETTINGS, "micro_batch_size=2"), adapter="sharded")
+    fsdp = Topology(
+        nproc_per_node=2,
+        nnodes=1,
+        node_rank=0,
+        device="cpu",
+        backend="gloo",
+        device_names=("cpu", "cpu"),
+        parallel="fsdp",
+    )
+    seen: list[ev.Event] = []
+    with _registry(vault) as reg:
+        process = runs.launch(vault, reg, run_id, threads=1, topology=fsdp)
+        for event in process.events():
+            seen.append(event)
+            if isinstance(event, ev.Step) and event.step == 3:
+                process.stop()  # SIGTERM to the agent: every rank stops at the same step
+        stopped = runs.wait_settled(process, vault, reg)
+    assert stopped.state == "stopped", stopped.message
+    started = seen[0]
+    assert isinstance(started, ev.Started)
+    assert started.parallel == "fsdp"
+    _same_losses(_steps(seen), [s for s in _steps(two_processes[1]) if s[0] <= 3])
+    resumed, outcome, _ = _run(vault, run_id, Placement(processes=1))
+    assert outcome.state == "finished", outcome.message
+    assert resumed[0].start_step == 3  # type: ignore[attr-defined]
+    difference = max_diff(
+        registered_adapter(vault, "sharded@1"), registered_adapter(vault, "two@1")
+    )
+    assert difference <= 1e-5
