@@ -149,15 +149,25 @@ def two_processes(
     return run_id, events, notes
 
 
-def test_two_processes_equal_one_with_twice_the_micro_batch(setup: Any, two_processes: Any) -> None:
+@pytest.fixture(scope="module")
+def one_process(setup: Any) -> tuple[dict[str, torch.Tensor], list[ev.Event]]:
+    """The same global batch in one process (micro-batch 4, the same accumulation), trained in
+    this process: its adapter and events."""
     _ws, vault = setup
-    run_id, events, notes = two_processes
-    # The same global batch in one process: micro-batch 4, the same accumulation.
     reference = new_run(vault, tiny_config(*SETTINGS, "micro_batch_size=4"), adapter="one")
     log = CaptureLog(None)
     assert trainer_for(vault, reference, log).run() == "finished"
-    assert max_diff(registered_adapter(vault, "two@1"), folder_adapter(vault, reference)) <= 1e-5
-    _same_losses(_steps(events), _steps(log.captured))
+    return folder_adapter(vault, reference), log.captured
+
+
+def test_two_processes_equal_one_with_twice_the_micro_batch(
+    setup: Any, two_processes: Any, one_process: Any
+) -> None:
+    _ws, vault = setup
+    run_id, events, notes = two_processes
+    adapter, reference_events = one_process
+    assert max_diff(registered_adapter(vault, "two@1"), adapter) <= 1e-5
+    _same_losses(_steps(events), _steps(reference_events))
 
     started = events[0]
     assert isinstance(started, ev.Started)
@@ -357,3 +367,26 @@ def test_fsdp_path_matches_ddp_checkpoints_whole_and_resumes_under_one_process(
         registered_adapter(vault, "sharded@1"), registered_adapter(vault, "two@1")
     )
     assert difference <= 1e-5
+
+
+@pytest.mark.slow
+def test_one_process_stopped_then_resumed_on_two_equals_one(setup: Any, one_process: Any) -> None:
+    _ws, vault = setup
+    run_id = new_run(vault, tiny_config(*SETTINGS, "micro_batch_size=4"), adapter="widened")
+    trainer: Any = None
+
+    def stop_at_2(event: ev.Event) -> None:
+        if isinstance(event, ev.Step) and event.step == 2:
+            trainer.request_stop()
+
+    trainer = trainer_for(vault, run_id, CaptureLog(None, stop_at_2))
+    assert trainer.run() == "stopped"
+    # 1 -> 2: each process takes half of the run's global micro-batch of 4.
+    resumed, outcome, _ = _run(vault, run_id, TWO)
+    assert outcome.state == "finished", outcome.message
+    started = resumed[0]
+    assert isinstance(started, ev.Started)
+    assert (started.start_step, started.world_size, started.global_batch) == (2, 2, 8)
+    adapter, reference_events = one_process
+    assert max_diff(registered_adapter(vault, "widened@1"), adapter) <= 1e-5
+    _same_losses(_steps(resumed), [s for s in _steps(reference_events) if s[0] > 2])
