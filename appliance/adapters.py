@@ -16,14 +16,17 @@ registers what it packed with :func:`store`), and export reads adapters with :fu
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import IntegrityError
 from appliance.folders import artifact_sha256
+from appliance.fsutil import fsync_dir, temp_name
 from appliance.vault import Vault, new_object_id
+from appliance.vault.objects import object_id_of
+from appliance.workspace import Workspace
 
 if TYPE_CHECKING:
     import torch
@@ -73,20 +76,45 @@ def from_peft_model(model: PeftModel, adapter_name: str = "default") -> AdapterW
     return AdapterWeights(config_to_json_dict(model.peft_config[adapter_name]), tensors)
 
 
-def apply_to(base: PreTrainedModel, weights: AdapterWeights) -> PeftModel:
-    """Wrap ``base`` in a PEFT model carrying ``weights`` (for inference or merging)."""
-    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+def _peft_config(weights: AdapterWeights) -> Any:
+    from peft import LoraConfig
 
-    config = LoraConfig.from_peft_type(**{**weights.config, "inference_mode": True})
-    model = PeftModel(base, config)
-    result = set_peft_model_state_dict(model, weights.tensors)
+    return LoraConfig.from_peft_type(**{**weights.config, "inference_mode": True})
+
+
+def _set_weights(model: PeftModel, weights: AdapterWeights, adapter_name: str) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, weights.tensors, adapter_name=adapter_name)
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if unexpected:
+    marker = f".{adapter_name}."
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k and marker in k]
+    if unexpected or missing:
+        example = (unexpected or missing)[0]
         raise IntegrityError(
-            f"the adapter does not fit this base model: {len(unexpected)} of its tensors have no "
-            f"place in it (e.g. {unexpected[0]}); use the base model it was trained on"
+            f"the adapter does not fit this base model: {len(unexpected) + len(missing)} of its "
+            f"tensors have no place in it or are missing (e.g. {example}); use the base model "
+            "it was trained on"
         )
+
+
+def apply_to(
+    base: PreTrainedModel, weights: AdapterWeights, adapter_name: str = "default"
+) -> PeftModel:
+    """Wrap ``base`` in a PEFT model carrying ``weights`` (for inference or merging)."""
+    from peft import PeftModel
+
+    model = PeftModel(base, _peft_config(weights), adapter_name=adapter_name)
+    _set_weights(model, weights, adapter_name)
     return model
+
+
+def add_to(model: PeftModel, weights: AdapterWeights, adapter_name: str) -> None:
+    """Load one more adapter into a PEFT model, beside those it has (peft's multi-adapter
+    support): ``model.set_adapter(adapter_name)`` then switches to it without reloading the
+    base."""
+    model.add_adapter(adapter_name, _peft_config(weights))
+    _set_weights(model, weights, adapter_name)
 
 
 def pack(weights: AdapterWeights) -> bytes:
@@ -166,7 +194,7 @@ def store(
     Returns:
         The new version number.
     """
-    staging = vault.ws.tmp_dir / f"adapter-{name}-{secrets.token_hex(4)}"
+    staging = vault.ws.tmp_dir / temp_name(f"adapter-{name}")
     staging.mkdir(mode=0o700)
     try:
         if isinstance(weights, bytes):
@@ -186,6 +214,48 @@ def store(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class StoredAdapter:
+    """Where an adapter version's vault object lies, after its files were checked."""
+
+    record: dict[str, Any]
+    """The registry row (``reg.adapter_version``)."""
+    path: Path
+    """The encrypted ``adapter.enc``."""
+    object_id: str
+    """The vault object's id (the key a child process is handed is looked up by it)."""
+
+    @property
+    def what(self) -> str:
+        """How messages name it: ``adapter NAME@N``."""
+        return f"adapter {self.record['name']}@{self.record['version']}"
+
+
+def locate(ws: Workspace, reg: Registry, ref: str) -> StoredAdapter:
+    """Find adapter version ``ref`` (NAME[@N|@TAG]) and check its folder against the registry.
+
+    Raises:
+        NotFoundError: no such adapter version.
+        IntegrityError: the files were modified or damaged.
+    """
+    record = reg.adapter_version(ref)
+    label = f"adapter {record['name']}@{record['version']}"
+    folder = ws.home / record["path"]
+    actual = artifact_sha256(folder) if folder.exists() else None
+    if actual != record["sha256"]:
+        raise IntegrityError(
+            f"{label} is damaged or was modified (its files no longer match the registry); "
+            "restore it from backup"
+        )
+    path = folder / ADAPTER_FILE
+    return StoredAdapter(record, path, object_id_of(path, label))
+
+
+def unpack_stored(stored: StoredAdapter, blob: bytes | bytearray) -> AdapterWeights:
+    """The weights of a located adapter from its decrypted object (e.g. in a job child)."""
+    return unpack(blob, stored.what)
+
+
 def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], AdapterWeights]:
     """The registry record and the decrypted weights of adapter version ``ref`` (NAME[@N]).
 
@@ -196,14 +266,28 @@ def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], Adapter
         NotFoundError: no such adapter version.
         IntegrityError: the files were modified or damaged.
     """
-    record = reg.adapter_version(ref)
-    label = f"adapter {record['name']}@{record['version']}"
-    folder = vault.ws.home / record["path"]
-    actual = artifact_sha256(folder)
-    if actual != record["sha256"]:
-        raise IntegrityError(
-            f"{label} is damaged or was modified (its files no longer match the registry); "
-            "restore it from backup"
-        )
-    blob = vault.read(folder / ADAPTER_FILE, what=label)
-    return record, unpack(blob, label)
+    stored = locate(vault.ws, reg, ref)
+    blob = vault.read(stored.path, stored.object_id, what=stored.what)
+    return stored.record, unpack(blob, stored.what)
+
+
+def delete_version(ws: Workspace, reg: Registry, ref: str) -> dict[str, Any]:
+    """Delete adapter version ``ref``: its registry row is marked deleted (lineage, exports and
+    audit rows stay) and its encrypted folder is removed. Call with the writer lock held.
+
+    The row is marked first: a crash in between leaves an orphan folder (harmless, no key is
+    lost), never a live row without its weights.
+
+    Returns:
+        The version's row as it was.
+
+    Raises:
+        NotFoundError: no such live version.
+        RegistryError: it carries a tag.
+    """
+    record = reg.delete_adapter_version(ref)
+    folder = ws.home / record["path"]
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.is_dir():
+        fsync_dir(folder.parent)
+    return record

@@ -39,6 +39,10 @@ class WorkspaceLockedError(WorkspaceError):
     """Another appliance process holds the workspace's writer lock."""
 
 
+class WorkspaceReadOnlyError(WorkspaceError):
+    """The workspace cannot be written (read-only mount or no permission); reading works."""
+
+
 class PassphraseError(ApplianceError):
     """No usable passphrase was given, or it is wrong."""
 

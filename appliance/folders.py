@@ -1,4 +1,5 @@
-"""Self-describing folders: each model, run and adapter folder carries ``meta.json``.
+"""Self-describing folders: each model, run and adapter folder carries ``meta.json``, and each
+dataset version's encrypted file a ``<object id>.meta.json`` beside it.
 
 The registry is an index over these folders; ``appliance verify --rebuild-index`` rebuilds the
 rows from them. ``meta.json`` is one JSON object::
@@ -9,7 +10,7 @@ rows from them. ``meta.json`` is one JSON object::
 every change. A folder's owner may keep more sections beside it (a run keeps ``launch``: what its
 training child needs, see :mod:`appliance.training.runfolder`); writing one section keeps the
 others, so the file stays the one description of the folder. Readers ignore sections they do not
-know.
+know. Like the registry, metadata holds names, counts and hashes, never a row of anybody's data.
 
 This module imports neither the registry nor torch: the training child reads its run's
 description with it.
@@ -29,7 +30,11 @@ from appliance.fsutil import atomic_write_bytes, sha256_file
 
 META_FILE = "meta.json"
 META_FORMAT = 1
-KINDS = ("base_model", "run", "adapter_version")
+MAX_META_BYTES = 16 << 20
+"""A model's manifest lists every file, so allow a few MiB; never read a huge file whole."""
+KINDS = ("base_model", "run", "adapter_version", "dataset_version")
+SIDECAR_SUFFIX = ".meta.json"
+"""A dataset version's metadata: ``datasets/<object id>.meta.json`` beside ``<object id>.enc``."""
 
 
 def write_meta(folder: Path, kind: str, record: dict[str, Any]) -> None:
@@ -64,6 +69,22 @@ def write_section(folder: Path, kind: str, name: str, value: dict[str, Any]) -> 
     )
 
 
+def write_meta_file(path: Path, kind: str, record: dict[str, Any]) -> None:
+    """Write a metadata file that is not a folder's ``meta.json`` (a dataset version's
+    sidecar) atomically; its folder must exist."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown meta kind {kind!r}")
+    body = {"kind": kind, "format": META_FORMAT, "record": record}
+    atomic_write_bytes(
+        path, (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode()
+    )
+
+
+def sidecar_path(data_file: Path) -> Path:
+    """The metadata file beside a dataset version's encrypted file."""
+    return data_file.with_name(data_file.name.removesuffix(".enc") + SIDECAR_SUFFIX)
+
+
 def read_body(folder: Path) -> dict[str, Any]:
     """The whole ``folder/meta.json`` object, every section.
 
@@ -81,7 +102,15 @@ def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
     Raises:
         IntegrityError: the file is missing, not JSON or not a metadata file.
     """
-    path = folder / META_FILE
+    return read_meta_file(folder / META_FILE)
+
+
+def read_meta_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(kind, record)`` of the metadata file ``path`` (a ``meta.json`` or a sidecar).
+
+    Raises:
+        IntegrityError: the file is missing, not JSON or not a metadata file.
+    """
     body = _load(path)
     if not isinstance(body.get("record"), dict):
         raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")
@@ -90,11 +119,19 @@ def read_meta(folder: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _load(path: Path) -> dict[str, Any]:
+    # Bounded and regular files only: a rebuild reads every metadata file it finds, and a FIFO
+    # or a huge file named meta.json must not hang it or fill the memory.
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        if path.exists() and not path.is_file():
+            raise IntegrityError(f"{path} is not a regular file")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_META_BYTES + 1)
+        if len(raw) > MAX_META_BYTES:
+            raise IntegrityError(f"{path} is larger than any metadata file ({MAX_META_BYTES} B)")
+        body = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise IntegrityError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise IntegrityError(f"{path} is unreadable: {exc}") from None
     if not isinstance(body, dict) or body.get("kind") not in KINDS:
         raise IntegrityError(f"{path} is not an appliance metadata file (no kind/record)")

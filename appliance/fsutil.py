@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +21,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+TEMP_RE = re.compile(r"\.pid(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(?:-wal|-shm|-journal)?$")
+"""Every temporary file or folder the appliance makes ends like ``.pid1234-abcd1234.tmp``:
+the writer's PID in the name tells a leftover of a dead process from work in progress."""
+
+
+def temp_name(stem: str) -> str:
+    """A temporary name for ``stem`` owned by this process (see :data:`TEMP_RE`)."""
+    return f"{stem}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def temp_owner(name: str) -> int | None:
+    """The PID in a temporary name made by :func:`temp_name`, or None for any other name."""
+    match = TEMP_RE.search(name)
+    return int(match["pid"]) if match else None
 
 
 def fsync_dir(folder: Path) -> None:
@@ -37,7 +53,9 @@ def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     If the block raises, the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.pid{os.getpid()}-", suffix=".tmp", dir=target.parent
+    )
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, mode)

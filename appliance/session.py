@@ -4,8 +4,26 @@ from __future__ import annotations
 
 from appliance.errors import VaultLockedError
 from appliance.registry import Registry
-from appliance.vault import Vault
+from appliance.vault import DEFAULT_TARGET_S, Vault
 from appliance.workspace import Workspace
+
+
+def create_vault(
+    ws: Workspace, passphrase: str, label: str, target_s: float = DEFAULT_TARGET_S
+) -> Vault:
+    """Make the vault of ``ws`` with its first key slot, and write the first keyed audit row.
+
+    The CLI's ``init`` and the desktop app's passphrase dialog both come here, so every
+    workspace's audit log turns keyed at the moment its vault is born (a vault without any
+    keyed row is what a rewritten log looks like).
+    """
+    with ws.writer("init"):
+        vault = Vault.create(ws, passphrase, label, target_s=target_s)
+        slot = vault.slots()[0]
+        with Registry.open(ws, audit_key=vault.audit_key) as reg:
+            # The first keyed row: from here on nobody without a passphrase can extend the log.
+            reg.audit("vault.create", label, {"kdf": {**slot.kdf.to_json(), "salt": None}})
+    return vault
 
 
 class Session:

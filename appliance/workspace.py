@@ -13,7 +13,12 @@ Layout (mode 0700)::
 
 One process writes at a time: :meth:`Workspace.writer` takes an exclusive ``flock`` on
 ``.lock``. The kernel drops the lock when its process dies, so a stale lock (a crashed
-process) never blocks anybody; the PID and command in the file only serve the message.
+process) never blocks anybody; the PID and command in the file only serve the message. Having
+the lock also proves that no other writer of ours is active, so the writer first removes the
+temporary files of writers that died (:mod:`appliance.leftovers`).
+
+A workspace may be read-only (a read-only mount, or another user's folder): readers still work,
+and writers are refused with a message that says so (:func:`read_only_reason`).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance import __version__
-from appliance.errors import WorkspaceError, WorkspaceLockedError
+from appliance import __version__, leftovers
+from appliance.errors import WorkspaceError, WorkspaceLockedError, WorkspaceReadOnlyError
 from appliance.fsutil import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -127,7 +132,10 @@ class Workspace:
             WorkspaceLockedError: another live process holds the lock after ``wait_s``.
         """
         deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unwritable(command, exc) from None
         try:
             while True:
                 try:
@@ -145,6 +153,8 @@ class Workspace:
                     time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+            with suppress(OSError):  # cleaning is a courtesy: never a reason to fail
+                leftovers.remove_dead(self.home)
             try:
                 yield
             finally:
@@ -152,6 +162,37 @@ class Workspace:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _unwritable(self, command: str, exc: OSError) -> WorkspaceError:
+        reason = read_only_reason(self.home)
+        if reason is not None or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why = reason or (exc.strerror or str(exc)).lower()
+            return WorkspaceReadOnlyError(
+                f"workspace {self.home} is read-only ({why}); '{command}' changes it and cannot "
+                "run here. Commands that only read (list, show, verify, audit) still work; to "
+                "change it, make it writable or copy it to a writable place"
+            )
+        return WorkspaceError(
+            f"cannot take the writer lock {self.lock_path}: {exc.strerror or exc}; check the "
+            "workspace folder"
+        )
+
+
+def read_only_reason(path: Path) -> str | None:
+    """Why nothing can be written in the folder ``path``, or None when it is writable.
+
+    A read-only mount is read-only for everybody, root included; a folder without write
+    permission only for those the permission applies to (``os.access`` asks the kernel, so
+    root, who may write anyway, is not told otherwise).
+    """
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "a read-only file system"
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return "no write permission for this user"
+    return None
 
 
 def _read_holder(fd: int) -> str:

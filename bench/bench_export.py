@@ -19,7 +19,8 @@ model), stores a random LoRA on all seven projections, then measures in fresh ch
 * ``export``: the whole ``appliance export --format merged`` (verification included), wall time
   and peak RSS, for reference.
 
-Prints a table and the ratios; ``--json`` prints them as one JSON object.
+Prints a table and the ratios; ``--json`` prints them as one JSON object, ``--json-out FILE``
+writes them to a file as well.
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--model", choices=("smollm2", "synthetic"), default="smollm2")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json-out", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,6 +244,9 @@ def main() -> None:
         "peak_rss_vs_model": m["peak_above_start"] / size,
         "export_peak_rss_vs_model": e["peak_above_start"] / size,
     }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(figures, indent=2) + "\n")
     if args.json:
         print(json.dumps(figures, indent=2))
         return

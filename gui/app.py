@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from appliance.vault import has_vault
     from gui.main_window import MainWindow
     from gui.widgets.passphrase_dialog import PassphraseDialog
+    from gui.widgets.second_slot import SecondSlotOffer
 
     app = QApplication(sys.argv[:1])
     app.setApplicationName("Fine-tuning appliance")
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     dialog = PassphraseDialog(ws, create=not has_vault(ws))
     if dialog.exec() != QDialog.DialogCode.Accepted or dialog.vault is None:
         sys.exit(0)
+    if dialog.creating:
+        SecondSlotOffer(dialog.vault).exec()  # "Not now" is fine: Settings can add one later
     window = MainWindow(home, session=Session(dialog.vault))
     window.monitor.start()
     window.show()

@@ -17,22 +17,31 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
+from appliance.vault import Vault
+from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
 from gui.pages.base import Page
-from gui.pages.jobs import DatasetsPage, ExportPage, RegistryPage, TrainPage
+from gui.pages.datasets import DatasetsPage
+from gui.pages.export import ExportPage
+from gui.pages.jobs import TrainPage
 from gui.pages.models import ModelsPage
+from gui.pages.playground import PlaygroundPage
+from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.tasks import Progress, Task
 from gui.widgets.gpu_status import GpuStatusLabel
+from gui.window_lock import WindowLock
 
 _ICONS = {
     "Datasets": QStyle.StandardPixmap.SP_DriveHDIcon,
     "Models": QStyle.StandardPixmap.SP_DirIcon,
     "Train": QStyle.StandardPixmap.SP_MediaPlay,
+    "Playground": QStyle.StandardPixmap.SP_FileDialogContentsView,
     "Registry": QStyle.StandardPixmap.SP_FileDialogDetailedView,
     "Export": QStyle.StandardPixmap.SP_DialogSaveButton,
     "Settings": QStyle.StandardPixmap.SP_FileDialogInfoView,
@@ -49,15 +58,25 @@ class MainWindow(QMainWindow):
         self.home = home
         self.session = session
         self.models_page = ModelsPage(session)
+        self.datasets_page = DatasetsPage(session)
+        self.settings_page = SettingsPage(home, session)
+        self.registry_page = RegistryPage(session)
+        self.export_page = ExportPage(session)
+        self.playground_page = PlaygroundPage(session)
+        self.settle_task: Task | None = None
+        self.models_page.imported.connect(self.datasets_page.refresh_models)
+        self.models_page.imported.connect(self.playground_page.refresh)
+        self.playground_page.saved.connect(lambda _version: self.datasets_page.refresh())
         self.setWindowTitle(f"Fine-tuning appliance — {home}")
         self.resize(1100, 700)
         self.pages: list[Page] = [
-            DatasetsPage(),
+            self.datasets_page,
             self.models_page,
             TrainPage(),
-            RegistryPage(),
-            ExportPage(),
-            SettingsPage(home),
+            self.playground_page,
+            self.registry_page,
+            self.export_page,
+            self.settings_page,
         ]
         self.nav = QListWidget()
         self.nav.setObjectName("navigation")
@@ -84,15 +103,36 @@ class MainWindow(QMainWindow):
 
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
-        self.statusBar().addWidget(
-            QLabel(
-                f"Offline · unlocked as {session.vault.label}"
-                if session is not None
-                else "Offline · locked"
+        self.lock_label = QLabel("Offline · locked")
+        if session is not None:
+            self._show_unlocked(session.vault)
+        self.statusBar().addWidget(self.lock_label)
+        self.locker: WindowLock | None = None
+        if session is not None:
+            self.locker = WindowLock(
+                self, session, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
             )
-        )
+            self.locker.locked.connect(self._show_locked)
+            self.locker.unlocked.connect(lambda: self._show_unlocked(session.vault))
+            self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
+        self._connect_registry_and_export()
+
+    def _connect_registry_and_export(self) -> None:
+        """The Registry page hands a version to the Export page and opens what a lineage
+        names; an export (or an import) changes what the Registry page lists."""
+        registry, export = self.registry_page, self.export_page
+        registry.export_requested.connect(self.export_version)
+        registry.open_dataset.connect(lambda _ref: self.show_page("Datasets"))
+        registry.open_run.connect(lambda _run: self.show_page("Train"))
+        registry.open_model.connect(lambda _name: self.show_page("Models"))
+        export.exported.connect(lambda _ref: registry.refresh())
+
+    def export_version(self, ref: str) -> None:
+        """Open the Export page with adapter version ``ref`` chosen."""
+        self.export_page.choose(ref)
+        self.show_page("Export")
 
     def page_titles(self) -> list[str]:
         return [page.title for page in self.pages]
@@ -140,8 +180,34 @@ class MainWindow(QMainWindow):
 
         task = Task("settling runs", work, self)
         task.succeeded.connect(self._runs_settled)
+        self.settle_task = task
         task.start()
         return task
+
+    def lock_now(self) -> None:
+        """Lock the workspace (what the Lock now action does)."""
+        if self.locker is not None:
+            self.locker.lock_now()
+
+    def _show_unlocked(self, vault: Vault) -> None:
+        self.lock_label.setText(f"Offline · unlocked as {vault.label}")
+        self.lock_label.setToolTip("")
+        self.lock_label.setStyleSheet("")
+        if vault.warnings:
+            # A damaged key slot locks its owner out: whoever unlocks should hear about it.
+            self.lock_label.setText(
+                f"{self.lock_label.text()} · {len(vault.warnings)} damaged key slot(s) skipped"
+            )
+            self.lock_label.setToolTip("\n\n".join(vault.warnings))
+            self.lock_label.setStyleSheet("color: #b00020;")
+
+    def _show_locked(self) -> None:
+        self.lock_label.setText("Offline · locked")
+        self.lock_label.setToolTip("")
+        self.lock_label.setStyleSheet("")
+
+    def _own_vault_tasks(self) -> list[Task]:
+        return [self.settle_task] if self.settle_task is not None else []
 
     @Slot(object)
     def _runs_settled(self, outcomes: list[Outcome]) -> None:
@@ -150,6 +216,20 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Runs whose process had ended were settled ({states})")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.locker is not None:
+            self.locker.shutdown()
         self.models_page.shutdown()
+        self.datasets_page.shutdown()
+        self.export_page.shutdown()
+        self.registry_page.shutdown()
+        self.playground_page.shutdown()
         self.monitor.stop()
         super().closeEvent(event)
+
+
+def _auto_lock_minutes(home: Path) -> int:
+    """The workspace's auto-lock setting (the default where its settings file is damaged)."""
+    try:
+        return preferences.load(Workspace(home)).auto_lock_minutes
+    except ApplianceError:
+        return preferences.Preferences().auto_lock_minutes

@@ -87,3 +87,23 @@ class _Runner(QRunnable):
         # nobody left to tell.
         with contextlib.suppress(RuntimeError):
             task._completed.emit(result, error)
+
+
+def delete_when_done(obj: QObject, tasks: list[Task]) -> None:
+    """``obj.deleteLater()`` once none of ``tasks`` (its children) runs any more.
+
+    A dialog closed while its task still works must outlive it: deleting it would delete the
+    task, and the task's ``done`` (which, for a task on the vault, a lock waits for) would never
+    be emitted.
+    """
+    running = [t for t in tasks if t.running]
+    if not running:
+        obj.deleteLater()
+        return
+
+    def check() -> None:
+        if not any(t.running for t in running):
+            obj.deleteLater()
+
+    for task in running:
+        task.done.connect(check)

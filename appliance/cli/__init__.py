@@ -7,6 +7,7 @@ finds (an export destination that exists or holds other files, an unknown name) 
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from appliance import __version__, offline
 from appliance.cli import (
     adapter_cmd,
     audit_cmd,
+    chat_cmd,
     dataset_cmd,
+    eval_cmd,
     export_cmd,
     model_cmd,
     network_cmd,
@@ -28,6 +31,7 @@ from appliance.cli.context import CliState, err
 from appliance.cli.gpu_cmd import gpu
 from appliance.cli.workspace_cmd import init
 from appliance.errors import ApplianceError
+from appliance.registry.failures import is_damage
 
 app = typer.Typer(
     name="appliance",
@@ -72,6 +76,8 @@ dataset_cmd.register(app)
 model_cmd.register(app)
 train_cmd.register(app)
 adapter_cmd.register(app)
+chat_cmd.register(app)
+eval_cmd.register(app)
 export_cmd.register(app)
 app.command("gpu")(gpu)
 passphrase_cmd.register(app)
@@ -94,6 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("aborted")
         sys.exit(130)
+    except sqlite3.Error as exc:
+        # Registry blocks translate their own failures (with the file's path); this catches a
+        # read outside one, so a damaged registry never reads as an internal error.
+        if debug:
+            raise
+        damaged = "; run 'appliance verify' to check it" if is_damage(exc) else ""
+        err.print(f"error: the registry failed ({exc}){damaged}", markup=False)
+        sys.exit(1)
     except Exception as exc:
         if debug:
             raise

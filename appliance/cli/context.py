@@ -59,22 +59,26 @@ class CliState:
             # Slots are read (and their KDF settings bounded) before anybody is asked to type.
             keyslots.read_slots(ws)
             self._vault = Vault.unlock(ws, self.passphrase())
+            for warning in self._vault.warnings:
+                err.print(f"warning: {warning}", markup=False)
         return self._vault
 
-    def registry(self, ws: Workspace, *, unlock: bool = True) -> Registry:
+    def registry(self, ws: Workspace, *, unlock: bool = True, readonly: bool = False) -> Registry:
         """Open the registry of ``ws`` (the caller closes it, e.g. ``with st.registry(ws) as reg``).
 
         Without a vault there is no audit key; once the workspace has key slots this unlocks the
         vault first (asking for the passphrase) and passes the audit key derived from its
         master key. Read-only commands pass ``unlock=False`` to skip the passphrase: they can
         read everything in the registry, and a write to the keyed audit log fails clearly.
+        Commands that never write pass ``readonly=True``: the file is opened ``mode=ro``, so
+        they work on a read-only workspace and cannot change anything by mistake.
         """
         from appliance.registry import Registry
         from appliance.vault import has_vault
 
         if unlock and has_vault(ws):
-            return Registry.open(ws, audit_key=self.vault(ws).audit_key)
-        return Registry.open(ws, audit_key=None)
+            return Registry.open(ws, audit_key=self.vault(ws).audit_key, readonly=readonly)
+        return Registry.open(ws, audit_key=None, readonly=readonly)
 
 
 def resolve_passphrase(

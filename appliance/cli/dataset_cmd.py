@@ -116,7 +116,7 @@ def list_(
     st = state(ctx)
     if name is not None:
         check_name(name, "dataset name")
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         versions = reg.dataset_versions(name, include_deleted=deleted)
         if name is not None and not versions:
             # "No datasets yet" would be wrong while others exist: say which name is unknown.
@@ -176,7 +176,7 @@ def show(
     st = state(ctx)
     ws = st.workspace()
     needs_data = rows > 0 or model is not None
-    with st.registry(ws, unlock=needs_data) as reg:
+    with st.registry(ws, unlock=needs_data, readonly=True) as reg:
         version = datasets.resolve(reg, ref)
         result = _public(version)
         # Lineage the other way: every adapter version trained on this dataset version.

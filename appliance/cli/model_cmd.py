@@ -92,7 +92,7 @@ def list_(
 ) -> None:
     """List base models."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         models = reg.base_models()
     if json_out:
         print_json([_public(m, manifest=False) for m in models])
@@ -125,7 +125,7 @@ def show(
 ) -> None:
     """Show a base model, its file manifest and the adapters trained on it."""
     st = state(ctx)
-    with st.registry(st.workspace(), unlock=False) as reg:
+    with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
         model = reg.base_model(name)
         adapters = [a["ref"] for a in reg.adapters_from_base_model(name)]
     if json_out:

@@ -14,11 +14,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from appliance.cli.context import out, print_json, resolve_passphrase, state
+from appliance.cli.context import err, out, print_json, resolve_passphrase, state
 from appliance.cli.workspace_cmd import KDF_TIME_HELP
 from appliance.errors import ApplianceError, PassphraseError, UsageError
-from appliance.vault import DEFAULT_TARGET_S, keyslots
-from appliance.vault.keyslots import check_label, check_new_passphrase
+from appliance.registry import Registry
+from appliance.vault import DEFAULT_TARGET_S, Vault, keyslots
+from appliance.vault.keyslots import check_label
+from appliance.vault.passphrase_rules import check_new_passphrase
 
 NEW_PASSPHRASE_ENV = "APPLIANCE_NEW_PASSPHRASE"
 
@@ -65,21 +67,41 @@ _KDF_TIME = typer.Option(DEFAULT_TARGET_S, "--kdf-time", help=KDF_TIME_HELP)
 
 @passphrase_app.command("change")
 def change(
-    ctx: typer.Context, new_file: Path | None = _NEW_FILE, kdf_time: float = _KDF_TIME
+    ctx: typer.Context,
+    new_file: Path | None = _NEW_FILE,
+    kdf_time: float = _KDF_TIME,
+    label: str | None = typer.Option(
+        None,
+        "--label",
+        help="The key slot to change (default: the one your current passphrase opens).",
+    ),
 ) -> None:
-    """Change your passphrase: only your key slot is rewritten, no dataset file."""
+    """Change your passphrase: only the key slot it opens is rewritten, no dataset file."""
     st = state(ctx)
     ws = st.workspace()
     with ws.writer("passphrase change"):
-        vault = st.vault(ws)  # the current passphrase, checked before asking for a new one
-        new = new_passphrase(new_file, "New passphrase")
+        # The current passphrase, checked before asking for a new one; the slot it opens is
+        # the one that changes, and it is named in every message.
+        current = st.passphrase()
+        vault = Vault.unlock(ws, current, check_label(label) if label else None)
+        for warning in vault.warnings:
+            err.print(f"warning: {warning}", markup=False)
+        also = [s.label for s in keyslots.slots_opened_by(ws, current) if s.label != vault.label]
+        new = new_passphrase(new_file, f"New passphrase for key slot '{vault.label}'")
         slot = vault.change_passphrase(new, target_s=kdf_time)
-        with st.registry(ws) as reg:
+        with Registry.open(ws, audit_key=vault.audit_key) as reg:
             reg.audit("passphrase.change", slot.label, {"memory_kib": slot.kdf.memory_kib})
     out.print(
         f"Changed the passphrase of key slot '{vault.label}'; the old passphrase no longer opens "
-        "this workspace."
+        "this slot."
     )
+    if also:
+        names = ", ".join(f"'{name}'" for name in also)
+        err.print(
+            f"note: the old passphrase also opens key slot(s) {names}, which did not change; "
+            "their owners should change theirs (appliance passphrase change --label NAME)",
+            markup=False,
+        )
 
 
 @passphrase_app.command("add")
@@ -109,16 +131,16 @@ def remove(
     label: str = typer.Argument(..., help="The key slot to remove."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Remove a key slot (never the last one); its passphrase stops opening the workspace."""
+    """Remove a key slot (never the last usable one); its passphrase stops opening the workspace."""
     st = state(ctx)
     ws = st.workspace()
     with ws.writer("passphrase remove"):
         vault = st.vault(ws)  # only somebody with a passphrase may remove slots
-        labels = [s.label for s in vault.slots()]
-        if label not in labels:
-            keyslots.remove_slot(ws, label)  # raises the "no such slot" error
-        if len(labels) > 1:
-            confirm(yes, f"Remove key slot '{label}'? Its passphrase will stop working.")
+        slots, damaged = keyslots.scan_slots(ws)
+        labels = [s.label for s in slots] + [d.label for d in damaged]
+        if label not in labels or (len(slots) == 1 and label == slots[0].label):
+            keyslots.remove_slot(ws, label)  # raises "no such slot" or "the last one"
+        confirm(yes, f"Remove key slot '{label}'? Its passphrase will stop working.")
         vault.remove_slot(label)
         with st.registry(ws) as reg:
             reg.audit("passphrase.remove", label, {"removed_by": vault.label})
@@ -129,9 +151,12 @@ def remove(
 def list_(
     ctx: typer.Context, json_out: bool = typer.Option(False, "--json", help="Print a JSON array.")
 ) -> None:
-    """List the key slots (no passphrase needed)."""
+    """List the key slots, damaged ones included (no passphrase needed)."""
     st = state(ctx)
-    slots = keyslots.read_slots(st.workspace())
+    ws = st.workspace()
+    slots, damaged = keyslots.scan_slots(ws)
+    if not slots and not damaged:
+        keyslots.read_slots(ws)  # raises "has no key slot"
     if json_out:
         print_json(
             [
@@ -145,6 +170,7 @@ def list_(
                 }
                 for s in slots
             ]
+            + [{"label": d.label, "damaged": d.reason} for d in damaged]
         )
         return
     table = Table("label", "created", "KDF")
@@ -154,7 +180,11 @@ def list_(
             s.created_at,
             f"argon2id {s.kdf.memory_kib // 1024} MiB x {s.kdf.iterations}, {s.kdf.lanes} lanes",
         )
+    for d in damaged:
+        table.add_row(d.label, "-", "DAMAGED (restore it from backup or remove it)")
     out.print(table)
+    for d in damaged:
+        err.print(f"warning: {d.reason}", markup=False)
 
 
 def confirm(yes: bool, question: str) -> None:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -20,11 +21,14 @@ StageCallback = Callable[[int, int, str], None]
 
 
 @contextmanager
-def stage_progress(stages: Mapping[str, str]) -> Iterator[StageCallback | None]:
-    """Yield a callback that draws a byte-counting bar on stderr, or None off a terminal.
+def stage_progress(
+    stages: Mapping[str, str], *, counting: str = "bytes"
+) -> Iterator[StageCallback | None]:
+    """Yield a callback that draws a progress bar on stderr, or None off a terminal.
 
     Args:
         stages: the caller's stage names mapped to what the bar says during each.
+        counting: ``bytes`` (sizes such as 1.2/3.4 GB) or ``items`` (12/40).
     """
     if not err.is_terminal:
         yield None
@@ -33,7 +37,7 @@ def stage_progress(stages: Mapping[str, str]) -> Iterator[StageCallback | None]:
     bar = Progress(
         TextColumn(f"{{task.description:<{width}}}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn() if counting == "bytes" else MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,

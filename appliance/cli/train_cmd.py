@@ -29,7 +29,7 @@ from appliance.training.process import TrainingProcess
 from appliance.training.progress import RunProgress, clock, describe, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
-from appliance.workspace import Workspace
+from appliance.workspace import Workspace, read_only_reason
 
 GPUS_HELP = (
     "GPUs to train on: all (default; the CPU when there is none), indices such as 0,2, or none."
@@ -216,7 +216,11 @@ def train(
         ds = runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter)
         topology = runs.plan_topology(reg, config, placement, train_examples=ds.get("train_rows"))
         runs.check_network(vault, topology)
-        for line in preflight.for_model(ws, reg, model, config, topology=topology).lines:
+        from appliance.training.lengths import training_lengths
+
+        lengths = training_lengths(vault, reg, model, dataset, config)
+        estimate = preflight.for_model(ws, reg, model, config, topology=topology, lengths=lengths)
+        for line in estimate.lines:
             out.print(line, markup=False)
         _print_placement(ws, config, topology)
         run_id = runs.create_run(
@@ -244,9 +248,16 @@ def _print_placement(ws: Workspace, config: TrainConfig, topology: Topology) -> 
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
     """The registry, unlocked (to settle lost runs) when some run needs settling."""
-    reg = st.registry(ws, unlock=False)
+    reg = st.registry(ws, unlock=False, readonly=True)
     lost = runs.unsettled(reg)
     if not lost:
+        return reg, None
+    if read_only_reason(ws.home) is not None:
+        err.print(
+            f"note: {len(lost)} run(s) marked running have no process; they are settled by the "
+            "next command run where the workspace is writable",
+            markup=False,
+        )
         return reg, None
     try:
         vault = st.vault(ws)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import typer
 
 from appliance import workspace
-from appliance.cli.context import out, state
+from appliance.cli.context import PASSPHRASE_ENV, CliState, err, out, state
 from appliance.registry.refs import os_user
-from appliance.vault import DEFAULT_TARGET_S, Vault, has_vault
-from appliance.vault.keyslots import check_label, check_new_passphrase
+from appliance.session import create_vault
+from appliance.vault import DEFAULT_TARGET_S, has_vault
+from appliance.vault.keyslots import check_label
+from appliance.vault.passphrase_rules import check_new_passphrase
 
 KDF_TIME_HELP = (
     "Seconds one unlock should take on this machine (Argon2id is calibrated to it; never "
@@ -22,19 +25,6 @@ def default_label() -> str:
     """The OS user name made into a slot label."""
     label = re.sub(r"[^A-Za-z0-9._-]", "-", os_user()).strip("-._")[:64]
     return label or "owner"
-
-
-def create_vault(ws: workspace.Workspace, passphrase: str, label: str, kdf_time: float) -> Vault:
-    """Make the vault of ``ws`` with its first key slot, and audit it."""
-    from appliance.registry import Registry
-
-    with ws.writer("init"):
-        vault = Vault.create(ws, passphrase, label, target_s=kdf_time)
-        slot = vault.slots()[0]
-        with Registry.open(ws, audit_key=vault.audit_key) as reg:
-            # The first keyed row: from here on nobody without a passphrase can extend the log.
-            reg.audit("vault.create", label, {"kdf": {**slot.kdf.to_json(), "salt": None}})
-    return vault
 
 
 def init(
@@ -55,7 +45,7 @@ def init(
     if workspace.check_home(home):
         ws = workspace.open_workspace(home)
         if has_vault(ws):
-            out.print(f"Workspace {ws.home} already exists (format {ws.info().get('format')})")
+            _existing(st, ws, label)
             return
     slot_label = check_label(label or default_label())
     passphrase = check_new_passphrase(
@@ -75,6 +65,29 @@ def init(
         f"MiB, {slot.kdf.iterations} passes). Keep it safe: without a passphrase of this "
         "workspace its datasets cannot be recovered by anybody."
     )
+
+
+def _existing(st: CliState, ws: workspace.Workspace, label: str | None) -> None:
+    """``init`` on a workspace that has a passphrase: change nothing, and say so.
+
+    A passphrase given by file or environment is checked, so a script that "initialises" with
+    the wrong one learns it now instead of at its first real command.
+    """
+    out.print(
+        f"Workspace {ws.home} already exists (format {ws.info().get('format')}); nothing was "
+        "changed."
+    )
+    if label is not None:
+        err.print(
+            "note: --label is ignored for an existing workspace; add a key slot with "
+            "'appliance passphrase add --label NAME'",
+            markup=False,
+        )
+    if st.passphrase_file is None and PASSPHRASE_ENV not in os.environ:
+        out.print("Its passphrase was not checked (none was given by file or environment).")
+        return
+    vault = st.vault(ws)  # a wrong passphrase fails here, exit 1
+    out.print(f"The passphrase given opens key slot '{vault.label}'.")
 
 
 __all__ = ["create_vault", "default_label", "init"]

@@ -18,6 +18,7 @@ from appliance.datasets.columns import ColumnMap
 from appliance.datasets.control import CancelFlag, Control, Progress
 from appliance.datasets.prepare import Prepared, prepare
 from appliance.errors import DestinationError, IntegrityError, UsageError
+from appliance.folders import sidecar_path
 from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
@@ -138,6 +139,7 @@ def store_prepared(
         )
     except BaseException:
         target.unlink(missing_ok=True)
+        sidecar_path(target).unlink(missing_ok=True)
         raise
     return reg.dataset_version(name, version)
 

@@ -8,6 +8,9 @@
 * :mod:`~appliance.export.verify`: logits and greedy tokens against the unmerged adapter.
 * :mod:`~appliance.export.card`: ``MANIFEST`` and the model card.
 * :mod:`~appliance.export.pipeline`: :func:`export_adapter`, the whole export.
+* :mod:`~appliance.export.preflight`: destination, expected size and free space, without torch.
+* :mod:`~appliance.export.job`: the ``export`` job kind (the same export in a child process).
+* :mod:`~appliance.export.serving`: what was written, and the commands that serve it.
 
 The destination is checked by :mod:`appliance.destinations` (shared with ``dataset export``
 and the desktop app's export pages): ``force`` replaces only an earlier export.
@@ -27,6 +30,7 @@ from appliance.export.options import (
     ExportCancelledError,
     ExportOptions,
     Progress,
+    VerificationFailedError,
     parse_size,
 )
 from appliance.export.pipeline import ExportResult, export_adapter
@@ -39,6 +43,7 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "Progress",
+    "VerificationFailedError",
     "export_adapter",
     "parse_size",
 ]

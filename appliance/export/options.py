@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ExportError, UsageError
 
@@ -22,6 +23,18 @@ writing, verifying, finishing. ``total`` 0 means unknown; during writing they co
 
 class ExportCancelledError(ExportError):
     """The export was cancelled by the user; nothing was left behind."""
+
+
+class VerificationFailedError(ExportError):
+    """The written export did not compute what the adapter computes; its files were removed.
+
+    :attr:`figures` are the measured figures (as :func:`appliance.export.verify.compare` gives
+    them), for a view that shows them beside the message.
+    """
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.figures = figures
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,32 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance import adapters, destinations
+from appliance.cancel import point_of_no_return
 from appliance.errors import DestinationError, ExportError
 from appliance.export import card, gguf_writer, merge, modelfile, verify
-from appliance.export.options import ExportOptions, Progress, check_cancel
+from appliance.export.options import (
+    ExportOptions,
+    Progress,
+    VerificationFailedError,
+    check_cancel,
+)
+from appliance.export.preflight import BYTES_PER_PARAM, check_space, estimate_bytes
 from appliance.folders import manifest_digest
 from appliance.fsutil import fsync_dir, sha256_file
 from appliance.models import resolve_model_for_use
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
-from appliance.vault import Vault
 
-BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_0": 0.6}
+
+class AdapterReader(Protocol):
+    """What can decrypt the adapter's vault object: the unlocked
+    :class:`~appliance.vault.Vault` (CLI), or the :class:`~appliance.jobs.KeyRing` an export
+    job was handed (desktop app), which holds that one object's key and no other."""
+
+    def read(self, path: Path, object_id: str, what: str) -> bytearray: ...
 
 
 @dataclass
@@ -70,7 +82,7 @@ def _no_progress(done: int, total: int, stage: str) -> None:
 
 
 def export_adapter(
-    vault: Vault,
+    vault: AdapterReader,
     reg: Registry,
     ref: str,
     options: ExportOptions,
@@ -81,22 +93,28 @@ def export_adapter(
     """Export adapter version ``ref`` (NAME[@N|@TAG]) as ``options`` say, verified.
 
     Holds the workspace's writer lock throughout. ``progress(done, total, stage)`` is called
-    from this thread; setting ``cancel`` stops the export at the next step.
+    from this thread; setting ``cancel`` stops the export at the next step. ``vault`` is the
+    unlocked vault, or an export job's key ring (it only decrypts the adapter).
 
     Raises:
         NotFoundError: no such adapter version.
         IntegrityError: the adapter or its base model is damaged (nothing is written).
         DestinationError: the destination is refused (see :mod:`appliance.destinations`).
         ExportError: refused, failed verification, cancelled, or the disk is full; the
-            destination is left as it was.
+            destination is left as it was (:class:`VerificationFailedError` carries the
+            figures of a failed verification).
     """
     report = progress or _no_progress
-    ws = vault.ws
+    ws = reg.ws
     out = destinations.check_export_folder(options.out, force=options.force, workspace_home=ws.home)
     options = dataclasses.replace(options, out=out)
     with ws.writer("export"), quiet_libraries():
         report(0, 0, "checking")
-        record, weights = adapters.load(vault, reg, ref)  # authenticated before any write
+        # Authenticated before any write.
+        stored = adapters.locate(ws, reg, ref)
+        blob = vault.read(stored.path, stored.object_id, stored.what)
+        record, weights = stored.record, adapters.unpack_stored(stored, blob)
+        del blob
         lineage = reg.adapter_lineage(record["ref"])
         base = lineage["base_model"]
         if base is None:
@@ -111,7 +129,15 @@ def export_adapter(
             gguf_writer.check_supported(config)
             gguf_writer.check_tokenizer(folder)
         dtype = options.weights_dtype or merge.stored_dtype(config)
-        _check_space(out.parent, _estimate_bytes(options, weights, base, dtype))
+        adapter_bytes = sum(t.numel() * t.element_size() for t in weights.tensors.values())
+        need = estimate_bytes(
+            options.format,
+            parameters=int(base.get("parameters") or 0),
+            dtype=dtype,
+            gguf_type=options.gguf_type,
+            adapter_bytes=adapter_bytes,
+        )
+        check_space(out.parent, need)
         check_cancel(cancel)
         staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
         try:
@@ -130,13 +156,17 @@ def export_adapter(
                     record["ref"],
                     {"format": options.format, "path": str(out), "verification": build.figures},
                 )
-                raise ExportError(
+                raise VerificationFailedError(
                     f"the {options.format} export of {record['ref']} failed verification "
                     f"({verify.describe(build.figures)}); its files were removed and nothing "
-                    "was written to the destination: report this with the figures"
+                    "was written to the destination: report this with the figures",
+                    build.figures,
                 )
             report(0, 0, "finishing")
             details = build.finish()
+            # Publishing takes two steps (rename, registry row): a cancel from here on is
+            # ignored, so the export is never left in place without its record or vice versa.
+            point_of_no_return()
             return _install(reg, record["ref"], options, staging, details, build)
         except OSError as exc:
             raise _os_error(exc, out, record["ref"]) from None
@@ -436,29 +466,6 @@ def _install(
         details=registry_details,
         warnings=build.warnings,
     )
-
-
-def _estimate_bytes(
-    options: ExportOptions, weights: adapters.AdapterWeights, base: dict[str, Any], dtype: str
-) -> int:
-    if options.format == "adapter":
-        return sum(t.numel() * t.element_size() for t in weights.tensors.values()) + (1 << 20)
-    params = int(base.get("parameters") or 0)
-    per = BYTES_PER_PARAM[options.gguf_type if options.format == "gguf" else dtype]
-    return int(params * per * 1.02) + (16 << 20)  # headers, tokenizer, card
-
-
-def _check_space(folder: Path, need: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise ExportError(
-            f"not enough disk space in {folder}: the export needs about {_mib(need)} and "
-            f"{_mib(free)} are free; free some space or choose another --out"
-        )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.0f} MiB"
 
 
 def _os_error(exc: OSError, out: Path, ref: str) -> ExportError:

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 KINDS: dict[str, str] = {
     "model-import": "appliance.models.job:import_job",
+    # Merge / convert an adapter version for serving, verified (the same path as the CLI).
+    "export": "appliance.export.job:export_job",
+    # The whole workspace's integrity: registry, artifacts' sha256, audit chain.
+    "verify": "appliance.registry.verify_job:verify_job",
     # Token statistics of a dataset version against a base model, cached encrypted
     # (appliance.datasets.token_cache starts it and reads the cache back).
     "token-stats": "appliance.datasets.tokens:token_stats_job",
+    # Chat with a base model and adapter versions side by side (interactive).
+    "generate": "appliance.generation.job:generate",
+    # Score adapter versions (and their base) on a dataset version; stores the results.
+    "eval": "appliance.evaluation.job:evaluate",
     # Kinds used by the tests of the job mechanism itself.
     "selftest-echo": "appliance.jobs.selftest:echo",
 }

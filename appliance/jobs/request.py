@@ -118,7 +118,7 @@ def parse_request(line: str) -> tuple[dict[str, Any], KeyRing, bytes | None]:
     try:
         body = json.loads(line)
         params = body.get("params") or {}
-        keys = {str(k): bytes.fromhex(v) for k, v in (body.get("keys") or {}).items()}
+        ring = key_ring(body.get("keys") or {})
         audit_hex = body.get("audit_key")
         audit_key = bytes.fromhex(audit_hex) if audit_hex else None
     except (ValueError, TypeError, AttributeError, RecursionError):
@@ -127,9 +127,20 @@ def parse_request(line: str) -> tuple[dict[str, Any], KeyRing, bytes | None]:
         ) from None
     if not isinstance(params, dict):
         raise UsageError("the request's params are not a JSON object")
+    if audit_key is not None and len(audit_key) != 32:
+        raise IntegrityError("the audit key given on stdin is not a 32-byte key")
+    return params, ring, audit_key
+
+
+def key_ring(hex_keys: dict[str, str]) -> KeyRing:
+    """The key ring of ``{object_id: hex key}`` as a request (or a later command) carries it.
+
+    Raises:
+        ValueError, TypeError, AttributeError: not a mapping of hex strings.
+        IntegrityError: a key that is not :data:`KEY_BYTES` long.
+    """
+    keys = {str(k): bytes.fromhex(v) for k, v in hex_keys.items()}
     for oid, key in keys.items():
         if len(key) != KEY_BYTES:
             raise IntegrityError(f"the key given for object {oid} is not a {KEY_BYTES}-byte key")
-    if audit_key is not None and len(audit_key) != 32:
-        raise IntegrityError("the audit key given on stdin is not a 32-byte key")
-    return params, KeyRing(keys), audit_key
+    return KeyRing(keys)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from appliance.cancel import point_of_no_return
 from appliance.destinations import relation_to_workspace
 from appliance.errors import ModelImportError, NotFoundError, UsageError
 from appliance.folders import manifest_digest, write_meta
-from appliance.fsutil import CHUNK, fsync_dir
+from appliance.fsutil import CHUNK, fsync_dir, temp_name
 from appliance.models import describe as desc
 from appliance.models.safety import check_gguf_magic, scan_folder
 from appliance.quiet import quiet_libraries
@@ -87,10 +86,10 @@ def import_model(
     if is_gguf and link:
         raise UsageError("--link works with model folders only; a GGUF file is converted")
     _check_source_apart(ws, source, link)
+    # Taking the writer lock removes the staging folders of imports that were killed.
     with ws.writer("model import"):
-        _remove_dead_staging(ws)
         _check_name_free(ws, reg, name)
-        staging = ws.tmp_dir / f"{STAGING_PREFIX}{name}-{secrets.token_hex(4)}"
+        staging = ws.tmp_dir / temp_name(f"{STAGING_PREFIX}{name}")
         staging.mkdir(mode=0o700)
         try:
             if is_gguf:
@@ -132,13 +131,6 @@ def _check_source_apart(ws: Workspace, source: Path, link: bool) -> None:
             f"{source} is inside the workspace; --link needs a model folder outside it (or "
             "import it without --link to copy it)"
         )
-
-
-def _remove_dead_staging(ws: Workspace) -> None:
-    # Every import holds the writer lock, so a staging folder seen under it belongs to an
-    # import that crashed or was killed: its half-copied model is of no use to anyone.
-    for leftover in ws.tmp_dir.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _check_name_free(ws: Workspace, reg: Registry, name: str) -> None:

@@ -15,18 +15,19 @@ Typical use::
 
 from __future__ import annotations
 
-from appliance.registry.adapters import AdaptersMixin
 from appliance.registry.audit import ChainReport
+from appliance.registry.evaluations import EvaluationsMixin
 from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import MIGRATIONS, RUN_STATES, SCHEMA_VERSION
 
 
-class Registry(AdaptersMixin):
+class Registry(EvaluationsMixin):
     """The workspace's registry. Open it with :meth:`Registry.open`; close it (or use ``with``).
 
     Methods by subject: connection and audit (:mod:`appliance.registry.core`), base models,
     dataset versions and runs (:mod:`appliance.registry.records`), adapter versions, tags,
-    exports and lineage (:mod:`appliance.registry.adapters`).
+    exports and lineage (:mod:`appliance.registry.adapters`), evaluation results and golden
+    sets (:mod:`appliance.registry.evaluations`).
     """
 
 

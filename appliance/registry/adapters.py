@@ -107,17 +107,26 @@ class AdaptersMixin(RecordsMixin):
         row = self.adapter_version(f"{name}@{version}")
         return {k: v for k, v in row.items() if k not in ("id", "tags", "run_state")}
 
-    def adapter_version(self, ref: str | Ref) -> dict[str, Any]:
+    def adapter_version(self, ref: str | Ref, *, include_deleted: bool = False) -> dict[str, Any]:
         """The adapter version ``NAME`` (latest), ``NAME@N`` or ``NAME@TAG``.
 
+        Args:
+            include_deleted: also return a deleted version named by its number (its lineage
+                stays readable); otherwise a deleted version is not found.
+
         Raises:
-            NotFoundError: it does not exist; the message lists what does.
+            NotFoundError: it does not exist (or was deleted); the message lists what does.
         """
         r = parse_ref(ref) if isinstance(ref, str) else ref
         if r.version is not None:
             rows = self._query(
                 f"{_ADAPTER_SELECT} WHERE a.name = ? AND a.version = ?", (r.name, r.version)
             )
+            if rows and rows[0]["deleted_at"] is not None and not include_deleted:
+                raise NotFoundError(
+                    f"adapter {r} was deleted at {rows[0]['deleted_at'][:19].replace('T', ' ')}; "
+                    f"its lineage stays ('appliance adapter show {r}'), choose another version"
+                )
         elif r.tag is not None:
             rows = self._query(
                 f"{_ADAPTER_SELECT} JOIN tags tg ON tg.adapter_version_id = a.id "
@@ -152,18 +161,63 @@ class AdaptersMixin(RecordsMixin):
         out["ref"] = f"{out['name']}@{out['version']}"
         return out
 
-    def adapter_versions(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Adapter versions (of ``name`` or all), by name then version, with lineage columns."""
+    def adapter_versions(
+        self, name: str | None = None, *, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
+        """Adapter versions (of ``name`` or all), by name then version, with lineage columns.
+
+        Deleted versions are left out unless ``include_deleted``.
+        """
+        live = "" if include_deleted else "a.deleted_at IS NULL"
         if name is None:
-            rows = self._query(f"{_ADAPTER_SELECT} ORDER BY a.name, a.version")
+            where = f"WHERE {live}" if live else ""
+            rows = self._query(f"{_ADAPTER_SELECT} {where} ORDER BY a.name, a.version")
         else:
-            rows = self._query(f"{_ADAPTER_SELECT} WHERE a.name = ? ORDER BY a.version", (name,))
+            where = f"AND {live}" if live else ""
+            rows = self._query(
+                f"{_ADAPTER_SELECT} WHERE a.name = ? {where} ORDER BY a.version", (name,)
+            )
         return [self._adapter_row(r) for r in rows]
+
+    def delete_adapter_version(self, ref: str | Ref) -> dict[str, Any]:
+        """Mark an adapter version deleted and audit it; its row stays, so lineage, exports and
+        audit rows that name it keep their meaning. The caller removes its folder.
+
+        Returns:
+            The version's row as it was before the deletion.
+
+        Raises:
+            NotFoundError: no such live version.
+            RegistryError: it carries a tag (a tag must always name a version that exists).
+        """
+        with self.transaction():
+            adapter = self.adapter_version(ref)
+            if adapter["tags"]:
+                tags = ", ".join(adapter["tags"])
+                raise RegistryError(
+                    f"adapter {adapter['ref']} carries the tag(s) {tags}; move or remove them "
+                    f"first ('appliance adapter tag {adapter['ref']} TAG --remove'), then delete it"
+                )
+            self.conn.execute(
+                "UPDATE adapter_versions SET deleted_at = ? WHERE id = ?", (now(), adapter["id"])
+            )
+            self.audit(
+                "adapter.delete",
+                adapter["ref"],
+                {"sha256": adapter["sha256"], "run": adapter["run_id"]},
+            )
+        return adapter
 
     # -- tags ----------------------------------------------------------------------------------
 
-    def set_tag(self, ref: str | Ref, tag: str) -> dict[str, Any]:
+    def set_tag(
+        self, ref: str | Ref, tag: str, *, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Point ``tag`` of the adapter's name at this version (moving it atomically).
+
+        Args:
+            details: more for the audit row (e.g. the promotion gate's figures, an override's
+                reason).
 
         Returns:
             ``{"ref", "tag", "previous"}`` where previous is the version it pointed at, or None.
@@ -191,7 +245,12 @@ class AdaptersMixin(RecordsMixin):
             self.audit(
                 "adapter.tag",
                 target["ref"],
-                {"tag": tag, "previous": previous, "version": target["version"]},
+                {
+                    **(details or {}),
+                    "tag": tag,
+                    "previous": previous,
+                    "version": target["version"],
+                },
             )
         return {"ref": target["ref"], "tag": tag, "previous": previous}
 
@@ -267,7 +326,7 @@ class AdaptersMixin(RecordsMixin):
         if ref is None:
             rows = self._query(sql + " ORDER BY e.id")
         else:
-            adapter = self.adapter_version(ref)
+            adapter = self.adapter_version(ref, include_deleted=True)
             rows = self._query(
                 sql + " WHERE e.adapter_version_id = ? ORDER BY e.id", (adapter["id"],)
             )
@@ -276,8 +335,11 @@ class AdaptersMixin(RecordsMixin):
     # -- lineage -------------------------------------------------------------------------------
 
     def adapter_lineage(self, ref: str | Ref) -> dict[str, Any]:
-        """Everything that made an adapter version: run, config, seed, base, dataset, metrics."""
-        adapter = self.adapter_version(ref)
+        """Everything that made an adapter version: run, config, seed, base, dataset, metrics.
+
+        A deleted version's lineage stays readable (``deleted_at`` says when it went).
+        """
+        adapter = self.adapter_version(ref, include_deleted=True)
         run = self.run(adapter["run_id"]) if adapter["run_id"] else None
         base = dataset = None
         if run is not None:
@@ -313,6 +375,7 @@ class AdaptersMixin(RecordsMixin):
             "sha256": adapter["sha256"],
             "created_at": adapter["created_at"],
             "created_by": adapter["created_by"],
+            "deleted_at": adapter["deleted_at"],
             "metrics": adapter["metrics"],
             "lib_versions": adapter["lib_versions"],
             "run": None

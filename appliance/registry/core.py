@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any, Self
 
 import sqlite_utils
 
-from appliance.errors import PassphraseError, RegistryError
+from appliance.errors import IntegrityError, PassphraseError, RegistryError
 from appliance.registry import audit as audit_chain
 from appliance.registry import failures
+from appliance.registry.failures import RegistryReadOnlyError, explain
 from appliance.registry.refs import dumps, loads, now, os_user
-from appliance.registry.schema import migrate
-from appliance.workspace import Workspace
+from appliance.registry.schema import SCHEMA_VERSION, migrate, user_version
+from appliance.workspace import Workspace, read_only_reason
 
 BUSY_TIMEOUT_MS = 30_000
 """How long a statement waits for another process's write transaction before failing."""
@@ -28,6 +30,7 @@ JSON_COLUMNS: dict[str, tuple[str, ...]] = {
     "adapter_versions": ("metrics", "lib_versions"),
     "exports": ("details",),
     "audit": ("details",),
+    "evaluations": ("metrics", "base_metrics", "settings", "lib_versions"),
 }
 BOOL_COLUMNS: dict[str, tuple[str, ...]] = {
     "base_models": ("linked", "has_chat_template"),
@@ -38,12 +41,24 @@ BOOL_COLUMNS: dict[str, tuple[str, ...]] = {
 class RegistryBase:
     """Connection handling shared by every part of :class:`~appliance.registry.Registry`."""
 
-    def __init__(self, ws: Workspace, conn: sqlite3.Connection, audit_key: bytes | None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        conn: sqlite3.Connection,
+        audit_key: bytes | None,
+        *,
+        path: Path | None = None,
+        readonly: bool = False,
+    ) -> None:
         self.ws = ws
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
+        self.path = path or ws.registry_path
+        """The database file (the workspace's registry, or a rebuild's new file beside it)."""
+        self.readonly = readonly
         self._audit_key = audit_key
         self._depth = 0
+        self._chain_checked = False
 
     @property
     def audit_key(self) -> bytes | None:
@@ -53,31 +68,44 @@ class RegistryBase:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, ws: Workspace, audit_key: bytes | None = None) -> Self:
+    def open(
+        cls,
+        ws: Workspace,
+        audit_key: bytes | None = None,
+        *,
+        readonly: bool = False,
+        path: Path | None = None,
+    ) -> Self:
         """Open (creating or upgrading as needed) the registry of ``ws``.
 
         Args:
             ws: the workspace.
             audit_key: key of the keyed audit chain (derived from the vault's master key);
                 None before the workspace has a vault, or for commands that only read.
+            readonly: open it read-only (``mode=ro``): for commands that only read, so they
+                work on a read-only workspace and can never change the file. A registry that
+                still has to be created or upgraded is opened writable once for that.
+            path: another database file than the workspace's registry (a rebuild's new one).
 
         Raises:
-            RegistryError: the file is not a usable SQLite database or is from a newer version.
+            RegistryError: the file is damaged, from a newer version, or cannot be opened;
+                the message says which (:func:`appliance.registry.failures.explain`).
         """
-        path = ws.registry_path
+        path = path or ws.registry_path
+        if readonly:
+            conn = _connect_readonly(path)
+            if conn is not None:
+                return cls(ws, conn, audit_key, path=path, readonly=True)
         conn = connect(path)
         try:
             migrate(conn, str(path))
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise RegistryError(
-                f"the registry {path} is damaged ({exc}); run 'appliance verify --rebuild-index' "
-                "to rebuild it from the workspace folders"
-            ) from None
+            raise explain(exc, path, "upgrading its schema") from None
         except BaseException:
             conn.close()
             raise
-        return cls(ws, conn, audit_key)
+        return cls(ws, conn, audit_key, path=path)
 
     def close(self) -> None:
         """Close the connection (uncommitted work is rolled back)."""
@@ -93,6 +121,10 @@ class RegistryBase:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+        if isinstance(exc, sqlite3.Error):
+            # Whatever read or wrote the registry inside the block: one classified message
+            # (damaged, read-only, full, busy) instead of an internal error.
+            raise explain(exc, self.path) from exc
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -103,6 +135,11 @@ class RegistryBase:
         ``BEGIN IMMEDIATE`` takes the write lock up front, so two writers queue instead of
         failing halfway with "database is locked" when a read would have to become a write.
         """
+        if self.readonly:
+            raise RegistryError(
+                f"the registry {self.path} was opened read-only for a command that only reads, "
+                "yet a change was attempted; please report this"
+            )
         if self._depth:
             self._depth += 1
             try:
@@ -114,7 +151,7 @@ class RegistryBase:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise failures.change_refused(exc, self.ws.registry_path) from None
+            raise failures.change_refused(exc, self.path) from None
         self._depth = 1
         try:
             yield
@@ -125,7 +162,7 @@ class RegistryBase:
             if self.conn.in_transaction:
                 with suppress(sqlite3.Error):  # a damaged file may refuse the rollback too
                     self.conn.execute("ROLLBACK")
-            raise failures.change_refused(exc, self.ws.registry_path) from exc
+            raise failures.change_refused(exc, self.path) from exc
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
@@ -182,6 +219,8 @@ class RegistryBase:
 
         Raises:
             PassphraseError: the chain is keyed and this registry was opened without the key.
+            IntegrityError: the chain is broken and nobody acknowledged it (see
+                :meth:`acknowledge_audit_break`): a row appended to it would prove nothing.
         """
         if self._audit_key is None and (self.audit_keyed() or _has_vault(self.ws)):
             raise PassphraseError(
@@ -189,22 +228,68 @@ class RegistryBase:
                 "with --passphrase-file or APPLIANCE_PASSPHRASE"
             )
         with self.transaction():
-            last = self.conn.execute(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev = (1, audit_chain.GENESIS) if last is None else (last[0] + 1, last[1])
-            row: dict[str, Any] = {
-                "seq": seq,
-                "time": now(),
-                "user": os_user(),
-                "action": action,
-                "object": obj,
-                "details": dumps(dict(details)),
-                "keyed": int(self._audit_key is not None),
-            }
-            row["prev_hash"] = prev
-            row["hash"] = audit_chain.row_hash(row, prev, self._audit_key)
-            self.db.table("audit").insert(row)
+            if action != audit_chain.ACKNOWLEDGE:
+                self._refuse_broken_chain(action)
+            self._append_audit(action, obj, details)
+
+    def _append_audit(self, action: str, obj: str, details: Mapping[str, Any]) -> None:
+        last = self.conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (1, audit_chain.GENESIS) if last is None else (last[0] + 1, last[1])
+        row: dict[str, Any] = {
+            "seq": seq,
+            "time": now(),
+            "user": os_user(),
+            "action": action,
+            "object": obj,
+            "details": dumps(dict(details)),
+            "keyed": int(self._audit_key is not None),
+        }
+        row["prev_hash"] = prev
+        row["hash"] = audit_chain.row_hash(row, prev, self._audit_key)
+        self.db.table("audit").insert(row)
+
+    def _refuse_broken_chain(self, action: str) -> None:
+        """Check the whole chain before this registry's first append (later appends extend a
+        chain this process has seen intact)."""
+        if self._chain_checked:
+            return
+        empty = self.conn.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is None
+        if not empty:
+            report = self.verify_audit()
+            problems = report.problems
+            if action == "vault.create" and report.keyed_rows == 0:
+                # The one moment a vault exists before its first keyed row: this one.
+                problems = [p for p in problems if "no audit row is keyed" not in p[1]]
+            if problems:
+                seq, what = problems[0]
+                raise IntegrityError(
+                    f"the audit log is broken (row #{seq}: {what}; {len(problems)} problem(s) in "
+                    "all); nothing was written, because a row added to a broken log proves "
+                    "nothing. Run 'appliance audit' to see the break, then restore "
+                    "registry.sqlite from backup, or record that you have seen it with "
+                    "'appliance audit --acknowledge'"
+                )
+        self._chain_checked = True
+
+    def acknowledge_audit_break(self) -> list[tuple[int, str]]:
+        """Record, in the log itself, that a person has seen its current problems.
+
+        Writers refuse a broken chain until then; afterwards the listed problems are reported
+        as acknowledged and writing resumes. The row is keyed like any other, so only somebody
+        with a passphrase can acknowledge.
+
+        Returns:
+            The problems acknowledged (empty: the chain was intact, nothing was written).
+        """
+        with self.transaction():
+            problems = self.verify_audit().problems
+            if problems:
+                self.audit(
+                    audit_chain.ACKNOWLEDGE,
+                    "audit",
+                    {"problems": [[seq, what] for seq, what in problems]},
+                )
+        return problems
 
     def audit_rows(
         self, *, limit: int | None = None, action: str | None = None
@@ -270,19 +355,19 @@ def _has_vault(ws: Workspace) -> bool:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """An autocommit connection with the registry's pragmas (WAL, FULL sync, foreign keys).
+    """A writable autocommit connection with the registry's pragmas (WAL, FULL sync, foreign
+    keys).
 
     Raises:
-        RegistryError: the file is not a SQLite database or cannot be opened.
+        RegistryError: classified by :func:`~appliance.registry.failures.explain`: a damaged
+            file, a read-only workspace, a folder that cannot be opened.
     """
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
         )
     except sqlite3.Error as exc:
-        raise RegistryError(
-            f"cannot open the registry {path}: {exc}; check the workspace folder's permissions"
-        ) from None
+        raise explain(exc, path, "opening it") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -292,10 +377,74 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise RegistryError(
-            f"the registry {path} is not a usable SQLite database ({exc}); run "
-            "'appliance verify --rebuild-index' to rebuild it from the workspace folders"
-        ) from None
+        raise explain(exc, path, "opening it") from None
     with suppress(OSError):  # another user's file on a shared workstation: leave it
         path.chmod(0o600)
+    return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection, or None when the registry must first be created or upgraded
+    (then the caller opens it writable, which fails clearly on a read-only workspace).
+
+    On a read-only mount SQLite cannot create the ``-shm`` file a WAL database needs, so the
+    file is then opened ``immutable`` (nobody can change it there), unless a ``-wal`` file
+    holds changes that only a writable open could read.
+    """
+    if not path.exists():
+        if read_only_reason(path.parent) is not None:
+            raise RegistryReadOnlyError(
+                f"the workspace {path.parent} is read-only and has no registry yet; open it "
+                "once where it is writable"
+            )
+        return None
+    base = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    conn = _try_readonly(base, path)
+    if conn is None:
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise RegistryReadOnlyError(
+                f"the workspace {path.parent} is read-only and its registry has changes in "
+                f"{wal.name} that can only be read once the workspace is writable again"
+            )
+        conn = _try_readonly(f"{base}&immutable=1", path, final=True)
+    assert conn is not None
+    try:
+        version = user_version(conn)
+        if version > SCHEMA_VERSION:
+            migrate(conn, str(path))  # raises "newer than this appliance", writing nothing
+        if version != SCHEMA_VERSION:
+            conn.close()
+            if read_only_reason(path.parent) is not None:
+                raise RegistryReadOnlyError(
+                    f"the registry {path} has schema version {version}; this appliance must "
+                    f"upgrade it to {SCHEMA_VERSION} once, which needs a writable workspace"
+                )
+            return None
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise explain(exc, path, "opening it") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _try_readonly(uri: str, path: Path, *, final: bool = False) -> sqlite3.Connection | None:
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA user_version").fetchone()  # opens the file for real
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        cant_open = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_CANTOPEN")
+        if cant_open and not final and read_only_reason(path.parent) is not None:
+            return None
+        raise explain(exc, path, "opening it") from None
     return conn

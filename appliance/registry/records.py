@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import NotFoundError, RegistryError, UsageError
-from appliance.folders import write_meta
+from appliance.folders import sidecar_path, write_meta, write_meta_file
 from appliance.registry.core import RegistryBase
 from appliance.registry.refs import check_name, now
 from appliance.registry.schema import RUN_STATES
@@ -126,7 +126,11 @@ class RecordsMixin(RegistryBase):
     # -- dataset versions (the contract with the dataset helper) --------------------------------
 
     def add_dataset_version(self, name: str, **fields: Any) -> int:
-        """Insert the next version of dataset ``name`` and audit it; returns the version number."""
+        """Insert the next version of dataset ``name`` and audit it; returns the version number.
+
+        When the version has a file (``path``), its metadata file is written beside it as the
+        last step of the transaction, so the folder alone can rebuild the row.
+        """
         check_name(name, "dataset name")
         _check_fields(fields, DATASET_FIELDS, "dataset version")
         with self.transaction():
@@ -139,7 +143,39 @@ class RecordsMixin(RegistryBase):
                 f"{name}@{version}",
                 {"sha256": fields.get("sha256"), "rows": fields.get("rows")},
             )
+            self.write_dataset_meta(self.dataset_version(name, version))
+            self.backfill_dataset_meta()
         return version
+
+    def write_dataset_meta(self, row: dict[str, Any]) -> Path | None:
+        """Write the metadata file beside a dataset version's encrypted file; returns it.
+
+        Deleted versions keep theirs (their file is gone): a rebuilt registry must still know
+        the version, or lineage would lose it and its number could be given out again.
+        """
+        if not row.get("path"):
+            return None
+        record = {k: v for k, v in row.items() if k != "id"}
+        target = sidecar_path(self.ws.home / row["path"])
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_meta_file(target, "dataset_version", record)
+        return target
+
+    def backfill_dataset_meta(self) -> list[str]:
+        """Write the metadata files that versions imported by older releases lack.
+
+        Returns:
+            ``NAME@VERSION`` of each version that got one.
+        """
+        done = []
+        for row in self.dataset_versions(include_deleted=True):
+            path = row.get("path")
+            if not path or sidecar_path(self.ws.home / path).exists():
+                continue
+            if (self.ws.home / path).exists() or row["deleted_at"] is not None:
+                self.write_dataset_meta(row)
+                done.append(f"{row['name']}@{row['version']}")
+        return done
 
     def dataset_version(
         self, name: str, version: int | None = None, *, include_deleted: bool = False
@@ -200,6 +236,7 @@ class RecordsMixin(RegistryBase):
                 "UPDATE dataset_versions SET deleted_at = ? WHERE id = ?", (now(), row["id"])
             )
             self.audit("dataset.delete", f"{name}@{version}", {"sha256": row["sha256"]})
+            self.write_dataset_meta(self.dataset_version(name, version, include_deleted=True))
 
     def _next_version(self, table: str, name: str) -> int:
         # Deleted versions count too: a number is never reused for different content.

@@ -9,6 +9,7 @@ leaves the database at the last completed version.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -147,8 +148,43 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 
+# Version 2: evaluation results of adapter versions (lineage: which data scored them, how), and
+# the golden set of each adapter name that gates its `production` tag.
+_V2 = """
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY,
+    adapter_version_id INTEGER NOT NULL REFERENCES adapter_versions (id),
+    adapter_sha256 TEXT NOT NULL,
+    dataset_version_id INTEGER NOT NULL REFERENCES dataset_versions (id),
+    dataset_sha256 TEXT NOT NULL,
+    split TEXT NOT NULL CHECK (split IN ('train', 'eval', 'all')),
+    metrics TEXT NOT NULL,
+    base_metrics TEXT,
+    settings TEXT NOT NULL DEFAULT '{}',
+    lib_versions TEXT NOT NULL DEFAULT '{}',
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX evaluations_adapter ON evaluations (adapter_version_id);
+CREATE INDEX evaluations_dataset ON evaluations (dataset_version_id);
+
+CREATE TABLE golden_sets (
+    name TEXT PRIMARY KEY,
+    dataset_version_id INTEGER NOT NULL REFERENCES dataset_versions (id),
+    metric TEXT NOT NULL CHECK (metric IN ('answer_loss', 'contains')),
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+"""
+
+
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     _run_script(conn, _V1)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _V2)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -165,10 +201,57 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
         raise RuntimeError(f"incomplete SQL statement in a migration: {buffer!r}")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 """``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+EXPECTED_TRIGGERS: dict[str, str] = {
+    match["name"]: match[0].strip()
+    for script in (_V1, _V2)
+    for match in re.finditer(r"CREATE TRIGGER (?P<name>\w+) .*?END;", script, re.DOTALL)
+}
+"""The triggers today's schema must have, name to ``CREATE TRIGGER`` statement (every
+migration's script is scanned; one that changes a trigger must update this mapping)."""
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.replace(";", " ").split()).lower()
+
+
+def trigger_problems(conn: sqlite3.Connection) -> list[str]:
+    """Triggers of the schema that are missing or were changed (empty when all is well).
+
+    The audit table's triggers make it append-only; whoever drops them can edit rows, which
+    the hash chain then catches, but a dropped trigger is worth reporting on its own.
+    """
+    found = {
+        name: sql or ""
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    }
+    problems = []
+    for name, sql in EXPECTED_TRIGGERS.items():
+        if name not in found:
+            problems.append(f"trigger {name} is missing (it was dropped)")
+        elif _normal(found[name]) != _normal(sql):
+            problems.append(f"trigger {name} was changed from the schema's definition")
+    return problems
+
+
+def restore_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Re-create missing or changed schema triggers (inside the caller's transaction).
+
+    Returns:
+        One line per trigger restored.
+    """
+    restored = []
+    for problem in trigger_problems(conn):
+        name = problem.split()[1]
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+        conn.execute(EXPECTED_TRIGGERS[name])
+        restored.append(f"restored trigger {name} ({problem.split(' ', 2)[2]})")
+    return restored
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -61,6 +61,12 @@ class TrainerState:
     another number of processes. 0: a checkpoint from before, where it was micro_batch_size."""
     world_size: int = 1
     """Processes of the session that saved the checkpoint (``rank_rng`` has one state each)."""
+    data_position: int = 0
+    """Micro-batches consumed: where the batch plan continues (0 in checkpoints saved before
+    it was recorded, which means step x gradient accumulation)."""
+    batching: str = ""
+    """The batching mode the run chose at its start (padded, grouped, packed); a resumed run
+    keeps it so it sees the same batches ("" in older checkpoints: decided again)."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ OverLength = Literal["truncate", "drop"]
 LossOn = Literal["assistant", "all"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 Parallel = Literal["ddp", "fsdp"]
+Batching = Literal["auto", "padded", "grouped", "packed"]
 
 ALL_LINEAR = "all-linear"
 """peft's shorthand for every linear layer of the decoder except the LM head."""
@@ -214,6 +215,26 @@ class ScheduleSettings:
 
 
 @dataclass
+class SpeedSettings:
+    """How the arithmetic is laid out. None changes what a step optimises; each can be turned
+    off to measure its gain (bench/train.py does)."""
+
+    batching: Batching = "auto"
+    """How examples form micro-batches: padded (random order, right-padded), grouped (similar
+    lengths together, shuffled by group), packed (one row per micro-batch, no padding, where the
+    model's attention keeps examples apart; else grouped), or auto (packed where the attention
+    kernel takes variable lengths natively, grouped elsewhere)."""
+    chunked_loss: bool = True
+    """Compute the loss from the hidden states of labelled positions only, a chunk of rows at a
+    time, never the whole logits tensor (same loss and gradients, far less memory)."""
+    fast_dropout: bool = True
+    """On CPU, draw LoRA's dropout masks four values per random number instead of one."""
+    release_memory: bool = True
+    """On CPU, hand freed memory back to the system while the model loads and after each step
+    (glibc), so the process's resident memory stays near what training needs."""
+
+
+@dataclass
 class TrainConfig:
     """Everything that decides what a training run does, apart from the model and the data."""
 
@@ -227,6 +248,8 @@ class TrainConfig:
     """Sequence length and loss masking."""
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     """Run length, batching, evaluation and checkpoints."""
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    """Batching layout and loss kernels: speed and memory only."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for about 30% more time."""
     seed: int = 42

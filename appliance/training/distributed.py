@@ -148,10 +148,7 @@ class Group:
     def share(self, items: Sequence[T]) -> list[T]:
         """This process's share of one global micro-batch, in order: contiguous and as even as
         possible (sizes differ by one at most), so the processes together hold every item once."""
-        n = len(items)
-        start = self.rank * n // self.world_size
-        end = (self.rank + 1) * n // self.world_size
-        return list(items[start:end])
+        return share_of(items, self.rank, self.world_size)
 
     def close(self) -> None:
         """Leave the process group (at the end of a session that joined one)."""
@@ -160,6 +157,13 @@ class Group:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def share_of(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Process ``rank``'s contiguous share of ``items`` among ``world_size`` (see
+    :meth:`Group.share`)."""
+    n = len(items)
+    return list(items[rank * n // world_size : (rank + 1) * n // world_size])
 
 
 def from_environment(timeout_s: int, backend: str) -> Group:

@@ -1,22 +1,35 @@
-"""Pre-flight estimate of a training run's peak memory, from config.json and a TrainConfig.
+"""Pre-flight estimate of a training run's peak memory, from config.json, a TrainConfig and the
+token lengths of the data.
 
 The model is read from its Hugging Face ``config.json`` (a dense decoder: LLaMA, Mistral, Qwen2,
-SmolLM...), never loaded. The sum follows FACTS.md's reference formula, one line per term::
+SmolLM...), never loaded; torch is never imported. The sum follows FACTS.md's reference formula,
+one line per term::
 
-    M ~ W + E + 16 * P_lora + A + Z + D (+ C on a GPU)
+    M ~ W + E + 16 * P_lora + A + Z + D (+ C on a GPU, + R on the CPU)
 
 W: the linear layers' weights, 4-bit NF4 (0.516 bytes a parameter with double quantisation,
-0.5625 without) for qlora or 16/32-bit for lora. E: embeddings, LM head and norms, upcast to fp32
-where peft's ``prepare_model_for_kbit_training`` does it (qlora). P_lora: LoRA parameters counted
+0.5625 without) for qlora or 16/32-bit for lora. E: embeddings, LM head and norms (upcast to fp32
+only with fp16 compute, as :mod:`appliance.training.model` does). P_lora: LoRA parameters counted
 from the shapes; 16 bytes each for fp32 weight, gradient and two AdamW moments. A: activations kept
-for the backward pass. Z: logits for the loss. D: dequantisation scratch. C: the CUDA context,
-which NVML sees and torch does not. Sizes are in bytes; "GB" in the text means 10^9 bytes.
+for the backward pass. Z: logits for the loss (one chunk of labelled rows with the chunked loss,
+the whole batch x sequence x vocabulary otherwise). D: dequantisation scratch. C: the CUDA
+context, which NVML sees and torch does not. R: on the CPU the peak is the process's resident
+memory, which also holds the interpreter and the libraries (torch, transformers, peft,
+bitsandbytes) and the allocator's slack; its terms were calibrated against measured peak RSS of
+the demo model (bench/estimate.py).
+
+Activations and logits scale with the tokens of the largest micro-batch the run can form, not
+with ``max_seq_length``: micro-batches are padded only to their longest example (or packed).
+Given the training examples' token lengths, the estimate sizes them from the longest micro-batch
+those lengths can make (capped by ``max_seq_length``) and says which length it used; without
+lengths it assumes every example fills ``max_seq_length``. Sizes are in bytes; "GB" in the text
+means 10^9 bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +49,27 @@ DEQUANT_SCRATCH_FACTOR = 2.5
 """Dequantised copies of the largest 4-bit matrix alive at once (forward and backward overlap)."""
 CUDA_CONTEXT_BYTES = 500_000_000
 """CUDA context and kernels of the training process (0.3-0.6 GB seen on NVML)."""
+CHUNK_ELEMENTS = 1 << 24
+"""Logit values the chunked loss (:mod:`appliance.training.loss`) takes at once: 64 MB in fp32."""
+CHUNKED_LOGIT_BYTES = 12
+"""Bytes per logit value alive in a chunk of the chunked loss: the fp32 logits, logsumexp's
+fp32 temporary, and the 16/32-bit probabilities fed to the input-gradient matmul."""
+CPU_RUNTIME_BYTES = 520_000_000
+"""Resident memory of the training child on the CPU before any weight is loaded: Python, torch,
+transformers, peft, bitsandbytes, the tokenizer (measured: bench/estimate.py)."""
+CPU_LOAD_FILE_FACTOR = 0.9
+"""Share of the checkpoint file's bytes resident while the model loads on the CPU (its pages are
+mapped and read; calibrated: bench/estimate.py)."""
+CPU_CHECKPOINT_COPIES = 2.0
+"""Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
+is serialised and encrypted on the CPU."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+TENSOR_TERMS = frozenset(
+    {"weights", "embeddings", "lora", "activations", "lora_inputs", "logits", "dequant"}
+)
+"""Terms torch allocates on the training device (the rest: CUDA context, CPU process terms)."""
 
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The seven linear projections of a LLaMA-style decoder layer."""
@@ -162,7 +194,8 @@ class EstimateItem:
     """One term of the estimate."""
 
     key: str
-    """Stable id: weights, embeddings, lora, activations, lora_inputs, logits, dequant, context."""
+    """Stable id: weights, embeddings, lora, activations, lora_inputs, logits, dequant, context
+    (GPU); checkpoint, loading, runtime (CPU)."""
     label: str
     bytes: int
     detail: str
@@ -180,6 +213,10 @@ class MemoryEstimate:
     """Compute dtype the estimate assumed (bf16, fp16, fp32)."""
     trainable_params: int
     total_params: int
+    tokens: int = 0
+    """Positions of the largest micro-batch the estimate sized activations for."""
+    sized_from: str = ""
+    """How that size was found, for the user (which length, from where)."""
 
     @property
     def total_bytes(self) -> int:
@@ -189,7 +226,7 @@ class MemoryEstimate:
     @property
     def allocated_bytes(self) -> int:
         """The part torch allocates (compare with ``torch.cuda.max_memory_allocated``)."""
-        return sum(item.bytes for item in self.items if item.key != "context")
+        return sum(item.bytes for item in self.items if item.key in TENSOR_TERMS)
 
     def item(self, key: str) -> EstimateItem:
         for entry in self.items:
@@ -210,6 +247,8 @@ class MemoryEstimate:
             "allocated_bytes": self.allocated_bytes,
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
+            "tokens": self.tokens,
+            "sized_from": self.sized_from,
             "items": [dataclasses.asdict(item) for item in self.items],
         }
 
@@ -221,13 +260,53 @@ def _gb(value: float) -> str:
     return f"{value / 1e6:.1f} MB"
 
 
+def longest_micro_batch(lengths: Sequence[int], micro_batch_size: int, packed: bool) -> int:
+    """Positions of the largest micro-batch examples of ``lengths`` can form.
+
+    Padded rows (random or length-grouped order): the longest example times the micro-batch
+    size, since some micro-batch holds it and is padded to it. Packed: the sum of the
+    ``micro_batch_size`` longest examples, laid end to end.
+    """
+    top = sorted(lengths, reverse=True)[:micro_batch_size]
+    if not top:
+        return 0
+    return sum(top) if packed else micro_batch_size * top[0]
+
+
+def micro_batch_tokens(config: TrainConfig, lengths: Sequence[int] | None) -> tuple[int, str]:
+    """(tokens, how) of the largest micro-batch: what activations are sized for.
+
+    ``lengths`` are the training examples' token lengths; each is capped at ``max_seq_length``
+    (the training data truncates or drops longer ones). Without them every example is assumed
+    to fill ``max_seq_length``.
+    """
+    b = config.schedule.micro_batch_size
+    limit = config.data.max_seq_length
+    packed = config.speed.batching == "packed"
+    if not lengths:
+        return b * limit, f"{b} x {limit} tokens: max_seq_length (no token lengths of the data)"
+    capped = [min(n, limit) for n in lengths]
+    longest = max(capped)
+    tokens = longest_micro_batch(capped, b, packed)
+    cap = f", capped by max_seq_length {limit}" if max(lengths) > limit else ""
+    if packed:
+        how = (
+            f"{tokens} tokens: the {min(b, len(capped))} longest of {len(capped)} examples "
+            f"packed in one row (longest {longest}{cap})"
+        )
+        return tokens, how
+    how = f"{b} x {longest} tokens: the longest of {len(capped)} examples{cap}, padded"
+    return tokens, how
+
+
 def estimate_memory(
     model_config: Mapping[str, Any],
     config: TrainConfig,
     *,
     device: str = "cuda",
     bf16_supported: bool = True,
-    kbit_upcast: bool = True,
+    lengths: Sequence[int] | None = None,
+    kbit_upcast: bool | None = None,
     logits_factor: float = LOGITS_FACTOR,
 ) -> MemoryEstimate:
     """Estimate the peak memory of training ``config`` on the model of ``model_config``.
@@ -235,11 +314,13 @@ def estimate_memory(
     Args:
         model_config: the model's ``config.json`` as a dict.
         config: the training config.
-        device: ``cuda`` (adds the CUDA context) or ``cpu``.
+        device: ``cuda`` (adds the CUDA context) or ``cpu`` (adds the process's runtime).
         bf16_supported: whether the GPU has bf16, for ``compute_dtype=auto``.
+        lengths: token lengths of the training examples; activations and logits are sized from
+            the longest micro-batch they can form (see :func:`micro_batch_tokens`).
         kbit_upcast: whether the qlora path upcasts 16-bit non-quantised weights (embeddings,
-            LM head, norms) to fp32, as peft's ``prepare_model_for_kbit_training`` does.
-        logits_factor: fp32 logit-sized tensors alive at the loss (near 0 with a chunked loss).
+            LM head, norms) to fp32; by default as the training path does (fp16 compute only).
+        logits_factor: fp32 logit-sized tensors alive at the loss on the whole-logits path.
 
     Raises:
         TrainingError: the model config lacks a field, or no target module matches.
@@ -249,8 +330,7 @@ def estimate_memory(
     cuda = device == "cuda"
     dtype = config.resolve_compute_dtype(cuda=cuda, bf16_supported=bf16_supported)
     width = DTYPE_BYTES[dtype]
-    b = config.schedule.micro_batch_size
-    s = config.data.max_seq_length
+    tokens, sized_from = micro_batch_tokens(config, lengths)
     h, L = shape.hidden, shape.layers
     qlora = config.method == "qlora"
     items: list[EstimateItem] = []
@@ -275,7 +355,8 @@ def estimate_memory(
             )
         )
 
-    # prepare_model_for_kbit_training casts every fp16/bf16 parameter that is not 4-bit to fp32.
+    if kbit_upcast is None:
+        kbit_upcast = dtype == "fp16"
     embed_width = 4 if (qlora and kbit_upcast) else width
     other = shape.embedding_params + shape.norm_params
     tied = "tied" if shape.tied_embeddings else "untied"
@@ -303,13 +384,13 @@ def estimate_memory(
     # (norm inputs, q, attention output, MLP gate/up/act); 16-bit values take 2 bytes.
     kv_width = shape.kv_heads * shape.head_dim
     layer_values = 6 * h + 2 * kv_width + 4 * shape.intermediate
-    one_layer = width * b * s * layer_values
+    one_layer = width * tokens * layer_values
     if config.gradient_checkpointing:
-        activations = width * L * b * s * h + one_layer
-        how = f"checkpointing: {L} layer inputs + one layer, b={b}, s={s}"
+        activations = width * L * tokens * h + one_layer
+        how = f"checkpointing: {L} layer inputs + one layer, {tokens:,} tokens"
     else:
         activations = L * one_layer
-        how = f"no checkpointing: {L} layers x {layer_values:,} values a token, b={b}, s={s}"
+        how = f"no checkpointing: {L} layers x {layer_values:,} values a token, {tokens:,} tokens"
     items.append(EstimateItem("activations", "activations", activations, how))
 
     # peft's LoRA layer casts each wrapped projection's input to the adapter's fp32 (no autocast
@@ -326,20 +407,20 @@ def estimate_memory(
             EstimateItem(
                 "lora_inputs",
                 "LoRA input copies",
-                layers_kept * per_value * b * s * ins,
+                layers_kept * per_value * tokens * ins,
                 f"{layers_kept} layer(s) x {ins:,} input values a token x {per_value} B",
             )
         )
 
-    logits = round(logits_factor * b * s * shape.vocab * 4)
-    items.append(
-        EstimateItem(
-            "logits",
-            "logits for the loss",
-            logits,
-            f"{logits_factor:g} x b x s x V={shape.vocab:,} x 4 B",
-        )
-    )
+    if config.speed.chunked_loss:
+        # Only labelled positions get logits, a chunk of rows at a time; at most every position.
+        chunk = min(tokens, max(1, CHUNK_ELEMENTS // shape.vocab))
+        logits = chunk * shape.vocab * CHUNKED_LOGIT_BYTES
+        how = f"chunked loss: {chunk:,} rows x V={shape.vocab:,} x {CHUNKED_LOGIT_BYTES} B"
+    else:
+        logits = round(logits_factor * tokens * shape.vocab * 4)
+        how = f"{logits_factor:g} x {tokens:,} tokens x V={shape.vocab:,} x 4 B"
+    items.append(EstimateItem("logits", "logits for the loss", logits, how))
 
     if qlora:
         largest = max(i * o for i, o in shape.linear_shapes().values())
@@ -358,13 +439,61 @@ def estimate_memory(
                 "context", "CUDA context", CUDA_CONTEXT_BYTES, "kernels and context (NVML only)"
             )
         )
+    else:
+        items.extend(_cpu_items(shape, model_config, lora_params, items))
     return MemoryEstimate(
         items=tuple(items),
         device=device,
         dtype=dtype,
         trainable_params=lora_params,
         total_params=shape.total_params + lora_params,
+        tokens=tokens,
+        sized_from=sized_from,
     )
+
+
+def _cpu_items(
+    shape: ModelShape,
+    model_config: Mapping[str, Any],
+    lora_params: int,
+    items: Sequence[EstimateItem],
+) -> list[EstimateItem]:
+    """The CPU process's terms: its runtime, a checkpoint being saved, and model loading.
+
+    Loading and training do not overlap: loading holds the checkpoint file's pages on top of the
+    final weights, training holds LoRA states, activations and logits. The larger of the two
+    sets the peak; the ``loading`` term is what loading adds beyond training's own terms.
+    """
+    saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
+    training = saving + sum(
+        i.bytes
+        for i in items
+        if i.key in ("lora", "activations", "lora_inputs", "logits", "dequant")
+    )
+    stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
+    file_bytes = (4 if "32" in stored else 2) * shape.total_params
+    loading = max(0, round(CPU_LOAD_FILE_FACTOR * file_bytes) - training)
+    return [
+        EstimateItem(
+            "checkpoint",
+            "checkpoint being saved",
+            saving,
+            f"{CPU_CHECKPOINT_COPIES:g} x {lora_params / 1e6:,.2f} M LoRA params x 12 B",
+        ),
+        EstimateItem(
+            "loading",
+            "model loading (beyond training)",
+            loading,
+            f"{CPU_LOAD_FILE_FACTOR:g} x the {file_bytes / 1e6:,.0f} MB {stored} weights file "
+            "mapped while loading, less what training holds",
+        ),
+        EstimateItem(
+            "runtime",
+            "process runtime",
+            CPU_RUNTIME_BYTES,
+            "interpreter, torch, transformers, peft, tokenizer, data",
+        ),
+    ]
 
 
 # --- what to change when it does not fit --------------------------------------------------------
@@ -381,7 +510,9 @@ class Suggestion:
     fits: bool
 
 
-def _candidates(config: TrainConfig) -> Iterable[tuple[tuple[str, ...], str]]:
+def _candidates(
+    config: TrainConfig, longest: int | None = None
+) -> Iterable[tuple[tuple[str, ...], str]]:
     sched = config.schedule
     if not config.gradient_checkpointing:
         yield ("gradient_checkpointing=true",), "turn gradient checkpointing on"
@@ -394,7 +525,7 @@ def _candidates(config: TrainConfig) -> Iterable[tuple[tuple[str, ...], str]]:
             (f"micro_batch_size={b}", f"gradient_accumulation_steps={accum}"),
             f"micro-batch {b} with gradient accumulation {accum} (same effective batch)",
         )
-    s = config.data.max_seq_length
+    s = min(config.data.max_seq_length, longest or config.data.max_seq_length)
     while s > 256:
         s //= 2
         yield (f"max_seq_length={s}",), f"sequences of at most {s} tokens"
@@ -418,7 +549,9 @@ def suggest_changes(
         return []
     found: list[Suggestion] = []
     kinds_done: set[str] = set()
-    for assignments, text in _candidates(config):
+    lengths = estimate_kwargs.get("lengths")
+    longest = max(lengths) if lengths else None
+    for assignments, text in _candidates(config, longest):
         kind = assignments[0].split("=")[0]
         if kind in kinds_done:
             continue
@@ -436,7 +569,7 @@ def suggest_changes(
     applied: dict[str, str] = {}
     texts: dict[str, str] = {}
     total = 0
-    for assignments, text in _candidates(config):
+    for assignments, text in _candidates(config, longest):
         kind = assignments[0].split("=")[0]
         trial = {**applied, **dict(a.split("=", 1) for a in assignments)}
         try:
@@ -474,6 +607,8 @@ def render_estimate(
         f"({estimate.dtype}; trainable {estimate.trainable_params / 1e6:,.2f} M "
         f"of {estimate.total_params / 1e6:,.1f} M parameters)"
     ]
+    if estimate.sized_from:
+        lines.append(f"  sized for the largest micro-batch: {estimate.sized_from}")
     width = max(len(item.label) for item in estimate.items)
     for item in estimate.items:
         lines.append(f"  {item.label:<{width}}  {_gb(item.bytes):>9}  {item.detail}")

@@ -94,6 +94,14 @@ class Started(Event):
     """Each process's device by global rank: ``cuda:0 (NVIDIA H200)``, ``cpu``..."""
     global_batch: int | None = None
     """Sequences per optimizer step: micro-batch x accumulation x world size."""
+    batching: str | None = None
+    """How examples form micro-batches: padded, grouped (by length) or packed."""
+    padding_share: list[float] | None = None
+    """Share of the computed positions that are padding, for each epoch the run touches."""
+    loss_path: str | None = None
+    """``chunked`` (hidden states of labelled positions, in chunks) or ``logits`` (whole)."""
+    attention: str | None = None
+    """The attention implementation (sdpa, eager, flash_attention_2...)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,11 +119,16 @@ class Step(Event):
     lr: float
     """Learning rate used for this step."""
     tokens_per_s: float
-    """Training tokens processed per second over recent steps."""
+    """Real (non-padding) tokens trained per second over recent steps."""
     eta_s: float | None = None
     """Estimated seconds to the end of the run."""
     grad_norm: float | None = None
     tokens_seen: int | None = None
+    """Real tokens trained so far."""
+    label_tokens: int | None = None
+    """Tokens the step's loss was taken on (its denominator)."""
+    padding_share: float | None = None
+    """Share of the positions this step computed that were padding."""
 
 
 @dataclass(frozen=True, kw_only=True)

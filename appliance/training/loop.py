@@ -9,16 +9,20 @@ run key and decrypted rows, and :meth:`Trainer.run` trains until the end or a st
               stopped (after a checkpoint) | final eval, adapter, finished
 
 With several processes (a :class:`~appliance.training.distributed.Group` from torchrun) the same
-loop runs in each: the data order is that of one process with micro-batches of
-``micro_batch_size x processes`` examples (the *global micro-batch*), each process takes its
-share of every one, the model is wrapped by :mod:`appliance.training.parallel` (DDP or FSDP),
-the processes agree on when to stop, evaluation is shared out, and only rank 0 writes
-checkpoints and the adapter.
+loop runs in each: the batch plan (:mod:`appliance.training.batching`: length-grouped or packed,
+from the seed) is that of one process with micro-batches of ``micro_batch_size x processes``
+examples (the *global micro-batch*), each process takes its contiguous share of every one, the
+model is wrapped by :mod:`appliance.training.parallel` (DDP or FSDP), the loss of a step is
+divided by the label tokens of the whole global batch (summed across processes), the processes
+agree on when to stop, evaluation is shared out, and only rank 0 writes checkpoints and the
+adapter.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -31,21 +35,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from appliance import adapters
 from appliance.datasets.canonical import Row
 from appliance.errors import TrainingError
+from appliance.training import allocator
 from appliance.training import checkpoint as ckpt
 from appliance.training import events as ev
+from appliance.training.batching import Batch, BatchPlan, collate, total_steps
 from appliance.training.config import TrainConfig
-from appliance.training.data import IGNORE, Batch, BatchPlan, collate, tokenise, total_steps
+from appliance.training.data import tokenise
 from appliance.training.distributed import Group
+from appliance.training.loss import causal_lm_loss
 from appliance.training.memory import process_peak_rss
-from appliance.training.parallel import Parallel, check_shares, share_batches, train_step, wrap
+from appliance.training.model import MODES, enable_checkpointing, load_for_training
+from appliance.training.parallel import (
+    Parallel,
+    check_shares,
+    every_share,
+    share_batches,
+    train_step,
+    wrap,
+)
 from appliance.training.placement import Topology
 from appliance.training.runfolder import ADAPTER_FILE, CHECKPOINTS_DIR, RunSpec
+from appliance.training.steps import StepResult
 from appliance.vault.objects import new_object_id, write_object
+
+__all__ = ["Trainer", "enable_checkpointing", "loss_sum", "lr_factor", "peak_memory"]
 
 log = logging.getLogger("appliance.training")
 
@@ -65,29 +82,20 @@ def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def enable_checkpointing(model: Any, on: bool) -> None:
-    """Gradient (activation) checkpointing on the base model, non-reentrant."""
-    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
-    if on:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        model.enable_input_require_grads()
-    else:
-        disable = getattr(model, "activation_checkpointing_disable", None)
-        (disable or model.gradient_checkpointing_disable)()
-
-
 def peak_memory(device: str) -> int:
     """Torch's peak allocation on a GPU, the process's peak resident memory on CPU."""
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
     return process_peak_rss() or 0
+
+
+def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy of the batch's labelled tokens (divide by ``trained_tokens``).
+
+    The one definition of the loss (:func:`appliance.training.loss.causal_lm_loss`, chunked
+    where the model allows): training, its eval passes and ``appliance eval`` use it.
+    """
+    return causal_lm_loss(model, batch)[0]
 
 
 class Trainer:
@@ -166,7 +174,8 @@ class Trainer:
         if self.group.writes_checkpoints and ckpt.clean_partial(root):
             log.warning("removed the remains of a checkpoint save that was interrupted")
         self.group.barrier()  # nobody reads the checkpoints while rank 0 tidies them
-        # Read before the plan: a resumed run keeps its first session's global micro-batch.
+        # Read before the plan and the model: a resumed run keeps its first session's global
+        # micro-batch and batching.
         found = ckpt.latest(root, self.run_key)
         self.global_micro_batch = (
             found[1].state.global_micro_batch
@@ -174,20 +183,46 @@ class Trainer:
             else sched.micro_batch_size * (self.group.world_size if found is None else 1)
         )
         check_shares(len(self.data.train), self.global_micro_batch, self.group)
-        self.plan = BatchPlan(self.data.train, self.global_micro_batch, cfg.seed)
         self.total_steps = total_steps(
-            self.plan, sched.epochs, sched.max_steps, sched.gradient_accumulation_steps
+            BatchPlan(self.data.train, self.global_micro_batch, cfg.seed),
+            sched.epochs,
+            sched.max_steps,
+            sched.gradient_accumulation_steps,
         )
         self.warmup = cfg.optim.warmup_for(self.total_steps)
         self._estimate(model_dir, bf16)
 
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model = self._load_model(model_dir, dtype)
+        mode = self._parallel_mode()
+        self.trim_memory = cfg.speed.release_memory and not self.cuda
+        with allocator.loading() if self.trim_memory else contextlib.nullcontext():
+            loaded = load_for_training(
+                model_dir,
+                cfg,
+                cuda=self.cuda,
+                dtype=dtype,
+                batching=(found[1].state.batching or None) if found is not None else None,
+                device_index=self.device_index,
+                fsdp=mode == "fsdp" and self.group.distributed,
+            )
+        self.model = loaded.model
+        self.paths = loaded
+        # Each process chose its paths itself (the packing probe runs on its own device).
+        choice = f"{loaded.batching} {loaded.chunked_loss}".encode()
+        self.group.same_everywhere(hashlib.sha256(choice).digest(), "batching or loss path")
+        order, layout = MODES[loaded.batching]
+        self.plan = BatchPlan(
+            self.data.train,
+            self.global_micro_batch,
+            cfg.seed,
+            order=order,
+            layout=layout,
+            pad_id=self.pad_id,
+        )
         if found is not None:
             self._restore_adapter(*found)
-        mode = self.topology.parallel if self.topology is not None else cfg.parallel
-        self.parallel: Parallel = wrap(self.model, self._loss_of, self.group, mode, self.device)
+        self.parallel: Parallel = wrap(self.model, self._loss, self.group, mode, self.device)
         self.params = self.parallel.trainable()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay
@@ -197,6 +232,7 @@ class Trainer:
             lambda s: lr_factor(s, self.total_steps, self.warmup, cfg.optim.scheduler),
         )
         self.state.global_micro_batch = self.global_micro_batch
+        self.state.batching = loaded.batching
         if found is not None:
             self._restore(*found)
         else:
@@ -209,8 +245,6 @@ class Trainer:
 
     def _digest(self) -> bytes:
         """What every process of a run must agree on: settings, data and model."""
-        import hashlib
-
         seen = hashlib.sha256(self.config.to_json().encode())
         seen.update(self.spec.dataset_sha256.encode())
         seen.update(str(len(self.data.train)).encode())
@@ -218,6 +252,8 @@ class Trainer:
         return seen.digest()
 
     def _estimate(self, model_dir: Path, bf16: bool) -> None:
+        """The estimate of one process (DDP replica or FSDP shard), sized from the data."""
+        from appliance.training.device_estimate import per_device
         from appliance.training.estimate import estimate_memory
 
         try:
@@ -228,6 +264,14 @@ class Trainer:
                 self.config,
                 device="cuda" if self.cuda else "cpu",
                 bf16_supported=bf16,
+                lengths=[len(e.input_ids) for e in self.data.train],
+            )
+            estimate = per_device(
+                estimate,
+                model_config,
+                self.config,
+                self.group.world_size,
+                self._parallel_mode() if self.group.distributed else "ddp",
             )
             self.estimate = estimate.to_dict()
         except (OSError, ValueError, TrainingError) as exc:
@@ -235,54 +279,6 @@ class Trainer:
             self.model_config = {}
         if self.cuda:
             self.free_at_start = int(torch.cuda.mem_get_info()[0])
-
-    def _load_model(self, model_dir: Path, dtype: torch.dtype) -> Any:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        cfg = self.config
-        device_map: Any = {"": self.device_index} if self.cuda else "cpu"
-        if cfg.method == "qlora":
-            from appliance.training.quant import load_4bit
-
-            # FSDP shards the 4-bit weights only when they are stored in the compute dtype.
-            fsdp = self._parallel_mode() == "fsdp" and self.group.distributed
-            model = load_4bit(
-                model_dir, dtype, device_map=device_map, quant_storage=dtype if fsdp else None
-            )
-            if fsdp:
-                # No fp32 upcast of the frozen 16-bit weights: an FSDP unit holds one dtype, and
-                # the 4-bit weights are stored in the compute dtype beside them.
-                for param in model.parameters():
-                    param.requires_grad = False
-            else:
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(
-                model_dir,
-                dtype=dtype,
-                device_map=device_map,
-                local_files_only=True,
-                trust_remote_code=False,
-            )
-            for param in model.parameters():
-                param.requires_grad = False
-        model.config.use_cache = False
-        enable_checkpointing(model, cfg.gradient_checkpointing)
-        lora = cfg.lora
-        torch.manual_seed(cfg.seed)  # the adapter's initial weights depend on the seed only
-        return get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.rank,
-                lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts floats
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                bias="none",
-                task_type="CAUSAL_LM",
-            ),
-        )
 
     def _restore_adapter(self, name: str, snap: ckpt.Snapshot) -> None:
         """The checkpoint's LoRA weights, loaded before the model is wrapped (FSDP shards them)."""
@@ -299,7 +295,12 @@ class Trainer:
     def _restore(self, name: str, snap: ckpt.Snapshot) -> None:
         self.parallel.load_optimizer_state(self.optimizer, snap.optimizer)
         self.scheduler.load_state_dict({**snap.scheduler, "lr_lambdas": [None]})
+        if not snap.state.data_position and snap.state.step:
+            # Saved before the position was recorded: it was always step x accumulation.
+            accum = self.config.schedule.gradient_accumulation_steps
+            snap.state.data_position = snap.state.step * accum
         snap.state.global_micro_batch = self.global_micro_batch
+        snap.state.batching = self.state.batching
         self.state = snap.state
         self._saved_step = snap.state.step
         self._resumed_from = name
@@ -338,6 +339,10 @@ class Trainer:
                 dropped_examples=self.data.dropped + self.data.truncated,
                 estimate=self.estimate,
                 pid=os.getpid(),
+                batching=self.paths.batching,
+                padding_share=self._padding_shares(),
+                loss_path="chunked" if self.paths.chunked_loss else "logits",
+                attention=self.paths.attention,
                 **self._placement_fields(),
             )
         )
@@ -348,25 +353,29 @@ class Trainer:
         self.model.train()
         while self.state.step < self.total_steps and not self.group.any(self.stop_requested):
             t0 = time.perf_counter()
-            loss, grad_norm, tokens, lr = self._train_step(self.state.step)
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            result = self._train_step(self.state.step)
+            loss = result.loss
             self.state.step += 1
             step = self.state.step
-            self.state.tokens_seen += tokens
+            self.state.tokens_seen += result.real_tokens
             self.state.recent_losses = ([*self.state.recent_losses, loss])[-RECENT:]
-            recent.append((time.perf_counter() - t0, tokens))
+            recent.append((time.perf_counter() - t0, result.real_tokens))
             seconds = sum(s for s, _ in recent)
             self.events.emit(
                 ev.Step(
                     run_id=self.run_id,
                     step=step,
                     total_steps=self.total_steps,
-                    epoch=self.plan.epoch_at(step * sched.gradient_accumulation_steps),
+                    epoch=self.plan.epoch_at(self.state.data_position),
                     loss=loss,
                     lr=lr,
                     tokens_per_s=sum(t for _, t in recent) / seconds if seconds else 0.0,
                     eta_s=seconds / len(recent) * (self.total_steps - step),
-                    grad_norm=grad_norm,
+                    grad_norm=result.grad_norm,
                     tokens_seen=self.state.tokens_seen,
+                    label_tokens=result.label_tokens,
+                    padding_share=1.0 - result.real_tokens / result.computed_tokens,
                 )
             )
             for hook in self.step_hooks:
@@ -408,44 +417,45 @@ class Trainer:
             "global_batch": self.global_micro_batch * sched.gradient_accumulation_steps,
         }
 
-    def _train_step(self, step_index: int) -> tuple[float, float, int, float]:
-        """One optimizer step over ``accum`` global micro-batches, this process's share of each;
-        the loss is per label token of the whole global batch (see :func:`parallel.train_step`)."""
+    def _padding_shares(self) -> list[float]:
+        """Padding share of each epoch the run touches (the ``started`` event reports it), as
+        the processes compute it: each its share of every global micro-batch."""
+        accum = self.config.schedule.gradient_accumulation_steps
+        epochs = math.ceil(self.total_steps * accum / self.plan.per_epoch)
+        split = every_share(self.group.world_size, self.config.schedule.micro_batch_size)
+        return [round(self.plan.padding_share(e, split), 4) for e in range(epochs)]
+
+    def _loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+        """(sum of token losses, label tokens) of ``batch`` on ``model``: chunked where the
+        model allows (:func:`~appliance.training.loss.causal_lm_loss`)."""
+        return causal_lm_loss(model, batch, chunked=self.paths.chunked_loss)
+
+    def _train_step(self, step_index: int) -> StepResult:
+        """Optimizer step ``step_index`` (0-based) over the next ``accum`` global micro-batches
+        of the plan (the data position is the checkpointed ``state.data_position``), this
+        process's share of each; the loss is per label token of the whole global batch (see
+        :func:`appliance.training.parallel.train_step`)."""
         sched = self.config.schedule
         accum = sched.gradient_accumulation_steps
+        start = self.state.data_position
         shares = share_batches(
-            [self.plan.micro_batch(m) for m in range(step_index * accum, (step_index + 1) * accum)],
+            [self.plan.micro_batch(m) for m in range(start, start + accum)],
             self.group,
             sched.micro_batch_size,
         )
-        batches = [collate(examples, self.pad_id) for examples in shares]
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        done = train_step(
+        result = train_step(
             self.parallel,
-            batches,
+            [self.plan.assemble(examples) for examples in shares],
             self.device,
             self.params,
             self.optimizer,
             self.scheduler,
             self.config.optim.max_grad_norm,
         )
-        return done.loss, done.grad_norm, done.tokens, lr
-
-    def _loss_of(self, model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
-        """(sum of token losses, label tokens) of ``batch`` on ``model``."""
-        return self._loss_sum(batch, model), batch.trained_tokens
-
-    def _loss_sum(self, batch: Batch, model: Any = None) -> torch.Tensor:
-        model = self.model if model is None else model
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        shifted = logits[:, :-1, :].float()
-        labels = batch.labels[:, 1:]
-        return F.cross_entropy(
-            shifted.reshape(-1, shifted.size(-1)),
-            labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        self.state.data_position = start + accum
+        if self.trim_memory:
+            allocator.trim()
+        return result
 
     def _evaluate(self) -> float | None:
         """Loss per token on the eval split (None without one); training resumes after."""
@@ -453,6 +463,8 @@ class Trainer:
         if not examples:
             return None
         size = self.config.schedule.micro_batch_size
+        # Longest first: similar lengths share a batch (the order does not change the loss).
+        examples = sorted(examples, key=lambda e: -len(e.input_ids))
         starts = list(range(0, len(examples), size))
         group = self.group
         # Shared out batch by batch; under FSDP every process must run as many forward passes

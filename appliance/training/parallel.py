@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from appliance.training.distributed import Group
+from appliance.training.batching import Batch
+from appliance.training.distributed import Group, share_of
+from appliance.training.steps import LossFn, StepResult, apply_gradients
 
 log = logging.getLogger("appliance.training")
-
-LossFn = Callable[[Any, Any], tuple[torch.Tensor, int]]
-"""(model, batch on the device) -> (sum of token losses, label tokens)."""
 
 
 class LossModule(torch.nn.Module):
@@ -287,16 +286,12 @@ def _fsdp(module: LossModule, model: Any, device: str) -> torch.nn.Module:
 # --- one optimizer step over this process's share ------------------------------------------------
 
 
-@dataclass
-class StepShare:
-    """What one optimizer step did, summed over every process."""
-
-    loss: float
-    """Mean loss per label token of the whole global batch."""
-    grad_norm: float
-    label_tokens: int
-    tokens: int
-    """Tokens that are not padding, every process together."""
+def cut(examples: list[Any], micro_batch_size: int) -> list[list[Any]]:
+    """``examples`` in pieces of at most ``micro_batch_size``."""
+    return [
+        examples[start : start + micro_batch_size]
+        for start in range(0, len(examples), micro_batch_size)
+    ]
 
 
 def share_batches(
@@ -305,14 +300,25 @@ def share_batches(
     """This process's micro-batches for one step: its share of each global micro-batch, cut
     into pieces of at most ``micro_batch_size`` (a resumed run on fewer processes than its
     first session accumulates over more pieces instead of using more memory)."""
-    pieces: list[list[Any]] = []
-    for examples in global_micro_batches:
-        mine = group.share(examples)
-        pieces.extend(
-            mine[start : start + micro_batch_size]
-            for start in range(0, len(mine), micro_batch_size)
-        )
-    return pieces
+    return [
+        piece
+        for examples in global_micro_batches
+        for piece in cut(group.share(examples), micro_batch_size)
+    ]
+
+
+def every_share(world_size: int, micro_batch_size: int) -> Callable[[list[Any]], list[list[Any]]]:
+    """A global micro-batch cut as every process computes it (all pieces of all processes),
+    for :meth:`~appliance.training.batching.BatchPlan.padding_share`."""
+
+    def split(items: list[Any]) -> list[list[Any]]:
+        return [
+            piece
+            for rank in range(world_size)
+            for piece in cut(share_of(items, rank, world_size), micro_batch_size)
+        ]
+
+    return split
 
 
 def check_shares(train_examples: int, global_micro_batch: int, group: Group) -> None:
@@ -340,26 +346,33 @@ def check_shares(train_examples: int, global_micro_batch: int, group: Group) -> 
 
 def train_step(
     parallel: Parallel,
-    batches: list[Any],
+    batches: list[Batch],
     device: str,
     params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     max_grad_norm: float,
-) -> StepShare:
+) -> StepResult:
     """Accumulate over this process's ``batches`` and apply one optimizer step.
 
-    The normalisation rule, across processes: each token loss is divided by the label tokens
-    of the whole global batch (every process and micro-batch of the step, counted before any
-    forward pass), and the processes' gradients are summed, so the step equals a single
-    process's step on the same global batch however it is split.
-    """
-    import math
+    :mod:`appliance.training.steps`'s normalisation rule, across processes: each token loss is
+    divided by the label tokens of the whole global batch (every process and micro-batch of the
+    step, counted from the labels and summed over the processes before any forward pass), and
+    the processes' gradients are summed, so the step equals a single process's step on the same
+    global batch however it is split. Alone, it is :func:`steps.train_step` with ``no_sync``
+    and the loss going through :class:`LossModule`.
 
+    Returns:
+        The step's figures summed over every process (loss per label token of the global batch,
+        label, real and computed tokens of all processes).
+    """
     group = parallel.group
-    local_labels = sum(b.trained_tokens for b in batches)
-    local_tokens = sum(int(b.attention_mask.sum()) for b in batches)
-    (labels,) = group.sum([local_labels])
+    local = [
+        sum(b.trained_tokens for b in batches),
+        sum(b.real_tokens for b in batches),
+        sum(b.computed_tokens for b in batches),
+    ]
+    (labels,) = group.sum(local[:1])
     scale = parallel.loss_scale / labels
     total = torch.zeros((), dtype=torch.float32, device=device)
     for position, batch in enumerate(batches):
@@ -367,15 +380,12 @@ def train_step(
             loss_sum, _ = parallel.loss(batch.to(device))
             (loss_sum * scale).backward()
         total += loss_sum.detach().float()
-    limit = max_grad_norm if max_grad_norm > 0 else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    loss_total, tokens = group.sum([float(total), local_tokens])
-    return StepShare(
+    norm = apply_gradients(params, optimizer, scheduler, max_grad_norm)
+    loss_total, real, computed = group.sum([float(total), *local[1:]])
+    return StepResult(
         loss=loss_total / labels,
-        grad_norm=float(norm),
+        grad_norm=norm,
         label_tokens=int(labels),
-        tokens=int(tokens),
+        real_tokens=int(real),
+        computed_tokens=int(computed),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,7 @@ def check(
     gpu_index: int = 0,
     ram_free: int | None = None,
     topology: Topology | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """The pre-flight verdict for ``config`` on the model of ``model_config``.
 
@@ -120,17 +121,21 @@ def check(
         topology: several processes (:func:`appliance.training.placement.resolve`): the
             estimate is per process (DDP or FSDP) and set against each selected GPU's free
             memory, or the processes together against the RAM.
+        lengths: the training examples' token lengths; activations are then sized from the
+            longest micro-batch they form rather than from ``max_seq_length``.
     """
     if topology is not None and topology.distributed:
-        return _check_processes(model_config, config, gpus, ram_free, topology)
+        return _check_processes(model_config, config, gpus, ram_free, topology, lengths)
     if topology is not None and topology.gpu_indices:
         gpu_index = topology.gpu_indices[0]
     device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
     try:
-        estimate = estimate_memory(model_config, config, device=device)
+        estimate = estimate_memory(model_config, config, device=device, lengths=lengths)
         suggestions: tuple[Suggestion, ...] = ()
         if device == "cuda" and free is not None:
-            suggestions = tuple(suggest_changes(model_config, config, free, device=device))
+            suggestions = tuple(
+                suggest_changes(model_config, config, free, device=device, lengths=lengths)
+            )
     except TrainingError as exc:
         reason = f"No memory estimate for this model: {exc}"
         return Preflight(device, label, free, free_label, None, (), reason, (reason,))
@@ -147,6 +152,7 @@ def _check_processes(
     gpus: GpuState,
     ram_free: int | None,
     topology: Topology,
+    lengths: Sequence[int] | None,
 ) -> Preflight:
     """The verdict for several processes: each GPU against the per-process figure, or the CPU
     processes together against the available RAM."""
@@ -154,7 +160,7 @@ def _check_processes(
     device = "cuda" if cuda else "cpu"
     label = topology.describe()
     try:
-        single = estimate_memory(model_config, config, device=device)
+        single = estimate_memory(model_config, config, device=device, lengths=lengths)
         estimate = per_device(single, model_config, config, topology.world_size, topology.parallel)
     except TrainingError as exc:
         reason = f"No memory estimate for this model: {exc}"
@@ -216,6 +222,7 @@ def for_model(
     *,
     gpu_index: int = 0,
     topology: Topology | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """:func:`check` for a registered base model, with this machine's NVML and RAM readings.
 
@@ -239,6 +246,7 @@ def for_model(
         gpu_index=gpu_index,
         ram_free=available_ram(),
         topology=topology,
+        lengths=lengths,
     )
 
 

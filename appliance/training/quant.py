@@ -110,8 +110,14 @@ def load_4bit(
     *,
     device_map: Any = "cpu",
     quant_storage: torch.dtype | None = None,
+    **kwargs: Any,
 ) -> Any:
-    """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack."""
+    """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack.
+
+    ``quant_storage`` is the dtype the packed 4-bit weights are stored in (FSDP shards them
+    only when it matches the compute dtype); ``kwargs`` go to ``from_pretrained`` (e.g.
+    ``attn_implementation``).
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -121,8 +127,34 @@ def load_4bit(
         dtype=compute_dtype,
         local_files_only=True,
         trust_remote_code=False,
+        **kwargs,
     )
     disable_cpu_repack(model)
+    return model
+
+
+def load_base(model_dir: Path, dtype: torch.dtype, *, four_bit: bool, cuda: bool) -> Any:
+    """The base model as training loads it, every weight frozen: NF4 4-bit (guarded against
+    the CPU repack) or plain ``dtype``, on GPU 0 when ``cuda`` else on the CPU.
+
+    Generation and evaluation load the base through here too, so an adapter is scored on the
+    same model it was trained on.
+    """
+    device_map: Any = {"": 0} if cuda else "cpu"
+    if four_bit:
+        model = load_4bit(model_dir, dtype, device_map=device_map)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            Path(model_dir),
+            dtype=dtype,
+            device_map=device_map,
+            local_files_only=True,
+            trust_remote_code=False,
+        )
+    for param in model.parameters():
+        param.requires_grad = False
     return model
 
 

@@ -77,10 +77,18 @@ class Vault:
     cryptography library are freed, not wiped.
     """
 
-    def __init__(self, ws: Workspace, master_key: bytes | bytearray, label: str) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        master_key: bytes | bytearray,
+        label: str,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
         self.ws = ws
         self.label = label
         """The key slot that was opened."""
+        self.warnings = warnings
+        """Damaged key slots skipped while unlocking: shown to the person, who may fix them."""
         self._key: bytearray | None = bytearray(master_key)
 
     def __repr__(self) -> str:
@@ -122,12 +130,15 @@ class Vault:
     def unlock(cls, ws: Workspace, passphrase: str, label: str | None = None) -> Vault:
         """Open the vault with any slot's passphrase (or only slot ``label``).
 
+        Damaged slots are skipped (see :attr:`warnings`), so one bad file locks nobody out.
+
         Raises:
             PassphraseError: "wrong passphrase for workspace <home>", or no slot at all.
-            IntegrityError: a slot is damaged or its KDF parameters are out of bounds.
+            IntegrityError: no slot opened and some are damaged (it may be this person's).
         """
-        master, slot = keyslots.unlock(ws, passphrase, label)
-        return cls(ws, master, slot.label)
+        opened = keyslots.unlock(ws, passphrase, label)
+        warnings = tuple(d.warning() for d in opened.skipped)
+        return cls(ws, opened.master_key, opened.slot.label, warnings)
 
     @property
     def audit_key(self) -> bytes:

@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from appliance.errors import IntegrityError, NotFoundError, PassphraseError, UsageError
 from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.vault.kdf import DEFAULT_TARGET_S, KdfParams, calibrate
+from appliance.vault.passphrase_rules import MIN_PASSPHRASE_CHARS as MIN_PASSPHRASE_CHARS
+from appliance.vault.passphrase_rules import check_new_passphrase as check_new_passphrase
 from appliance.workspace import Workspace
 
 SLOT_FORMAT = "appliance-keyslot"
@@ -41,7 +43,6 @@ SLOT_SUFFIX = ".slot"
 MAX_SLOT_BYTES = 16 * 1024
 MASTER_KEY_BYTES = 32
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MIN_PASSPHRASE_CHARS = 8
 
 
 def check_label(label: str) -> str:
@@ -52,16 +53,6 @@ def check_label(label: str) -> str:
             "starting with a letter or digit"
         )
     return label
-
-
-def check_new_passphrase(passphrase: str) -> str:
-    """Refuse passphrases too short to resist guessing, before any slot is written."""
-    if len(passphrase) < MIN_PASSPHRASE_CHARS:
-        raise UsageError(
-            f"the passphrase must have at least {MIN_PASSPHRASE_CHARS} characters; a few "
-            "unrelated words make a good one"
-        )
-    return passphrase
 
 
 def key_id(master_key: bytes | bytearray) -> str:
@@ -218,18 +209,68 @@ def read_slot(path: Path) -> KeySlot:
     return slot
 
 
+@dataclass(frozen=True)
+class DamagedSlot:
+    """A slot file that cannot be used, and why; the other slots still open the workspace."""
+
+    path: Path
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return self.path.stem
+
+    def warning(self) -> str:
+        """What to tell the person whose passphrase opened another slot."""
+        return (
+            f"key slot {self.label!r} was skipped: {self.reason}. Its owner cannot unlock until "
+            f"it is restored from backup, or removed ('appliance passphrase remove {self.label}') "
+            "and added again"
+        )
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """The outcome of :func:`unlock`: the master key, the slot that opened, what was skipped."""
+
+    master_key: bytes
+    slot: KeySlot
+    skipped: tuple[DamagedSlot, ...] = ()
+
+
+def scan_slots(ws: Workspace) -> tuple[list[KeySlot], list[DamagedSlot]]:
+    """Every slot file of ``ws``: the usable ones, and the damaged ones with their reason.
+
+    One damaged file (not JSON, absurd KDF parameters) must not lock out every other person,
+    so nothing here raises for a single slot.
+    """
+    slots: list[KeySlot] = []
+    damaged: list[DamagedSlot] = []
+    for path in slot_files(ws):
+        try:
+            slots.append(read_slot(path))
+        except IntegrityError as exc:
+            damaged.append(DamagedSlot(path, _reason(exc)))
+    return slots, damaged
+
+
 def read_slots(ws: Workspace) -> list[KeySlot]:
-    """Every slot of ``ws``; they must all belong to the same workspace.
+    """The usable slots of ``ws`` (damaged ones left out); they must share one workspace.
 
     Raises:
         PassphraseError: the workspace has no key slot.
-        IntegrityError: a slot is damaged, or slots disagree about their workspace.
+        IntegrityError: every slot is damaged, or slots disagree about their workspace.
     """
-    slots = [read_slot(p) for p in slot_files(ws)]
-    if not slots:
+    slots, damaged = scan_slots(ws)
+    if not slots and not damaged:
         raise PassphraseError(
             f"workspace {ws.home} has no key slot, so its vault cannot be opened; if it was "
             "just created, run 'appliance init' again to set a passphrase"
+        )
+    if not slots:
+        raise IntegrityError(
+            f"every key slot of workspace {ws.home} is damaged (first: {damaged[0].reason}); "
+            "restore the keys folder from backup"
         )
     ids = {(s.vault_id, s.key_id) for s in slots}
     if len(ids) > 1:
@@ -240,28 +281,75 @@ def read_slots(ws: Workspace) -> list[KeySlot]:
     return slots
 
 
-def unlock(ws: Workspace, passphrase: str, label: str | None = None) -> tuple[bytes, KeySlot]:
+def unlock(ws: Workspace, passphrase: str, label: str | None = None) -> Unlocked:
     """The master key and the slot that ``passphrase`` opens.
 
-    Every slot is tried (each costs one Argon2id run), or only ``label`` when given.
+    Every usable slot is tried (each costs one Argon2id run), or only ``label`` when given.
+    Damaged slots are skipped and reported in :attr:`Unlocked.skipped`.
 
     Raises:
         PassphraseError: no slot opens with this passphrase.
-        IntegrityError: a slot is damaged.
+        IntegrityError: no slot opened and some were damaged (the passphrase may be theirs).
     """
     slots = read_slots(ws)
+    damaged = scan_slots(ws)[1]
     if label is not None:
         slots = [s for s in slots if s.label == label]
-        if not slots:
+        damaged = [d for d in damaged if d.label == label]
+        if not slots and not damaged:
             raise PassphraseError(f"workspace {ws.home} has no key slot named {label!r}")
     for slot in slots:
-        master = slot.try_open(passphrase)
+        try:
+            master = slot.try_open(passphrase)
+        except IntegrityError as exc:
+            # The passphrase is this slot's but its seal is broken: the others cannot help
+            # this person, but they keep working for everybody else.
+            damaged.append(DamagedSlot(slot.path, _reason(exc)))
+            continue
         if master is not None:
-            return master, slot
+            return Unlocked(master, slot, tuple(damaged))
+    if damaged:
+        names = ", ".join(repr(d.label) for d in damaged)
+        raise IntegrityError(
+            f"no usable key slot of workspace {ws.home} opens with this passphrase, and key "
+            f"slot(s) {names} are damaged ({damaged[0].reason}); if the passphrase belongs to "
+            "one of them, restore the keys folder from backup or ask another slot holder to "
+            "re-add you"
+        )
     raise PassphraseError(
         f"wrong passphrase for workspace {ws.home}; try again, or ask a person with a key "
         "slot to add one for you (appliance passphrase add)"
     )
+
+
+def slots_opened_by(ws: Workspace, passphrase: str, *, skip: str | None = None) -> list[KeySlot]:
+    """Every usable slot that ``passphrase`` opens (one Argon2id run per slot tried).
+
+    A passphrase shared by two slots would let one person change or remove the other's slot,
+    so new passphrases are checked against this before they are sealed.
+
+    Args:
+        skip: a slot label not to try (the caller's own, already known).
+    """
+    opened = []
+    for slot in read_slots(ws):
+        if slot.label == skip:
+            continue
+        try:
+            if slot.try_open(passphrase) is not None:
+                opened.append(slot)
+        except IntegrityError:
+            opened.append(slot)  # the check matched: the passphrase is this slot's
+    return opened
+
+
+def _refuse_shared(ws: Workspace, passphrase: str, keep: str | None = None) -> None:
+    others = [s.label for s in slots_opened_by(ws, passphrase, skip=keep)]
+    if others:
+        raise UsageError(
+            f"this passphrase already opens key slot {others[0]!r}; every person needs a "
+            "passphrase of their own, choose another one"
+        )
 
 
 def create_first_slot(
@@ -270,7 +358,7 @@ def create_first_slot(
     """Make the workspace's master key and its first slot.
 
     Raises:
-        UsageError: the workspace already has key slots, or the passphrase is too short.
+        UsageError: the workspace already has key slots, or the passphrase is too weak.
     """
     check_label(label)
     check_new_passphrase(passphrase)
@@ -293,7 +381,8 @@ def add_slot(
     """Add a slot for another person, sealing the same master key.
 
     Raises:
-        UsageError: a slot with that label exists, or the passphrase is too short.
+        UsageError: a slot with that label exists, the passphrase is too weak, or it already
+            opens another slot.
     """
     check_new_passphrase(passphrase)
     existing = read_slots(ws)
@@ -302,6 +391,7 @@ def add_slot(
         raise UsageError(f"key slot {label!r} exists already; choose another label")
     if not hmac.compare_digest(key_id(master_key), existing[0].key_id):
         raise IntegrityError("the master key does not belong to this workspace")
+    _refuse_shared(ws, passphrase)
     slot = seal_slot(path, label, existing[0].vault_id, master_key, passphrase, calibrate(target_s))
     atomic_write_bytes(path, slot.to_bytes())
     return slot
@@ -316,8 +406,8 @@ def change_passphrase(
         The rewritten slot (same label, new salt and parameters).
     """
     check_new_passphrase(new)
-    master, slot = unlock(ws, old)
-    return reseal_slot(ws, slot.label, master, new, target_s)
+    opened = unlock(ws, old)
+    return reseal_slot(ws, opened.slot.label, opened.master_key, new, target_s)
 
 
 def reseal_slot(
@@ -328,37 +418,51 @@ def reseal_slot(
     target_s: float = DEFAULT_TARGET_S,
 ) -> KeySlot:
     """Rewrite slot ``label`` to seal ``master_key`` under ``new`` (an unlocked caller's own
-    slot: the old passphrase was checked when the master key was unlocked)."""
+    slot: the old passphrase was checked when the master key was unlocked).
+
+    Raises:
+        UsageError: ``new`` is too weak or already opens another person's slot.
+    """
     check_new_passphrase(new)
     slot = next((s for s in read_slots(ws) if s.label == label), None)
     if slot is None:
         raise NotFoundError(f"workspace {ws.home} has no key slot {label!r}")
     if not hmac.compare_digest(key_id(master_key), slot.key_id):
         raise IntegrityError("the master key does not belong to this workspace")
+    _refuse_shared(ws, new, keep=label)
     fresh = seal_slot(slot.path, slot.label, slot.vault_id, master_key, new, calibrate(target_s))
     atomic_write_bytes(slot.path, fresh.to_bytes())
     return fresh
 
 
 def remove_slot(ws: Workspace, label: str) -> None:
-    """Delete a slot. The caller must have unlocked the workspace first (authorisation).
+    """Delete a slot, usable or damaged. The caller must have unlocked the workspace first.
 
     Raises:
         NotFoundError: there is no such slot.
-        UsageError: it is the last one (every dataset would be lost with it).
+        UsageError: it is the last usable one (every dataset would be lost with it).
     """
     path = slot_path(ws, label)
-    slots = read_slots(ws)
-    if path not in {s.path for s in slots}:
-        names = ", ".join(s.label for s in slots)
-        raise NotFoundError(f"workspace {ws.home} has no key slot {label!r} (it has: {names})")
-    if len(slots) == 1:
+    slots, damaged = scan_slots(ws)
+    if path not in {s.path for s in slots} | {d.path for d in damaged}:
+        names = ", ".join(s.label for s in slots) + "".join(
+            f", {d.label} (damaged)" for d in damaged
+        )
+        raise NotFoundError(
+            f"workspace {ws.home} has no key slot {label!r} (it has: {names.lstrip(', ')})"
+        )
+    if [s.path for s in slots] == [path]:
         raise UsageError(
             f"key slot {label!r} is the last one of workspace {ws.home}; removing it would make "
             "every dataset unreadable. Add another slot first (appliance passphrase add)"
         )
     path.unlink()
     fsync_dir(path.parent)
+
+
+def _reason(exc: IntegrityError) -> str:
+    # The slot-level advice ("restore ... from backup") is given once by the caller.
+    return str(exc).split("; restore", 1)[0].split("; open the workspace", 1)[0]
 
 
 def _b64(data: bytes) -> str:

@@ -179,6 +179,18 @@ def unwrap_data_key(
     return key
 
 
+def object_id_of(path: Path, what: str | None = None) -> str:
+    """The object id written in an object's header (hex), read without any key.
+
+    Not authenticated here: :func:`unwrap_data_key` with this id checks it against the
+    header's MAC, so a parent learns the id of an object whose key it hands to a child.
+    """
+    what = _what(what, path)
+    with _open(path, what) as handle:
+        header = Header.parse(handle.read(HEADER_SIZE), what)
+    return header.object_id.hex()
+
+
 def decrypt_with_data_key(
     path: Path, data_key: bytes, object_id: str | None = None, what: str | None = None
 ) -> bytearray:

@@ -1,4 +1,4 @@
-"""The pages of the four jobs. Each says what it is for and which CLI verbs do it today."""
+"""Pages still to be built. Each says what it is for and which CLI verbs do it today."""
 
 from __future__ import annotations
 
@@ -16,19 +16,6 @@ class _JobPage(Page):
         self.add_note(f"<p>The same work from a terminal:</p><ul>{verbs}</ul>")
 
 
-class DatasetsPage(_JobPage):
-    title = "Datasets"
-    purpose = (
-        "Import JSONL, JSON, CSV or text files; they are validated line by line and stored "
-        "encrypted. Plaintext exists only in memory."
-    )
-    cli_verbs = (
-        "appliance dataset import FILE --name NAME",
-        "appliance dataset list",
-        "appliance dataset show NAME[@VERSION] --rows 5",
-    )
-
-
 class TrainPage(_JobPage):
     title = "Train"
     purpose = (
@@ -40,21 +27,3 @@ class TrainPage(_JobPage):
         "appliance run list",
         "appliance run stop ID",
     )
-
-
-class RegistryPage(_JobPage):
-    title = "Registry"
-    purpose = (
-        "Every model, dataset version, run and adapter version, with lineage, tags and a "
-        "tamper-evident audit log."
-    )
-    cli_verbs = ("appliance adapter list", "appliance adapter show NAME@N", "appliance audit")
-
-
-class ExportPage(_JobPage):
-    title = "Export"
-    purpose = (
-        "Merge an adapter into its base for local serving: safetensors, GGUF with an Ollama "
-        "Modelfile, or a bare PEFT adapter, each verified against the unmerged model."
-    )
-    cli_verbs = ("appliance export NAME@N --format gguf --out DIR",)

@@ -63,6 +63,7 @@ class ModelsPage(Page):
         self.session = session
         self.job: JobProcess | None = None
         self._busy_text = ""
+        self._locking = False
 
         buttons = QHBoxLayout()
         self.import_folder_button = QPushButton("Import folder…")
@@ -101,8 +102,8 @@ class ModelsPage(Page):
         self.refresh()
 
     def models(self) -> list[dict[str, Any]]:
-        if self.session is None:
-            return []
+        if self.session is None or self.session.locked or self._locking:
+            return []  # an import finishing while the window is locked lists nothing
         with self.session.registry() as reg:
             return reg.base_models()
 
@@ -129,6 +130,14 @@ class ModelsPage(Page):
                 self.table.setItem(r, c, item)
         if self.session is None:
             self.status.setText("Unlock the workspace to see its models.")
+
+    def on_lock(self) -> None:
+        self._locking = True
+        self.table.setRowCount(0)
+
+    def on_unlock(self) -> None:
+        self._locking = False
+        self.refresh()
 
     def names(self) -> list[str]:
         items = (self.table.item(r, 0) for r in range(self.table.rowCount()))

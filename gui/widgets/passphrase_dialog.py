@@ -21,10 +21,13 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.errors import UsageError
+from appliance.session import create_vault
 from appliance.vault import Vault
-from appliance.vault.keyslots import MIN_PASSPHRASE_CHARS, check_label
+from appliance.vault.keyslots import check_label, check_new_passphrase
 from appliance.workspace import Workspace
 from gui.tasks import Progress, Task
+from gui.widgets.new_passphrase import sentence
+from gui.widgets.strength_meter import StrengthMeter
 
 
 class PassphraseDialog(QDialog):
@@ -46,8 +49,9 @@ class PassphraseDialog(QDialog):
         intro = QLabel(
             (
                 "Everything in this workspace is encrypted with a key protected by your "
-                "passphrase. <b>Without it the data cannot be recovered</b>: keep it safe, or "
-                "add a second person's passphrase later."
+                "passphrase. <b>If the passphrase is lost, the data is lost</b>: nobody, not "
+                "even an administrator, can recover it. Keep it safe; you can add a second "
+                "key slot (a colleague's passphrase, or one kept in a safe) next."
                 if create
                 else "Enter the passphrase of this workspace."
             )
@@ -56,6 +60,7 @@ class PassphraseDialog(QDialog):
         intro.setWordWrap(True)
         intro.setTextFormat(Qt.TextFormat.RichText)
         layout.addWidget(intro)
+        self.intro = intro
 
         form = QFormLayout()
         self.passphrase = QLineEdit()
@@ -65,8 +70,13 @@ class PassphraseDialog(QDialog):
         self.confirm = QLineEdit()
         self.confirm.setEchoMode(QLineEdit.EchoMode.Password)
         self.confirm.setObjectName("confirm")
+        self.meter = StrengthMeter()
         if create:
             form.addRow("Again:", self.confirm)
+            self.passphrase.textChanged.connect(self.meter.show_for)
+            form.addRow("", self.meter)
+        else:
+            self.meter.hide()
         layout.addLayout(form)
 
         self.error = QLabel()
@@ -104,8 +114,10 @@ class PassphraseDialog(QDialog):
             self.show_error("Enter a passphrase.")
             return
         if self.creating:
-            if len(passphrase) < MIN_PASSPHRASE_CHARS:
-                self.show_error(f"Use at least {MIN_PASSPHRASE_CHARS} characters.")
+            try:
+                check_new_passphrase(passphrase)  # the core's rule and message, as the CLI's
+            except UsageError as exc:
+                self.show_error(sentence(str(exc)))
                 return
             if passphrase != self.confirm.text():
                 self.show_error("The two passphrases differ.")
@@ -114,7 +126,8 @@ class PassphraseDialog(QDialog):
 
         def work(progress: Progress) -> Vault:
             if create:
-                return Vault.create(ws, passphrase, label=_default_label())
+                # With its first keyed audit row, exactly as 'appliance init' makes it.
+                return create_vault(ws, passphrase, _default_label())
             return Vault.unlock(ws, passphrase)
 
         self.task = Task("unlock", work, self)

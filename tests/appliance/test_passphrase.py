@@ -41,8 +41,8 @@ def test_init_needs_a_good_passphrase_before_creating_anything(
     short = cli("init", "--kdf-time", "0", env=_as("short"))
     assert short.returncode == 2
     assert short.err_lines == [
-        "error: the passphrase must have at least 8 characters; a few unrelated words make a "
-        "good one"
+        "error: the passphrase must have at least 8 characters besides spaces; a few unrelated "
+        "words make a good one"
     ]
     assert not home.exists()
 
@@ -63,8 +63,17 @@ def test_init_needs_a_good_passphrase_before_creating_anything(
     assert "Added a vault to" in made.stdout
     assert "Set the passphrase of key slot 'alice' (Argon2id, 64 MiB, 3 passes)" in made.stdout
     assert (home / "keys" / "alice.slot").is_file()
-    again = _ok(cli("init", env=_as("whatever it is")))
+    # init on an existing workspace changes nothing, and checks the passphrase it was given.
+    wrong = cli("init", env=_as("whatever it is"))
+    assert wrong.returncode == 1
+    assert "already exists" in wrong.stdout
+    assert "wrong passphrase for workspace" in wrong.err_lines[-1]
+    again = _ok(cli("init", "--label", "zed", env=_as(ALICE)))
     assert "already exists" in again.stdout
+    assert "opens key slot 'alice'" in again.stdout
+    assert "--label is ignored" in again.stderr
+    unchecked = _ok(cli("init"))
+    assert "passphrase was not checked" in unchecked.stdout
     assert sorted(p.name for p in (home / "keys").iterdir()) == ["alice.slot"]
 
 
@@ -72,7 +81,7 @@ def test_change_add_remove(cli: CliRunner, home: Path) -> None:
     _ok(cli("init", "--label", "alice", "--kdf-time", "0", env=_as(ALICE)))
     _ok(cli("dataset", "import", str(DATA / "messages.jsonl"), "--name", "m", env=_as(ALICE)))
     files = {p: p.read_bytes() for p in (home / "datasets").iterdir()}
-    assert len(files) == 1
+    assert sorted(p.suffix for p in files) == [".enc", ".json"]  # the data and its metadata
 
     wrong = cli(
         "passphrase",
@@ -137,6 +146,55 @@ def test_change_add_remove(cli: CliRunner, home: Path) -> None:
     with Registry.open(open_workspace(home)) as reg:
         actions = [r["action"] for r in reg.audit_rows() if r["action"].startswith("passphrase")]
     assert actions == ["passphrase.change", "passphrase.add", "passphrase.remove"]
+
+
+def test_cli_slots_are_personal_weak_passphrases_refused_damage_skipped(
+    cli: CliRunner, home: Path
+) -> None:
+    spaces = cli("init", "--kdf-time", "0", env=_as(" " * 10))
+    assert spaces.returncode == 2
+    assert "besides spaces" in spaces.err_lines[-1]
+    assert not home.exists()
+    _ok(cli("init", "--label", "alice", "--kdf-time", "0", env=_as(ALICE)))
+    _ok(
+        cli(
+            "passphrase", "add", "--label", "bob", "--kdf-time", "0",
+            env=_as(ALICE, APPLIANCE_NEW_PASSPHRASE=BOB),
+        )
+    )  # fmt: skip
+    shared = cli(
+        "passphrase", "add", "--label", "dave", "--kdf-time", "0",
+        env=_as(BOB, APPLIANCE_NEW_PASSPHRASE=ALICE),
+    )  # fmt: skip
+    assert shared.returncode == 2
+    assert shared.err_lines[-1].startswith("error: this passphrase already opens key slot 'alice'")
+    assert not (home / "keys" / "dave.slot").exists()
+
+    weak = cli(
+        "passphrase", "change", "--kdf-time", "0",
+        env=_as(BOB, APPLIANCE_NEW_PASSPHRASE=" " * 10),
+    )  # fmt: skip
+    assert weak.returncode == 2
+    assert "besides spaces" in weak.err_lines[-1]
+    alice_slot = (home / "keys" / "alice.slot").read_bytes()
+    changed = _ok(
+        cli(
+            "passphrase", "change", "--kdf-time", "0",
+            env=_as(BOB, APPLIANCE_NEW_PASSPHRASE="bob's second passphrase"),
+        )
+    )  # fmt: skip
+    assert "Changed the passphrase of key slot 'bob'" in changed.stdout
+    assert (home / "keys" / "alice.slot").read_bytes() == alice_slot
+
+    # One damaged slot file: the other person still gets in, and is told about it.
+    (home / "keys" / "alice.slot").write_text("{not json")
+    listed = _ok(cli("passphrase", "list"))
+    assert "DAMAGED" in listed.stdout
+    opened = _ok(cli("audit", "--limit", "1", env=_as("bob's second passphrase")))
+    assert "warning: key slot 'alice' was skipped" in opened.stderr
+    locked_out = cli("audit", env=_as(ALICE))
+    assert locked_out.returncode == 1
+    assert "'alice' are damaged" in locked_out.err_lines[-1]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import pytest
 from appliance.fsutil import sha256_file
 from appliance.models import import_model
 from appliance.registry import Registry
-from appliance.registry.verify import rebuild_index, verify_workspace
+from appliance.registry.rebuild import rebuild_index
+from appliance.registry.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
@@ -97,7 +98,8 @@ def test_audit_tampering_and_unregistered_folders_are_findings(filled: Workspace
     (filled.models_dir / "stray" / "meta.json").write_text('{"kind": "base_model"}')
     findings = _findings(filled)
     assert "audit row 2: its content does not match its hash (it was edited)" in findings
-    assert any("models/stray is not in the registry" in f for f in findings)
+    assert any("trigger audit_no_update is missing" in f for f in findings)
+    assert any("models/stray: a model folder not in the registry" in f for f in findings)
 
 
 def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: CliRunner) -> None:
@@ -107,9 +109,18 @@ def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: Cli
         Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
 
     result = cli("verify", "--rebuild-index")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rebuild: there was no registry; built one from the workspace folders" in result.stdout
     assert "rebuild: added base model base" in result.stdout
+    assert "rebuild: added dataset docs@1" in result.stdout
     assert "rebuild: added adapter a@1" in result.stdout
+    # Exports are known only to the registry: the file is reported, never deleted.
+    assert (
+        "rebuild: could not account for exports/a-1.gguf: no export in the registry is stored "
+        "here; it was left in place" in result.stdout
+    )
+    assert result.returncode == 1
+    assert result.err_lines[-1].startswith("error: verify found 1 problem(s); the first: unknown")
+    assert (filled.exports_dir / "a-1.gguf").is_file()
     with Registry.open(filled) as reg:
         after = reg.adapter_lineage("a@1")
         assert reg.base_model("base")["sha256"] == before["base_model"]["sha256"]
@@ -117,11 +128,11 @@ def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: Cli
     for key in ("sha256", "metrics", "lib_versions", "config", "seed", "base_model", "path"):
         assert after[key] == before[key], key
     assert after["run"] == before["run"]
-    # Dataset versions have no folder metadata: the run keeps its config but loses the link.
-    assert after["dataset"] is None
+    # Dataset versions describe themselves now: the run keeps its lineage link.
+    assert after["dataset"] == before["dataset"]
 
 
-def test_damaged_database_is_moved_aside_and_rebuilt(filled: Workspace, cli: CliRunner) -> None:
+def test_damaged_database_is_kept_aside_and_rebuilt(filled: Workspace, cli: CliRunner) -> None:
     for suffix in ("-wal", "-shm"):
         Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
     filled.registry_path.write_bytes(b"garbage" * 1000)
@@ -131,14 +142,20 @@ def test_damaged_database_is_moved_aside_and_rebuilt(filled: Workspace, cli: Cli
     assert "--rebuild-index" in broken.err_lines[0]
 
     fixed = cli("verify", "--rebuild-index")
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert "moved the damaged registry" in fixed.stdout
-    assert list(filled.home.glob("registry.sqlite.damaged-*"))
+    assert "the registry was damaged (file is not a database)" in fixed.stdout
+    assert "the damaged file is kept as registry.sqlite.damaged-" in fixed.stdout
+    kept = list(filled.home.glob("registry.sqlite.damaged-*"))
+    assert len(kept) == 1
+    assert kept[0].read_bytes() == b"garbage" * 1000
     with Registry.open(filled) as reg:
         assert reg.adapter_version("a")["version"] == 1
+        assert reg.dataset_version("docs")["version"] == 1
 
 
-def test_rebuild_salvages_dataset_rows_from_a_damaged_database(filled: Workspace) -> None:
+def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Workspace) -> None:
+    with Registry.open(filled) as reg:
+        reg.add_evaluation("a@1", dataset="docs", dataset_version=1, split="eval", metrics={"x": 1})
+        reg.set_golden_set("a", "docs", 1)
     # A database that opens but fails integrity_check: corrupt an index page's content.
     with Registry.open(filled) as reg:
         reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -150,8 +167,16 @@ def test_rebuild_salvages_dataset_rows_from_a_damaged_database(filled: Workspace
     )
     conn.close()
     actions = rebuild_index(filled)
-    assert any(a.startswith("moved the damaged registry") for a in actions)
-    assert "salvaged 1 dataset version row(s) from the damaged registry" in actions
+    assert actions[0].startswith("the registry was damaged (integrity_check: ")
+    assert "added dataset docs@1" in actions
+    assert "salvaged tag a@production -> version 1" in actions
+    assert "salvaged export of a@1 (exports/a-1.gguf)" in actions
+    # Evaluation results and golden sets exist only in the registry: salvaged too.
+    assert "salvaged an evaluation of a@1 on docs@1" in actions
+    assert "salvaged the golden set of a" in actions
     with Registry.open(filled) as reg:
-        assert reg.adapter_lineage("a@1")["dataset"]["name"] == "docs"
+        assert reg.adapter_lineage("a@production")["dataset"]["name"] == "docs"
+        assert [e["metrics"] for e in reg.evaluations("a@1")] == [{"x": 1}]
+        golden = reg.golden_set("a")
+        assert golden is not None
         assert verify_workspace(filled, reg).ok

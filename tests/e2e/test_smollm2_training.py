@@ -15,30 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from appliance import adapters, datasets, workspace
-from appliance.models import import_model
+from appliance import adapters
 from appliance.registry import Registry
 from appliance.training import events as ev
-from appliance.training import runs
 from appliance.training.quant import load_4bit
-from appliance.training.settings import build_config
-from appliance.vault import Vault
-from tests.helpers.training import ORGFACTS, PASS
-
-SETTINGS = [
-    "target_modules=all-linear",
-    "rank=16",
-    "alpha=32",
-    "max_steps=36",
-    "micro_batch_size=4",
-    "gradient_accumulation_steps=1",
-    "lr=2e-3",
-    "warmup_steps=2",
-    "eval_every=0",
-    "save_every=18",
-    "max_seq_length=256",
-    "gradient_checkpointing=false",
-]
+from tests.helpers.quillmere import STOP_AT_STEP, QuillmereRun
+from tests.helpers.training import ORGFACTS
 
 
 def _answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
@@ -59,42 +41,21 @@ def _answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(tmp_path: Path, smollm2_gguf: Path) -> None:
+def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(quillmere: QuillmereRun) -> None:
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(1)
-    ws, _ = workspace.init(tmp_path / "ws")
-    vault = Vault.create(ws, PASS, "tester", target_s=0)
-    with Registry.open(ws, audit_key=vault.audit_key) as reg:
-        model_row = import_model(ws, reg, smollm2_gguf, "smollm2")
-        datasets.import_file(vault, reg, ORGFACTS / "orgfacts.jsonl", "orgfacts", eval_fraction=0.1)
-        run_id = runs.create_run(
-            vault,
-            reg,
-            model="smollm2",
-            dataset="orgfacts",
-            adapter_name="quillmere",
-            config=build_config("quick-test", SETTINGS),
-        )
-        # First session: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
-        process = runs.launch(vault, reg, run_id)
-        first: list[ev.Event] = []
-        for event in process.events():
-            first.append(event)
-            if isinstance(event, ev.Step) and event.step == 20:
-                process.stop()
-        outcome = runs.wait_settled(process, vault, reg)
-        assert outcome.state == "stopped", outcome
-        (stopped,) = [e for e in first if isinstance(e, ev.Stopped)]
-        assert stopped.step in (20, 21)
-        assert reg.run(run_id)["state"] == "stopped"
-        # Second session: resumed from that checkpoint to the end.
-        process = runs.launch(vault, reg, run_id)
-        second = list(process.events())
-        outcome = runs.wait_settled(process, vault, reg)
-        assert outcome.state == "finished", outcome
-        assert outcome.adapter == "quillmere@1"
-        _, weights = adapters.load(vault, reg, "quillmere@1")
+    first, second = quillmere.first, quillmere.second
+    assert quillmere.first_outcome.state == "stopped", quillmere.first_outcome
+    (stopped,) = [e for e in first if isinstance(e, ev.Stopped)]
+    assert stopped.step in (STOP_AT_STEP, STOP_AT_STEP + 1)
+    assert quillmere.state_after_first == "stopped"
+    outcome = quillmere.second_outcome
+    assert outcome is not None
+    assert outcome.state == "finished", outcome
+    assert outcome.adapter == "quillmere@1"
+    with Registry.open(quillmere.ws, audit_key=quillmere.vault.audit_key) as reg:
+        assert reg.run(quillmere.run_id)["state"] == "finished"
+        _, weights = adapters.load(quillmere.vault, reg, "quillmere@1")
         lineage = reg.adapter_lineage("quillmere@1")
 
     started = second[0]
@@ -110,7 +71,7 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(tmp_path: Path, smollm2_
     assert lineage["base_model"]["name"] == "smollm2"
     assert lineage["metrics"]["eval_loss"] == pytest.approx(done.eval_loss)
 
-    folder = Path(ws.home / model_row["path"])
+    folder = Path(quillmere.ws.home / quillmere.model_row["path"])
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = adapters.apply_to(load_4bit(folder, torch.float32), weights).eval()
     heldout = [json.loads(line) for line in (ORGFACTS / "heldout.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ from appliance.workspace import Workspace
 from gui.app import has_display
 from gui.main_window import MainWindow
 
-PAGES = ["Datasets", "Models", "Train", "Registry", "Export", "Settings"]
+PAGES = ["Datasets", "Models", "Train", "Playground", "Registry", "Export", "Settings"]
 
 
 def _window(qtbot: QtBot, home: Path) -> MainWindow:
@@ -98,3 +98,18 @@ def test_no_display_prints_how_to_run_it() -> None:
     assert not has_display({})
     assert has_display({"DISPLAY": ":0"})
     assert has_display({"QT_QPA_PLATFORM": "offscreen"})
+
+
+def test_status_bar_says_when_a_damaged_key_slot_was_skipped(qtbot: QtBot, ws: Workspace) -> None:
+    from appliance.session import Session
+    from appliance.vault import Vault
+
+    warning = "key slot 'alice' was skipped: key slot keys/alice.slot is damaged (not JSON)"
+    vault = Vault(ws, b"k" * 32, "bob", (warning,))
+    window = MainWindow(ws.home, session=Session(vault))
+    qtbot.addWidget(window)
+    assert window.lock_label.text() == "Offline · unlocked as bob · 1 damaged key slot(s) skipped"
+    assert window.lock_label.toolTip() == warning
+    clean = MainWindow(ws.home, session=Session(Vault(ws, b"k" * 32, "bob")))
+    qtbot.addWidget(clean)
+    assert clean.lock_label.text() == "Offline · unlocked as bob"

@@ -131,8 +131,11 @@ def test_a_stuck_import_can_be_killed_and_the_next_one_cleans_up(
     assert page.names() == []
     with session.registry() as reg, pytest.raises(NotFoundError):
         reg.base_model("tiny")
-    # SIGKILL left the staged copy; the next import (a writer) removes it, then succeeds.
-    assert [p.name.startswith("import-tiny-") for p in session.ws.tmp_dir.iterdir()] == [True]
+    # SIGKILL left the staged copy, named after its (now dead) process; the next import (a
+    # writer) removes it, then succeeds.
+    [staged] = list(session.ws.tmp_dir.iterdir())
+    assert staged.name.startswith("import-tiny.pid")
+    assert staged.name.endswith(".tmp")
     monkeypatch.setattr(models_page, "IMPORT_HANG_S", 600.0)
     with qtbot.waitSignal(page.imported, timeout=WAIT_MS):
         page.start_import(tiny_llama, "tiny")

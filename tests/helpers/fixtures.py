@@ -26,6 +26,20 @@ def ws(home: Path) -> workspace.Workspace:
 
 
 @pytest.fixture
+def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at 1 MiB and 1 pass in this process, for tests of key-slot *logic*.
+
+    The product's floor (64 MiB, 3 passes) costs about a second per derivation on the shared
+    CI machine; tests that derive many keys to check which slot opens would take minutes.
+    Only in-process code sees this: CLI tests in a child process keep the real floor.
+    """
+    from appliance.vault import kdf
+
+    monkeypatch.setattr(kdf, "MIN_MEMORY_KIB", 1024)
+    monkeypatch.setattr(kdf, "MIN_ITERATIONS", 1)
+
+
+@pytest.fixture
 def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     """Runs ``appliance`` in a child process against ``home``; see :class:`CliRunner`."""
     monkeypatch.delenv("APPLIANCE_HOME", raising=False)

@@ -135,6 +135,144 @@ def import_model(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     return {"status": status}
 
 
+@step("export")
+def export(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Export ``params["adapter"]`` from the Export page as ``params["format"]`` (with
+    ``gguf_type`` / ``dtype``) to ``params["out"]``, to its end."""
+    page = probe.window.show_page("Export")
+    page.choose(params["adapter"])  # type: ignore[attr-defined]
+    combo = page.format_combo  # type: ignore[attr-defined]
+    combo.setCurrentIndex(combo.findData(params["format"]))
+    if params.get("gguf_type"):
+        gguf = page.gguf_combo  # type: ignore[attr-defined]
+        gguf.setCurrentIndex(gguf.findData(params["gguf_type"]))
+    if params.get("dtype"):
+        dtype = page.dtype_combo  # type: ignore[attr-defined]
+        dtype.setCurrentIndex(dtype.findData(params["dtype"]))
+    page.dest_edit.setText(params["out"])  # type: ignore[attr-defined]
+    job = page.start_export()  # type: ignore[attr-defined]
+    if job is None:
+        raise StepFailed(f"the export did not start: {page.status.text()}")  # type: ignore[attr-defined]
+    probe.wait(job.done, float(params.get("timeout_s", 600)))
+    view = page.result_view  # type: ignore[attr-defined]
+    if view.record is None:
+        raise StepFailed(f"the export failed: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "status": page.status.text(),  # type: ignore[attr-defined]
+        "record": view.record,
+        "stages": dict(page.stage_states),  # type: ignore[attr-defined]
+        "commands": [c.command for c in view.commands],
+    }
+
+
+@step("compare")
+def compare(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Select ``params["refs"]`` on the Registry page and compare them (curves plotted)."""
+    page = probe.window.show_page("Registry")
+    page.select(*params["refs"])  # type: ignore[attr-defined]
+    task = page.compare_selected()  # type: ignore[attr-defined]
+    if task is None:
+        raise StepFailed("Compare did not start")
+    if task.running:
+        probe.wait(task.done)
+    view = page.compare_view  # type: ignore[attr-defined]
+    if view.comparison is None:
+        raise StepFailed(f"no comparison shown: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "differences": view.shown_config_keys(),
+        "curves": sorted(f"{ref} {kind}" for ref, kind in view.curve_items),
+    }
+
+
+@step("import-dataset")
+def import_dataset(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Import ``params["source"]`` as ``params["name"]`` through the Datasets page's wizard."""
+    page = probe.window.show_page("Datasets")
+    wizard = page.open_wizard(Path(params["source"]))  # type: ignore[attr-defined]
+    if wizard is None:
+        raise StepFailed("the Datasets page opened no wizard")
+    probe.wait_until(lambda: not wizard.busy and wizard.preview is not None)
+    wizard.name_edit.setText(params["name"])
+    task = wizard.store()
+    if task is None:
+        raise StepFailed(f"the wizard did not store: {wizard.error_label.text()}")
+    probe.wait(task.done)
+    if task.error:
+        raise StepFailed(task.error)
+    return {"rows": task.result["rows"], "sha256": task.result["sha256"]}
+
+
+@step("token-histogram")
+def token_histogram(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Count ``params["dataset"]``'s tokens against ``params["model"]`` (a job), draw them."""
+    page = probe.window.show_page("Datasets")
+    page.refresh_models()  # type: ignore[attr-defined]
+    page.select(params["dataset"])  # type: ignore[attr-defined]
+    panel = page.tokens  # type: ignore[attr-defined]
+    panel.model_box.setCurrentText(params["model"])
+    probe.wait_until(lambda: "Not counted yet" in panel.status.text())
+    job = panel.count()
+    if job is None:
+        raise StepFailed("Count tokens started nothing")
+    probe.wait(job.done, float(params.get("timeout_s", 300)))
+    probe.wait_until(lambda: panel.histogram.truncation is not None)
+    panel.max_length.setValue(int(params.get("max_seq_length", 32)))
+    cut = panel.histogram.truncation
+    caption = panel.histogram.caption.text()
+    return {"examples": cut.examples, "truncated": cut.truncated, "caption": caption}
+
+
+@step("settings")
+def settings(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Open Settings: sizes, GPUs and the licence list load (none may import torch)."""
+    page = probe.window.show_page("Settings")
+    probe.wait_until(
+        lambda: all(
+            t is not None and not t.running
+            for t in (page.usage_task, page.gpu_task, page.about.task)  # type: ignore[attr-defined]
+        )
+    )
+    about = page.about  # type: ignore[attr-defined]
+    return {"torch": about.versions.get("torch"), "licences": about.table.rowCount()}
+
+
+@step("playground")
+def playground(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask ``params["prompt"]`` of base model ``params["base"]`` and adapter ``params["a"]``
+    on the Playground page; wait until every answer has streamed in."""
+    page = probe.window.show_page("Playground")
+    page.choose(params["base"], params.get("a"), params.get("b"))  # type: ignore[attr-defined]
+    settings = page.settings_panel  # type: ignore[attr-defined]
+    settings.max_new_tokens.setValue(int(params.get("max_new_tokens", 8)))
+    page.prompt.setPlainText(params["prompt"])  # type: ignore[attr-defined]
+    if not page.send():  # type: ignore[attr-defined]
+        raise StepFailed(f"the Playground refused: {page.status.text()}")  # type: ignore[attr-defined]
+    timeout_s = float(params.get("timeout_s", 300))
+    probe.wait_until(lambda: not page.busy, timeout_s)  # type: ignore[attr-defined]
+    columns = {k: c for k, c in page.columns.items() if c.isEnabled()}  # type: ignore[attr-defined]
+    figures = {key: column.figures.text() for key, column in columns.items()}
+    if not all("tokens/s" in text for text in figures.values()):
+        raise StepFailed(f"not every column answered: {page.status.text()}")  # type: ignore[attr-defined]
+    return {
+        "answers": {key: column.answer_text for key, column in columns.items()},
+        "pieces": {key: len(column.pieces) for key, column in columns.items()},
+        "figures": figures,
+    }
+
+
+@step("lock")
+def lock(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    """Lock now, then unlock with ``params["passphrase"]``."""
+    window = probe.window
+    window.lock_now()
+    probe.wait_until(lambda: probe.session.locked)
+    screen = window.locker.screen  # type: ignore[union-attr]
+    screen.passphrase.setText(params["passphrase"])
+    screen.submit()
+    probe.wait_until(lambda: not probe.session.locked)
+    return {"locked_then_unlocked": True}
+
+
 @step("import-module")
 def import_module(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Import ``params["module"]`` in the GUI process: proves the probe sees what is loaded."""

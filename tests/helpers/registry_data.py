@@ -65,13 +65,14 @@ def add_adapter(
     dataset_version: int | None = None,
     eval_loss: float = 1.25,
     content: bytes = b"adapter weights",
+    config: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
     """A finished run and its adapter version (moved in from tmp/); returns (run id, version)."""
     run_id = reg.add_run(
         base_model=base,
         dataset=dataset,
         dataset_version=dataset_version,
-        config={"lora_r": 8, "lr": 2e-4, "seed": 3},
+        config=config if config is not None else {"lora_r": 8, "lr": 2e-4, "seed": 3},
         seed=3,
     )
     reg.update_run(run_id, state="running", pid=4242)

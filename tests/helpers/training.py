@@ -142,3 +142,20 @@ def registered_adapter(vault: Vault, ref: str) -> dict[str, torch.Tensor]:
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def train_adapter(vault: Vault, config: TrainConfig, adapter: str = "facts-adapter") -> str:
+    """Train a whole run in this process (events to its ``metrics.jsonl``) and register its
+    adapter as the parent would; returns ``NAME@N``."""
+    from appliance.training.runs import finalize
+
+    run_id = new_run(vault, config, adapter)
+    with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
+        reg.update_run(run_id, state="running", pid=None)
+    with ev.EventLog(run_folder(vault, run_id) / ev.METRICS_FILE) as log:
+        trainer = trainer_for(vault, run_id, log)
+        assert trainer.run() == "finished"
+    with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
+        outcome = finalize(vault, reg, run_id)
+    assert outcome.adapter is not None, outcome.message
+    return outcome.adapter

@@ -61,6 +61,7 @@ def facts_example(**extra: str) -> TrainConfig:
         "gradient_checkpointing": "true",
         "dropout": "0",
         "compute_dtype": "bf16",
+        "chunked_loss": "false",  # FACTS.md's worked example is the stock (whole logits) loss
         **extra,
     }
     return build_config("balanced", [f"{k}={v}" for k, v in sets.items()])
@@ -159,7 +160,11 @@ def test_cpu_estimate_is_fp32_without_a_cuda_context() -> None:
     est = estimate_memory(LLAMA32_1B, TrainConfig(), device="cpu")
     assert est.dtype == "fp32"
     assert "context" not in {item.key for item in est.items}
-    assert est.total_bytes == est.allocated_bytes
+    # On the CPU the peak is the process's RSS: its runtime, model loading and checkpoint
+    # saving count besides the tensors.
+    process = sum(est.item(k).bytes for k in ("runtime", "loading", "checkpoint"))
+    assert est.total_bytes == est.allocated_bytes + process
+    assert est.item("checkpoint").bytes == 2 * 12 * est.trainable_params
     # fp32 compute: activations take 4 bytes a value; a 4-byte input needs no LoRA cast copy
     # but dropout (0.05 by default) still keeps one, plus its mask.
     b, s, h = 4, 1024, 2048
@@ -245,8 +250,13 @@ def test_a_combination_is_offered_when_no_single_change_fits() -> None:
 def test_render_lists_every_term_and_the_verdict() -> None:
     est = estimate_memory(LLAMA3_8B, facts_example())
     lines = render_estimate(est)
-    assert lines[0].startswith("Estimated peak GPU memory: 13.62 GB (bf16")
-    assert len(lines) == 1 + len(est.items)
+    # bf16 compute: the frozen embeddings and LM head stay 16-bit (no k-bit upcast).
+    assert lines[0].startswith("Estimated peak GPU memory: 11.52 GB (bf16")
+    assert lines[1] == (
+        "  sized for the largest micro-batch: 1 x 2048 tokens: max_seq_length "
+        "(no token lengths of the data)"
+    )
+    assert len(lines) == 2 + len(est.items)
     assert any("4-bit linear weights" in line and "3.60 GB" in line for line in lines)
     assert any("logits for the loss" in line and "3.15 GB" in line for line in lines)
     ok = render_estimate(est, free_bytes=80 * 10**9)
@@ -254,7 +264,7 @@ def test_render_lists_every_term_and_the_verdict() -> None:
     small = 8 * 10**9
     warn = render_estimate(est, small, suggest_changes(LLAMA3_8B, facts_example(), small))
     assert any(
-        line.startswith("Warning: free GPU memory is 8.00 GB, 5.62 GB short.") for line in warn
+        line.startswith("Warning: free GPU memory is 8.00 GB, 3.52 GB short.") for line in warn
     )
     assert any("Try" in line and "--set" in line for line in warn)
     cpu = render_estimate(estimate_memory(LLAMA32_1B, TrainConfig(), device="cpu"), 10**9)
@@ -268,3 +278,41 @@ def test_estimate_serialises_for_the_started_event() -> None:
     data = json.loads(json.dumps(est.to_dict()))
     assert data["total_bytes"] == est.total_bytes
     assert [i["key"] for i in data["items"]] == [i.key for i in est.items]
+
+
+def test_the_sequence_length_comes_from_the_data() -> None:
+    """Activations are sized for the longest micro-batch the examples can form."""
+    lengths = [50, 57, 64, 61, 55]
+    config = facts_example(micro_batch_size="4", max_seq_length="1024")
+    sized = estimate_memory(LLAMA3_8B, config, lengths=lengths)
+    assert sized.tokens == 4 * 64  # the micro-batch holding the 64-token example, padded
+    assert sized.sized_from == "4 x 64 tokens: the longest of 5 examples, padded"
+    h, L = 4096, 32
+    layer = 6 * h + 2 * 1024 + 4 * 14336
+    assert sized.item("activations").bytes == 2 * L * 256 * h + 2 * 256 * layer
+    assert sized.item("logits").bytes == 3 * 256 * 128256 * 4
+    blind = estimate_memory(LLAMA3_8B, config)
+    assert blind.tokens == 4 * 1024
+    assert blind.item("activations").bytes == 16 * sized.item("activations").bytes
+
+    capped = estimate_memory(LLAMA3_8B, facts_example(max_seq_length="60"), lengths=lengths)
+    assert capped.tokens == 60
+    assert "capped by max_seq_length 60" in capped.sized_from
+
+    packed = estimate_memory(
+        LLAMA3_8B, facts_example(micro_batch_size="2", batching="packed"), lengths=lengths
+    )
+    assert packed.tokens == 64 + 61  # the two longest, end to end
+    assert "packed in one row" in packed.sized_from
+
+
+def test_chunked_loss_keeps_one_chunk_of_logits() -> None:
+    from appliance.training.estimate import CHUNK_ELEMENTS, CHUNKED_LOGIT_BYTES
+
+    long = estimate_memory(LLAMA3_8B, facts_example(chunked_loss="true"))
+    rows = CHUNK_ELEMENTS // 128256
+    assert long.item("logits").bytes == rows * 128256 * CHUNKED_LOGIT_BYTES  # 0.2 GB
+    plain = estimate_memory(LLAMA3_8B, facts_example())
+    assert plain.item("logits").bytes > 15 * long.item("logits").bytes
+    short = estimate_memory(LLAMA3_8B, facts_example(chunked_loss="true"), lengths=[20])
+    assert short.item("logits").bytes == 20 * 128256 * CHUNKED_LOGIT_BYTES

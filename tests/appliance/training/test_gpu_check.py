@@ -38,8 +38,17 @@ def test_cpu_smoke_run_records_replayable_events(tmp_path: Path) -> None:
     memory = events[2]
     assert isinstance(memory, Memory)
     assert memory.rss
+    assert started.batching == "grouped"
+    assert started.loss_path == "chunked"
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["results"][0]["setting"] == "b1s512"
+    row = summary["results"][0]
+    assert row["setting"] == "b1s512"
+    # The side by side ran both loops on the same examples; both trained (finite losses).
+    for variant in ("appliance", "bare"):
+        assert row[variant]["tokens_per_s"] > 0
+        assert 0 < row[variant]["final_loss"] < 20
+    assert row["appliance"]["padding_share"] < 0.5
+    assert summary["packing_honoured"] == {"sdpa": True, "eager": True}
 
 
 def test_without_cuda_it_says_so_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

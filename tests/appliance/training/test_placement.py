@@ -218,17 +218,35 @@ def test_ddp_adds_buckets_and_fsdp_shards_the_base() -> None:
 
 def test_preflight_sets_each_selected_gpu_against_the_per_process_figure() -> None:
     config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=1"])
-    gpus = _gpus(70 * GB, 10 * GB, 70 * GB)
+    gpus = _gpus(70 * GB, 6 * GB, 70 * GB)
     topology = resolve(Placement(gpus="0,1"), gpus)
     verdict = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
-    assert verdict.fits is False  # GPU 1 has 10 GB free
-    assert verdict.free_bytes == 10 * GB
+    # 8.2 GiB a process (chunked loss, 16-bit frozen weights, DDP buckets); GPU 1 has 6 GB free.
+    assert verdict.fits is False
+    assert verdict.free_bytes == 6 * GB
     lines = "\n".join(verdict.lines)
     assert "GPU 0 (NVIDIA A100): 65.2 GiB free: fits" in lines
-    assert "GPU 1 (NVIDIA A100): 9.3 GiB free: 3.6 GiB short" in lines
+    assert "GPU 1 (NVIDIA A100): 5.6 GiB free: 2.6 GiB short" in lines
     assert "Per process (DDP):" in lines
     assert "GPU 2" not in lines
     cpu = resolve(Placement(processes=2), NO_GPU)
     verdict = check(LLAMA3_8B, config, gpus=NO_GPU, ram_free=10**12, topology=cpu)
     assert verdict.estimate is not None
     assert any(line.startswith("2 processes x") for line in verdict.lines)
+
+
+def test_the_per_process_estimate_is_sized_from_the_data() -> None:
+    """Each process forms micro-batches of micro_batch_size from its share: the per-process
+    figure takes the data's lengths as one process's estimate does."""
+    config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=2"])
+    lengths = [50, 57, 64, 61, 55, 40]
+    gpus = _gpus(70 * GB, 70 * GB)
+    topology = resolve(Placement(gpus="0,1"), gpus)
+    sized = check(LLAMA3_8B, config, gpus=gpus, topology=topology, lengths=lengths)
+    blind = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
+    assert sized.estimate is not None
+    assert blind.estimate is not None
+    assert sized.estimate.tokens == 2 * 64  # not the global micro-batch of 4
+    assert blind.estimate.tokens == 2 * 2048
+    single = estimate_memory(LLAMA3_8B, config, device="cuda", lengths=lengths)
+    assert sized.estimate == per_device(single, LLAMA3_8B, config, 2, "ddp")
