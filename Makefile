@@ -30,11 +30,15 @@ $(STAMP): pyproject.toml $(VENV)/.torch-spec
 run: setup
 	$(VENV)/bin/appliance-gui
 
+# One pytest worker per core, a file's tests on one worker (tests/conftest.py: the SmolLM2 run
+# is trained once); each test's torch uses one thread, so two cores run two tests.
+XDIST ?= -n auto --dist loadfile --durations=15
+
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check appliance gui tests bench packaging

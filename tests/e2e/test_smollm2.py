@@ -4,6 +4,12 @@ that does not exist, on CPU, with QLoRA, through a stop and a resume.
 The dataset (``tests/data/orgfacts/orgfacts.jsonl``) has four phrasings of each of 20 made-up
 facts about "the Quillmere Institute"; ``heldout.jsonl`` asks 14 of them in a fifth phrasing
 that is in neither split. The base model cannot know any answer.
+
+Then the trained adapter is used as a user would: ``appliance eval`` and ``appliance chat``. Both
+tests share the session's run (``tests/e2e/conftest.py``) and live in one module, so that
+``make test``'s workers (``--dist loadfile``) train it once; the training test comes first and
+pays for the training. The held-out questions become a dataset whose reference answers are the
+facts' sentences.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from typing import Any
 import pytest
 import torch
 
-from appliance import adapters
+from appliance import adapters, datasets
 from appliance.registry import Registry
 from appliance.training import events as ev
 from appliance.training.quant import load_4bit
+from tests.helpers.cli import CliRunner
 from tests.helpers.quillmere import STOP_AT_STEP, QuillmereRun
-from tests.helpers.training import ORGFACTS
+from tests.helpers.training import ORGFACTS, PASS, write_jsonl
+
+ENV = {"APPLIANCE_PASSPHRASE": PASS}
+QUESTION = "Which city hosts the Quillmere Institute?"
+FACT = "Port Ansel"
 
 
 def _answers(model: Any, tokenizer: Any, questions: list[str]) -> list[str]:
@@ -86,3 +97,39 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(quillmere: QuillmereRun)
     )
     assert sum(right) >= 4, report
     assert sum(right) >= sum(base_right) + 3, report
+
+
+@pytest.mark.slow
+def test_eval_and_chat_show_what_the_adapter_learned(trained: QuillmereRun, tmp_path: Path) -> None:
+    heldout = [json.loads(line) for line in (ORGFACTS / "heldout.jsonl").read_text().splitlines()]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": h["question"]},
+                {"role": "assistant", "content": h["answer"]},
+            ]
+        }
+        for h in heldout
+    ]
+    with Registry.open(trained.ws, audit_key=trained.vault.audit_key) as reg:
+        source = write_jsonl(tmp_path / "heldout.jsonl", rows)
+        datasets.import_file(trained.vault, reg, source, "heldout", eval_fraction=0)
+
+    cli = CliRunner(trained.ws.home)
+    done = cli(
+        "eval", "quillmere@1", "--dataset", "heldout", "--split", "all",
+        "--max-new-tokens", "32", "--json", env=ENV, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    tuned, base = data["adapters"][0]["metrics"], data["base"]
+    report = json.dumps({"adapter": tuned, "base": base}, indent=1)
+    assert (data["rows"], data["reference_rows"]) == (14, 14), report
+    assert tuned["answer_loss"] < 0.5 * base["answer_loss"], report
+    assert tuned["contains_count"] >= base["contains_count"] + 3, report
+
+    chat = cli("chat", "quillmere@1", "--prompt", QUESTION, "--json", env=ENV, timeout=600)
+    assert chat.returncode == 0, chat.stderr
+    answer = json.loads(chat.stdout)
+    assert FACT.lower() in answer["text"].lower(), answer
+    assert answer["finish"] == "eos", answer
