@@ -113,6 +113,15 @@ class Parallel:
         result: tuple[torch.Tensor, int] = inner(batch)
         return result
 
+    def clip_norm(self, limit: float) -> torch.Tensor:
+        """Clip the gradients to the norm ``limit``; the norm before clipping. Under FSDP the
+        norm of every process's shards together (FSDP's own clipping): clipping each shard by
+        its own norm would scale the processes' parts differently."""
+        if self.mode == "fsdp":
+            norm: torch.Tensor = self.module.clip_grad_norm_(limit)  # type: ignore[operator]
+            return norm
+        return torch.nn.utils.clip_grad_norm_(self.trainable(), limit)
+
     def trainable(self) -> list[torch.nn.Parameter]:
         """The parameters the optimizer updates, in the order of the model's parameters."""
         return [p for p in self.module.parameters() if p.requires_grad]
@@ -380,7 +389,7 @@ def train_step(
             loss_sum, _ = parallel.loss(batch.to(device))
             (loss_sum * scale).backward()
         total += loss_sum.detach().float()
-    norm = apply_gradients(params, optimizer, scheduler, max_grad_norm)
+    norm = apply_gradients(params, optimizer, scheduler, max_grad_norm, parallel.clip_norm)
     loss_total, real, computed = group.sum([float(total), *local[1:]])
     return StepResult(
         loss=loss_total / labels,
