@@ -10,6 +10,14 @@ Two layers:
    :class:`~appliance.errors.EgressBlockedError` naming the address, before any packet leaves.
 
 An audit hook cannot be removed, so once enforced the process stays offline.
+
+The one exception is explicit: :func:`allow` admits exactly one ``HOST:PORT`` (connections to that
+port of that host, and name lookups of that host), for the rendezvous of a training run spread
+over several machines. The address must be on the workspace's network allow-list
+(:mod:`appliance.netpolicy`: empty by default, printed when a run uses it, every change audited).
+Nothing else is admitted, not even another port of the same host. The hook sees only Python's
+socket calls: the C++ transports of torch.distributed (the TCP store, gloo, NCCL) open their
+own sockets, which the site's firewall must confine (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ _NAME_LOOKUPS = frozenset(
     }
 )
 _installed = False
+_allowed: set[tuple[str, int]] = set()
+"""(host, port) pairs admitted by :func:`allow`, hosts lower-cased."""
 
 
 def is_loopback_host(host: object) -> bool:
@@ -81,12 +91,32 @@ def _refuse(what: str, target: object) -> None:
     )
 
 
+def _host_key(host: object) -> str:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    return str(host).strip().rstrip(".").lower().removeprefix("[").removesuffix("]")
+
+
+def _is_allowed(host: object, port: object) -> bool:
+    if not _allowed:
+        return False
+    key = _host_key(host)
+    if port is None:
+        return any(key == allowed_host for allowed_host, _ in _allowed)
+    try:
+        number = int(port)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return False
+    return (key, number) in _allowed
+
+
 def _check_socket_address(sock: Any, address: Any, what: str) -> None:
     family = getattr(sock, "family", None)
     if family not in _INET_FAMILIES:
         return  # Unix, netlink and other machine-local sockets
     host = address[0] if isinstance(address, tuple) and address else address
-    if not is_loopback_host(host):
+    port = address[1] if isinstance(address, tuple) and len(address) > 1 else -1
+    if not is_loopback_host(host) and not _is_allowed(host, port):
         _refuse(what, address)
 
 
@@ -105,7 +135,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         "socket.gethostbyname_ex",
         "socket.gethostbyaddr",
     ):
-        if not is_loopback_host(args[0]):
+        if not is_loopback_host(args[0]) and not _is_allowed(args[0], None):
             _refuse("name lookup", args[0])
     elif event == "socket.getnameinfo":
         sockaddr = args[0]
@@ -127,6 +157,30 @@ def enforce() -> None:
     if not _installed:
         sys.addaudithook(_audit)
         _installed = True
+
+
+def allow(host: str, port: int) -> None:
+    """Admit connections to exactly ``host:port`` (and name lookups of ``host``) in this process.
+
+    For the rendezvous address of a run on several machines, after the caller has checked it
+    against the workspace's allow-list (:func:`appliance.netpolicy.check_rendezvous`).
+    """
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is not a TCP port")
+    key = _host_key(host)
+    _allowed.add((key, int(port)))
+    try:
+        ipaddress.ip_address(key.split("%", 1)[0])
+    except ValueError:
+        # A name: admit the addresses it stands for now, on that port only (the lookup itself
+        # is admitted by the entry just added).
+        for info in socket.getaddrinfo(key, int(port), proto=socket.IPPROTO_TCP):
+            _allowed.add((_host_key(info[4][0]), int(port)))
+
+
+def allowed() -> list[str]:
+    """The addresses :func:`allow` admitted in this process, as ``HOST:PORT``."""
+    return sorted(f"{host}:{port}" for host, port in _allowed)
 
 
 def is_enforced() -> bool:

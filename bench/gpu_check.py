@@ -7,6 +7,7 @@ no network needed: weights and token ids are made here)::
     python bench/gpu_check.py                        # Llama-3.2-1B shape, the default sweep
     python bench/gpu_check.py --model llama-3-8b --sweep b1s2048
     python bench/gpu_check.py --cpu-smoke            # the same code on CPU, tiny shape (CI)
+    python bench/gpu_check.py --no-parallel          # skip the DDP/FSDP checks
 
 For each setting of the sweep it makes chat-like examples of mixed lengths (uniform between an
 eighth of the setting's sequence length and all of it, the last 40% of each labelled, as an
@@ -26,6 +27,9 @@ needs no weight gradients, checkpointing adds one forward) over the GPU's dense 
 The estimate made with the examples' lengths is checked against the appliance's peaks: torch's
 peak against the estimate without the CUDA context, NVML's against the whole estimate.
 The appliance's events go to ``OUT/metrics.jsonl``; ``OUT/summary.json`` keeps every figure.
+After the sweep, on CUDA, the multi-process checks of ``bench/gpu_parallel.py`` run on the same
+random model: DDP and FSDP through torchrun on one GPU, an FSDP run resumed under DDP, and the
+1 vs N GPUs scaling when there are several; ``summary.json`` keeps them under ``parallel``.
 Without CUDA (and without ``--cpu-smoke``) it says so and exits 0.
 """
 
@@ -440,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-smoke", action="store_true", help="run the same code on CPU with the tiny shape"
     )
+    parser.add_argument(
+        "--no-parallel", action="store_true", help="skip the DDP/FSDP checks through torchrun"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -556,6 +563,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(render_estimate(estimate)))
                 _print_comparison(estimate.allocated_bytes, estimate.total_bytes, row)
                 results.append(row)
+        parallel = None
+        if device == "cuda" and not args.no_parallel:
+            from bench.gpu_parallel import _tokenizer, check
+
+            release(device)  # the checks train in child processes, which need the GPU's memory
+            _tokenizer(folder)
+            print("\n== DDP / FSDP through torchrun", flush=True)
+            parallel = check(folder, "qlora", 2 * args.steps)
     summary = {
         "model": args.model,
         "device": device_name,
@@ -568,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_token": "4 x N without checkpointing, 6 x N with (N: linear layers + LM head)",
         "packing_honoured": packing,
         "results": results,
+        "parallel": parallel,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_table(summary)

@@ -36,12 +36,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, output to $OUT/NAME.
     python3 -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__)"
 } >"$OUT/steps.txt" 2>&1
 
-step gpu_check "${GPU_CHECK_LIMIT:-210}" python3 bench/gpu_check.py --out /tmp/gpu_check
+# --no-parallel: the DDP/FSDP checks run below as their own step, with their own limit.
+step gpu_check "${GPU_CHECK_LIMIT:-210}" python3 bench/gpu_check.py --no-parallel --out /tmp/gpu_check
 cp /tmp/gpu_check/summary.json "$OUT/gpu_check.json" 2>/dev/null
 step gpu_e2e "${GPU_E2E_LIMIT:-120}" python3 bench/gpu_e2e.py --out /tmp/gpu_e2e
 cp /tmp/gpu_e2e/metrics.jsonl "$OUT/gpu_e2e-metrics.jsonl" 2>/dev/null
 if [ -f bench/gpu_parallel.py ]; then
     step gpu_parallel "${GPU_PARALLEL_LIMIT:-120}" python3 bench/gpu_parallel.py --out /tmp/gpu_parallel
+    cp /tmp/gpu_parallel/parallel.json "$OUT/gpu_parallel.json" 2>/dev/null
 fi
 # The project's pytest settings name plugins (Qt) the GPU image lacks: run the gpu tests bare.
 step pytest_gpu "${GPU_PYTEST_LIMIT:-90}" python3 -m pytest -c /dev/null --rootdir . \

@@ -22,6 +22,7 @@ from appliance.cli import (
     eval_cmd,
     export_cmd,
     model_cmd,
+    network_cmd,
     passphrase_cmd,
     selftest_cmd,
     train_cmd,
@@ -82,6 +83,7 @@ app.command("gpu")(gpu)
 passphrase_cmd.register(app)
 audit_cmd.register(app)
 selftest_cmd.register(app)
+network_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

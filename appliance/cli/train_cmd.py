@@ -19,14 +19,28 @@ from rich.table import Column, Table
 
 from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import PassphraseError, TrainingError
+from appliance.gpu import read_gpus
 from appliance.registry import Registry
 from appliance.training import events as ev
 from appliance.training import preflight, runs
+from appliance.training.config import TrainConfig
+from appliance.training.placement import Placement, Topology, describe_global_batch, resolve
 from appliance.training.process import TrainingProcess
 from appliance.training.progress import RunProgress, clock, describe, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
+
+GPUS_HELP = (
+    "GPUs to train on: all (default; the CPU when there is none), indices such as 0,2, or none."
+)
+PROCESSES_HELP = "Train with N data-parallel processes on the CPU (gloo backend)."
+NNODES_HELP = "Machines taking part in the run (each runs the same command)."
+NODE_RANK_HELP = "This machine's rank, 0 to nnodes-1 (node 0 owns the run)."
+RENDEZVOUS_HELP = (
+    "HOST:PORT of node 0 where the machines meet (torchrun c10d); an address off this machine "
+    "must be on the network allow-list ('appliance network allow')."
+)
 
 run_app = typer.Typer(
     name="run",
@@ -132,10 +146,18 @@ def report(outcome: runs.Outcome) -> None:
         raise TrainingError(f"run {outcome.run_id} failed: {outcome.message}")
 
 
-def _start(ws: Workspace, vault: Vault, reg: Registry, run_id: str, detach: bool) -> None:
+def _start(
+    ws: Workspace,
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    detach: bool,
+    topology: Topology | None = None,
+    placement: Placement | None = None,
+) -> None:
     metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
     history = _replay(metrics)  # read before the new session can append to it
-    process = runs.launch(vault, reg, run_id, detach=detach)
+    process = runs.launch(vault, reg, run_id, detach=detach, topology=topology, placement=placement)
     out.print(
         f"Run {run_id} started (pid {process.pid}); log: {process.folder / LOG_FILE}",
         markup=False,
@@ -171,27 +193,58 @@ def train(
         [], "--set", help="Change one setting, e.g. --set lr=1e-4 (repeatable)."
     ),
     detach: bool = typer.Option(False, "--detach", help="Start it and return; it runs on."),
+    gpus: str = typer.Option("all", "--gpus", help=GPUS_HELP),
+    processes: int | None = typer.Option(None, "--processes", help=PROCESSES_HELP),
+    nnodes: int = typer.Option(1, "--nnodes", help=NNODES_HELP),
+    node_rank: int = typer.Option(0, "--node-rank", help=NODE_RANK_HELP),
+    rendezvous: str | None = typer.Option(None, "--rendezvous", help=RENDEZVOUS_HELP),
 ) -> None:
     """Train a LoRA/QLoRA adapter in a child process, with a live progress line."""
     from appliance.training.settings import build_config
 
     config = build_config(preset, sets)
+    placement = Placement(gpus, processes, nnodes, node_rank, rendezvous)
+    # The devices are checked before the passphrase is asked for.
+    topology = resolve(placement, read_gpus(), parallel=config.parallel)
     st = state(ctx)
     ws = st.workspace()
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
         # Everything is checked before anything is shown or made.
-        runs.check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter, config=config)
+        ds = runs.check_new_run(
+            reg, model=model, dataset=dataset, adapter_name=adapter, config=config
+        )
+        topology = runs.plan_topology(config, placement, train_examples=ds.get("train_rows"))
+        runs.check_network(vault, topology)
         from appliance.training.lengths import training_lengths
 
         lengths = training_lengths(vault, reg, model, dataset, config)
-        for line in preflight.for_model(ws, reg, model, config, lengths=lengths).lines:
+        estimate = preflight.for_model(ws, reg, model, config, topology=topology, lengths=lengths)
+        for line in estimate.lines:
             out.print(line, markup=False)
+        _print_placement(ws, config, topology)
         run_id = runs.create_run(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config
         )
-        _start(ws, vault, reg, run_id, detach)
+        _start(ws, vault, reg, run_id, detach, topology)
+
+
+def _print_placement(ws: Workspace, config: TrainConfig, topology: Topology) -> None:
+    """Where it trains, the global batch, and (when the run leaves this machine) the allow-list."""
+    from appliance import netpolicy
+
+    sched = config.schedule
+    out.print(f"Devices: {topology.describe()}", markup=False)
+    out.print(
+        describe_global_batch(
+            sched.micro_batch_size, sched.gradient_accumulation_steps, topology.world_size
+        ),
+        markup=False,
+    )
+    entries = netpolicy.load(ws)
+    if entries or topology.nnodes > 1:
+        out.print(netpolicy.describe(entries), markup=False)
 
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
@@ -321,11 +374,18 @@ def resume(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help="A stopped or failed run's id."),
     detach: bool = typer.Option(False, "--detach", help="Start it and return; it runs on."),
+    gpus: str = typer.Option("all", "--gpus", help=GPUS_HELP),
+    processes: int | None = typer.Option(None, "--processes", help=PROCESSES_HELP),
+    nnodes: int = typer.Option(1, "--nnodes", help=NNODES_HELP),
+    node_rank: int = typer.Option(0, "--node-rank", help=NODE_RANK_HELP),
+    rendezvous: str | None = typer.Option(None, "--rendezvous", help=RENDEZVOUS_HELP),
 ) -> None:
-    """Continue a run from its last checkpoint that verifies."""
+    """Continue a run from its last checkpoint that verifies, on any number of processes."""
+    placement = Placement(gpus, processes, nnodes, node_rank, rendezvous)
+    resolve(placement, read_gpus())  # the devices are checked before the passphrase
     st = state(ctx)
     ws = st.workspace()
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
-        _start(ws, vault, reg, run_id, detach)
+        _start(ws, vault, reg, run_id, detach, placement=placement)

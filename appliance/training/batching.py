@@ -19,12 +19,18 @@ the batches an uninterrupted one would have):
 
 The loss is a sum over label tokens divided by the label tokens of the whole optimizer step, so
 neither remedy changes what a step optimises, only how much arithmetic is spent on padding.
+
+With several processes the plan's micro-batch is the *global* micro-batch (``micro_batch_size x
+processes`` examples, grouped by length like any other) and each process lays out its contiguous
+share of it (:meth:`appliance.training.distributed.Group.share`, :meth:`BatchPlan.assemble`): the
+shares are disjoint, together they hold every example once per epoch, and the position in the data
+stays one integer, so a run resumes on any number of processes with the same order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -199,20 +205,32 @@ class BatchPlan:
 
     def batch(self, index: int) -> Batch:
         """Micro-batch ``index`` as tensors, in the plan's layout."""
-        examples = self.micro_batch(index)
+        return self.assemble(self.micro_batch(index))
+
+    def assemble(self, examples: Sequence[Example]) -> Batch:
+        """``examples`` as tensors in the plan's layout (a process's share of a micro-batch)."""
         return pack(examples) if self.layout == "packed" else collate(examples, self.pad_id)
 
     def epoch_at(self, micro_batches_done: int) -> float:
         """Fractional epochs after ``micro_batches_done`` micro-batches."""
         return micro_batches_done / self.per_epoch
 
-    def padding_share(self, epoch: int) -> float:
-        """Share of the positions computed in ``epoch`` that are padding (0 when packed)."""
+    def padding_share(
+        self, epoch: int, split: Callable[[list[int]], list[list[int]]] | None = None
+    ) -> float:
+        """Share of the positions computed in ``epoch`` that are padding (0 when packed).
+
+        ``split`` cuts each micro-batch into the pieces actually computed (several processes
+        each take a share of it); by default a micro-batch is computed whole.
+        """
         computed = real = 0
         for group in self.groups(epoch):
-            lengths = [len(self.examples[i].input_ids) for i in group]
-            computed += layout_tokens(lengths, self.layout)
-            real += sum(lengths)
+            for piece in split(group) if split is not None else [group]:
+                if not piece:
+                    continue
+                lengths = [len(self.examples[i].input_ids) for i in piece]
+                computed += layout_tokens(lengths, self.layout)
+                real += sum(lengths)
         return 1.0 - real / computed if computed else 0.0
 
     def longest_micro_batch(self) -> int:

@@ -17,6 +17,7 @@ any whose manifest, hash, decryption or contents do not verify.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,6 +55,12 @@ class TrainerState:
     last_eval_loss: float | None = None
     wall_s: float = 0.0
     """Training seconds of earlier sessions."""
+    global_micro_batch: int = 0
+    """Examples in one micro-batch of the whole run (micro_batch_size x the first session's
+    processes): the unit the data position counts in, kept when a resumed session runs on
+    another number of processes. 0: a checkpoint from before, where it was micro_batch_size."""
+    world_size: int = 1
+    """Processes of the session that saved the checkpoint (``rank_rng`` has one state each)."""
     data_position: int = 0
     """Micro-batches consumed: where the batch plan continues (0 in checkpoints saved before
     it was recorded, which means step x gradient accumulation)."""
@@ -74,6 +81,9 @@ class Snapshot:
     """``scheduler.state_dict()`` (JSON values only)."""
     rng: dict[str, Any]
     """From :func:`capture_rng`."""
+    rank_rng: list[torch.Tensor] = field(default_factory=list)
+    """The torch CPU generator state of every process of a run of several, by global rank
+    (``rng`` is rank 0's whole state); a session on as many processes restores each its own."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -120,6 +130,8 @@ def pack(snapshot: Snapshot) -> bytes:
             tensors[f"optim/{index}/{name}"] = tensor.detach().to("cpu").contiguous()
     rng = snapshot.rng
     tensors["rng/torch"] = rng["torch"]
+    for index, state in enumerate(snapshot.rank_rng):
+        tensors[f"rng/rank/{index}"] = state.to("cpu").contiguous()
     for index, state in enumerate(rng.get("cuda") or []):
         tensors[f"rng/cuda/{index}"] = state.to("cpu")
     version, internal, gauss = rng["python"]
@@ -171,12 +183,17 @@ def unpack(blob: bytes | bytearray) -> Snapshot:
         "python": (version, tuple(internal), gauss),
         "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
     }
+    rank_rng: list[torch.Tensor] = []
+    while f"rng/rank/{len(rank_rng)}" in tensors:
+        rank_rng.append(tensors[f"rng/rank/{len(rank_rng)}"])
+    known = {f.name for f in dataclasses.fields(TrainerState)}
     return Snapshot(
-        state=TrainerState(**trainer["state"]),
+        state=TrainerState(**{k: v for k, v in trainer["state"].items() if k in known}),
         lora=lora,
         optimizer={"state": optim_state, "param_groups": groups},
         scheduler=trainer["scheduler"],
         rng=rng,
+        rank_rng=rank_rng,
     )
 
 

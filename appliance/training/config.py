@@ -31,6 +31,7 @@ Scheduler = Literal["linear", "cosine", "constant"]
 OverLength = Literal["truncate", "drop"]
 LossOn = Literal["assistant", "all"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
+Parallel = Literal["ddp", "fsdp"]
 Batching = Literal["auto", "padded", "grouped", "packed"]
 
 ALL_LINEAR = "all-linear"
@@ -257,6 +258,10 @@ class TrainConfig:
     compute_dtype: ComputeDtype = "auto"
     """Arithmetic precision: auto picks bf16 on a GPU that supports it, fp16 on an older GPU,
     fp32 on CPU."""
+    parallel: Parallel = "ddp"
+    """How several processes share the work: ddp (each holds the whole base, the data is split,
+    only LoRA gradients are exchanged) or fsdp (the 4-bit base is sharded across GPUs, for a
+    model larger than one GPU; GPU only)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:

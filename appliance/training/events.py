@@ -80,6 +80,20 @@ class Started(Event):
     estimate: dict[str, Any] | None = None
     """The pre-flight memory estimate (:meth:`MemoryEstimate.to_dict`)."""
     pid: int | None = None
+    world_size: int | None = None
+    """Processes training together (None: one, from a version before several were possible)."""
+    nnodes: int | None = None
+    """Machines taking part."""
+    node_rank: int | None = None
+    """The machine whose first process wrote this stream (0 owns the run)."""
+    backend: str | None = None
+    """torch.distributed backend (``gloo``, ``nccl``) when world_size is above 1."""
+    parallel: str | None = None
+    """``ddp`` or ``fsdp``."""
+    devices: list[str] | None = None
+    """Each process's device by global rank: ``cuda:0 (NVIDIA H200)``, ``cpu``..."""
+    global_batch: int | None = None
+    """Sequences per optimizer step: micro-batch x accumulation x world size."""
     batching: str | None = None
     """How examples form micro-batches: padded, grouped (by length) or packed."""
     padding_share: list[float] | None = None
@@ -143,6 +157,10 @@ class GpuMemory:
     """Bytes reserved by this process's caching allocator (``memory_reserved``)."""
     peak: int | None = None
     """Highest ``allocated`` since the run started (``max_memory_allocated``)."""
+    rank: int | None = None
+    """Global rank of the training process on this GPU, in a run of several processes."""
+    node: int | None = None
+    """Machine (node rank) of this GPU, in a run over several machines: ``index`` is local to it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +175,9 @@ class Memory(Event):
     """Resident memory of the training process in bytes."""
     ram_total: int | None = None
     """Physical memory of the machine in bytes: what ``rss`` is set against on a CPU."""
+    rank_rss: list[int] | None = None
+    """Resident memory of every process by global rank, in a run of several processes (``rss``
+    is then the first one's); gathered once a step."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +217,8 @@ class Finished(Event):
     peak_memory: int | None = None
     """Peak bytes: torch's peak allocation on a GPU, the process's peak RSS on CPU."""
     adapter: str | None = None
-    """Where the adapter was stored (NAME@VERSION or a folder)."""
+    """Where the adapter was stored (NAME@VERSION or a folder); None on a machine other than
+    node 0 of a run over several machines, which writes no adapter."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +230,8 @@ class Failed(Event):
     step: int | None = None
     kind: str = "error"
     """A category for programs: error, oom, data, config, interrupted."""
+    rank: int | None = None
+    """In a run of several processes: the global rank whose failure ended the run."""
 
 
 @dataclass(frozen=True, kw_only=True)

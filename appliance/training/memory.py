@@ -7,14 +7,19 @@ imported anywhere; on the CPU build of torch the CUDA calls are never made.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.gpu import NvmlSession
 from appliance.training.events import EventLog, GpuMemory, Memory
+
+if TYPE_CHECKING:
+    from appliance.training.distributed import Group
+    from appliance.training.placement import Topology
 
 
 def process_rss() -> int | None:
@@ -72,6 +77,7 @@ def read_memory(
     nvml: NvmlSession | None = None,
     devices: list[int] | None = None,
     step: int | None = None,
+    physical: list[int] | None = None,
 ) -> Memory:
     """A :class:`Memory` event for now.
 
@@ -80,6 +86,8 @@ def read_memory(
         nvml: an open NVML session (reading without one gives torch-only numbers).
         devices: CUDA device indices the run uses; None means every visible device.
         step: the current optimizer step, if known.
+        physical: NVML's index of each of ``devices`` where they differ (a process that sees
+            only some GPUs numbers them from 0; NVML numbers every GPU of the machine).
     """
     cuda = _torch_cuda()
     state = nvml.read() if nvml is not None else None
@@ -89,10 +97,11 @@ def read_memory(
     else:
         indices = devices if devices is not None else sorted(readings)
     gpus = []
-    for index in indices:
+    for position, index in enumerate(indices):
         # NVML numbers devices physically; with CUDA_VISIBLE_DEVICES set they may differ from
         # torch's. The run's launcher pins one order (CUDA_DEVICE_ORDER=PCI_BUS_ID) for both.
-        reading = readings.get(index)
+        nvml_index = physical[position] if physical is not None else index
+        reading = readings.get(nvml_index)
         allocated = reserved = peak = None
         if cuda is not None:
             allocated = int(cuda.memory_allocated(index))
@@ -100,7 +109,7 @@ def read_memory(
             peak = int(cuda.max_memory_allocated(index))
         gpus.append(
             GpuMemory(
-                index=index,
+                index=nvml_index,
                 name=reading.name if reading is not None else "",
                 used=reading.memory_used if reading is not None else None,
                 total=reading.memory_total if reading is not None else None,
@@ -129,11 +138,16 @@ class MemorySampler:
         devices: list[int] | None = None,
         step: Callable[[], int | None] = lambda: None,
         interval: float = 1.0,
+        physical: list[int] | None = None,
+        compose: Callable[[Memory], Memory] | None = None,
     ) -> None:
         self._log = log
         self._run_id = run_id
         self._nvml = nvml
         self._devices = devices
+        self._physical = physical
+        self._compose = compose
+        """Turns this process's reading into the run's (every process's, when there are several)."""
         self._step = step
         self._interval = interval
         self._stop = threading.Event()
@@ -143,7 +157,15 @@ class MemorySampler:
 
     def sample(self) -> Memory:
         """Read and emit one event now (also used for a final reading)."""
-        event = read_memory(self._run_id, nvml=self._nvml, devices=self._devices, step=self._step())
+        event = read_memory(
+            self._run_id,
+            nvml=self._nvml,
+            devices=self._devices,
+            step=self._step(),
+            physical=self._physical,
+        )
+        if self._compose is not None:
+            event = self._compose(event)
         self._log.emit(event)
         self.samples += 1
         return event
@@ -170,3 +192,99 @@ class MemorySampler:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_FIELDS = ("node", "index", "used", "total", "allocated", "reserved", "peak", "rss")
+
+
+class GatheredMemory:
+    """Every process's memory, gathered once a step, for the events of a run of several.
+
+    Each step every process reads its own device (and RSS) and the readings are gathered over
+    the process group (:meth:`gather`, a collective: every process calls it at the same point).
+    The sampler thread of the process that writes events then merges its own fresh reading
+    with the others' latest (:meth:`compose`), so each ``memory`` event has one GPU entry per
+    process (one line per GPU in the chart) and every process's RSS.
+    """
+
+    def __init__(
+        self,
+        group: Group,
+        topology: Topology | None,
+        *,
+        nvml: NvmlSession | None = None,
+        physical: int | None = None,
+    ) -> None:
+        self._group = group
+        self._topology = topology
+        self._nvml = nvml
+        self._physical = physical
+        self._lock = threading.Lock()
+        self._rows: list[list[int]] = []
+
+    def _local(self) -> list[int]:
+        cuda = _torch_cuda()
+        devices = [cuda.current_device()] if cuda is not None else []
+        physical = [self._physical] if self._physical is not None else None
+        event = read_memory("", nvml=self._nvml, devices=devices, physical=physical)
+        gpu = event.gpus[0] if event.gpus else None
+
+        def number(value: int | None) -> int:
+            return -1 if value is None else int(value)
+
+        return [
+            self._group.node_rank,
+            gpu.index if gpu is not None else -1,
+            number(gpu.used if gpu else None),
+            number(gpu.total if gpu else None),
+            number(gpu.allocated if gpu else None),
+            number(gpu.reserved if gpu else None),
+            number(gpu.peak if gpu else None),
+            number(event.rss),
+        ]
+
+    def gather(self, _step: int | None = None) -> None:
+        """Read this process and gather everyone's reading (collective)."""
+        rows = self._group.gather(self._local())
+        with self._lock:
+            self._rows = rows
+
+    def compose(self, local: Memory) -> Memory:
+        """``local`` widened to every process: one GPU entry per rank, every rank's RSS."""
+        with self._lock:
+            rows = [list(r) for r in self._rows]
+        if not rows:
+            return local
+        mine = self._group.rank
+        names = self._topology.device_names if self._topology is not None else ()
+        gpus = []
+        for rank, row in enumerate(rows):
+            values = dict(zip(_FIELDS, row, strict=True))
+            if values["index"] < 0:
+                continue
+            if rank == mine and local.gpus:
+                fresh = local.gpus[0]
+                gpus.append(dataclasses.replace(fresh, rank=rank, node=values["node"]))
+                continue
+            local_index = rank % max(1, len(names)) if names else 0
+
+            def value(key: str, values: dict[str, int] = values) -> int | None:
+                return None if values[key] < 0 else values[key]
+
+            gpus.append(
+                GpuMemory(
+                    index=values["index"],
+                    name=names[local_index] if names else "",
+                    used=value("used"),
+                    total=value("total"),
+                    allocated=value("allocated"),
+                    reserved=value("reserved"),
+                    peak=value("peak"),
+                    rank=rank,
+                    node=values["node"],
+                )
+            )
+        rss = [r[-1] for r in rows]
+        if local.rss is not None and 0 <= mine < len(rss):
+            rss[mine] = local.rss
+        return dataclasses.replace(local, gpus=gpus, rank_rss=rss)

@@ -98,13 +98,32 @@ def resolve_batching(requested: str, attention: str, honoured: bool | None) -> s
     return "grouped"
 
 
-def load_base(model_dir: Path, config: TrainConfig, *, cuda: bool, dtype: torch.dtype) -> Any:
-    """The frozen base model on its device, in 4-bit for qlora, with SDPA attention."""
-    device_map: Any = {"": 0} if cuda else "cpu"
+def load_base(
+    model_dir: Path,
+    config: TrainConfig,
+    *,
+    cuda: bool,
+    dtype: torch.dtype,
+    device_index: int = 0,
+    fsdp: bool = False,
+) -> Any:
+    """The frozen base model on its device, in 4-bit for qlora, with SDPA attention.
+
+    ``device_index`` is the GPU of this process (its local rank when several train together);
+    with ``fsdp`` the 4-bit weights are stored in the compute dtype, which FSDP needs to shard
+    them beside the 16-bit ones.
+    """
+    device_map: Any = {"": device_index} if cuda else "cpu"
     if config.method == "qlora":
         from appliance.training.quant import load_4bit
 
-        model = load_4bit(model_dir, dtype, device_map=device_map, attn_implementation=ATTENTION)
+        model = load_4bit(
+            model_dir,
+            dtype,
+            device_map=device_map,
+            quant_storage=dtype if fsdp else None,
+            attn_implementation=ATTENTION,
+        )
     else:
         from transformers import AutoModelForCausalLM
 
@@ -158,30 +177,37 @@ def load_for_training(
     cuda: bool,
     dtype: torch.dtype,
     batching: str | None = None,
+    device_index: int = 0,
+    fsdp: bool = False,
 ) -> TrainingModel:
     """Load the base, choose the batching layout, attach LoRA, pick the loss and dropout paths.
 
     Args:
         model_dir: a local Hugging Face model folder.
         config: the run's config.
-        cuda: train on GPU 0 (else the CPU).
+        cuda: train on GPU ``device_index`` (else the CPU).
         dtype: the compute dtype.
         batching: a mode decided earlier (a resumed run keeps its own); None decides it now.
+        device_index: this process's GPU (its local rank under torchrun).
+        fsdp: the model will be sharded by FSDP: 4-bit weights stored in the compute dtype and
+            no fp32 upcast of frozen weights (an FSDP unit holds one dtype).
     """
     from appliance.training.dropout import use_fast_dropout
     from appliance.training.loss import hidden_state_loss_supported
 
-    base = load_base(model_dir, config, cuda=cuda, dtype=dtype)
+    base = load_base(
+        model_dir, config, cuda=cuda, dtype=dtype, device_index=device_index, fsdp=fsdp
+    )
     attention = str(getattr(base.config, "_attn_implementation", None) or "eager")
     requested = config.speed.batching
     if batching is None:
         wants_packing = requested == "packed" or (
             requested == "auto" and attention in VARLEN_ATTENTION
         )
-        device = "cuda:0" if cuda else "cpu"
+        device = f"cuda:{device_index}" if cuda else "cpu"
         honoured = packing_honoured(base, device, dtype) if wants_packing else None
         batching = resolve_batching(requested, attention, honoured)
-    upcast = config.method == "qlora" and dtype == torch.float16
+    upcast = config.method == "qlora" and dtype == torch.float16 and not fsdp
     if upcast:
         upcast_frozen_16bit(base)
     enable_checkpointing(base, config.gradient_checkpointing)

@@ -10,6 +10,7 @@ and offers :meth:`Preflight.apply_fix`. No torch, no Qt: it reads ``config.json`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import TrainingError
-from appliance.gpu import GpuState, read_gpus
+from appliance.gpu import GpuState, format_bytes, read_gpus
 from appliance.registry import Registry
 from appliance.training.config import TrainConfig
+from appliance.training.device_estimate import per_device
 from appliance.training.estimate import (
     EstimateItem,
     MemoryEstimate,
@@ -28,6 +30,7 @@ from appliance.training.estimate import (
     render_estimate,
     suggest_changes,
 )
+from appliance.training.placement import Topology
 from appliance.workspace import Workspace
 
 CPU_NOTE = (
@@ -104,6 +107,7 @@ def check(
     gpus: GpuState,
     gpu_index: int = 0,
     ram_free: int | None = None,
+    topology: Topology | None = None,
     lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """The pre-flight verdict for ``config`` on the model of ``model_config``.
@@ -112,11 +116,18 @@ def check(
         model_config: the model's ``config.json`` as a dict.
         config: the training settings.
         gpus: an NVML reading (:func:`appliance.gpu.read_gpus`); no GPU means the CPU.
-        gpu_index: the GPU the run would use.
+        gpu_index: the GPU the run would use (one process).
         ram_free: available RAM for a CPU run (:func:`available_ram`).
+        topology: several processes (:func:`appliance.training.placement.resolve`): the
+            estimate is per process (DDP or FSDP) and set against each selected GPU's free
+            memory, or the processes together against the RAM.
         lengths: the training examples' token lengths; activations are then sized from the
             longest micro-batch they form rather than from ``max_seq_length``.
     """
+    if topology is not None and topology.distributed:
+        return _check_processes(model_config, config, gpus, ram_free, topology, lengths)
+    if topology is not None and topology.gpu_indices:
+        gpu_index = topology.gpu_indices[0]
     device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
     try:
         estimate = estimate_memory(model_config, config, device=device, lengths=lengths)
@@ -135,6 +146,74 @@ def check(
     )
 
 
+def _check_processes(
+    model_config: Mapping[str, Any],
+    config: TrainConfig,
+    gpus: GpuState,
+    ram_free: int | None,
+    topology: Topology,
+    lengths: Sequence[int] | None,
+) -> Preflight:
+    """The verdict for several processes: each GPU against the per-process figure, or the CPU
+    processes together against the available RAM."""
+    cuda = topology.device == "cuda"
+    device = "cuda" if cuda else "cpu"
+    label = topology.describe()
+    try:
+        single = estimate_memory(model_config, config, device=device, lengths=lengths)
+        estimate = per_device(single, model_config, config, topology.world_size, topology.parallel)
+    except TrainingError as exc:
+        reason = f"No memory estimate for this model: {exc}"
+        return Preflight(device, label, None, "free memory", None, (), reason, (reason,))
+    each = estimate.total_bytes
+    lines = [f"{label}: {topology.world_size} process(es) in all"]
+    if cuda:
+        readings = {g.index: g for g in gpus.gpus}
+        frees = []
+        for index in topology.gpu_indices:
+            reading = readings.get(index)
+            free = reading.memory_free if reading is not None else None
+            frees.append(free)
+            if free is None:
+                verdict = "free memory unknown"
+            elif free >= each:
+                verdict = f"{format_bytes(free)} free: fits"
+            else:
+                verdict = f"{format_bytes(free)} free: {format_bytes(each - free)} short"
+            name = reading.name if reading is not None else "?"
+            lines.append(f"  GPU {index} ({name}): {verdict}")
+        known = [f for f in frees if f is not None]
+        tightest = min(known) if known else None
+        figures = render_estimate(estimate)  # the verdict is per GPU, below
+        lines[1:1] = [f"Per process ({topology.parallel.upper()}):", *figures]
+        return Preflight(
+            device, label, tightest, "free GPU memory (tightest GPU)", estimate, (), None,
+            tuple(lines),
+        )  # fmt: skip
+    total = each * topology.nproc_per_node
+    lines += [f"Per process ({topology.parallel.upper()}):", *render_estimate(estimate)]
+    ram_line = f"{topology.nproc_per_node} processes x {format_bytes(each)} = {format_bytes(total)}"
+    if ram_free is not None:
+        fits = "it should fit" if total <= ram_free else f"{format_bytes(total - ram_free)} short"
+        ram_line += f" of {format_bytes(ram_free)} available RAM: {fits}."
+    lines.append(ram_line)
+    together = dataclasses.replace(
+        estimate,
+        items=(
+            *estimate.items,
+            EstimateItem(
+                "processes",
+                "the other processes",
+                total - each,
+                f"{topology.nproc_per_node - 1} more process(es) x {format_bytes(each)}",
+            ),
+        ),
+    )
+    return Preflight(
+        "cpu", label, ram_free, "available RAM", together, (), CPU_NOTE, (CPU_NOTE, *lines)
+    )
+
+
 def for_model(
     ws: Workspace,
     reg: Registry,
@@ -142,6 +221,7 @@ def for_model(
     config: TrainConfig,
     *,
     gpu_index: int = 0,
+    topology: Topology | None = None,
     lengths: Sequence[int] | None = None,
 ) -> Preflight:
     """:func:`check` for a registered base model, with this machine's NVML and RAM readings.
@@ -165,6 +245,7 @@ def for_model(
         gpus=gpus,
         gpu_index=gpu_index,
         ram_free=available_ram(),
+        topology=topology,
         lengths=lengths,
     )
 

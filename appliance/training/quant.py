@@ -33,15 +33,27 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def bnb_4bit_config(compute_dtype: torch.dtype, *, double_quant: bool = True) -> Any:
-    """The QLoRA quantisation: NF4 weights, double quantisation, matmuls in ``compute_dtype``."""
+def bnb_4bit_config(
+    compute_dtype: torch.dtype,
+    *,
+    double_quant: bool = True,
+    quant_storage: torch.dtype | None = None,
+) -> Any:
+    """The QLoRA quantisation: NF4 weights, double quantisation, matmuls in ``compute_dtype``.
+
+    ``quant_storage``: the dtype the packed 4-bit values are stored in (uint8 by default). FSDP
+    flattens each unit's parameters into one tensor of one dtype, so sharding a 4-bit base needs
+    them stored in the compute dtype, like the unit's other weights.
+    """
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **extra,
     )
 
 
@@ -92,17 +104,24 @@ def check_not_repacked(model: torch.nn.Module) -> None:
 
 
 def load_4bit(
-    model_dir: Path, compute_dtype: torch.dtype, *, device_map: Any = "cpu", **kwargs: Any
+    model_dir: Path,
+    compute_dtype: torch.dtype,
+    *,
+    device_map: Any = "cpu",
+    quant_storage: torch.dtype | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Load a local Hugging Face model folder in 4-bit NF4, guarded against the CPU repack.
 
-    ``kwargs`` go to ``from_pretrained`` (e.g. ``attn_implementation``).
+    ``quant_storage`` is the dtype the packed 4-bit weights are stored in (FSDP shards them
+    only when it matches the compute dtype); ``kwargs`` go to ``from_pretrained`` (e.g.
+    ``attn_implementation``).
     """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         Path(model_dir),
-        quantization_config=bnb_4bit_config(compute_dtype),
+        quantization_config=bnb_4bit_config(compute_dtype, quant_storage=quant_storage),
         device_map=device_map,
         dtype=compute_dtype,
         local_files_only=True,

@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance import folders
-from appliance.errors import IntegrityError, TrainingError
+from appliance.errors import IntegrityError, TrainingError, UsageError
 from appliance.fsutil import open_append
 from appliance.training import events as ev
 from appliance.training.config import ConfigError, TrainConfig
+from appliance.training.placement import Topology
 
 RUN_KEY_FILE = "run-key.enc"
 LOG_FILE = "train.log"
@@ -75,6 +76,9 @@ class Launch:
     """Size of ``metrics.jsonl`` when this session was launched: its events follow."""
     launched: float | None = None
     """When this session was launched (Unix seconds); None before the first launch."""
+    topology: dict[str, Any] | None = None
+    """This session's processes and devices (:meth:`Topology.to_dict`); None: one process
+    on the first GPU or the CPU, as before several processes were possible."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ class RunFolder:
         if not isinstance(data, dict):
             raise TrainingError(f"{where}: not a run description")
         known = {f.name for f in dataclasses.fields(Launch)}
+        if data.get("topology") is not None and not isinstance(data["topology"], dict):
+            raise TrainingError(f"{where}: the topology is not a JSON object")
         try:
             return Launch(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
@@ -215,6 +221,20 @@ class RunFolder:
         try:
             return TrainConfig.from_dict(self.record().get("config"))  # type: ignore[arg-type]
         except ConfigError as exc:
+            raise TrainingError(f"{self.meta}: {exc}") from None
+
+    def topology(self) -> Topology | None:
+        """This session's topology from the launch section; None for one plain process.
+
+        Raises:
+            TrainingError: the launch section or its topology is damaged; names the file.
+        """
+        data = self.launch().topology
+        if data is None:
+            return None
+        try:
+            return Topology.from_dict(data)
+        except UsageError as exc:
             raise TrainingError(f"{self.meta}: {exc}") from None
 
     def run_id(self) -> str:

@@ -14,6 +14,13 @@ else to change a run; the run itself is described once on disk, in its folder's 
     finalize        settle an ended session: finished (adapter registered), stopped or failed
     reconcile       finalize every run marked running whose process is gone
 
+Processes: a session runs as one plain child, or, when its :class:`Topology` has several
+processes (``--gpus``, ``--processes``, ``--nnodes``), as torchrun's agent (the same command:
+``python -m appliance.training.worker RUN_DIR``, which reads the topology from ``meta.json``)
+that starts one rank per device. The parent sees one process, one PID and one event stream
+either way; the key line goes once per local rank down the same stdin pipe (each rank reads
+exactly one line), so every rank gets the keys without argv, environment or disk.
+
 Keys: the child gets the data key of its one dataset object and the run key, never the master
 key. The run key is random per run and kept in the run folder sealed by the master key
 (``run-key.enc``); the child seals its checkpoints and its adapter with it, and the parent,
@@ -41,13 +48,20 @@ from typing import Any
 from appliance import adapters
 from appliance.datasets.store import resolve as resolve_dataset
 from appliance.datasets.store import version_label
-from appliance.errors import ApplianceError, NotFoundError, UsageError, WorkspaceLockedError
+from appliance.errors import (
+    ApplianceError,
+    NotFoundError,
+    TrainingError,
+    UsageError,
+    WorkspaceLockedError,
+)
 from appliance.fsutil import open_append
 from appliance.models.use import resolve_model_for_use
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
 from appliance.training import events as ev
 from appliance.training.config import ConfigError, TrainConfig
+from appliance.training.placement import Placement, Topology, check_batch_division, resolve
 from appliance.training.process import (
     TrainingProcess,
     describe_exit,
@@ -148,6 +162,7 @@ def _write_launch(
     adapter_name: str | None = None,
     metrics_offset: int = 0,
     launched: float | None = None,
+    topology: Topology | None = None,
 ) -> RunFolder:
     """Resolve the model folder (re-checking its files) and the dataset; write the launch section.
 
@@ -167,6 +182,7 @@ def _write_launch(
             dataset_object_id=ds["object_id"],
             metrics_offset=metrics_offset,
             launched=launched,
+            topology=topology.to_dict() if topology is not None else None,
         )
     )
     return folder
@@ -198,21 +214,78 @@ class LaunchPlan:
     command: list[str]
     """The child's command line (:func:`~appliance.training.process.worker_command`)."""
     keys: bytes = field(repr=False)
-    """The line to write to the child's stdin, then close it (:func:`key_line`)."""
+    """What to write to the child's stdin, then close it: the :func:`key_line` once per process
+    of this machine (each rank reads one)."""
     log_file: Path
     """Where the child's stderr belongs (the run's ``train.log``, appended; it exists, 0600)."""
+    topology: Topology | None = None
+    """The session's processes and devices (None: one plain process)."""
+
+
+def plan_topology(
+    config: TrainConfig,
+    placement: Placement | None = None,
+    *,
+    train_examples: int | None = None,
+) -> Topology:
+    """Check ``placement`` for a run of ``config`` on this machine (NVML), before anything is made.
+
+    Args:
+        train_examples: the dataset version's training rows, to check that every process gets
+            examples of each micro-batch (skipped when None).
+
+    Raises:
+        UsageError: a device that is not here, a bad option, or a split that leaves a process
+            without examples.
+    """
+    from appliance.gpu import read_gpus
+
+    topology = resolve(placement or Placement(), read_gpus(), parallel=config.parallel)
+    if train_examples is not None:
+        check_batch_division(train_examples, config.schedule.micro_batch_size, topology.world_size)
+    return topology
+
+
+def check_network(vault: Vault, topology: Topology) -> str | None:
+    """Refuse a rendezvous off this machine that the workspace's allow-list does not hold.
+
+    Returns:
+        The allow-list entry the run uses, or None (one machine, or a loopback rendezvous).
+
+    Raises:
+        NetworkPolicyError: an address off this machine not on the list; nothing is started.
+    """
+    from appliance import netpolicy
+
+    if topology.rendezvous is None:
+        return None
+    return netpolicy.check_rendezvous(vault.ws, topology.rendezvous)
 
 
 def prepare_launch(
-    vault: Vault, reg: Registry, run_id: str, *, threads: int | None = None
+    vault: Vault,
+    reg: Registry,
+    run_id: str,
+    *,
+    threads: int | None = None,
+    placement: Placement | None = None,
+    topology: Topology | None = None,
 ) -> LaunchPlan:
     """Check that ``run_id`` can start, refresh its launch section, and gather its keys.
 
     A run whose model or dataset is gone or changed is marked failed with the reason. The
     session's start in ``metrics.jsonl`` is recorded here, before any child can write.
 
+    Args:
+        placement: where this session trains (``--gpus``, ``--processes``, ``--nnodes``...);
+            checked here. By default every GPU of this machine, or one CPU process.
+        topology: an already checked placement (:func:`plan_topology`), instead of
+            ``placement``.
+
     Raises:
-        UsageError: the run is finished, or running already.
+        UsageError: the run is finished or running already, or the placement is refused (the
+            run is left as it was).
+        NetworkPolicyError: a rendezvous off this machine not on the allow-list.
         NotFoundError / IntegrityError: its model or dataset is gone or changed.
     """
     run = reg.run(run_id)
@@ -221,17 +294,49 @@ def prepare_launch(
     if run["state"] == "running" and process_alive(run["pid"], run_id):
         raise UsageError(f"run {run_id} is running already (pid {run['pid']})")
     folder = run_folder(vault, run)
+    if topology is None:
+        try:
+            config: TrainConfig | None = TrainConfig.from_dict(run["config"])
+        except ConfigError:
+            config = None  # the child reports a config it cannot use, as a failed run
+        # A run with checkpoints keeps the global micro-batch of its first session (the child
+        # checks the split against it); a fresh one is checked against the dataset's rows here.
+        fresh = not any(folder.checkpoints.glob("step-*"))
+        ds = reg.dataset_version(run["dataset"], run["dataset_version"], include_deleted=True)
+        rows = ds.get("train_rows") if fresh and config is not None else None
+        topology = plan_topology(config or TrainConfig(), placement, train_examples=rows)
+    entry = check_network(vault, topology)
     with vault.ws.writer("train: launch"):
         try:
             folder.prepare_stream_files()
             offset = folder.metrics.stat().st_size
-            _write_launch(vault, reg, run_id, metrics_offset=offset, launched=time.time())
-            keys = key_line(vault, reg, run_id)
+            _write_launch(
+                vault,
+                reg,
+                run_id,
+                metrics_offset=offset,
+                launched=time.time(),
+                topology=topology,
+            )
+            keys = key_line(vault, reg, run_id) * topology.nproc_per_node
         except ApplianceError as exc:
             # The model or dataset is gone or changed: the run cannot start, and says why.
             reg.update_run(run_id, state="failed", failure_reason=str(exc))
             raise
-    return LaunchPlan(run_id, folder.path, worker_command(folder.path, threads), keys, folder.log)
+        if entry is not None:
+            reg.audit(
+                "network.use",
+                entry,
+                {"run": run_id, "node_rank": topology.node_rank, "nnodes": topology.nnodes},
+            )
+    return LaunchPlan(
+        run_id,
+        folder.path,
+        worker_command(folder.path, threads),
+        keys,
+        folder.log,
+        topology,
+    )
 
 
 def mark_started(vault: Vault, reg: Registry, plan: LaunchPlan, pid: int) -> None:
@@ -250,6 +355,8 @@ def launch(
     *,
     detach: bool = False,
     threads: int | None = None,
+    placement: Placement | None = None,
+    topology: Topology | None = None,
 ) -> TrainingProcess:
     """Start (or resume) ``run_id`` in a child process and mark it running with its PID.
 
@@ -260,10 +367,12 @@ def launch(
     child has exited.
 
     Raises:
-        UsageError: the run is finished, or running already.
+        UsageError: the run is finished or running already, or the placement is refused.
         NotFoundError / IntegrityError: its model or dataset is gone or changed.
     """
-    plan = prepare_launch(vault, reg, run_id, threads=threads)
+    plan = prepare_launch(
+        vault, reg, run_id, threads=threads, placement=placement, topology=topology
+    )
     log_fd = open_append(plan.log_file)
     try:
         proc = subprocess.Popen(
@@ -365,6 +474,13 @@ def finalize(
         last = found[-1] if found else None
         if isinstance(last, ev.Finished) and folder.adapter.exists():
             return _register(vault, reg, run, folder, last)
+        if isinstance(last, ev.Finished) and _member_node(folder):
+            # A machine other than node 0 of a run on several machines: its processes finished
+            # their share; node 0 holds the checkpoints and registers the adapter.
+            reg.update_run(run_id, state="finished")
+            message = "this machine's share is done; the adapter is registered on node 0"
+            folder.note(f"run {run_id}: {message}")
+            return Outcome(run_id, "finished", message, None, last)
         if isinstance(last, ev.Stopped):
             reg.update_run(run_id, state="stopped")
             return Outcome(run_id, "stopped", f"stopped at step {last.step}")
@@ -393,6 +509,7 @@ def _register(
         "steps": done.step,
         "wall_s": done.total_wall_s if done.total_wall_s is not None else done.wall_s,
         "peak_memory": done.peak_memory,
+        "placement": _placements(folder),
     }
     version = adapters.store(
         vault,
@@ -407,6 +524,35 @@ def _register(
     folder.adapter.unlink(missing_ok=True)
     ref = f"{adapter_name}@{version}"
     return Outcome(run["id"], "finished", None, ref, done)
+
+
+def _member_node(folder: RunFolder) -> bool:
+    try:
+        topology = folder.topology()
+    except TrainingError:
+        return False
+    return topology is not None and topology.node_rank > 0
+
+
+def _placements(folder: RunFolder) -> list[dict[str, Any]]:
+    """Where each session of the run trained, from its ``started`` events (for the lineage)."""
+    try:
+        events = list(ev.replay(folder.metrics))
+    except (OSError, ev.EventError):
+        return []
+    return [
+        {
+            "start_step": e.start_step,
+            "world_size": e.world_size or 1,
+            "nnodes": e.nnodes or 1,
+            "backend": e.backend,
+            "parallel": e.parallel,
+            "devices": e.devices or [e.device],
+            "global_batch": e.global_batch,
+        }
+        for e in events
+        if isinstance(e, ev.Started)
+    ]
 
 
 def _lib_versions() -> dict[str, str]:
@@ -456,12 +602,14 @@ __all__ = [
     "LaunchPlan",
     "Outcome",
     "check_for_model",
+    "check_network",
     "check_new_run",
     "create_run",
     "finalize",
     "key_line",
     "launch",
     "mark_started",
+    "plan_topology",
     "prepare_launch",
     "reconcile",
     "run_adapters",

@@ -69,14 +69,20 @@ def apply_gradients(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     max_grad_norm: float,
+    clip: Callable[[float], torch.Tensor] | None = None,
 ) -> float:
     """Clip to ``max_grad_norm`` (0: no clipping), step, advance the schedule, clear gradients.
+
+    Args:
+        clip: what clips to a norm and returns the norm before clipping, where ``params`` alone
+            cannot tell it (FSDP: each process holds a shard, the norm is over all of them);
+            default: ``torch.nn.utils.clip_grad_norm_`` over ``params``.
 
     Returns:
         The gradient norm before clipping.
     """
     limit = max_grad_norm if max_grad_norm > 0 else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    norm = clip(limit) if clip is not None else torch.nn.utils.clip_grad_norm_(params, limit)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

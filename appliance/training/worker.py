@@ -10,6 +10,13 @@ and runnable by hand:
    adapter. Never the master key, never argv, environment or disk;
 4. decrypt and tokenise in memory, train (:mod:`appliance.training.loop`), write events.
 
+With a topology of several processes in ``meta.json`` (``--gpus``, ``--processes``, ``--nnodes``),
+the same command becomes torchrun's agent (:mod:`appliance.training.agent`) and starts itself
+once per local process; each of those ranks reads its own key line from the inherited stdin
+(exactly :data:`KEY_LINE_BYTES` bytes), joins the process group, and trains its share. Only the
+first rank of the machine writes events; only global rank 0 writes checkpoints and the adapter.
+A rank that fails leaves its message for the agent, which emits the run's ``failed`` event.
+
 Events go to the original stdout, one JSON line each, flushed, and to ``RUN_DIR/metrics.jsonl``;
 file descriptor 1 is pointed at stderr first, so a library that prints cannot corrupt the
 stream. Logs and warnings go to stderr and ``RUN_DIR/train.log``. SIGTERM (or Ctrl-C when run by
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -45,6 +53,7 @@ from appliance.errors import (
 )
 from appliance.fsutil import open_append
 from appliance.training import events as ev
+from appliance.training.placement import Topology
 from appliance.training.runfolder import LOG_FILE, RunFolder, RunSpec
 
 log = logging.getLogger("appliance.training")
@@ -56,6 +65,32 @@ class KeyHandoverError(TrainingError):
 
 class RunConfigError(TrainingError):
     """The run folder's description (``meta.json``) cannot be used."""
+
+
+def format_keys(dataset_key: bytes, run_key: bytes) -> bytes:
+    """The key line the launcher writes on stdin: always :data:`KEY_LINE_BYTES` long."""
+    body = {"dataset_key": dataset_key.hex(), "run_key": run_key.hex()}
+    return (json.dumps(body) + "\n").encode()
+
+
+KEY_LINE_BYTES = len(format_keys(bytes(32), bytes(32)))
+"""Length of one key line: each rank of a session reads exactly this many bytes of the stdin
+it shares with the others, and the parent writes all the lines in one atomic pipe write."""
+
+
+def read_key_line(fd: int = 0) -> str:
+    """Exactly one key line from ``fd`` (a rank's share of the stdin its agent inherited).
+
+    Raises:
+        KeyHandoverError: the input ended first.
+    """
+    data = b""
+    while len(data) < KEY_LINE_BYTES:
+        chunk = os.read(fd, KEY_LINE_BYTES - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace")
 
 
 def read_keys(stream: IO[str]) -> dict[str, bytes]:
@@ -107,8 +142,9 @@ def decrypt_run_rows(spec: RunSpec, data_key: bytes) -> list[dict[str, Any]]:
     return decode(data, what)
 
 
-def choose_threads(requested: int | None) -> int:
-    """Torch threads: one per core that is really free, leaving one for the parent and the OS.
+def choose_threads(requested: int | None, processes: int = 1) -> int:
+    """Torch threads: one per core that is really free, leaving one for the parent and the OS,
+    shared among the ``processes`` training processes of this machine.
 
     On the project's 2-core machines this is one thread, measured to be both faster and far
     steadier than two (docs/engineering-notes.md, "One torch thread on a 2-core machine").
@@ -119,20 +155,70 @@ def choose_threads(requested: int | None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    if processes > 1:
+        return max(1, cores // processes)
     busy = round(os.getloadavg()[0])
     return max(1, min(cores - 1, cores - busy))
 
 
-def _take_stdout() -> IO[str]:
-    """The original stdout for events; fd 1 (and ``sys.stdout``) now lead to stderr."""
-    events_fd = os.dup(1)
+def _take_stdout(keep: bool = True) -> IO[str] | None:
+    """The original stdout for events; fd 1 (and ``sys.stdout``) now lead to stderr.
+
+    A rank that writes no events (``keep`` false) lets go of the stream altogether.
+    """
+    events_fd = os.dup(1) if keep else None
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    if events_fd is None:
+        return None
     return os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
 
-def _setup_logging(run_dir: Path) -> None:
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _rank_environment() -> tuple[int, int, int] | None:
+    """(global rank, local rank, local processes) when torchrun started this process as a rank."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or "LOCAL_RANK" not in os.environ:
+        return None
+    return (
+        int(os.environ["RANK"]),
+        int(os.environ["LOCAL_RANK"]),
+        int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
+
+
+def _die_with_parent() -> None:
+    """A rank ends when its agent does (torchrun starts ranks in their own session, so a kill
+    of the agent would otherwise leave them training on their own)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the agent died before the line above
+        os._exit(1)
+
+
+def _session_topology(folder: RunFolder) -> Topology | None:
+    try:
+        return folder.topology()
+    except TrainingError:
+        return None
+
+
+def _select_gpus(topology: Topology | None) -> None:
+    """Before torch loads: a plain child trains on the one GPU its topology chose."""
+    if topology is not None and topology.device == "cuda" and topology.gpu_indices:
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        os.environ.setdefault(
+            "CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in topology.gpu_indices)
+        )
+
+
+def _setup_logging(run_dir: Path, rank: int | None = None) -> None:
+    where = f" [rank {rank}]" if rank is not None else ""
+    formatter = logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     logging.getLogger("appliance").setLevel(logging.INFO)
@@ -212,17 +298,27 @@ def _oom_message(trainer: Any, at: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one training session of the run in ``RUN_DIR``; 0 finished or stopped, 1 failed."""
+    """Run one training session of the run in ``RUN_DIR``; 0 finished or stopped, 1 failed.
+
+    Depending on the session's topology and on torchrun's environment this process is the one
+    trainer, torchrun's agent over several ranks (:mod:`appliance.training.agent`), or one rank.
+    """
     offline.enforce()
     parser = argparse.ArgumentParser(prog="python -m appliance.training.worker")
     parser.add_argument("run_dir", type=Path, help="the run folder made by 'appliance train'")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir).absolute()
-    stream = _take_stdout()
-    _setup_logging(run_dir)
+    ranked = _rank_environment()
+    if ranked is not None:
+        _die_with_parent()
+    writes_events = ranked is None or ranked[1] == 0
+    stream = _take_stdout(keep=writes_events)
+    _setup_logging(run_dir, ranked[0] if ranked is not None else None)
     folder = RunFolder(run_dir)
     run_id = folder.run_id()
+    topology = _session_topology(folder) if run_dir.is_dir() else None
+    _select_gpus(topology if ranked is None else None)
     trainer: Any = None
     stop_early = False
 
@@ -233,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.request_stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    events = ev.EventLog(run_dir / ev.METRICS_FILE if run_dir.is_dir() else None, stream)
+    metrics = run_dir / ev.METRICS_FILE if run_dir.is_dir() and writes_events else None
+    events = ev.EventLog(metrics, stream)
+    agent = ranked is None and topology is not None and topology.distributed
+    if not agent:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    group: Any = None
     try:
         if not run_dir.is_dir():
             raise TrainingError(f"{run_dir} is not a run folder")
@@ -244,19 +344,37 @@ def main(argv: list[str] | None = None) -> int:
             config = folder.config()
         except TrainingError as exc:
             raise RunConfigError(str(exc)) from None
-        keys = read_keys(sys.stdin)
+        if topology is not None and topology.rendezvous:
+            from appliance import netpolicy
+            from appliance.workspace import Workspace
+
+            # Re-checked here against the workspace's own list: meta.json alone opens nothing.
+            netpolicy.admit(Workspace(run_dir.parent.parent), topology.rendezvous)
+        if agent:
+            assert topology is not None
+            from appliance.training.agent import run_agent
+
+            return run_agent(run_id, topology, events, stream)
+        if ranked is not None:
+            keys = read_keys(io.StringIO(read_key_line(0)))
+        else:
+            keys = read_keys(sys.stdin)
         rows = decrypt_run_rows(spec, keys["dataset_key"])
 
         import torch
         from transformers.utils import logging as hf_logging
 
+        from appliance.training.distributed import from_environment
         from appliance.training.loop import Trainer
-        from appliance.training.memory import MemorySampler
+        from appliance.training.memory import GatheredMemory, MemorySampler
 
-        threads = choose_threads(args.threads)
+        threads = choose_threads(args.threads, ranked[2] if ranked is not None else 1)
         torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # bars are for terminals, not for train.log
         log.info("run %s: torch %s, %d CPU thread(s)", run_id, torch.__version__, threads)
+        if ranked is not None:
+            assert topology is not None
+            group = from_environment(topology.timeout_s, topology.backend)
         trainer = Trainer(
             spec=spec,
             config=config,
@@ -264,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             run_key=keys["run_key"],
             rows=rows,
             events=events,
+            group=group,
+            topology=topology,
         )
         del rows
         if stop_early:
@@ -275,17 +395,27 @@ def main(argv: list[str] | None = None) -> int:
 
             nvml = NvmlSession()
             nvml.open()
+        physical = _physical_gpu(topology, trainer)
+        gathered = None
+        if trainer.group.distributed:
+            gathered = GatheredMemory(trainer.group, topology, nvml=nvml, physical=physical)
+            trainer.step_hooks.append(gathered.gather)
         sampler = MemorySampler(
             events,
             run_id,
             nvml=nvml,
-            devices=[0] if trainer.cuda else [],
+            devices=[trainer.device_index] if trainer.cuda else [],
+            physical=[physical] if physical is not None else None,
             step=lambda: trainer.state.step,
             interval=1.0,
+            compose=gathered.compose if gathered is not None else None,
         )
-        with sampler:
+        if writes_events:
+            with sampler:
+                outcome = trainer.run()
+            sampler.sample()
+        else:
             outcome = trainer.run()
-        sampler.sample()
         if nvml is not None:
             nvml.close()
         log.info("run %s %s at step %d", run_id, outcome, trainer.state.step)
@@ -298,12 +428,39 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("training failed")
         else:
             log.error("training failed: %s", event.message)
-        events.emit(event)
+        if ranked is None:
+            events.emit(event)
+        else:
+            # Under torchrun the agent speaks for the run: it quotes the rank that failed first.
+            from appliance.training.agent import write_error_file
+            from appliance.training.distributed import is_peer_failure
+
+            peer = is_peer_failure(exc)
+            message = (
+                "lost its connection to another process of the run, which failed or was "
+                "stopped first"
+                if peer
+                else event.message
+            )
+            write_error_file(message, event.kind, peer)
         return 1
     finally:
         events.close()
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            stream.flush()  # a parent that is gone reads nothing; metrics.jsonl has every event
+        if stream is not None:
+            with contextlib.suppress(BrokenPipeError, ValueError):
+                stream.flush()  # a parent that is gone reads nothing; metrics.jsonl has it all
+        if group is not None:
+            with contextlib.suppress(Exception):
+                group.close()
+
+
+def _physical_gpu(topology: Topology | None, trainer: Any) -> int | None:
+    """NVML's index of this process's GPU (torch numbers only the visible ones)."""
+    if not trainer.cuda:
+        return None
+    if topology is not None and topology.gpu_indices:
+        return topology.gpu_indices[trainer.device_index]
+    return trainer.device_index
 
 
 if __name__ == "__main__":

@@ -88,3 +88,37 @@ def test_longest_micro_batch_from_lengths() -> None:
     assert longest_micro_batch([10, 50, 30, 20], 2, packed=True) == 80
     assert longest_micro_batch([10], 4, packed=False) == 40
     assert longest_micro_batch([], 4, packed=True) == 0
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_processes_share_each_grouped_micro_batch_disjointly_and_resumably(world: int) -> None:
+    """Several processes: the plan's micro-batch is the global one (micro_batch_size x world),
+    each process lays out its contiguous share: disjoint, every example once per epoch, a
+    rebuilt plan reads on the same shares, and the shares keep grouping's low padding."""
+    from appliance.training.distributed import Group
+    from appliance.training.parallel import every_share, share_batches
+
+    examples = _examples(LENGTHS[:102])  # every process has a share of every micro-batch
+    size = 2
+
+    def shares(plan: BatchPlan, rank: int, start: int, stop: int) -> list[list[int]]:
+        position = {id(e): i for i, e in enumerate(examples)}
+        batches = [plan.micro_batch(m) for m in range(start, stop)]
+        pieces = share_batches(batches, Group(rank=rank, world_size=world), size)
+        return [[position[id(e)] for e in piece] for piece in pieces]
+
+    plan = BatchPlan(examples, size * world, seed=5, order="grouped")
+    epoch = [shares(plan, rank, 0, plan.per_epoch) for rank in range(world)]
+    seen = [i for pieces in epoch for piece in pieces for i in piece]
+    assert sorted(seen) == list(range(102))
+    # One piece per process of every global micro-batch (the last, of 102 % 4, one each).
+    assert all(len(pieces) == plan.per_epoch for pieces in epoch)
+    assert all(0 < len(piece) <= size for pieces in epoch for piece in pieces)
+    rebuilt = BatchPlan(examples, size * world, seed=5, order="grouped")
+    for rank in range(world):
+        assert shares(rebuilt, rank, 7, 12) == epoch[rank][7:12]
+    split = every_share(world, size)
+    assert plan.padding_share(0, split) < 0.05
+    computed = sum(len(p) * max(LENGTHS[i] for i in p) for pieces in epoch for p in pieces)
+    expected = 1.0 - sum(LENGTHS[:102]) / computed
+    assert plan.padding_share(0, split) == pytest.approx(expected)
