@@ -300,7 +300,9 @@ def test_bad_placements_are_refused_and_nothing_is_created(
     rows = int(shown["train_rows"])
     # A split in which the last global micro-batch leaves a process without an example.
     uneven = next((p, b) for p in (2, 3, 5) for b in range(1, 9) if 0 < rows % (p * b) < p)
+    # Sequences the tiny model's 512-token context takes, so only the placement is refused.
     base = ["train", "--model", "tiny", "--dataset", "facts", "--adapter", "a"]
+    base += ["--set", "max_seq_length=256"]
     cases = [
         (["--gpus", "7"], 2, "--gpus 7"),
         (["--processes", "0"], 2, "--processes 0: run at least 1 process"),
