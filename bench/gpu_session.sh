@@ -45,6 +45,8 @@ if [ -f bench/gpu_parallel.py ]; then
     step gpu_parallel "${GPU_PARALLEL_LIMIT:-120}" python3 bench/gpu_parallel.py --out /tmp/gpu_parallel
     cp /tmp/gpu_parallel/parallel.json "$OUT/gpu_parallel.json" 2>/dev/null
 fi
-# The project's pytest settings name plugins (Qt) the GPU image lacks: run the gpu tests bare.
+# The project's pytest settings name plugins (Qt) the GPU image lacks: run the gpu tests bare,
+# collecting only the files that have some (the others may import Qt).
+mapfile -t gpu_tests < <(grep -rl "mark.gpu" tests --include="test_*.py")
 step pytest_gpu "${GPU_PYTEST_LIMIT:-90}" python3 -m pytest -c /dev/null --rootdir . \
-    -p no:cacheprovider -q -m gpu tests
+    -p no:cacheprovider -q -m gpu "${gpu_tests[@]}"
