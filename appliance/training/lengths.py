@@ -35,3 +35,25 @@ def training_lengths(
     except ApplianceError as exc:
         log.info("no token lengths for the estimate: %s", exc)
         return None
+
+
+def cached_training_lengths(
+    vault: Any, reg: Any, model: str, dataset: str, config: TrainConfig
+) -> list[int] | None:
+    """:func:`training_lengths` from the cache alone, never measuring: what the desktop app's
+    Train page estimates with (measuring loads a tokenizer, which runs in a child process: the
+    Datasets page's token statistics fill the cache). None on a miss."""
+    from appliance.datasets.token_cache import cached_token_stats
+    from appliance.datasets.token_stats import effective_lengths
+
+    data = config.data
+    try:
+        stats = cached_token_stats(vault, reg, dataset, model)
+    except ApplianceError as exc:
+        log.info("no token lengths for the estimate: %s", exc)
+        return None
+    if stats is None:
+        return None
+    return effective_lengths(
+        stats, data.max_seq_length, loss_on=data.loss_on, over_length=data.over_length
+    )

@@ -29,6 +29,7 @@ from appliance.gpu import GpuState
 from appliance.session import Session
 from appliance.training import preflight, runs
 from appliance.training.config import TrainConfig
+from appliance.training.lengths import cached_training_lengths
 from appliance.training.settings import PRESETS
 from appliance.units import format_bytes
 from gui.tasks import Progress, Task
@@ -131,7 +132,7 @@ class TrainSetup(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.timeout.connect(self._run_preflight)
         self.model_choice.currentIndexChanged.connect(self._model_changed)
-        self.dataset_choice.currentIndexChanged.connect(self._changed)
+        self.dataset_choice.currentIndexChanged.connect(self._settings_changed)
         self.preset_choice.currentTextChanged.connect(self._preset_changed)
         self.adapter_name.textChanged.connect(self._changed)
         self.device_choice.currentIndexChanged.connect(self._device_changed)
@@ -291,11 +292,21 @@ class TrainSetup(QWidget):
             self.preflight.show_waiting("Correct the settings marked in red to see the estimate.")
             return
         gpu_index = self.device_choice.currentData()
+        dataset = self.dataset_choice.currentData()
         generation = self._generation
 
         def estimate(_progress: Progress) -> preflight.Preflight:
+            # Sized from the data's token lengths as the CLI's estimate is, when the Datasets
+            # page has measured them against this model (the cache; else max_seq_length).
             with session.registry() as reg:
-                return preflight.for_model(session.ws, reg, model, config, gpu_index=gpu_index or 0)
+                lengths = (
+                    cached_training_lengths(session.vault, reg, model, dataset, config)
+                    if dataset
+                    else None
+                )
+                return preflight.for_model(
+                    session.ws, reg, model, config, gpu_index=gpu_index or 0, lengths=lengths
+                )
 
         task = Task("estimating memory", estimate, self)
         task.succeeded.connect(lambda found: self._preflight_done(generation, found))

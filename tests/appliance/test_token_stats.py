@@ -235,3 +235,23 @@ def test_deleting_a_version_deletes_its_entries(env: Env, tmp_path: Path) -> Non
         token_cache.cached_token_stats(vault, reg, "gone", "tiny")
     with pytest.raises(NotFoundError, match="no base model named 'nope'"):
         token_cache.cached_token_stats(vault, reg, "notes", "nope")
+
+
+def test_the_train_pages_lengths_come_from_the_cache_alone(env: Env, tmp_path: Path) -> None:
+    """The desktop app's estimate reads the cache and never measures (a tokenizer would load
+    transformers into the window's process); once measured, it equals the CLI's lengths."""
+    from appliance.training.config import TrainConfig
+    from appliance.training.lengths import cached_training_lengths, training_lengths
+
+    _, vault, reg = env
+    memos = tmp_path / "memos.jsonl"
+    memos.write_text("".join(f'{{"text": "memo {i} {"word " * i}"}}\n' for i in range(1, 7)))
+    datasets.import_file(vault, reg, memos, "memos", eval_fraction=0)
+    config = TrainConfig()
+    config.data.max_seq_length = 8
+    assert cached_training_lengths(vault, reg, "tiny", "memos", config) is None
+    assert cached_training_lengths(vault, reg, "tiny", "no-such-dataset", config) is None
+    measured = training_lengths(vault, reg, "tiny", "memos", config)  # runs the token-stats job
+    assert measured is not None
+    assert max(measured) == 8  # cut at max_seq_length, as training cuts
+    assert cached_training_lengths(vault, reg, "tiny", "memos", config) == measured
