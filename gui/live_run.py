@@ -32,6 +32,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from appliance.session import Session
 from appliance.training import events as ev
 from appliance.training import runs
+from appliance.training.placement import Placement
 from appliance.training.process import process_alive, signal_run
 from appliance.training.runfolder import RunFolder
 from appliance.training.standin import standin_command
@@ -102,14 +103,21 @@ class LiveRun(QObject):
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def launch(self, threads: int | None = None) -> None:
-        """Prepare the run's launch (a task), then start its child; for a new run or a resume."""
+    def launch(self, threads: int | None = None, placement: Placement | None = None) -> None:
+        """Prepare the run's launch (a task), then start its child; for a new run or a resume.
+
+        Args:
+            threads: CPU threads of the child (the core's default when None).
+            placement: the devices (the Train page's picker); every GPU when None.
+        """
         self.own = True
         session, run_id = self.session, self.run_id
 
         def prepare(_progress: Progress) -> tuple[runs.LaunchPlan, int]:
             with session.registry() as reg:
-                plan = runs.prepare_launch(session.vault, reg, run_id, threads=threads)
+                plan = runs.prepare_launch(
+                    session.vault, reg, run_id, threads=threads, placement=placement
+                )
             return plan, plan.log_file.stat().st_size
 
         self._task("preparing the launch", prepare, self._prepared, self._not_started)

@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
         self.monitor.updated.connect(self.train_page.show_gpus)
+        self.settings_page.training_gpus_changed.connect(self.train_page.setup.set_training_gpus)
         self.models_page.imported.connect(lambda _name: self.train_page.refresh())
         self.train_page.close_ready.connect(self.close)
         self._connect_registry_and_export()

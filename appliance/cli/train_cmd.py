@@ -17,14 +17,21 @@ from typing import Any
 import typer
 from rich.table import Column, Table
 
+from appliance import preferences
 from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import PassphraseError, TrainingError
-from appliance.gpu import read_gpus
+from appliance.gpu import GpuState, read_gpus
 from appliance.registry import Registry
 from appliance.training import events as ev
 from appliance.training import preflight, runs
 from appliance.training.config import TrainConfig
-from appliance.training.placement import Placement, Topology, describe_global_batch, resolve
+from appliance.training.placement import (
+    Placement,
+    Topology,
+    describe_global_batch,
+    preferred_gpus,
+    resolve,
+)
 from appliance.training.process import TrainingProcess
 from appliance.training.progress import RunProgress, clock, describe, final_metrics
 from appliance.training.runfolder import LOG_FILE
@@ -32,7 +39,9 @@ from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
 
 GPUS_HELP = (
-    "GPUs to train on: all (default; the CPU when there is none), indices such as 0,2, or none."
+    "GPUs to train on: all (the CPU when there is none), indices such as 0,2, or none. "
+    "Default: the GPUs the workspace allows (Settings page, HOME/settings.json; all unless "
+    "limited there), or the CPU with --processes."
 )
 PROCESSES_HELP = "Train with N data-parallel processes on the CPU (gloo backend)."
 NNODES_HELP = "Machines taking part in the run (each runs the same command)."
@@ -193,7 +202,7 @@ def train(
         [], "--set", help="Change one setting, e.g. --set lr=1e-4 (repeatable)."
     ),
     detach: bool = typer.Option(False, "--detach", help="Start it and return; it runs on."),
-    gpus: str = typer.Option("all", "--gpus", help=GPUS_HELP),
+    gpus: str | None = typer.Option(None, "--gpus", help=GPUS_HELP, show_default=False),
     processes: int | None = typer.Option(None, "--processes", help=PROCESSES_HELP),
     nnodes: int = typer.Option(1, "--nnodes", help=NNODES_HELP),
     node_rank: int = typer.Option(0, "--node-rank", help=NODE_RANK_HELP),
@@ -203,11 +212,11 @@ def train(
     from appliance.training.settings import build_config
 
     config = build_config(preset, sets)
-    placement = Placement(gpus, processes, nnodes, node_rank, rendezvous)
-    # The devices are checked before the passphrase is asked for.
-    topology = resolve(placement, read_gpus(), parallel=config.parallel)
     st = state(ctx)
     ws = st.workspace()
+    placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
+    # The devices are checked before the passphrase is asked for.
+    topology = resolve(placement, found, parallel=config.parallel)
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
@@ -228,6 +237,30 @@ def train(
             vault, reg, model=model, dataset=dataset, adapter_name=adapter, config=config
         )
         _start(ws, vault, reg, run_id, detach, topology)
+
+
+def _placement(
+    ws: Workspace,
+    gpus: str | None,
+    processes: int | None,
+    nnodes: int,
+    node_rank: int,
+    rendezvous: str | None,
+) -> tuple[Placement, GpuState]:
+    """The placement asked for, and the NVML reading it is checked against.
+
+    Without ``--gpus`` it trains on the GPUs the workspace allows (its ``training_gpus``
+    setting), or on the CPU when ``--processes`` asks for CPU processes.
+    """
+    found = read_gpus()
+    if gpus is None:
+        if processes is None:
+            allowed = preferences.load(ws).training_gpus
+            where = str(preferences.settings_path(ws))
+            gpus = preferred_gpus(allowed, found, where=where)
+        else:
+            gpus = "all"
+    return Placement(gpus, processes, nnodes, node_rank, rendezvous), found
 
 
 def _print_placement(ws: Workspace, config: TrainConfig, topology: Topology) -> None:
@@ -374,17 +407,17 @@ def resume(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help="A stopped or failed run's id."),
     detach: bool = typer.Option(False, "--detach", help="Start it and return; it runs on."),
-    gpus: str = typer.Option("all", "--gpus", help=GPUS_HELP),
+    gpus: str | None = typer.Option(None, "--gpus", help=GPUS_HELP, show_default=False),
     processes: int | None = typer.Option(None, "--processes", help=PROCESSES_HELP),
     nnodes: int = typer.Option(1, "--nnodes", help=NNODES_HELP),
     node_rank: int = typer.Option(0, "--node-rank", help=NODE_RANK_HELP),
     rendezvous: str | None = typer.Option(None, "--rendezvous", help=RENDEZVOUS_HELP),
 ) -> None:
     """Continue a run from its last checkpoint that verifies, on any number of processes."""
-    placement = Placement(gpus, processes, nnodes, node_rank, rendezvous)
-    resolve(placement, read_gpus())  # the devices are checked before the passphrase
     st = state(ctx)
     ws = st.workspace()
+    placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
+    resolve(placement, found)  # the devices are checked before the passphrase
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)

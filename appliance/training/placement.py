@@ -226,6 +226,43 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def preferred_gpus(allowed: tuple[int, ...] | None, gpus: GpuState, *, where: str) -> str:
+    """The ``--gpus`` value for the GPUs a workspace allows training to use (its settings).
+
+    What ``appliance train`` and ``appliance run resume`` use when no ``--gpus`` is given, so the
+    Settings page's choice holds for the CLI as for the Train page.
+
+    Args:
+        allowed: the ``training_gpus`` setting: None every GPU, empty the CPU, else indices.
+        gpus: an NVML reading of this machine.
+        where: the settings file, named in a refusal.
+
+    Raises:
+        UsageError: an allowed GPU that NVML does not see (or no GPU at all).
+    """
+    if allowed is None:
+        return "all"
+    if not allowed:
+        return "none"
+    listed = ", ".join(str(i) for i in allowed)
+    fix = "tick the GPUs of this machine on the Settings page, or choose with --gpus"
+    if not gpus.available:
+        raise _usage(
+            f"the workspace allows training on GPU {listed} only ({where}), but there is no "
+            f"NVIDIA GPU on this machine ({gpus.unavailable_reason or 'NVML found none'}); "
+            f"{fix} (--gpus none for the CPU)"
+        )
+    present = {g.index for g in gpus.gpus}
+    missing = [i for i in allowed if i not in present]
+    if missing:
+        have = ", ".join(str(i) for i in sorted(present))
+        raise _usage(
+            f"the workspace allows training on GPU {listed} ({where}), but this machine has no "
+            f"GPU {missing[0]} (NVML sees GPU {have}); {fix}"
+        )
+    return ",".join(str(i) for i in sorted(allowed))
+
+
 def resolve(placement: Placement, gpus: GpuState, *, parallel: str = "ddp") -> Topology:
     """Check ``placement`` against this machine's GPUs and the run's parallel mode.
 

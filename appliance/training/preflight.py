@@ -126,8 +126,9 @@ def check(
     """
     if topology is not None and topology.distributed:
         return _check_processes(model_config, config, gpus, ram_free, topology, lengths)
-    if topology is not None and topology.gpu_indices:
-        gpu_index = topology.gpu_indices[0]
+    if topology is not None:
+        # One process: its GPU, or none (-1) for the CPU even where GPUs are present.
+        gpu_index = topology.gpu_indices[0] if topology.gpu_indices else -1
     device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
     try:
         estimate = estimate_memory(model_config, config, device=device, lengths=lengths)
@@ -263,4 +264,5 @@ def _device(
             "free GPU memory",
             None,
         )
-    return "cpu", "CPU (no NVIDIA GPU found)", ram_free, "available RAM", CPU_NOTE
+    label = "CPU (no GPU chosen)" if gpus.available else "CPU (no NVIDIA GPU found)"
+    return "cpu", label, ram_free, "available RAM", CPU_NOTE

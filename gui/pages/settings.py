@@ -82,6 +82,8 @@ class SettingsPage(Page):
     )
     auto_lock_changed = Signal(int)
     """The auto-lock minutes were changed (0: never)."""
+    training_gpus_changed = Signal(object)
+    """The GPUs training may use were changed: a tuple of indices, or None for every GPU."""
 
     def __init__(
         self, home: Path, session: Session | None = None, parent: QWidget | None = None
@@ -491,6 +493,7 @@ class SettingsPage(Page):
             self._settings_error(str(exc))
             return
         self._settings_error("")
+        self.training_gpus_changed.emit(allowed)
 
     # -- lock ------------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from appliance.session import Session
 from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.overview import RunSummary, run_summaries
+from appliance.training.placement import Placement
 from appliance.training.progress import FAILED, FINISHED, RunProgress, duration, final_metrics
 from appliance.training.runfolder import RunFolder
 from gui.chart_data import ChartData
@@ -51,7 +52,7 @@ from gui.pages.base import Page
 from gui.tasks import Progress, Task
 from gui.widgets.log_console import LogConsole
 from gui.widgets.runs_table import STATE_COLOURS, RunsTable
-from gui.widgets.train_setup import Request, TrainSetup
+from gui.widgets.train_setup import Request, TrainSetup, default_gpus
 
 CHARTS_MODULE = "gui.widgets.run_charts"
 REPLAY_SLICE = 256 * 1024
@@ -373,7 +374,7 @@ class TrainPage(Page):
         self.console.reset()
         live = LiveRun(self.session, run_id, self)  # type: ignore[arg-type]
         self._follow(live, RunProgress(), ChartData())
-        live.launch()
+        live.launch(placement=request.placement)
         self.run_title.setText(
             f"{run_id} · {request.model} · {request.dataset} → {request.adapter}"
         )
@@ -400,7 +401,8 @@ class TrainPage(Page):
         self.failure.hide()
         live = LiveRun(self.session, summary.run_id, self)
         self._follow(live, self.progress, self.data)
-        live.launch()
+        # As 'appliance run resume' without --gpus: on the GPUs the workspace allows.
+        live.launch(placement=Placement(gpus=default_gpus(self.setup.training_gpus)))
 
     def _follow(self, live: LiveRun, progress: RunProgress, data: ChartData) -> None:
         """Follow ``live`` (shown now), whose history so far is ``progress`` and ``data``."""

@@ -1,10 +1,16 @@
 """The left side of the Train page: what to train on, the settings, will it fit, Start.
 
-Choices of base model, dataset version, preset, adapter name and device; the settings form
+Choices of base model, dataset version, preset, adapter name and devices; the settings form
 (:class:`~gui.widgets.config_form.ConfigForm`); the pre-flight verdict, recomputed on a task a
 moment after the last change (:func:`appliance.training.preflight.for_model`: it reads the
 model's ``config.json`` and NVML); and Start, enabled only when everything is valid. A refusal
 appears at the field it concerns, or under Start.
+
+The device picker offers the GPUs the workspace allows training to use (the Settings page's
+``training_gpus``: all of them when unset), each alone, and, when there are two or more, all of
+them together, data-parallel (DDP); the CPU when none is allowed or found. The choice is a
+:class:`~appliance.training.placement.Placement`, the one ``appliance train --gpus`` builds, and
+the estimate is the per-device one for its topology, as the CLI's is.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from appliance import preferences
+from appliance.errors import ApplianceError
 from appliance.gpu import GpuState
 from appliance.session import Session
 from appliance.training import preflight, runs
 from appliance.training.config import TrainConfig
 from appliance.training.lengths import cached_training_lengths
+from appliance.training.placement import Placement
 from appliance.training.settings import PRESETS
 from appliance.units import format_bytes
 from gui.tasks import Progress, Task
@@ -50,8 +59,8 @@ class Request:
     """NAME@VERSION."""
     adapter: str
     config: TrainConfig
-    gpu_index: int | None
-    """The device chosen (None: the CPU)."""
+    placement: Placement
+    """The devices chosen: ``gpus`` is one GPU (``1``), all allowed ones (``0,1``) or ``none``."""
 
 
 class TrainSetup(QWidget):
@@ -65,6 +74,10 @@ class TrainSetup(QWidget):
         self.session = session
         self.models: dict[str, dict[str, Any]] = {}
         self.gpu_state: GpuState | None = None
+        self.training_gpus = _allowed_gpus(session)
+        """The workspace's ``training_gpus`` setting (None: every GPU)."""
+        self.train_rows: dict[str, int] = {}
+        """Training rows of each NAME@VERSION (whether every process gets examples)."""
         self.blocked = ""
         """Why Start is refused whatever the settings (a run is active); empty when free."""
         self._generation = 0
@@ -88,8 +101,8 @@ class TrainSetup(QWidget):
         self.device_choice = QComboBox()
         self.device_choice.setObjectName("deviceChoice")
         self.device_choice.setToolTip(
-            "The device the estimate is set against. The training process uses the first GPU "
-            "it can see, or the CPU when there is none."
+            "Where the run trains: one GPU, or all the allowed GPUs together (one data-parallel "
+            "process each, DDP). The Settings page chooses which GPUs training may use."
         )
         self.device_choice.addItem("reading GPUs…", None)
         choices = QFormLayout()
@@ -144,6 +157,7 @@ class TrainSetup(QWidget):
     def set_choices(self, models: list[dict[str, Any]], datasets: list[dict[str, Any]]) -> None:
         """The workspace's base models and (not deleted) dataset versions."""
         self.models = {m["name"]: m for m in models}
+        self.train_rows = {f"{d['name']}@{d['version']}": int(d["train_rows"]) for d in datasets}
         _refill(
             self.model_choice,
             [(m["name"], m["name"], _model_tip(m)) for m in models],
@@ -163,15 +177,28 @@ class TrainSetup(QWidget):
         )
 
     @Slot(object)
+    def set_training_gpus(self, allowed: tuple[int, ...] | None) -> None:
+        """The Settings page changed the GPUs training may use: the picker follows."""
+        self.training_gpus = allowed
+        if self.gpu_state is not None:
+            self.show_gpus(self.gpu_state)
+
+    @Slot(object)
     def show_gpus(self, state: GpuState) -> None:
         """A new NVML reading: the device list follows the GPUs present (not their load)."""
         before = self.gpu_state
         self.gpu_state = state
-        entries: list[tuple[str, int | None]] = [
-            (f"GPU {g.index}: {g.name}", g.index) for g in state.gpus
+        allowed = [
+            g for g in state.gpus if self.training_gpus is None or g.index in self.training_gpus
         ]
+        entries: list[tuple[str, str]] = [
+            (f"GPU {g.index}: {g.name}", str(g.index)) for g in allowed
+        ]
+        if len(allowed) > 1:
+            together = ",".join(str(g.index) for g in allowed)
+            entries.append((f"All {len(allowed)} allowed GPUs (DDP)", together))
         if not entries:
-            entries = [("CPU (no NVIDIA GPU found)", None)]
+            entries = [(_cpu_label(state, self.training_gpus), "none")]
         current = [
             (self.device_choice.itemText(i), self.device_choice.itemData(i))
             for i in range(self.device_choice.count())
@@ -188,12 +215,18 @@ class TrainSetup(QWidget):
             self._device_changed()
         elif before is None:
             self._device_changed()
-        for i, gpu in enumerate(state.gpus):
+        for i, gpu in enumerate(allowed):
             self.device_choice.setItemData(
                 i,
                 f"{format_bytes(gpu.memory_free)} free of {format_bytes(gpu.memory_total)}",
                 Qt.ItemDataRole.ToolTipRole,
             )
+
+    @property
+    def placement(self) -> Placement:
+        """Where the chosen devices are (the allowed GPUs while NVML has not been read yet)."""
+        chosen = self.device_choice.currentData()
+        return Placement(gpus=chosen or default_gpus(self.training_gpus))
 
     def request(self) -> Request | None:
         """What Start would start, or None while something is missing or invalid."""
@@ -203,7 +236,7 @@ class TrainSetup(QWidget):
         adapter = self.adapter_name.text().strip()
         if config is None or not model or not dataset or not adapter or self.session is None:
             return None
-        return Request(model, dataset, adapter, config, self.device_choice.currentData())
+        return Request(model, dataset, adapter, config, self.placement)
 
     def vault_tasks(self) -> list[Task]:
         """The running estimate, which reads the registry (the window's lock waits for it)."""
@@ -291,13 +324,17 @@ class TrainSetup(QWidget):
         if config is None:
             self.preflight.show_waiting("Correct the settings marked in red to see the estimate.")
             return
-        gpu_index = self.device_choice.currentData()
+        placement = self.placement
         dataset = self.dataset_choice.currentData()
+        rows = self.train_rows.get(dataset or "")
         generation = self._generation
 
         def estimate(_progress: Progress) -> preflight.Preflight:
             # Sized from the data's token lengths as the CLI's estimate is, when the Datasets
             # page has measured them against this model (the cache; else max_seq_length).
+            # The per-device estimate of the topology the launch would resolve (NVML, no CUDA);
+            # a placement it refuses (a split leaving a process without examples) says so here.
+            topology = runs.plan_topology(config, placement, train_examples=rows)
             with session.registry() as reg:
                 lengths = (
                     cached_training_lengths(session.vault, reg, model, dataset, config)
@@ -305,7 +342,7 @@ class TrainSetup(QWidget):
                     else None
                 )
                 return preflight.for_model(
-                    session.ws, reg, model, config, gpu_index=gpu_index or 0, lengths=lengths
+                    session.ws, reg, model, config, topology=topology, lengths=lengths
                 )
 
         task = Task("estimating memory", estimate, self)
@@ -343,6 +380,31 @@ def _refill(combo: QComboBox, entries: list[tuple[str, str, str]], empty: str) -
     combo.setCurrentIndex(max(0, found))
     combo.blockSignals(False)
     combo.currentIndexChanged.emit(combo.currentIndex())
+
+
+def default_gpus(allowed: tuple[int, ...] | None) -> str:
+    """The ``--gpus`` text of a ``training_gpus`` setting (checked when the run launches)."""
+    if allowed is None:
+        return "all"
+    return ",".join(str(i) for i in sorted(allowed)) or "none"
+
+
+def _allowed_gpus(session: Session | None) -> tuple[int, ...] | None:
+    """The workspace's ``training_gpus`` (every GPU where unreadable: Settings says why)."""
+    if session is None:
+        return None
+    try:
+        return preferences.load(session.ws).training_gpus
+    except ApplianceError:
+        return None
+
+
+def _cpu_label(state: GpuState, allowed: tuple[int, ...] | None) -> str:
+    if not state.available:
+        return "CPU (no NVIDIA GPU found)"
+    if allowed == ():
+        return "CPU (Settings allows no GPU for training)"
+    return "CPU (no allowed GPU on this machine)"
 
 
 def _model_tip(model: dict[str, Any]) -> str:

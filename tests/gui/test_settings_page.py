@@ -165,10 +165,15 @@ def test_auto_lock_minutes_and_training_gpus_are_stored(qtbot: QtBot, session: S
     assert sorted(page.gpu_boxes) == [0, 1]
     assert all(box.isChecked() for box in page.gpu_boxes.values())
     assert str(preferences.settings_path(session.ws)) in page.gpu_label.text()
-    page.gpu_boxes[1].setChecked(False)
+    # The Train page's device picker follows the change (the window connects the signal).
+    with qtbot.waitSignal(page.training_gpus_changed) as narrowed:
+        page.gpu_boxes[1].setChecked(False)
+    assert narrowed.args == [(0,)]
     stored = json.loads(preferences.settings_path(session.ws).read_text())
     assert stored == {"auto_lock_minutes": 0, "training_gpus": [0]}
-    page.gpu_boxes[1].setChecked(True)
+    with qtbot.waitSignal(page.training_gpus_changed) as widened:
+        page.gpu_boxes[1].setChecked(True)
+    assert widened.args == [None]
     assert preferences.load(session.ws).training_gpus is None  # every GPU again
     page.show_gpus(GpuState(unavailable_reason="LibraryNotFound"))
     assert page.gpu_boxes == {}

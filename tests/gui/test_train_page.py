@@ -293,6 +293,7 @@ def test_a_dataset_deleted_while_chosen_is_refused_and_nothing_is_made(
 def test_the_suggested_fix_makes_a_red_estimate_green(
     qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from appliance import gpu
     from appliance.gpu import GpuReading, GpuState
     from appliance.training import preflight
 
@@ -309,6 +310,7 @@ def test_the_suggested_fix_makes_a_red_estimate_green(
     free = need.total_bytes - need.item("logits").bytes // 2
     small = GpuState([GpuReading(0, "Small GPU", 10**11 - free, 10**11, 0, 30)], "test")
     monkeypatch.setattr(preflight, "read_gpus", lambda: small)
+    monkeypatch.setattr(gpu, "read_gpus", lambda: small)  # the placement's check reads it too
     page.setup.form.set_value("lora.rank", "9")  # any change recomputes the estimate
     qtbot.waitUntil(lambda: not page.setup.preflight_busy, timeout=60_000)
     view = page.setup.preflight
@@ -414,3 +416,100 @@ def test_closing_the_window_can_keep_a_run_training_for_the_next_start(
     assert (result.state, result.message) == ("failed", train_page.KILLED_REASON)
     assert not process_alive(pid, run_id)
     qtbot.waitUntil(lambda: again.runs_table.state_of(run_id) == "failed", timeout=30_000)
+
+
+# --- the device picker (a faked NVML: no GPU is used and no run starts) ----------------------------
+
+
+def _two_gpus(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Two fake GPUs for the page, the estimate and the placement check alike."""
+    from appliance import gpu
+    from appliance.gpu import GpuReading, GpuState
+    from appliance.training import preflight
+
+    state = GpuState([GpuReading(i, "Fake GPU", 0, 10**12, 0, 30) for i in (0, 1)], "test")
+    monkeypatch.setattr(gpu, "read_gpus", lambda: state)  # runs.plan_topology imports it late
+    monkeypatch.setattr(preflight, "read_gpus", lambda: state)
+    return state
+
+
+def _picker(page: TrainPage) -> list[tuple[str, str]]:
+    combo = page.setup.device_choice
+    return [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
+
+
+def test_the_picker_offers_the_allowed_gpus_and_all_of_them_together(
+    qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance import preferences
+    from appliance.training.placement import Placement
+
+    state = _two_gpus(monkeypatch)
+    page = _page(qtbot, session)
+    page.show_gpus(state)
+    assert _picker(page) == [
+        ("GPU 0: Fake GPU", "0"),
+        ("GPU 1: Fake GPU", "1"),
+        ("All 2 allowed GPUs (DDP)", "0,1"),
+    ]
+    # The first GPU alone by default, as before the picker had several GPUs.
+    assert page.setup.placement == Placement(gpus="0")
+    # The Settings page narrows the choice at once...
+    page.setup.set_training_gpus((1,))
+    assert _picker(page) == [("GPU 1: Fake GPU", "1")]
+    page.setup.set_training_gpus(())
+    assert _picker(page) == [("CPU (Settings allows no GPU for training)", "none")]
+    # ...and a page opened later reads the workspace's setting.
+    preferences.update(session.ws, training_gpus=(1,))
+    try:
+        later = _page(qtbot, session)
+        later.show_gpus(state)
+        assert _picker(later) == [("GPU 1: Fake GPU", "1")]
+        assert later.setup.placement == Placement(gpus="1")
+    finally:
+        preferences.save(session.ws, preferences.Preferences())
+
+
+def test_all_allowed_gpus_estimates_per_device_and_launches_on_both(
+    qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.errors import UsageError
+    from appliance.training.placement import Placement, check_batch_division, parse_gpus
+
+    state = _two_gpus(monkeypatch)
+    page = _page(qtbot, session)
+    page.show_gpus(state)
+    rows = page.setup.train_rows["facts@1"]
+
+    def divides(size: int) -> bool:
+        try:
+            check_batch_division(rows, size, 2)
+        except UsageError:
+            return False
+        return True
+
+    size = next(s for s in range(2, 9) if divides(s))
+    _set_up(qtbot, page, "both", f"micro_batch_size={size}")
+    page.setup.device_choice.setCurrentIndex(page.setup.device_choice.findData("0,1"))
+    qtbot.waitUntil(lambda: not page.setup.preflight_busy, timeout=60_000)
+    found = page.setup.preflight.preflight
+    assert found is not None
+    assert found.device_label == "GPUs 0, 1 (Fake GPU), nccl"  # the per-device estimate
+    assert "  GPU 1 (Fake GPU):" in "\n".join(found.lines)
+    request = page.setup.request()
+    assert request is not None
+    assert request.placement == Placement(gpus="0,1")  # what 'appliance train --gpus 0,1' builds
+    assert parse_gpus(request.placement.gpus) == [0, 1]
+
+    handed: list[Placement | None] = []
+
+    def prepare(*_args: Any, placement: Placement | None = None, **_kwargs: Any) -> Any:
+        handed.append(placement)
+        raise UsageError("stopped by the test before anything starts")
+
+    monkeypatch.setattr(runs, "prepare_launch", prepare)
+    _click(qtbot, page.setup.start_button)
+    qtbot.waitUntil(lambda: bool(handed), timeout=60_000)
+    assert handed == [Placement(gpus="0,1")]
+    qtbot.waitUntil(lambda: page.live is not None and not page.live.active, timeout=60_000)
+    assert "stopped by the test" in page.failure.text()

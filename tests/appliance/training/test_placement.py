@@ -25,6 +25,7 @@ from appliance.training.placement import (
     check_batch_division,
     describe_global_batch,
     parse_rendezvous,
+    preferred_gpus,
     resolve,
 )
 from appliance.training.preflight import check
@@ -68,6 +69,26 @@ def test_chosen_gpus_cpu_processes_and_none() -> None:
     )
     assert resolve(Placement(gpus="none"), gpus).device == "cpu"
     assert "2 processes on the CPU, gloo" in cpu.describe()
+
+
+def test_the_workspace_setting_gives_the_default_gpus() -> None:
+    two = _gpus(1, 1)
+    assert preferred_gpus(None, two, where="s.json") == "all"
+    assert preferred_gpus(None, NO_GPU, where="s.json") == "all"  # all: the CPU when none
+    assert preferred_gpus((), two, where="s.json") == "none"
+    assert preferred_gpus((1, 0), two, where="s.json") == "0,1"
+    assert resolve(Placement(gpus=preferred_gpus((1,), two, where="s.json")), two).gpu_indices == (
+        1,
+    )
+    with pytest.raises(UsageError) as missing:
+        preferred_gpus((0, 7), two, where="/ws/settings.json")
+    assert str(missing.value) == (
+        "the workspace allows training on GPU 0, 7 (/ws/settings.json), but this machine has no "
+        "GPU 7 (NVML sees GPU 0, 1); tick the GPUs of this machine on the Settings page, or "
+        "choose with --gpus"
+    )
+    with pytest.raises(UsageError, match="no NVIDIA GPU on this machine.*--gpus none"):
+        preferred_gpus((0,), NO_GPU, where="s.json")
 
 
 @pytest.mark.parametrize(

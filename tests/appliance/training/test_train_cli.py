@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from appliance import workspace
+from appliance import preferences, workspace
 from appliance.training import events as ev
 from appliance.vault import Vault
 from tests.helpers.cli import CliRunner
@@ -179,3 +179,27 @@ def test_cli_errors_are_one_clear_line(prepared: CliRunner) -> None:
     assert cli("run", "list", "--json", env=ENV).stdout.strip() == "[]"
     empty = cli("run", "list", env=ENV)
     assert "No runs yet" in empty.stdout
+
+
+def test_without_gpus_the_workspace_setting_chooses_and_a_missing_gpu_is_refused(
+    cli: CliRunner,
+) -> None:
+    assert cli("init", "--kdf-time", "0.01", env=ENV).returncode == 0
+    ws = workspace.open_workspace(cli.home)
+    preferences.update(ws, training_gpus=(99,))  # no machine here has a GPU 99
+    train = ["train", "--model", "tiny", "--dataset", "facts", "--adapter", "a"]
+    for argv in (train, ["run", "resume", "run-x"]):
+        refused = cli(*argv, env=ENV)
+        assert refused.returncode == 2, refused.stderr
+        assert len(refused.err_lines) == 1, refused.stderr
+        assert "the workspace allows training on GPU 99" in refused.stderr
+        assert str(preferences.settings_path(ws)) in refused.stderr
+        assert "Traceback" not in refused.stderr
+    # --gpus or --processes given: the setting does not apply (here: no model is the refusal).
+    for extra in (["--gpus", "none"], ["--processes", "1"]):
+        other = cli(*train, *extra, env=ENV)
+        assert other.returncode != 0
+        assert "the workspace allows" not in other.stderr, other.stderr
+        assert "tiny" in other.stderr, other.stderr
+    shown = cli("train", "--help").stdout.replace("│", " ")
+    assert "Default: the GPUs the workspace allows" in " ".join(shown.split())
