@@ -13,10 +13,11 @@ reader follows a newer child.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from appliance import hints
 from appliance.errors import ApplianceError
@@ -45,6 +46,28 @@ def finite(value: Any) -> Any:
 def to_json_line(data: dict[str, Any]) -> str:
     """One line of strict JSON (no NaN, no newline inside), without the trailing newline."""
     return json.dumps(finite(data), separators=(",", ":"), allow_nan=False)
+
+
+class StreamEvent:
+    """What every event of a JSON-lines stream does: its ``type`` and its one line of JSON.
+
+    Subclasses are frozen keyword-only dataclasses that set ``TYPE`` and declare their fields
+    (a run's events, :mod:`appliance.training.events`; a job's, :mod:`appliance.jobs.events`).
+    """
+
+    TYPE: ClassVar[str] = ""
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with ``type`` first; non-finite floats become None."""
+        return {"type": self.TYPE, **finite(dataclasses.asdict(self))}  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """One line of strict JSON, without the newline."""
+        return to_json_line(self.to_dict())
 
 
 def decode_object(line: str | bytes, where: str) -> dict[str, Any]:

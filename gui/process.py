@@ -424,6 +424,16 @@ class JobProcess(QObject):
         """Kill the job at once (a hung child); what it left half-made is cleaned up later."""
         self.child.kill()
 
+    def end(self, timeout_s: float) -> None:
+        """Cancel the job and wait for it to clean up, killing it if it has not ended within
+        ``timeout_s`` (a window that is closing: nothing may outlive it)."""
+        if not self.child.running:
+            return
+        self.cancel(timeout_s)
+        if not self.child.wait(timeout_s):
+            self.kill()
+            self.child.wait(timeout_s)
+
     @property
     def running(self) -> bool:
         return self.child.running

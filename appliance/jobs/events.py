@@ -8,34 +8,22 @@ seconds). A job emits any number of ``progress`` and ``output`` events, then exa
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from appliance.events import EventError, EventReader, decode_object, fields_of, finite, to_json_line
+from appliance.events import EventError, EventReader, StreamEvent, decode_object, fields_of
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobEvent:
+class JobEvent(StreamEvent):
     """Fields every job event carries."""
 
-    TYPE: ClassVar[str] = ""
     job: str
     """The job's kind, as on its command line."""
     time: float = field(default_factory=time.time)
     """When it happened, in Unix seconds."""
-
-    @property
-    def type(self) -> str:
-        return self.TYPE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **finite(dataclasses.asdict(self))}
-
-    def to_json(self) -> str:
-        return to_json_line(self.to_dict())
 
 
 @dataclass(frozen=True, kw_only=True)

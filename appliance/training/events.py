@@ -14,7 +14,6 @@ diverged loss) travel as ``null``, keeping every line strict JSON, and read back
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from appliance.events import EventError, EventReader, decode_object, fields_of, finite, to_json_line
+from appliance.events import EventError, EventReader, StreamEvent, decode_object, fields_of
 from appliance.fsutil import open_append
 
 METRICS_FILE = "metrics.jsonl"
@@ -35,26 +34,13 @@ __all__ = ["EventError", "EventReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Event:
+class Event(StreamEvent):
     """Fields every event carries."""
 
-    TYPE: ClassVar[str] = ""
     run_id: str
     """The run this event belongs to."""
     time: float = field(default_factory=time.time)
     """When it happened, in Unix seconds."""
-
-    @property
-    def type(self) -> str:
-        return self.TYPE
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with ``type`` first; non-finite floats become None."""
-        return {"type": self.TYPE, **finite(dataclasses.asdict(self))}
-
-    def to_json(self) -> str:
-        """One line of strict JSON, without the newline."""
-        return to_json_line(self.to_dict())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -385,12 +385,8 @@ class ExportPage(Page):
 
     def shutdown(self, timeout_s: float = CANCEL_GRACE_S) -> None:
         """Cancel a running export and wait for its child to clean up (the window is closing)."""
-        job = self.job
-        if job is not None and self.busy:
-            job.cancel(timeout_s)
-            if not job.child.wait(timeout_s):
-                job.kill()
-                job.child.wait(timeout_s)
+        if self.job is not None and self.busy:
+            self.job.end(timeout_s)
 
     def _set_busy(self, busy: bool) -> None:
         for widget in (

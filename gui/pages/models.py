@@ -188,12 +188,8 @@ class ModelsPage(Page):
 
     def shutdown(self, timeout_s: float = CANCEL_GRACE_S) -> None:
         """Cancel a running import and wait for its child to clean up (the window is closing)."""
-        job = self.job
-        if job is not None and self.busy:
-            job.cancel(timeout_s)
-            if not job.child.wait(timeout_s):
-                job.kill()
-                job.child.wait(timeout_s)
+        if self.job is not None and self.busy:
+            self.job.end(timeout_s)
 
     def _set_busy(self, busy: bool, text: str) -> None:
         self.import_folder_button.setEnabled(not busy)

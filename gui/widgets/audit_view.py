@@ -320,12 +320,8 @@ class AuditView(QWidget):
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop a running verify (the window is closing)."""
-        job = self.job
-        if job is not None and job.outcome is None:
-            job.cancel(timeout_s)
-            if not job.child.wait(timeout_s):
-                job.kill()
-                job.child.wait(timeout_s)
+        if self.job is not None and self.job.outcome is None:
+            self.job.end(timeout_s)
 
     def _say(self, text: str, *, error: bool = False) -> None:
         self.status.setStyleSheet("color: #b00020;" if error else "")

@@ -286,10 +286,7 @@ class TokenPanel(QWidget):
     def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop a running job (the window is closing)."""
         if self.job is not None and self.busy:
-            self.job.cancel(timeout_s)
-            if not self.job.child.wait(timeout_s):
-                self.job.kill()
-                self.job.child.wait(timeout_s)
+            self.job.end(timeout_s)
 
     def _update_buttons(self) -> None:
         busy = self.busy

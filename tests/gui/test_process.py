@@ -209,6 +209,31 @@ def test_cancel_stops_the_job_which_reports_cancelled(qtbot: QtBot, tmp_path: Pa
     assert job.failure.kind == "cancelled"
 
 
+def test_end_cancels_and_waits_then_kills_what_does_not_stop(qtbot: QtBot, tmp_path: Path) -> None:
+    """What a closing window calls: a job that honours the cancel ends cleanly within the wait;
+    one that does not is killed."""
+    job = JobProcess(JobRequest("selftest-echo", tmp_path, {"steps": 1, "silent_s": 60}))
+    with qtbot.waitSignal(job.progress, timeout=WAIT_MS):
+        job.start()
+    job.end(5.0)
+    assert not job.running
+    assert job.outcome is not None
+    assert job.outcome.exit_code == 130  # it reported cancelled, no kill was needed
+    job.end(5.0)  # an ended job: nothing to do
+
+    # Past its point of no return a job ignores the cancel (it finishes instead): after the
+    # wait it is killed, so nothing outlives the window.
+    late = JobProcess(
+        JobRequest("selftest-echo", tmp_path, {"no_return": True, "steps": 1, "silent_s": 60})
+    )
+    with qtbot.waitSignal(late.progress, timeout=WAIT_MS):
+        late.start()
+    late.end(0.5)
+    assert not late.running
+    assert late.outcome is not None
+    assert late.outcome.signal == signal.SIGKILL
+
+
 def test_interactive_commands_are_answered_as_they_are_sent(qtbot: QtBot, tmp_path: Path) -> None:
     request = JobRequest(
         "selftest-echo", tmp_path, {"commands": True, "steps": 0}, interactive=True
