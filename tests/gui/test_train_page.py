@@ -418,7 +418,7 @@ def test_closing_the_window_can_keep_a_run_training_for_the_next_start(
     qtbot.waitUntil(lambda: again.runs_table.state_of(run_id) == "failed", timeout=30_000)
 
 
-# --- the device picker (a faked NVML: no GPU is used and no run starts) ----------------------------
+# --- the device picker (a faked NVML: no GPU is used and no run starts) ------------------------
 
 
 def _two_gpus(monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -87,7 +87,7 @@ def test_the_workspace_setting_gives_the_default_gpus() -> None:
         "GPU 7 (NVML sees GPU 0, 1); tick the GPUs of this machine on the Settings page, or "
         "choose with --gpus"
     )
-    with pytest.raises(UsageError, match="no NVIDIA GPU on this machine.*--gpus none"):
+    with pytest.raises(UsageError, match=r"no NVIDIA GPU on this machine.*--gpus none"):
         preferred_gpus((0,), NO_GPU, where="s.json")
 
 
