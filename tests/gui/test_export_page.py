@@ -125,8 +125,22 @@ def test_merged_export_runs_in_a_child_and_shows_its_proof(
 
 
 def test_cancel_mid_export_leaves_the_destination_empty(
-    qtbot: QtBot, store: Vault, exports: Path
+    qtbot: QtBot, store: Vault, exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The tiny model merges in a blink: the child's merge waits first (a hook, as below), so the
+    # cancel always lands in the merge stage, before the point of no return, not after it.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\n"
+        "from appliance.export import merge\n"
+        "_save = merge.save_merged\n"
+        "def _slow(*args, **kwargs):\n"
+        "    time.sleep(60)\n"
+        "    return _save(*args, **kwargs)\n"
+        "merge.save_merged = _slow\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
     page = _page(qtbot, store)
     out = exports / "legal-1-cancelled"
     out.mkdir()  # an empty folder the user made for it
