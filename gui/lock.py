@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from appliance.progress import Progress
 from appliance.session import Session
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 
 INPUT_EVENTS = frozenset(
@@ -171,7 +172,7 @@ class LockScreen(QWidget):
         self.error = QLabel()
         self.error.setObjectName("unlockError")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #b00020;")
+        self.error.setStyleSheet(ERROR_STYLE)
         self.error.hide()
         layout.addWidget(self.error)
         self.busy = QProgressBar()

@@ -34,6 +34,7 @@ from gui.pages.playground import PlaygroundPage
 from gui.pages.registry import RegistryPage
 from gui.pages.settings import SettingsPage
 from gui.pages.train import TrainPage
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.gpu_status import GpuStatusLabel
 from gui.window_lock import WindowLock
@@ -212,7 +213,7 @@ class MainWindow(QMainWindow):
                 f"{self.lock_label.text()} · {len(vault.warnings)} damaged key slot(s) skipped"
             )
             self.lock_label.setToolTip("\n\n".join(vault.warnings))
-            self.lock_label.setStyleSheet("color: #b00020;")
+            self.lock_label.setStyleSheet(ERROR_STYLE)
 
     def _show_locked(self) -> None:
         self.lock_label.setText("Offline · locked")

@@ -33,6 +33,7 @@ from appliance import datasets
 from appliance.progress import Progress
 from appliance.session import Session
 from gui.pages.base import Page
+from gui.style import ERROR_STYLE
 from gui.tasks import Task, delete_when_done
 from gui.widgets.import_wizard import ImportWizard
 from gui.widgets.rows_table import RowsView
@@ -51,7 +52,6 @@ DETAILS = (
     ("sha256", "sha256"),
     ("Adapters made from it", "adapters"),
 )
-ERROR_STYLE = "color: #b00020;"
 
 
 def version_ref(version: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from appliance.registry.lineage import ExportRecord, export_history
 from appliance.session import Session
 from gui.pages.base import Page
 from gui.process import JobProcess
+from gui.style import ERROR_STYLE
 from gui.widgets.export_result import ExportResultView
 
 FORMAT_LABELS = {
@@ -324,7 +325,7 @@ class ExportPage(Page):
         return self.plan
 
     def _plan_text(self, text: str, *, error: bool = False) -> None:
-        self.plan_label.setStyleSheet("color: #b00020;" if error else "")
+        self.plan_label.setStyleSheet(ERROR_STYLE if error else "")
         self.plan_label.setText(text)
 
     # -- running ------------------------------------------------------------------------------
@@ -548,5 +549,5 @@ class ExportPage(Page):
                 self.history_table.setItem(r, c, QTableWidgetItem(text))
 
     def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #b00020;" if error else "")
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
         self.status.setText(text)

@@ -31,6 +31,7 @@ from appliance.session import Session
 from appliance.units import format_bytes, format_count
 from gui.pages.base import Page
 from gui.process import JobProcess
+from gui.style import ERROR_STYLE
 
 COLUMNS = ("Name", "Architecture", "Parameters", "Context", "Chat template", "Size", "Imported")
 IMPORT_HANG_S = 600.0
@@ -230,12 +231,12 @@ class ModelsPage(Page):
             self._set_busy(False, "Import cancelled; nothing was added to the workspace.")
             return
         self._set_busy(False, f"Import failed: {message}")
-        self.status.setStyleSheet("color: #b00020;")
+        self.status.setStyleSheet(ERROR_STYLE)
 
     @Slot(str)
     def _import_hung(self, message: str) -> None:
         self.status.setText(f"The import seems stuck: {message}.")
-        self.status.setStyleSheet("color: #b00020;")
+        self.status.setStyleSheet(ERROR_STYLE)
         self.cancel_button.setText("Kill")
         self.cancel_button.setToolTip("Kill the import process now.")
         self.cancel_button.setEnabled(True)

@@ -36,6 +36,7 @@ from appliance.session import Session
 from gui.chat import ChatSession
 from gui.pages.base import Page
 from gui.side_by_side import Conversation, SideBySide
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.answer_column import AnswerColumn
 from gui.widgets.eval_runner import EvalRunner
@@ -44,7 +45,6 @@ from gui.widgets.prompt_box import PromptBox
 from gui.widgets.save_conversation import SaveConversationDialog
 
 COLUMNS = ("base", "A", "B")
-ERROR_STYLE = "color: #b00020;"
 
 
 class PlaygroundPage(Page):

@@ -47,6 +47,7 @@ from appliance.registry.history import TagMove, plan_tag, tag_history
 from appliance.registry.lineage import lineage_of
 from appliance.session import Session
 from gui.pages.base import Page
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.audit_view import AuditView
 from gui.widgets.compare_view import CompareView
@@ -550,5 +551,5 @@ class RegistryPage(Page):
         self.evaluations.shutdown()
 
     def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #b00020;" if error else "")
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
         self.status.setText(text)

@@ -42,12 +42,11 @@ from appliance.usage import Usage, disk_usage
 from appliance.vault import DEFAULT_TARGET_S, KeySlot, keyslots
 from appliance.workspace import Workspace, open_workspace
 from gui.pages.base import Page
+from gui.style import ERROR_STYLE
 from gui.tasks import Task, delete_when_done
 from gui.widgets.about_panel import AboutPanel
 from gui.widgets.new_passphrase import NewPassphraseDialog, sentence
 from gui.widgets.second_slot import add_slot_dialog
-
-ERROR_STYLE = "color: #b00020;"
 
 
 def _table(columns: list[str], object_name: str) -> QTableWidget:

@@ -49,6 +49,7 @@ from appliance.training.runfolder import RunFolder
 from gui.chart_data import ChartData
 from gui.live_run import LiveRun, Settled
 from gui.pages.base import Page
+from gui.style import ERROR_STYLE
 from gui.tasks import Progress, Task
 from gui.widgets.log_console import LogConsole
 from gui.widgets.runs_table import STATE_COLOURS, RunsTable
@@ -64,7 +65,6 @@ CHARTS_DELAY_MS = 1000
 VIEW_MS = 200
 """The progress bar and the run's line are rewritten at most five times a second."""
 KEEP, STOP, CANCEL = "keep", "stop", "cancel"
-_ERROR_STYLE = "color: #b00020;"
 _NOTICE_STYLE = "color: #8d6e00;"
 
 
@@ -223,7 +223,7 @@ class TrainPage(Page):
         self.failure = QLabel()
         self.failure.setObjectName("runFailure")
         self.failure.setWordWrap(True)
-        self.failure.setStyleSheet(_ERROR_STYLE)
+        self.failure.setStyleSheet(ERROR_STYLE)
         self.failure.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.failure.hide()
 
@@ -721,7 +721,7 @@ class TrainPage(Page):
 
     @Slot(str)
     def _say_error(self, message: str) -> None:
-        self.status.setStyleSheet(_ERROR_STYLE)
+        self.status.setStyleSheet(ERROR_STYLE)
         self.status.setText(message)
 
     def _task(self, name: str, fn: Any, ok: Any, failed: Any) -> Task:

@@ -13,7 +13,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import QFrame, QLabel, QTextEdit, QVBoxLayout, QWidget
 
-ERROR_COLOUR = "#b00020"
+from gui.style import ERROR_COLOUR
+
 _FINISH = {"eos": "ended its turn", "length": "hit the token limit", "stopped": "stopped"}
 
 

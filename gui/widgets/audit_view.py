@@ -33,6 +33,7 @@ from appliance.jobs import JobRequest
 from appliance.registry.history import AuditFilter, AuditLog, audit_log
 from appliance.session import Session
 from gui.process import JobProcess
+from gui.style import ERROR_STYLE
 
 COLUMNS = ("#", "Time (UTC)", "User", "Action", "Object", "Details")
 ANY = "(any)"
@@ -324,6 +325,6 @@ class AuditView(QWidget):
             self.job.end(timeout_s)
 
     def _say(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet("color: #b00020;" if error else "")
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
         self.status.setText(text)
         self.status.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)

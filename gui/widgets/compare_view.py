@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from appliance.registry.compare import Comparison, CurvePoint, ValueRow
 from appliance.session import Session
+from gui.style import ERROR_COLOUR
 from gui.widgets.evaluations import EvaluationsCompare
 from gui.widgets.lineage_view import metric_text
 
@@ -159,12 +160,12 @@ class CompareView(QWidget):
         same_base = (
             f"same base model: <b>yes</b> ({base})"
             if comparison.same_base
-            else "same base model: <b style='color:#b00020'>no</b>"
+            else f"same base model: <b style='color:{ERROR_COLOUR}'>no</b>"
         )
         same_data = (
             f"same data: <b>yes</b> ({data})"
             if comparison.same_data
-            else "same data: <b style='color:#b00020'>no</b>"
+            else f"same data: <b style='color:{ERROR_COLOUR}'>no</b>"
         )
         self.summary.setText(
             f"Comparing {', '.join(comparison.refs)}: {same_base}; {same_data} "

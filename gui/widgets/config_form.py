@@ -41,6 +41,7 @@ from appliance.training.settings import (
     setting_named,
     settings_help,
 )
+from gui.style import ERROR_STYLE
 
 ESSENTIAL = frozenset(
     {
@@ -60,7 +61,6 @@ ESSENTIAL = frozenset(
 """Settings shown without unfolding "advanced"; every other one (new ones too) is advanced."""
 GENERAL = "General"
 _TITLES = {"lora": "LoRA adapter", "optim": "Optimizer", "data": "Data", "schedule": "Schedule"}
-_ERROR_STYLE = "color: #b00020;"
 _BAD_FIELD = "border: 1px solid #c62828;"
 
 
@@ -107,7 +107,7 @@ class SettingField:
         self.error = QLabel()
         self.error.setObjectName(f"error:{key}")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet(_ERROR_STYLE)
+        self.error.setStyleSheet(ERROR_STYLE)
         self.error.hide()
         self.cell = QWidget()
         box = QVBoxLayout(self.cell)
@@ -175,7 +175,7 @@ class ConfigForm(QWidget):
         self.form_error = QLabel()
         self.form_error.setObjectName("formError")
         self.form_error.setWordWrap(True)
-        self.form_error.setStyleSheet(_ERROR_STYLE)
+        self.form_error.setStyleSheet(ERROR_STYLE)
         self.form_error.hide()
         self.advanced_toggle = QCheckBox("Show advanced settings")
         self.advanced_toggle.toggled.connect(self.set_advanced)

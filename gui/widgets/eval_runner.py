@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from appliance.session import Session
 from gui.evaluation import EvalRun
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.figures_table import FiguresTable, Line
 
@@ -33,7 +34,6 @@ SPLITS = (
     ("all", "all rows"),
     ("train", "training rows"),
 )
-ERROR_STYLE = "color: #b00020;"
 
 
 class EvalRunner(QGroupBox):

@@ -30,9 +30,9 @@ from PySide6.QtWidgets import (
 
 from appliance.export.serving import ExportedFile, ServingCommand
 from appliance.units import format_bytes
+from gui.style import ERROR_COLOUR
 
 OK_COLOR = "#1b7f3b"
-BAD_COLOR = "#b00020"
 
 
 def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -192,7 +192,7 @@ class ExportResultView(QGroupBox):
         self.record = None
         self.commands = []
         self.headline.setText(
-            f"<b style='color:{BAD_COLOR}'>✘ Export failed</b>: {message}"
+            f"<b style='color:{ERROR_COLOUR}'>✘ Export failed</b>: {message}"
             + ("<br>Nothing was left in the destination." if figures else "")
         )
         self._fill_figures(figures or {})
@@ -213,7 +213,7 @@ class ExportResultView(QGroupBox):
             mark = "" if ok is None else (" ✔" if ok else " ✘")
             item = QTableWidgetItem(value + mark)
             if ok is False:
-                item.setForeground(QBrush(QColor(BAD_COLOR)))
+                item.setForeground(QBrush(QColor(ERROR_COLOUR)))
             self.figures.setItem(r, 1, item)
         self.figures.show()
 

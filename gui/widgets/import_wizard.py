@@ -45,6 +45,7 @@ from appliance.errors import UsageError
 from appliance.progress import Progress
 from appliance.registry.refs import check_name
 from appliance.session import Session
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.rows_table import RowsView
 
@@ -59,7 +60,6 @@ FORMAT_LABELS = {
 PROBLEMS_SHOWN = 2000
 """Problems listed in the report table; the rest are counted in its last row."""
 FILE_FILTER = "Datasets (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All files (*)"
-ERROR_STYLE = "color: #b00020;"
 
 
 def suggest_name(path: Path) -> str:

@@ -18,6 +18,7 @@ from appliance.registry.compare import flatten
 from appliance.registry.history import TagChange
 from appliance.registry.lineage import ExportRecord, Lineage
 from appliance.units import format_bytes, format_count
+from gui.style import ERROR_COLOUR
 
 LINK_KINDS = ("dataset", "run", "model")
 
@@ -77,7 +78,7 @@ def _export_row(record: ExportRecord) -> tuple[str, str]:
         diff = record.max_abs_diff
         verdict = "verified" + (f", max |Δlogit| {diff:.3g}" if diff is not None else "")
     else:
-        verdict = "<span style='color:#b00020'>failed verification (removed)</span>"
+        verdict = f"<span style='color:{ERROR_COLOUR}'>failed verification (removed)</span>"
     return (
         _time(record.created_at),
         f"{_e(record.format)} → <code>{_e(record.path)}</code> ({verdict})",

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from appliance.errors import UsageError
 from appliance.progress import Progress
 from appliance.vault.keyslots import check_label, check_new_passphrase
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.strength_meter import StrengthMeter
 
@@ -88,7 +89,7 @@ class NewPassphraseDialog(QDialog):
         self.error = QLabel()
         self.error.setObjectName("error")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #b00020;")
+        self.error.setStyleSheet(ERROR_STYLE)
         self.error.hide()
         layout.addWidget(self.error)
         self.busy = QProgressBar()

@@ -26,6 +26,7 @@ from appliance.session import create_vault
 from appliance.vault import Vault
 from appliance.vault.keyslots import check_label, check_new_passphrase
 from appliance.workspace import Workspace
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.new_passphrase import sentence
 from gui.widgets.strength_meter import StrengthMeter
@@ -82,7 +83,7 @@ class PassphraseDialog(QDialog):
 
         self.error = QLabel()
         self.error.setObjectName("error")
-        self.error.setStyleSheet("color: #b00020;")
+        self.error.setStyleSheet(ERROR_STYLE)
         self.error.setWordWrap(True)
         self.error.hide()
         layout.addWidget(self.error)

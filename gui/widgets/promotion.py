@@ -32,9 +32,8 @@ from appliance.evaluation.gate import GateCheck
 from appliance.progress import Progress
 from appliance.session import Session
 from gui.evaluation import EvalRun
+from gui.style import ERROR_STYLE
 from gui.tasks import Task
-
-ERROR_STYLE = "color: #b00020;"
 
 
 def refusal_words(check: GateCheck) -> str:

@@ -13,14 +13,15 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.training.overview import RunSummary
+from gui.style import ERROR_COLOUR
 
 COLUMNS = ("Run", "State", "Model", "Dataset", "Adapter", "Created", "Message")
 STATE_COLOURS = {
     "running": "#1565c0",
     "finished": "#2e7d32",
     "stopped": "#8d6e00",
-    "failed": "#b00020",
-    "lost": "#b00020",
+    "failed": ERROR_COLOUR,
+    "lost": ERROR_COLOUR,
     "queued": "#555555",
 }
 

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from appliance.errors import ApplianceError
 from appliance.registry.history import STANDARD_TAGS, TagMove
+from gui.style import ERROR_STYLE
 
 
 class TagDialog(QDialog):
@@ -101,7 +102,7 @@ class TagDialog(QDialog):
             golden = self._gated(tag) if self._gated is not None and self.tag_move else None
         except ApplianceError as exc:
             self.tag_move = None
-            self.move_label.setStyleSheet("color: #b00020;")
+            self.move_label.setStyleSheet(ERROR_STYLE)
             self.move_label.setText(str(exc))
             ok.setEnabled(False)
             return

@@ -41,13 +41,13 @@ from appliance.training.lengths import cached_training_lengths
 from appliance.training.placement import Placement
 from appliance.training.settings import PRESETS
 from appliance.units import format_bytes
+from gui.style import ERROR_STYLE
 from gui.tasks import Progress, Task
 from gui.widgets.config_form import ConfigForm
 from gui.widgets.preflight_view import PreflightView
 
 PREFLIGHT_DELAY_MS = 250
 """The estimate is recomputed this long after the last change (typing is not interrupted)."""
-_ERROR_STYLE = "color: #b00020;"
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ class TrainSetup(QWidget):
 
     def say(self, text: str, *, error: bool = False) -> None:
         """A line under Start: a refusal (red) or a note."""
-        self.message.setStyleSheet(_ERROR_STYLE if error else "")
+        self.message.setStyleSheet(ERROR_STYLE if error else "")
         self.message.setText(text)
         self.message.setVisible(bool(text))
 
