@@ -33,6 +33,7 @@ LossOn = Literal["assistant", "all"]
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 Parallel = Literal["ddp", "fsdp"]
 Batching = Literal["auto", "padded", "grouped", "packed"]
+KeepMatmuls = Literal["auto", "on", "off"]
 
 ALL_LINEAR = "all-linear"
 """peft's shorthand for every linear layer of the decoder except the LM head."""
@@ -233,6 +234,11 @@ class SpeedSettings:
     release_memory: bool = True
     """On CPU, hand freed memory back to the system while the model loads and after each step
     (glibc), so the process's resident memory stays near what training needs."""
+    keep_matmuls: KeepMatmuls = "auto"
+    """With gradient checkpointing, keep the frozen base's projection outputs for the backward
+    pass instead of computing them again (a third less matmul work a step, for one value per
+    projection output a token and layer): on, off, or auto (on where the run still fits in the
+    memory free when it starts, one process only)."""
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import TrainingError
-from appliance.training.config import ALL_LINEAR, ConfigError, TrainConfig
+from appliance.training.config import ALL_LINEAR, ConfigError, KeepMatmuls, TrainConfig
 from appliance.training.settings import apply_overrides
 
 NF4_DOUBLE_QUANT_BYTES = 0.516
@@ -74,8 +74,12 @@ says on the CPU (bench/activations.py), so the slack is the larger share."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
+KEEP_MATMULS_SHARE = 0.9
+"""``speed.keep_matmuls=auto`` keeps the base's projection outputs when the estimate with them
+is at most this share of the memory free at the start (the rest is the estimate's margin)."""
+
 TENSOR_TERMS = frozenset(
-    {"weights", "embeddings", "lora", "activations", "lora_inputs", "logits", "dequant"}
+    {"weights", "embeddings", "lora", "activations", "kept", "lora_inputs", "logits", "dequant"}
 )
 """Terms torch allocates on the training device (the rest: CUDA context, CPU process terms)."""
 
@@ -151,6 +155,10 @@ class ModelShape:
             "down_proj": (self.intermediate, self.hidden),
         }
 
+    def projection_outputs(self) -> int:
+        """Output values of one decoder layer's projections a token (``3h + 2kv + 2f``)."""
+        return sum(out for _, out in self.linear_shapes().values())
+
     @property
     def linear_params(self) -> int:
         """Parameters in the decoder layers' linear projections (the quantised part)."""
@@ -225,6 +233,9 @@ class MemoryEstimate:
     """Positions of the largest micro-batch the estimate sized activations for."""
     sized_from: str = ""
     """How that size was found, for the user (which length, from where)."""
+    kept_matmuls: bool = False
+    """Whether the run keeps the base's projection outputs for the backward pass
+    (``speed.keep_matmuls``, with ``auto`` decided here against the budget)."""
 
     @property
     def total_bytes(self) -> int:
@@ -257,6 +268,7 @@ class MemoryEstimate:
             "total_params": self.total_params,
             "tokens": self.tokens,
             "sized_from": self.sized_from,
+            "kept_matmuls": self.kept_matmuls,
             "items": [dataclasses.asdict(item) for item in self.items],
         }
 
@@ -316,6 +328,7 @@ def estimate_memory(
     lengths: Sequence[int] | None = None,
     kbit_upcast: bool | None = None,
     logits_factor: float = LOGITS_FACTOR,
+    budget: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of training ``config`` on the model of ``model_config``.
 
@@ -329,11 +342,29 @@ def estimate_memory(
         kbit_upcast: whether the qlora path upcasts 16-bit non-quantised weights (embeddings,
             LM head, norms) to fp32; by default as the training path does (fp16 compute only).
         logits_factor: fp32 logit-sized tensors alive at the loss on the whole-logits path.
+        budget: the memory free for this one process (a GPU's free memory, or the available
+            RAM); with ``speed.keep_matmuls=auto`` the projection outputs are kept when the
+            estimate with them stays within :data:`KEEP_MATMULS_SHARE` of it. None (unknown,
+            or several processes, which must decide alike): not kept.
 
     Raises:
         TrainingError: the model config lacks a field, or no target module matches.
         ConfigError: the compute dtype cannot run on ``device``.
     """
+    keep = config.speed.keep_matmuls
+    if keep == "auto" or (keep == "on" and not config.gradient_checkpointing):
+        kwargs: dict[str, Any] = {
+            "device": device,
+            "bf16_supported": bf16_supported,
+            "lengths": lengths,
+            "kbit_upcast": kbit_upcast,
+            "logits_factor": logits_factor,
+        }
+        if keep == "auto" and config.gradient_checkpointing and budget is not None:
+            kept = estimate_memory(model_config, _keeping(config, "on"), **kwargs)
+            if kept.total_bytes <= KEEP_MATMULS_SHARE * budget:
+                return kept
+        return estimate_memory(model_config, _keeping(config, "off"), **kwargs)
     shape = ModelShape.from_config(model_config)
     cuda = device == "cuda"
     dtype = config.resolve_compute_dtype(cuda=cuda, bf16_supported=bf16_supported)
@@ -400,6 +431,16 @@ def estimate_memory(
         activations = L * one_layer
         how = f"no checkpointing: {L} layers x {layer_values:,} values a token, {tokens:,} tokens"
     items.append(EstimateItem("activations", "activations", activations, how))
+    if keep == "on":
+        outputs = shape.projection_outputs()
+        items.append(
+            EstimateItem(
+                "kept",
+                "kept projection outputs",
+                width * L * tokens * outputs,
+                f"{L} layers x {outputs:,} values a token x {tokens:,} tokens (speed.keep_matmuls)",
+            )
+        )
 
     # peft's LoRA layer casts each wrapped projection's input to the adapter's fp32 (no autocast
     # in our loop) and applies dropout to it; lora_A keeps that copy (and dropout its mask) for
@@ -457,7 +498,14 @@ def estimate_memory(
         total_params=shape.total_params + lora_params,
         tokens=tokens,
         sized_from=sized_from,
+        kept_matmuls=keep == "on",
     )
+
+
+def _keeping(config: TrainConfig, keep: KeepMatmuls) -> TrainConfig:
+    """``config`` with ``speed.keep_matmuls`` set to ``keep``."""
+    speed = dataclasses.replace(config.speed, keep_matmuls=keep)
+    return dataclasses.replace(config, speed=speed)
 
 
 def _cpu_items(
@@ -477,7 +525,8 @@ def _cpu_items(
         i.bytes for i in items if i.key in ("activations", "lora_inputs", "logits", "dequant")
     )
     slack = round(CPU_STEP_SLACK * step_tensors)
-    step = step_tensors + slack
+    # Kept projection outputs live from the forward pass to the backward: no churn, no slack.
+    step = step_tensors + slack + sum(i.bytes for i in items if i.key == "kept")
     saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
     stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
     file_bytes = (4 if "32" in stored else 2) * shape.total_params
@@ -534,6 +583,8 @@ def _candidates(
     sched = config.schedule
     if not config.gradient_checkpointing:
         yield ("gradient_checkpointing=true",), "turn gradient checkpointing on"
+    elif config.speed.keep_matmuls == "on":
+        yield ("keep_matmuls=off",), "recompute the base's projections (keep_matmuls off)"
     b = sched.micro_batch_size
     while b > 1:
         b //= 2

@@ -88,6 +88,10 @@ class Started(Event):
     """``chunked`` (hidden states of labelled positions, in chunks) or ``logits`` (whole)."""
     attention: str | None = None
     """The attention implementation (sdpa, eager, flash_attention_2...)."""
+    recompute: str | None = None
+    """What the backward pass recomputes: ``full`` (gradient checkpointing), ``selective``
+    (checkpointing that keeps the frozen projections' outputs: ``speed.keep_matmuls``) or
+    ``none``."""
 
 
 @dataclass(frozen=True, kw_only=True)

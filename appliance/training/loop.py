@@ -47,7 +47,7 @@ from appliance.training.config import TrainConfig
 from appliance.training.data import tokenise
 from appliance.training.distributed import Group
 from appliance.training.loss import causal_lm_loss
-from appliance.training.memory import process_peak_rss
+from appliance.training.memory import available_ram, process_peak_rss
 from appliance.training.model import MODES, enable_checkpointing, load_for_training
 from appliance.training.parallel import (
     Parallel,
@@ -205,6 +205,7 @@ class Trainer:
                 batching=(found[1].state.batching or None) if found is not None else None,
                 device_index=self.device_index,
                 fsdp=mode == "fsdp" and self.group.distributed,
+                keep_matmuls=self.keep_matmuls,
             )
         self.model = loaded.model
         self.paths = loaded
@@ -256,6 +257,12 @@ class Trainer:
         from appliance.training.device_estimate import per_device
         from appliance.training.estimate import estimate_memory
 
+        # Without an estimate, keep_matmuls=auto keeps nothing (the memory it needs is unknown).
+        self.keep_matmuls = (
+            self.config.gradient_checkpointing and self.config.speed.keep_matmuls == "on"
+        )
+        if self.cuda:
+            self.free_at_start = int(torch.cuda.mem_get_info()[0])
         try:
             model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
             self.model_config = model_config
@@ -265,7 +272,9 @@ class Trainer:
                 device="cuda" if self.cuda else "cpu",
                 bf16_supported=bf16,
                 lengths=[len(e.input_ids) for e in self.data.train],
+                budget=self._memory_budget(),
             )
+            self.keep_matmuls = estimate.kept_matmuls
             estimate = per_device(
                 estimate,
                 model_config,
@@ -277,8 +286,15 @@ class Trainer:
         except (OSError, ValueError, TrainingError) as exc:
             log.warning("no memory estimate for this model: %s", exc)
             self.model_config = {}
+
+    def _memory_budget(self) -> int | None:
+        """Memory free for this process at the start (GPU or RAM); None with several processes,
+        which must not decide ``speed.keep_matmuls=auto`` each on its own free memory."""
+        if self.group.distributed:
+            return None
         if self.cuda:
-            self.free_at_start = int(torch.cuda.mem_get_info()[0])
+            return self.free_at_start
+        return available_ram()
 
     def _restore_adapter(self, name: str, snap: ckpt.Snapshot) -> None:
         """The checkpoint's LoRA weights, loaded before the model is wrapped (FSDP shards them)."""
@@ -343,6 +359,7 @@ class Trainer:
                 padding_share=self._padding_shares(),
                 loss_path="chunked" if self.paths.chunked_loss else "logits",
                 attention=self.paths.attention,
+                recompute=self.paths.recompute,
                 **self._placement_fields(),
             )
         )

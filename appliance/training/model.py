@@ -28,6 +28,7 @@ import torch
 
 from appliance.training.batching import Layout, Order, packing_honoured
 from appliance.training.config import TrainConfig
+from appliance.training.recompute import checkpoint_kwargs
 
 log = logging.getLogger("appliance.training")
 
@@ -38,11 +39,12 @@ VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
 dense block-diagonal mask (so packing costs no extra attention arithmetic)."""
 
 
-def enable_checkpointing(model: Any, on: bool) -> None:
-    """Gradient (activation) checkpointing on the base model, non-reentrant."""
+def enable_checkpointing(model: Any, on: bool, *, keep_matmuls: bool = False) -> None:
+    """Gradient (activation) checkpointing on the base model, non-reentrant; with
+    ``keep_matmuls`` the frozen projections' outputs are kept (:mod:`.recompute`)."""
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
     if on:
-        kwargs = {"use_reentrant": False}
+        kwargs = checkpoint_kwargs(keep_matmuls)
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
@@ -66,6 +68,9 @@ class TrainingModel:
     """The attention implementation transformers uses."""
     upcast_frozen: bool
     """Whether frozen 16-bit weights were upcast to fp32 (fp16 compute only)."""
+    recompute: str = "full"
+    """What the backward pass recomputes: ``full`` (checkpointing), ``selective`` (checkpointing
+    that keeps the frozen projections' outputs) or ``none`` (no checkpointing)."""
 
 
 MODES: dict[str, tuple[Order, Layout]] = {
@@ -179,6 +184,7 @@ def load_for_training(
     batching: str | None = None,
     device_index: int = 0,
     fsdp: bool = False,
+    keep_matmuls: bool = False,
 ) -> TrainingModel:
     """Load the base, choose the batching layout, attach LoRA, pick the loss and dropout paths.
 
@@ -191,6 +197,8 @@ def load_for_training(
         device_index: this process's GPU (its local rank under torchrun).
         fsdp: the model will be sharded by FSDP: 4-bit weights stored in the compute dtype and
             no fp32 upcast of frozen weights (an FSDP unit holds one dtype).
+        keep_matmuls: keep the frozen projections' outputs for the backward pass (with
+            checkpointing; not under FSDP, whose checkpointed units were not verified with it).
     """
     from appliance.training.dropout import use_fast_dropout
     from appliance.training.loss import hidden_state_loss_supported
@@ -210,7 +218,10 @@ def load_for_training(
     upcast = config.method == "qlora" and dtype == torch.float16 and not fsdp
     if upcast:
         upcast_frozen_16bit(base)
-    enable_checkpointing(base, config.gradient_checkpointing)
+    selective = config.gradient_checkpointing and keep_matmuls and not fsdp
+    if keep_matmuls and fsdp:
+        log.info("speed.keep_matmuls is not used with FSDP: the backward pass recomputes")
+    enable_checkpointing(base, config.gradient_checkpointing, keep_matmuls=selective)
     model = attach_lora(base, config)
     if not cuda and config.speed.fast_dropout:
         use_fast_dropout(model)
@@ -218,4 +229,5 @@ def load_for_training(
     if config.speed.chunked_loss and not chunked:
         log.info("this model's logits are not a plain LM head: the loss uses whole logits")
     model.train()
-    return TrainingModel(model, batching, chunked, attention, upcast)
+    recompute = "selective" if selective else "full" if config.gradient_checkpointing else "none"
+    return TrainingModel(model, batching, chunked, attention, upcast, recompute)

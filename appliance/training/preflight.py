@@ -14,7 +14,6 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from appliance.errors import TrainingError
@@ -30,6 +29,7 @@ from appliance.training.estimate import (
     render_estimate,
     suggest_changes,
 )
+from appliance.training.memory import available_ram
 from appliance.training.placement import Topology
 from appliance.workspace import Workspace
 
@@ -89,17 +89,6 @@ class Preflight:
         return apply_overrides(config, list(fix.assignments)) if fix is not None else config
 
 
-def available_ram() -> int | None:
-    """RAM available to a new process (``MemAvailable``), None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def check(
     model_config: Mapping[str, Any],
     config: TrainConfig,
@@ -131,7 +120,10 @@ def check(
         gpu_index = topology.gpu_indices[0] if topology.gpu_indices else -1
     device, label, free, free_label, note = _device(gpus, gpu_index, ram_free)
     try:
-        estimate = estimate_memory(model_config, config, device=device, lengths=lengths)
+        # The run decides speed.keep_matmuls=auto against the same free memory.
+        estimate = estimate_memory(
+            model_config, config, device=device, lengths=lengths, budget=free
+        )
         suggestions: tuple[Suggestion, ...] = ()
         if device == "cuda" and free is not None:
             suggestions = tuple(

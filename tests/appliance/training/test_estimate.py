@@ -338,3 +338,39 @@ def test_chunked_loss_keeps_one_chunk_of_logits() -> None:
     assert plain.item("logits").bytes > 15 * long.item("logits").bytes
     short = estimate_memory(LLAMA3_8B, facts_example(chunked_loss="true"), lengths=[20])
     assert short.item("logits").bytes == 20 * 128256 * CHUNKED_LOGIT_BYTES
+
+
+def test_kept_projection_outputs_are_one_value_per_output_a_token_and_layer() -> None:
+    config = facts_example(keep_matmuls="on")
+    kept = estimate_memory(LLAMA3_8B, config)
+    plain = estimate_memory(LLAMA3_8B, facts_example(keep_matmuls="off"))
+    outputs = 4096 + 1024 + 1024 + 4096 + 14336 + 14336 + 4096  # q k v o gate up down
+    assert kept.kept_matmuls and not plain.kept_matmuls
+    assert kept.item("kept").bytes == 2 * 32 * 2048 * outputs  # bf16, L=32, s=2048
+    assert kept.total_bytes - plain.total_bytes == kept.item("kept").bytes
+    assert kept.to_dict()["kept_matmuls"] is True
+    # Without checkpointing every activation is kept anyway: nothing to add.
+    no_ckpt = facts_example(keep_matmuls="on", gradient_checkpointing="false")
+    assert not estimate_memory(LLAMA3_8B, no_ckpt).kept_matmuls
+
+
+def test_auto_keeps_the_projection_outputs_only_where_they_fit() -> None:
+    config = facts_example()  # keep_matmuls=auto
+    kept_total = estimate_memory(LLAMA3_8B, facts_example(keep_matmuls="on")).total_bytes
+    plain_total = estimate_memory(LLAMA3_8B, facts_example(keep_matmuls="off")).total_bytes
+    assert estimate_memory(LLAMA3_8B, config, budget=80 * 10**9).kept_matmuls
+    # Within the margin: the plain run fits, the kept one would take more than 90% of it.
+    tight = int(kept_total / 0.9) - 1
+    assert tight > plain_total
+    assert not estimate_memory(LLAMA3_8B, config, budget=tight).kept_matmuls
+    assert estimate_memory(LLAMA3_8B, config, budget=tight + 2).kept_matmuls
+    # Unknown free memory (or several processes): the memory-lean path.
+    assert not estimate_memory(LLAMA3_8B, config).kept_matmuls
+
+
+def test_keeping_the_outputs_is_the_first_thing_to_give_up_when_short() -> None:
+    config = facts_example(keep_matmuls="on")
+    plain_total = estimate_memory(LLAMA3_8B, facts_example(keep_matmuls="off")).total_bytes
+    suggestions = suggest_changes(LLAMA3_8B, config, plain_total + 1)
+    assert suggestions[0].assignments == ("keep_matmuls=off",)
+    assert suggestions[0].fits

@@ -8,7 +8,8 @@ import sys
 from appliance.gpu import GpuReading, GpuState
 from appliance.training.config import TrainConfig
 from appliance.training.estimate import estimate_memory, render_estimate, suggest_changes
-from appliance.training.preflight import CPU_NOTE, available_ram, check
+from appliance.training.memory import available_ram
+from appliance.training.preflight import CPU_NOTE, check
 from appliance.training.settings import build_config
 from tests.appliance.training.test_estimate import LLAMA3_8B
 
@@ -39,7 +40,9 @@ def test_a_run_that_fits_on_the_chosen_gpu() -> None:
     assert verdict.fits is True
     assert verdict.fix is None
     assert verdict.suggestions == ()
-    estimate = estimate_memory(LLAMA3_8B, config, device="cuda")
+    # The run decides keep_matmuls=auto against the same free memory: on an H200, kept.
+    estimate = estimate_memory(LLAMA3_8B, config, device="cuda", budget=120 * GIB)
+    assert estimate.kept_matmuls
     assert verdict.estimate == estimate
     assert [item.key for item in verdict.items] == [item.key for item in estimate.items]
     # The lines are exactly the CLI's: the device, then the estimate's own rendering.
