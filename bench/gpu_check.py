@@ -57,7 +57,7 @@ from appliance.gpu import NvmlSession, format_bytes  # noqa: E402
 from appliance.training import events as ev  # noqa: E402
 from appliance.training.config import TrainConfig  # noqa: E402
 from appliance.training.estimate import ModelShape, estimate_memory, render_estimate  # noqa: E402
-from appliance.training.memory import read_memory  # noqa: E402
+from appliance.training.memory import available_ram, read_memory  # noqa: E402
 from appliance.training.settings import build_config  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -234,8 +234,12 @@ def run_appliance(
     log: ev.EventLog,
     nvml: NvmlSession,
     started_event: Callable[[Any], ev.Started],
+    keep_matmuls: bool = False,
 ) -> dict[str, Any]:
-    """The appliance's training path on ``examples``; emits its events to ``log``."""
+    """The appliance's training path on ``examples``; emits its events to ``log``.
+
+    ``keep_matmuls`` is the estimate's decision for ``speed.keep_matmuls`` (as the worker makes
+    it, against the memory free at the start)."""
     import torch
 
     from appliance.training.batching import BatchPlan, Example
@@ -248,7 +252,7 @@ def run_appliance(
     peaks = Peaks(device, nvml)
     t_load = time.perf_counter()
     torch.manual_seed(config.seed)
-    loaded = load_for_training(folder, config, cuda=cuda, dtype=dtype)
+    loaded = load_for_training(folder, config, cuda=cuda, dtype=dtype, keep_matmuls=keep_matmuls)
     load_s = time.perf_counter() - t_load
     model = loaded.model
     chunked = loaded.chunked_loss
@@ -331,6 +335,7 @@ def run_appliance(
         "batching": loaded.batching,
         "loss_path": "chunked" if loaded.chunked_loss else "logits",
         "attention": loaded.attention,
+        "recompute": loaded.recompute,
         "load_s": load_s,
         "step_s": sum(times) / max(1, len(times)),
         "tokens_per_s": reals / sum(times) if times else 0.0,
@@ -506,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                     b * args.accumulation * args.steps, s, shape["vocab_size"], seed=len(name)
                 )
                 lengths = [len(e["input_ids"]) for e in examples]
+                release(device)
+                free = int(torch.cuda.mem_get_info()[0]) if device == "cuda" else available_ram()
                 estimate = estimate_memory(
-                    shape, config, device=device, bf16_supported=bf16, lengths=lengths
+                    shape, config, device=device, bf16_supported=bf16, lengths=lengths, budget=free
                 )
                 run_id = f"gpu-check-{args.model}-{name}"
 
@@ -525,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                         batching=loaded.batching,
                         loss_path="chunked" if loaded.chunked_loss else "logits",
                         attention=loaded.attention,
+                        recompute=loaded.recompute,
                     )
 
                 row: dict[str, Any] = {
@@ -532,12 +540,14 @@ def main(argv: list[str] | None = None) -> int:
                     "micro_batch": b,
                     "longest": s,
                     "checkpointing": ckpt,
+                    "kept_matmuls": estimate.kept_matmuls,
                     "estimate_allocated": estimate.allocated_bytes,
                     "estimate_total": estimate.total_bytes,
                     "estimate_tokens": estimate.tokens,
                     "estimated_trainable": estimate.trainable_params,
                 }
-                flops = model_flops_per_token(shape, ckpt)
+                # Selective recompute does not run the projections a second time.
+                flops = model_flops_per_token(shape, ckpt and not estimate.kept_matmuls)
                 for variant in ("appliance", "bare"):
                     if variant == "bare" and args.no_bare:
                         continue
@@ -545,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                         if variant == "appliance":
                             measured = run_appliance(
                                 folder, config, examples, args.steps, device, dtype, run_id,
-                                log, nvml, started,
+                                log, nvml, started, estimate.kept_matmuls,
                             )  # fmt: skip
                         else:
                             measured = run_bare(

@@ -40,6 +40,9 @@ def test_cpu_smoke_run_records_replayable_events(tmp_path: Path) -> None:
     assert memory.rss
     assert started.batching == "grouped"
     assert started.loss_path == "chunked"
+    # keep_matmuls=auto with the machine's free RAM as the budget: the tiny run fits, so kept.
+    assert started.recompute == "selective"
+    assert started.estimate["kept_matmuls"] is True
     summary = json.loads((tmp_path / "summary.json").read_text())
     row = summary["results"][0]
     assert row["setting"] == "b1s512"
