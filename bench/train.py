@@ -40,16 +40,25 @@ from bench import demo_home  # noqa: E402
 ABLATIONS = {
     # name: the --set that turns one optimisation off, for a whole `appliance train` run
     "glibc memory release off": ["release_memory=false"],
+    "full recompute (keep_matmuls off)": ["keep_matmuls=off"],
 }
 
 VARIANTS = {
-    # name: (batching, chunked loss, fast dropout, stock loss) for the in-process step timing
-    "appliance (all on)": ("grouped", True, True, False),
-    "random order, padded": ("padded", True, True, False),
-    "packed rows": ("packed", True, True, False),
-    "whole-logits loss": ("grouped", False, True, False),
-    "torch dropout": ("grouped", True, False, False),
-    "bare: stock loss, padded, torch dropout": ("padded", False, False, True),
+    # name: (batching, chunked loss, fast dropout, stock loss, kept matmuls) for the in-process
+    # step timing (the kept matmuls only with checkpointing on)
+    "appliance (all on)": ("grouped", True, True, False, True),
+    "full recompute": ("grouped", True, True, False, False),
+    "random order, padded": ("padded", True, True, False, True),
+    "packed rows": ("packed", True, True, False, True),
+    "whole-logits loss": ("grouped", False, True, False, True),
+    "torch dropout": ("grouped", True, False, False, True),
+    "bare: stock loss, padded, torch dropout, full recompute": (
+        "padded",
+        False,
+        False,
+        True,
+        False,
+    ),
 }
 
 
@@ -126,6 +135,7 @@ def run_appliance(
         "padding_share": first.get("padding_share"),
         "batching": first.get("batching"),
         "loss_path": first.get("loss_path"),
+        "recompute": first.get("recompute"),
         "estimate": (first.get("estimate") or {}).get("total_bytes"),
         "wall_s": time.time() - started,
     }
@@ -181,7 +191,7 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from appliance.training.data import tokenise
     from appliance.training.dropout import FastDropout
     from appliance.training.loss import causal_lm_loss
-    from appliance.training.model import MODES, load_for_training
+    from appliance.training.model import MODES, enable_checkpointing, load_for_training
     from appliance.training.settings import build_config
     from appliance.training.steps import train_step
 
@@ -196,8 +206,11 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     examples = tokenise(rows, tokenizer, config.data).train
     pad_id = tokenizer.pad_token_id or 0
     torch.manual_seed(args.seed)
-    loaded = load_for_training(model_dir, config, cuda=False, dtype=torch.float32)
+    loaded = load_for_training(
+        model_dir, config, cuda=False, dtype=torch.float32, keep_matmuls=args.checkpointing
+    )
     model = loaded.model
+    base = model.get_base_model()
     dropouts = []  # (container, name, fast module, torch module)
     for module in model.modules():
         container = getattr(module, "lora_dropout", None)
@@ -224,9 +237,10 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     position = 0
     accum = args.accumulation
     for _ in range(args.rounds):
-        for name, (mode, chunked, fast, stock) in VARIANTS.items():
+        for name, (mode, chunked, fast, stock, keep) in VARIANTS.items():
             for container, key, fast_module, torch_module in dropouts:
                 container[key] = fast_module if fast else torch_module
+            enable_checkpointing(base, args.checkpointing, keep_matmuls=keep)
             model.train()
 
             def loss_fn(m: Any, batch: Any, chunked: bool = chunked) -> tuple[Any, int]:
@@ -246,6 +260,7 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(2)
         for container, key, fast_module, _ in dropouts:
             container[key] = fast_module
+        enable_checkpointing(base, args.checkpointing, keep_matmuls=True)
         for _ in range(args.round_steps):
             batches = [plans["grouped"].batch(position + i) for i in range(accum)]
             wall0 = time.perf_counter()
