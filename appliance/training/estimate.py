@@ -58,9 +58,10 @@ fp32 temporary, and the 16/32-bit probabilities fed to the input-gradient matmul
 CPU_RUNTIME_BYTES = 520_000_000
 """Resident memory of the training child on the CPU before any weight is loaded: Python, torch,
 transformers, peft, bitsandbytes, the tokenizer (measured: bench/estimate.py)."""
-CPU_LOAD_FILE_FACTOR = 0.9
-"""Share of the checkpoint file's bytes resident while the model loads on the CPU (its pages are
-mapped and read; calibrated: bench/estimate.py)."""
+CPU_LOAD_TENSORS = 1
+"""Weight tensors (as stored in the file) read and not yet converted at any moment while the
+model loads on the CPU: they are read one at a time (:mod:`appliance.training.weights`), the
+largest being the embeddings. Before, the whole file was mapped (0.9 of it measured resident)."""
 CPU_CHECKPOINT_COPIES = 2.0
 """Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
 is serialised and encrypted on the CPU."""
@@ -480,8 +481,8 @@ def _cpu_items(
     step = step_tensors + slack
     saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
     stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
-    file_bytes = (4 if "32" in stored else 2) * shape.total_params
-    loading = round(CPU_LOAD_FILE_FACTOR * file_bytes)
+    tensor_bytes = (4 if "32" in stored else 2) * shape.vocab * shape.hidden
+    loading = CPU_LOAD_TENSORS * tensor_bytes
     lora_states = sum(i.bytes for i in items if i.key == "lora")  # not alive while loading
     return [
         EstimateItem(
@@ -502,8 +503,8 @@ def _cpu_items(
             "loading",
             "model loading (beyond the step)",
             max(0, loading - step - lora_states),
-            f"{CPU_LOAD_FILE_FACTOR:g} x the {file_bytes / 1e6:,.0f} MB {stored} weights file "
-            "mapped while loading, less what a step holds",
+            f"{CPU_LOAD_TENSORS} {stored} tensor read at a time while loading (the "
+            f"embeddings: {tensor_bytes / 1e6:,.0f} MB), less what a step holds",
         ),
         EstimateItem(
             "runtime",
