@@ -208,6 +208,8 @@ class Trainer:
             )
         self.model = loaded.model
         self.paths = loaded
+        if self.trim_memory:
+            allocator.trim_between_layers(self.model)
         # Each process chose its paths itself (the packing probe runs on its own device).
         choice = f"{loaded.batching} {loaded.chunked_loss}".encode()
         self.group.same_everywhere(hashlib.sha256(choice).digest(), "batching or loss path")
