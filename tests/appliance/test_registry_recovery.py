@@ -26,7 +26,7 @@ from appliance.registry.failures import (
 )
 from appliance.registry.rebuild import rebuild_index
 from appliance.registry.verify import verify_workspace
-from appliance.session import create_vault
+from appliance.unlocked import create_vault
 from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner

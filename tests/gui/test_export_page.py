@@ -16,7 +16,7 @@ from appliance import adapters, destinations
 from appliance.export import card, preflight
 from appliance.registry import Registry
 from appliance.registry.verify import verify_workspace
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from gui.pages.export import ExportPage
 from tests.helpers.adapters import make_adapter, tiny_adapter_store
@@ -40,7 +40,7 @@ def exports(tmp_path: Path) -> Path:
 
 
 def _page(qtbot: QtBot, vault: Vault) -> ExportPage:
-    page = ExportPage(Session(vault))
+    page = ExportPage(UnlockedWorkspace(vault))
     qtbot.addWidget(page)
     page.show()
     return page

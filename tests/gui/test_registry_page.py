@@ -15,12 +15,12 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
-from appliance import workspace
 from appliance.models import import_model
 from appliance.registry import Registry
-from appliance.session import Session
 from appliance.training import events as ev
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
+from appliance.workspace import init as init_workspace
 from gui.main_window import MainWindow
 from gui.pages.registry import RegistryPage
 from gui.widgets import audit_view
@@ -65,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Vault
 def light(tmp_path: Path, tiny_llama: Path) -> Vault:
     """A workspace with the tiny base and three registered versions of ``contracts`` (their
     weights are placeholder bytes: enough for the registry, not for an export)."""
-    ws, _ = workspace.init(tmp_path / "ws")
+    ws, _ = init_workspace(tmp_path / "ws")
     vault = Vault.create(ws, PASS, "alice", target_s=0)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         import_model(ws, reg, tiny_llama, "tiny")
@@ -76,7 +76,7 @@ def light(tmp_path: Path, tiny_llama: Path) -> Vault:
 
 
 def _page(qtbot: QtBot, vault: Vault) -> RegistryPage:
-    page = RegistryPage(Session(vault))
+    page = RegistryPage(UnlockedWorkspace(vault))
     qtbot.addWidget(page)
     page.resize(1300, 800)
     page.show()
@@ -132,7 +132,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
 def test_lineage_panel_names_everything_and_links_route_in_the_window(
     qtbot: QtBot, trained: Vault
 ) -> None:
-    window = MainWindow(trained.ws.home, session=Session(trained))
+    window = MainWindow(trained.ws.home, workspace=UnlockedWorkspace(trained))
     qtbot.addWidget(window)
     page = window.registry_page
     window.show_page("Registry")
@@ -367,8 +367,8 @@ def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault)
 def test_locking_the_window_clears_the_registry_and_export_pages(
     qtbot: QtBot, light: Vault
 ) -> None:
-    session = Session(light)
-    window = MainWindow(light.ws.home, session=session)
+    workspace = UnlockedWorkspace(light)
+    window = MainWindow(light.ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     assert window.locker is not None
@@ -389,7 +389,7 @@ def test_locking_the_window_clears_the_registry_and_export_pages(
     window.export_version("contracts@2")
     assert export.version_combo.count() == 3
     window.locker.lock_now()
-    qtbot.waitUntil(lambda: session.locked, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: workspace.locked, timeout=WAIT_MS)
     assert registry.tree.topLevelItemCount() == 0
     assert registry.lineage_view.lineage is None
     assert "contracts" not in registry.lineage_view.browser.toPlainText()
@@ -419,8 +419,8 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     qtbot: QtBot, trained: Vault
 ) -> None:
     """facts-adapter@1 only: the other tests of ``trained`` read @2's lineage."""
-    session = Session(trained)
-    window = MainWindow(trained.ws.home, session=session)
+    workspace = UnlockedWorkspace(trained)
+    window = MainWindow(trained.ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     assert window.locker is not None
@@ -471,7 +471,7 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     assert run is not None
     qtbot.waitUntil(lambda: run.job is not None and run.job.running, timeout=60_000)
     window.locker.lock_now()
-    qtbot.waitUntil(lambda: session.locked and not run.running, timeout=60_000)
+    qtbot.waitUntil(lambda: workspace.locked and not run.running, timeout=60_000)
     assert panel.table.rowCount() == 0
     with Registry.open(trained.ws) as reg:
         assert len(reg.evaluations("facts-adapter@1")) == 1
