@@ -53,7 +53,7 @@ from appliance import offline  # noqa: E402
 
 offline.enforce()
 
-from appliance.gpu import NvmlSession, format_bytes  # noqa: E402
+from appliance.gpu import NvmlReader, format_bytes  # noqa: E402
 from appliance.training import events as ev  # noqa: E402
 from appliance.training.config import TrainConfig  # noqa: E402
 from appliance.training.estimate import ModelShape, estimate_memory, render_estimate  # noqa: E402
@@ -188,7 +188,7 @@ def make_examples(count: int, longest: int, vocab: int, seed: int) -> list[dict[
 class Peaks:
     """Torch's and NVML's peaks from a point on, NVML sampled after every step."""
 
-    def __init__(self, device: str, nvml: NvmlSession) -> None:
+    def __init__(self, device: str, nvml: NvmlReader) -> None:
         self.device, self.nvml, self.nvml_peak = device, nvml, 0
         if device == "cuda":
             import torch
@@ -232,7 +232,7 @@ def run_appliance(
     dtype: Any,
     run_id: str,
     log: ev.EventLog,
-    nvml: NvmlSession,
+    nvml: NvmlReader,
     started_event: Callable[[Any], ev.Started],
 ) -> dict[str, Any]:
     """The appliance's training path on ``examples``; emits its events to ``log``."""
@@ -351,7 +351,7 @@ def run_bare(
     steps: int,
     device: str,
     dtype: Any,
-    nvml: NvmlSession,
+    nvml: NvmlReader,
 ) -> dict[str, Any]:
     """``bench/bare.py``'s loop on the same model, examples, settings and seed."""
     import bench.bare as bare
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor()
     peak = peak_tflops(device_name, args.peak_tflops) if device == "cuda" else None
     results = []
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, NvmlSession() as nvml:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, NvmlReader() as nvml:
         folder = Path(tmp) / args.model
         t0 = time.perf_counter()
         build_model_folder(shape, folder, device)

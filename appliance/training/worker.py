@@ -391,9 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.setup()
         nvml = None
         if trainer.cuda:
-            from appliance.gpu import NvmlSession
+            from appliance.gpu import NvmlReader
 
-            nvml = NvmlSession()
+            nvml = NvmlReader()
             nvml.open()
         physical = _physical_gpu(topology, trainer)
         gathered = None
