@@ -37,7 +37,7 @@ from bench.parallel_runs import (  # noqa: E402
     chat_rows,
     make_workspace,
     max_difference,
-    session,
+    measure_run,
 )
 
 SIZES = {
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
             topology = resolve(Placement(processes=count), GpuState())
-            measured = session(vault, config, topology, f"p{count}", threads=1)
+            measured = measure_run(vault, config, topology, f"p{count}", threads=1)
             if measured.state != "finished":
                 print(f"{count} process(es): {measured.state}: {measured.message}", file=sys.stderr)
                 return 1

@@ -115,7 +115,7 @@ def follow(
 ) -> runs.Outcome:
     """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it.
 
-    ``history`` holds the run's earlier sessions, so that a resumed run's smoothed loss and
+    ``history`` holds the run's earlier launches, so that a resumed run's smoothed loss and
     elapsed time go on from where they were, as on the Train page.
     """
     view = ProgressView(history)
@@ -165,7 +165,7 @@ def _start(
     placement: Placement | None = None,
 ) -> None:
     metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
-    history = _replay(metrics)  # read before the new session can append to it
+    history = _replay(metrics)  # read before the new launch can append to it
     process = runs.launch(vault, reg, run_id, detach=detach, topology=topology, placement=placement)
     out.print(
         f"Run {run_id} started (pid {process.pid}); log: {process.folder / LOG_FILE}",

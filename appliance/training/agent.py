@@ -1,6 +1,6 @@
 """Several training processes under one parent: torchrun's agent inside the worker command.
 
-When a session's topology (``meta.json``) has more than one process, ``python -m
+When a launch's topology (``meta.json``) has more than one process, ``python -m
 appliance.training.worker RUN_DIR`` does not train itself: it becomes torchrun's elastic agent
 (``torch.distributed.launcher``, the engine behind ``torchrun``) and starts the same command once
 per local process, each with torchrun's ``RANK``/``WORLD_SIZE``/... environment. To its parent

@@ -1,4 +1,4 @@
-"""Where a session of a run trains: the devices of this machine, and the machines that share it.
+"""Where a launch of a run trains: the devices of this machine, and the machines that share it.
 
 A :class:`Placement` is what a person asks for (``appliance train --gpus 0,2``, ``--processes 2``,
 ``--nnodes 2 --node-rank 1 --rendezvous HOST:PORT``; the Train page's device picker binds to the
@@ -40,7 +40,7 @@ def _usage(message: str) -> UsageError:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one session of a run trains (the launch options, not part of the run's config)."""
+    """Where one launch of a run trains (the launch options, not part of the run's config)."""
 
     gpus: str = "all"
     """NVIDIA GPUs to train on: ``all`` (every GPU NVML sees, or the CPU when there is none), a
@@ -111,7 +111,7 @@ class Topology:
 
     @property
     def distributed(self) -> bool:
-        """Whether the session runs under torchrun: more than one process in all, or FSDP (which
+        """Whether the launch runs under torchrun: more than one process in all, or FSDP (which
         wraps the model even on one GPU), or asked for."""
         return self.world_size > 1 or self.nnodes > 1 or self.parallel == "fsdp" or self.torchrun
 

@@ -213,7 +213,9 @@ def test_about_shows_versions_from_metadata_and_licences(
     assert "installed packages' metadata" in page.about.source.text()
 
 
-def test_without_a_session_no_passphrase_is_offered(qtbot: QtBot, ws: Workspace) -> None:
+def test_without_an_unlocked_workspace_no_passphrase_is_offered(
+    qtbot: QtBot, ws: Workspace
+) -> None:
     page = _page(qtbot, None, ws.home)
     assert page.slot_labels() == []
     assert not page.change_button.isEnabled()

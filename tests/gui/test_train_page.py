@@ -134,15 +134,15 @@ def test_start_stop_and_resume_by_clicking_end_as_an_uninterrupted_run(
     qtbot.waitUntil(lambda: page.runs_table.state_of(run_id) == "stopped", timeout=30_000)
     assert "Stopped" in page.status.text()
     assert page.resume_button.isEnabled()
-    first_session = page.progress.step
-    assert 2 <= first_session < 8
+    first_launch = page.progress.step
+    assert 2 <= first_launch < 8
 
     with qtbot.waitSignal(page.run_settled, timeout=RUN_MS) as finished:
         _click(qtbot, page.resume_button)
     result = finished.args[0]
     assert (result.state, result.adapter) == ("finished", "clicked@1")
 
-    # The charts received every step and every evaluation the run recorded, both sessions.
+    # The charts received every step and every evaluation the run recorded, both launches.
     recorded = _recorded(vault, run_id)
     steps, losses = page.charts.series("loss")
     assert steps.tolist() == list(range(1, 9))

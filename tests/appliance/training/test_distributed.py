@@ -87,7 +87,7 @@ def _registry(vault: Any) -> Registry:
 def _run(
     vault: Any, run_id: str, placement: Placement, kill_rank_at: int | None = None
 ) -> tuple[list[ev.Event], runs.Outcome, float]:
-    """Launch one session and follow it; optionally SIGKILL rank 1 after step ``kill_rank_at``.
+    """Start one launch and follow it; optionally SIGKILL rank 1 after step ``kill_rank_at``.
 
     Returns the events, the settled outcome and the seconds from the kill to the settlement.
     """

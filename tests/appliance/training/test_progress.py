@@ -95,7 +95,7 @@ def test_a_recorded_cpu_run_replays_into_the_same_figures_as_its_events() -> Non
     assert len(starts) == 2  # stopped, then resumed
     assert starts[1].start_step > 0
     assert progress.state == FINISHED
-    assert progress.sessions == 2
+    assert progress.launches == 2
     assert progress.run_id == starts[0].run_id
     assert progress.device == "cpu"
     assert [p.step for p in progress.steps] == [s.step for s in steps]
@@ -114,7 +114,7 @@ def test_a_recorded_cpu_run_replays_into_the_same_figures_as_its_events() -> Non
     assert all(h.ram_total and h.rss and h.rss < h.ram_total for h in progress.host)
     assert HOST_LABEL.startswith("CPU")
     assert progress.memory_text().startswith("RAM ")
-    # Elapsed: the two sessions' spans, not the pause between them.
+    # Elapsed: the two launches' spans, not the pause between them.
     stopped = next(e for e in events if isinstance(e, ev.Stopped))
     spans = (stopped.time - starts[0].time) + (events[-1].time - starts[1].time)
     assert progress.elapsed_s() == pytest.approx(spans, abs=1.5)
