@@ -36,7 +36,7 @@ def path(ws: Workspace) -> Path:
     return ws.home / FILE
 
 
-def normalise(entry: str) -> str:
+def normalise_entry(entry: str) -> str:
     """``HOST:PORT`` with the host lower-cased (IPv6 in brackets).
 
     Raises:
@@ -67,7 +67,7 @@ def load(ws: Workspace) -> list[str]:
     entries = data.get("allow") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UsageError(f"{path(ws)}: 'allow' must be a list of HOST:PORT strings")
-    return sorted({normalise(e) for e in entries})
+    return sorted({normalise_entry(e) for e in entries})
 
 
 def _save(ws: Workspace, entries: list[str]) -> None:
@@ -77,7 +77,7 @@ def _save(ws: Workspace, entries: list[str]) -> None:
 
 def add(ws: Workspace, reg: Registry, entry: str) -> str:
     """Put ``entry`` on the list (audited); returns it normalised."""
-    value = normalise(entry)
+    value = normalise_entry(entry)
     with ws.writer("network allow"):
         entries = load(ws)
         if value not in entries:
@@ -92,7 +92,7 @@ def remove(ws: Workspace, reg: Registry, entry: str) -> str:
     Raises:
         UsageError: it is not on the list.
     """
-    value = normalise(entry)
+    value = normalise_entry(entry)
     with ws.writer("network revoke"):
         entries = load(ws)
         if value not in entries:
@@ -104,7 +104,7 @@ def remove(ws: Workspace, reg: Registry, entry: str) -> str:
     return value
 
 
-def describe(entries: list[str]) -> str:
+def allow_list_line(entries: list[str]) -> str:
     """The line printed at the start of a run: what may be reached beyond loopback."""
     if not entries:
         return "Network allow-list: empty (nothing beyond this machine can be reached)"
@@ -126,7 +126,7 @@ def check_rendezvous(ws: Workspace, endpoint: str) -> str | None:
     host, _port = parse_rendezvous(endpoint)
     if offline.is_loopback_host(host):
         return None
-    value = normalise(endpoint)
+    value = normalise_entry(endpoint)
     entries = load(ws)
     if value not in entries:
         shown = ", ".join(entries) if entries else "empty, so only this machine can be reached"

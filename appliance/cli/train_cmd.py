@@ -33,7 +33,7 @@ from appliance.training.placement import (
     resolve,
 )
 from appliance.training.process import TrainingProcess
-from appliance.training.progress import RunProgress, clock, describe, final_metrics
+from appliance.training.progress import RunProgress, clock, event_line, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
 class ProgressView:
     """Prints a run's :class:`RunProgress` as it moves: one rewritten line on a terminal, else
-    one line per step, and a line of its own for each milestone (:func:`describe`)."""
+    one line per step, and a line of its own for each milestone (:func:`event_line`)."""
 
     def __init__(self, progress: RunProgress | None = None) -> None:
         self.live = sys.stdout.isatty()
@@ -99,7 +99,7 @@ class ProgressView:
             isinstance(event, ev.Checkpoint) and not self.live
         ):
             # Stopped and finished are reported once the run is settled (report()).
-            text = describe(event)
+            text = event_line(event)
             if text is not None:
                 self.note(text)
 
@@ -277,7 +277,7 @@ def _print_placement(ws: Workspace, config: TrainConfig, topology: Topology) -> 
     )
     entries = netpolicy.load(ws)
     if entries or topology.nnodes > 1:
-        out.print(netpolicy.describe(entries), markup=False)
+        out.print(netpolicy.allow_list_line(entries), markup=False)
 
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
@@ -373,7 +373,7 @@ def show(
     progress = RunProgress()
     for event in events:
         progress.apply(event)
-        line = describe(event)
+        line = event_line(event)
         if line is not None:
             out.print(f"  {clock(event.time)} {line}", markup=False)
     if progress.steps:

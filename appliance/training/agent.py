@@ -109,7 +109,7 @@ def root_cause(failures: list[RankFailure]) -> RankFailure:
     return min(failures, key=rank)
 
 
-def describe(failure: RankFailure, world_size: int) -> str:
+def describe_rank_failure(failure: RankFailure, world_size: int) -> str:
     """The run's failure reason in words, naming the rank."""
     who = f"rank {failure.rank} of {world_size} (pid {failure.pid})"
     if failure.exitcode < 0:
@@ -279,7 +279,7 @@ def run_agent(run_id: str, topology: Topology, events: ev.EventLog, stream: IO[s
         events.emit(
             ev.Failed(
                 run_id=run_id,
-                message=describe(cause, topology.world_size),
+                message=describe_rank_failure(cause, topology.world_size),
                 kind=cause.kind if cause.exitcode > 0 else "error",
                 rank=cause.rank,
             )

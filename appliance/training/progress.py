@@ -8,7 +8,7 @@ GPU (NVML used/total and the trainer's torch allocated/reserved/peak) or, on a C
 process's RSS against total RAM, the last checkpoint, the final metrics, the failure.
 
 ``appliance train`` prints :meth:`RunProgress.status_line` as its progress line and
-:func:`describe` for the events worth a line of their own; ``appliance run show`` replays the
+:func:`event_line` for the events worth a line of their own; ``appliance run show`` replays the
 same model, and the desktop app's Train page draws its charts from the same series. No Qt, no
 torch, no clock: every figure derives from the events' own times, so a replay shows what the
 live view showed.
@@ -326,7 +326,7 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
-def describe(event: ev.Event) -> str | None:
+def event_line(event: ev.Event) -> str | None:
     """The line for an event worth one of its own (None for steps and memory readings)."""
     if isinstance(event, ev.Started):
         resumed = f", resuming at step {event.start_step}" if event.start_step else ""

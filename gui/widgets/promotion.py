@@ -44,9 +44,9 @@ def refusal_words(check: GateCheck) -> str:
     if check.missing:
         return f"No current figures of {', '.join(check.missing)} on golden set {golden}."
     return (
-        f"Refused: {check.ref} has {gate.describe(check.metric, check.candidate)} on golden set "
-        f"{golden}, worse than {check.production} in production "
-        f"({gate.describe(check.metric, check.incumbent)})."
+        f"Refused: {check.ref} has {gate.describe_metric(check.metric, check.candidate)} on "
+        f"golden set {golden}, worse than {check.production} in production "
+        f"({gate.describe_metric(check.metric, check.incumbent)})."
     )
 
 
@@ -57,9 +57,9 @@ def passing_words(check: GateCheck) -> str:
     if check.already:
         return f"{check.ref} is the version in production."
     golden = check.golden["dataset"] if check.golden else "?"
-    figures = gate.describe(check.metric, check.candidate)
+    figures = gate.describe_metric(check.metric, check.candidate)
     if check.production is not None:
-        figures += f" vs {check.production} {gate.describe(check.metric, check.incumbent)}"
+        figures += f" vs {check.production} {gate.describe_metric(check.metric, check.incumbent)}"
     return f"Golden set {golden}: {figures}; the gate passes."
 
 

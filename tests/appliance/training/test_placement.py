@@ -14,7 +14,7 @@ from appliance import netpolicy, offline, workspace
 from appliance.errors import EgressBlockedError, UsageError
 from appliance.gpu import GpuReading, GpuState
 from appliance.registry import Registry
-from appliance.training.agent import RankFailure, describe, root_cause
+from appliance.training.agent import RankFailure, describe_rank_failure, root_cause
 from appliance.training.device_estimate import per_device
 from appliance.training.distributed import Group
 from appliance.training.estimate import estimate_memory
@@ -211,12 +211,14 @@ def test_the_killed_rank_is_the_cause_not_the_ranks_that_lost_it() -> None:
     lost = RankFailure(rank=0, pid=10, exitcode=1, message="lost", peer=True, time=9.0)
     stopped = RankFailure(rank=2, pid=12, exitcode=-signal.SIGTERM, time=8.0)
     assert root_cause([lost, stopped, killed]) == killed
-    text = describe(killed, 3)
+    text = describe_rank_failure(killed, 3)
     assert text.startswith("rank 1 of 3 (pid 11) was killed by SIGKILL")
     assert "'appliance run resume'" in text
     oom = RankFailure(rank=2, pid=12, exitcode=1, message="the computer ran out of memory")
     assert root_cause([lost, oom]) == oom
-    assert describe(oom, 4).startswith("rank 2 of 4 (pid 12): the computer ran out of memory")
+    assert describe_rank_failure(oom, 4).startswith(
+        "rank 2 of 4 (pid 12): the computer ran out of memory"
+    )
 
 
 # --- the estimate per device ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from appliance.training.progress import (
     STARTING,
     STOPPED,
     RunProgress,
-    describe,
+    event_line,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "runs"
@@ -215,10 +215,10 @@ def test_states_and_their_lines() -> None:
     stopped = ev.Stopped(run_id="run-x", time=1002.0, step=1, checkpoint="step-00000001")
     progress.apply(stopped)
     assert progress.state == STOPPED
-    assert describe(stopped) == "stopped at step 1 (checkpoint step-00000001)"
+    assert event_line(stopped) == "stopped at step 1 (checkpoint step-00000001)"
     failed = ev.Failed(run_id="run-x", time=1003.0, message="CUDA out of memory at step 2")
     progress.apply(failed)
     assert (progress.state, progress.failure) == (FAILED, "CUDA out of memory at step 2")
-    assert describe(failed) == "failed: CUDA out of memory at step 2"
-    assert describe(_events()[1]) is None  # steps are the status line's, not a line each
-    assert describe(_events()[0]) == ("Training on cpu: 6 steps, 10 trainable of 100 parameters")
+    assert event_line(failed) == "failed: CUDA out of memory at step 2"
+    assert event_line(_events()[1]) is None  # steps are the status line's, not a line each
+    assert event_line(_events()[0]) == ("Training on cpu: 6 steps, 10 trainable of 100 parameters")
