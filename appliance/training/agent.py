@@ -39,8 +39,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from appliance.netpolicy import parse_rendezvous
 from appliance.training import events as ev
-from appliance.training.placement import Topology, parse_rendezvous
+from appliance.training.placement import Topology
 
 log = logging.getLogger("appliance.training")
 

@@ -16,13 +16,12 @@ The run is data-parallel (DDP) by default: every process holds the whole base mo
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import UsageError
 from appliance.gpu import GpuState
+from appliance.netpolicy import parse_rendezvous
 
 DEFAULT_TIMEOUT_S = 600
 """How long a collective waits for the other processes before the run fails (a hung peer).
@@ -30,8 +29,6 @@ DEFAULT_TIMEOUT_S = 600
 A dead process is noticed at once (its connections close and torchrun's agent sees it exit);
 this bounds only a peer that hangs. It must cover the slowest difference between processes
 outside the steps: loading the model, a checkpoint written by rank 0."""
-
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def _usage(message: str) -> UsageError:
@@ -195,35 +192,6 @@ def parse_gpus(text: str) -> str | list[int]:
     if len(set(indices)) != len(indices):
         raise _usage(f"--gpus {text!r} names a GPU twice; list each GPU once")
     return sorted(indices)
-
-
-def parse_rendezvous(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` as (host, port); IPv6 literals in brackets (``[fd00::1]:29500``).
-
-    Raises:
-        UsageError: not HOST:PORT with a port from 1 to 65535.
-    """
-    value = text.strip()
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        valid_host = _is_ip(host)
-    else:
-        valid_host = _is_ip(host) or bool(_HOST.match(host))
-    if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _usage(
-            f"--rendezvous {text!r}: give HOST:PORT of node 0, e.g. 10.0.0.5:29500 "
-            "(a port from 1 to 65535)"
-        )
-    return host, int(port_text)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def preferred_gpus(allowed: tuple[int, ...] | None, gpus: GpuState, *, where: str) -> str:

@@ -39,7 +39,7 @@ from appliance.export.preflight import ExportPlan, plan_export
 from appliance.export.serving import exported_files, serving_commands
 from appliance.progress import EXPORT_STAGES
 from appliance.registry.catalog import live_refs
-from appliance.registry.lineage import ExportRecord, export_history
+from appliance.training.lineage import ExportRecord, export_history
 from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.process import JobProcess

@@ -42,9 +42,9 @@ from appliance.registry.catalog import (
     adapter_catalog,
     filter_choices,
 )
-from appliance.registry.compare import Comparison, compare_versions
 from appliance.registry.history import TagMove, plan_tag, tag_history
-from appliance.registry.lineage import lineage_of
+from appliance.training.compare import Comparison, compare_versions
+from appliance.training.lineage import lineage_of
 from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.style import ERROR_STYLE

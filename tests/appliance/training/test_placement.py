@@ -24,7 +24,6 @@ from appliance.training.placement import (
     Topology,
     check_batch_division,
     describe_global_batch,
-    parse_rendezvous,
     preferred_gpus,
     resolve,
 )
@@ -126,8 +125,8 @@ def test_several_machines_and_the_topology_round_trip() -> None:
     assert topology.rendezvous == "[FD00::1]:29500"
     assert Topology.from_dict(topology.to_dict()) == topology
     assert Placement.from_dict(placement.to_dict()) == placement
-    assert parse_rendezvous("[fd00::1]:29500") == ("fd00::1", 29500)
-    assert parse_rendezvous("node0.cluster:1") == ("node0.cluster", 1)
+    assert netpolicy.parse_rendezvous("[fd00::1]:29500") == ("fd00::1", 29500)
+    assert netpolicy.parse_rendezvous("node0.cluster:1") == ("node0.cluster", 1)
     assert "node 1 of 3, 6 processes in all" in topology.describe()
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from appliance.errors import UsageError
 from appliance.events import EventError
 from appliance.registry import Registry
-from appliance.registry.lineage import Lineage, lineage_of
 from appliance.training import events as ev
+from appliance.training.lineage import Lineage, lineage_of
 
 MISSING: Any = None
 """The value shown for a field one version's configuration does not have."""
