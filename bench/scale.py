@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from appliance.gpu import GpuState
-    from appliance.training.placement import Placement, resolve
+    from appliance.training.placement import Placement, resolve_topology
     from appliance.training.settings import build_config
     from tests.helpers.models import build_tiny_llama
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     "lr=1e-3",
                 ],
             )
-            topology = resolve(Placement(processes=count), GpuState())
+            topology = resolve_topology(Placement(processes=count), GpuState())
             measured = measure_run(vault, config, topology, f"p{count}", threads=1)
             if measured.state != "finished":
                 print(f"{count} process(es): {measured.state}: {measured.message}", file=sys.stderr)

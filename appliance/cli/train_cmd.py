@@ -30,7 +30,7 @@ from appliance.training.placement import (
     Topology,
     describe_global_batch,
     preferred_gpus,
-    resolve,
+    resolve_topology,
 )
 from appliance.training.process import TrainingProcess
 from appliance.training.progress import RunProgress, clock, event_line, final_metrics
@@ -216,7 +216,7 @@ def train(
     ws = st.workspace()
     placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
     # The devices are checked before the passphrase is asked for.
-    topology = resolve(placement, found, parallel=config.parallel)
+    topology = resolve_topology(placement, found, parallel=config.parallel)
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
@@ -417,7 +417,7 @@ def resume(
     st = state(ctx)
     ws = st.workspace()
     placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
-    resolve(placement, found)  # the devices are checked before the passphrase
+    resolve_topology(placement, found)  # the devices are checked before the passphrase
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)

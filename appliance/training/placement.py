@@ -2,7 +2,7 @@
 
 A :class:`Placement` is what a person asks for (``appliance train --gpus 0,2``, ``--processes 2``,
 ``--nnodes 2 --node-rank 1 --rendezvous HOST:PORT``; the Train page's device picker binds to the
-same fields). :func:`resolve` checks it against this machine's GPUs (NVML) and the training
+same fields). :func:`resolve_topology` checks it against this machine's GPUs (NVML) and the training
 config and gives a :class:`Topology`: how many processes on this node, on which devices, with
 which torch.distributed backend. Everything here is checked before anything is created, and a
 refusal says which option to change. No torch: the parent and the desktop app use it.
@@ -231,7 +231,7 @@ def preferred_gpus(allowed: tuple[int, ...] | None, gpus: GpuState, *, where: st
     return ",".join(str(i) for i in sorted(allowed))
 
 
-def resolve(placement: Placement, gpus: GpuState, *, parallel: str = "ddp") -> Topology:
+def resolve_topology(placement: Placement, gpus: GpuState, *, parallel: str = "ddp") -> Topology:
     """Check ``placement`` against this machine's GPUs and the run's parallel mode.
 
     Args:

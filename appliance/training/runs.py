@@ -61,7 +61,7 @@ from appliance.registry import Registry
 from appliance.registry.refs import check_name
 from appliance.training import events as ev
 from appliance.training.config import ConfigError, TrainConfig
-from appliance.training.placement import Placement, Topology, check_batch_division, resolve
+from appliance.training.placement import Placement, Topology, check_batch_division, resolve_topology
 from appliance.training.process import (
     TrainingProcess,
     describe_exit,
@@ -240,7 +240,7 @@ def plan_topology(
     """
     from appliance.gpu import read_gpus
 
-    topology = resolve(placement or Placement(), read_gpus(), parallel=config.parallel)
+    topology = resolve_topology(placement or Placement(), read_gpus(), parallel=config.parallel)
     if train_examples is not None:
         check_batch_division(train_examples, config.schedule.micro_batch_size, topology.world_size)
     return topology

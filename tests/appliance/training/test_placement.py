@@ -25,7 +25,7 @@ from appliance.training.placement import (
     check_batch_division,
     describe_global_batch,
     preferred_gpus,
-    resolve,
+    resolve_topology,
 )
 from appliance.training.preflight import check
 from appliance.training.settings import build_config
@@ -47,26 +47,26 @@ def _gpus(*free: int, total: int = 80 * GB) -> GpuState:
 
 
 def test_default_is_every_gpu_or_one_cpu_process() -> None:
-    both = resolve(Placement(), _gpus(70 * GB, 70 * GB))
+    both = resolve_topology(Placement(), _gpus(70 * GB, 70 * GB))
     assert (both.nproc_per_node, both.device, both.backend) == (2, "cuda", "nccl")
     assert both.gpu_indices == (0, 1)
     assert both.device_names == ("NVIDIA A100", "NVIDIA A100")
     assert both.distributed
-    alone = resolve(Placement(), NO_GPU)
+    alone = resolve_topology(Placement(), NO_GPU)
     assert (alone.nproc_per_node, alone.device, alone.distributed) == (1, "cpu", False)
 
 
 def test_chosen_gpus_cpu_processes_and_none() -> None:
     gpus = _gpus(1, 2, 3)
-    assert resolve(Placement(gpus="2,0"), gpus).gpu_indices == (0, 2)
-    cpu = resolve(Placement(processes=2), gpus)
+    assert resolve_topology(Placement(gpus="2,0"), gpus).gpu_indices == (0, 2)
+    cpu = resolve_topology(Placement(processes=2), gpus)
     assert (cpu.device, cpu.backend, cpu.world_size, cpu.device_names) == (
         "cpu",
         "gloo",
         2,
         ("cpu", "cpu"),
     )
-    assert resolve(Placement(gpus="none"), gpus).device == "cpu"
+    assert resolve_topology(Placement(gpus="none"), gpus).device == "cpu"
     assert "2 processes on the CPU, gloo" in cpu.describe()
 
 
@@ -76,9 +76,9 @@ def test_the_workspace_setting_gives_the_default_gpus() -> None:
     assert preferred_gpus(None, NO_GPU, where="s.json") == "all"  # all: the CPU when none
     assert preferred_gpus((), two, where="s.json") == "none"
     assert preferred_gpus((1, 0), two, where="s.json") == "0,1"
-    assert resolve(Placement(gpus=preferred_gpus((1,), two, where="s.json")), two).gpu_indices == (
-        1,
-    )
+    assert resolve_topology(
+        Placement(gpus=preferred_gpus((1,), two, where="s.json")), two
+    ).gpu_indices == (1,)
     with pytest.raises(UsageError) as missing:
         preferred_gpus((0, 7), two, where="/ws/settings.json")
     assert str(missing.value) == (
@@ -113,14 +113,14 @@ def test_refusals_say_what_to_change(
 ) -> None:
     state = _gpus(1, 1) if gpus == "two" else NO_GPU
     with pytest.raises(UsageError) as refused:
-        resolve(placement, state, parallel=parallel)
+        resolve_topology(placement, state, parallel=parallel)
     for word in words:
         assert word in str(refused.value)
 
 
 def test_several_machines_and_the_topology_round_trip() -> None:
     placement = Placement(processes=2, nnodes=3, node_rank=1, rendezvous="[FD00::1]:29500")
-    topology = resolve(placement, NO_GPU)
+    topology = resolve_topology(placement, NO_GPU)
     assert topology.world_size == 6
     assert topology.rendezvous == "[FD00::1]:29500"
     assert Topology.from_dict(topology.to_dict()) == topology
@@ -241,7 +241,7 @@ def test_ddp_adds_buckets_and_fsdp_shards_the_base() -> None:
 def test_preflight_sets_each_selected_gpu_against_the_per_process_figure() -> None:
     config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=1"])
     gpus = _gpus(70 * GB, 6 * GB, 70 * GB)
-    topology = resolve(Placement(gpus="0,1"), gpus)
+    topology = resolve_topology(Placement(gpus="0,1"), gpus)
     verdict = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
     # 8.2 GiB a process (chunked loss, 16-bit frozen weights, DDP buckets); GPU 1 has 6 GB free.
     assert verdict.fits is False
@@ -251,7 +251,7 @@ def test_preflight_sets_each_selected_gpu_against_the_per_process_figure() -> No
     assert "GPU 1 (NVIDIA A100): 5.6 GiB free: 2.6 GiB short" in lines
     assert "Per process (DDP):" in lines
     assert "GPU 2" not in lines
-    cpu = resolve(Placement(processes=2), NO_GPU)
+    cpu = resolve_topology(Placement(processes=2), NO_GPU)
     verdict = check(LLAMA3_8B, config, gpus=NO_GPU, ram_free=10**12, topology=cpu)
     assert verdict.estimate is not None
     assert any(line.startswith("2 processes x") for line in verdict.lines)
@@ -263,7 +263,7 @@ def test_the_per_process_estimate_is_sized_from_the_data() -> None:
     config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=2"])
     lengths = [50, 57, 64, 61, 55, 40]
     gpus = _gpus(70 * GB, 70 * GB)
-    topology = resolve(Placement(gpus="0,1"), gpus)
+    topology = resolve_topology(Placement(gpus="0,1"), gpus)
     sized = check(LLAMA3_8B, config, gpus=gpus, topology=topology, lengths=lengths)
     blind = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
     assert sized.estimate is not None
