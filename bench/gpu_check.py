@@ -163,7 +163,9 @@ def build_model_folder(shape: dict[str, Any], folder: Path, device: str) -> None
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     # Initialising on the GPU is seconds instead of minutes for billions of parameters.
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+        # transformers types PreTrainedModel.to as a functools.wraps of Module.to, which mypy
+        # reads as an unbound method wanting the model as its first argument.
+        model = LlamaForCausalLM(config).to(dtype)  # type: ignore[arg-type]
     model.save_pretrained(folder, safe_serialization=True)
     del model
     if device == "cuda":
@@ -421,7 +423,9 @@ def packing_report(device: str, dtype: Any) -> dict[str, Any]:
         if kind.startswith("flash") and importlib.util.find_spec("flash_attn") is None:
             result[kind] = "flash-attn not installed"
             continue
-        config = LlamaConfig(**SHAPES["tiny"], attn_implementation=kind)
+        config = LlamaConfig(**SHAPES["tiny"])
+        # What attn_implementation=kind sets; LlamaConfig's signature does not list the keyword.
+        config._attn_implementation = kind
         torch.manual_seed(0)
         with torch.device(device):
             model = LlamaForCausalLM(config).to(dtype)

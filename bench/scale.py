@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +41,18 @@ from bench.parallel_runs import (  # noqa: E402
     measure_run,
 )
 
-SIZES = {
+
+class Shape(TypedDict):
+    """The size arguments of ``build_tiny_llama``."""
+
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate_size: int
+
+
+SIZES: dict[str, Shape] = {
     "tiny": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 128},
     "small": {"hidden_size": 256, "layers": 4, "heads": 8, "kv_heads": 4, "intermediate_size": 688},
 }

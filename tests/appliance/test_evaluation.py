@@ -226,7 +226,9 @@ def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli:
     text = cli("adapter", "golden", "legal", "--dataset", "notes", env=ENV)
     assert text.returncode == 1
     assert "holds plain-text rows" in text.err_lines[-1]
-    assert store.golden_set("legal")["dataset"] == "essays@1"
+    golden = store.golden_set("legal")
+    assert golden is not None
+    assert golden["dataset"] == "essays@1"
 
 
 @pytest.mark.usefixtures("store")  # the adapter and its base, in the CLI's workspace

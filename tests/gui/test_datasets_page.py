@@ -231,7 +231,7 @@ def test_token_histogram_matches_an_independent_count_through_a_lock(
     assert panel.histogram.stats is None
     assert panel.model_box.count() == 0
     assert window.locker is not None
-    assert window.centralWidget().currentWidget() is window.locker.screen  # type: ignore[attr-defined]
+    assert window.locker.stack.currentWidget() is window.locker.screen
     with qtbot.waitSignal(job.done, timeout=JOB_WAIT_MS):
         pass
     assert job.result is not None

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,7 +60,7 @@ def _settle(qtbot: QtBot, wizard: ImportWizard) -> None:
     qtbot.waitUntil(lambda: not wizard.busy, timeout=WAIT_MS)
 
 
-def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> dict[str, object]:
+def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> dict[str, Any]:
     wizard.new_radio.setChecked(True)
     wizard.name_edit.setText(name)
     assert wizard.import_button.isEnabled(), wizard.error_label.text()

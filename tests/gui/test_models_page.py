@@ -19,6 +19,7 @@ from gui.main_window import MainWindow
 from gui.pages import models as models_page
 from gui.pages.models import ModelsPage
 from gui.process import JobProcess
+from tests.helpers.tables import table_item
 
 WAIT_MS = 120_000
 
@@ -78,7 +79,7 @@ def test_import_runs_in_a_child_and_lists_the_model(
     assert blocker.args == ["tiny"]
     assert stages == ["Checking files: %p%", "Copying: %p%", "Verifying: %p%"]
     assert page.names() == ["tiny"]
-    assert page.table.item(0, 1).text() == "LlamaForCausalLM"
+    assert table_item(page.table, 0, 1).text() == "LlamaForCausalLM"
     assert page.import_gguf_button.isEnabled()
     assert not page.cancel_button.isVisible()
     assert not page.progress.isVisible()

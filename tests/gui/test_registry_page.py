@@ -26,6 +26,7 @@ from gui.pages.registry import RegistryPage
 from gui.widgets import audit_view
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
+from tests.helpers.tables import table_item
 from tests.helpers.training import PASS as PASS_TRAINED
 from tests.helpers.training import make_workspace, run_folder, tiny_config, train_adapter
 
@@ -99,7 +100,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
     assert comparison.refs == ("facts-adapter@1", "facts-adapter@2")
     assert view.shown_config_keys() == ["lora.rank", "optim.learning_rate"]
     cells = [
-        [view.config_table.item(r, c).text() for c in range(2)]
+        [table_item(view.config_table, r, c).text() for c in range(2)]
         for r in range(view.config_table.rowCount())
     ]
     assert cells == [["8", "16"], ["0.01", "0.005"]]
@@ -160,9 +161,9 @@ def test_lineage_panel_names_everything_and_links_route_in_the_window(
     assert "wall time" in text
     assert "peak memory" in text
     page.lineage_view.browser.anchorClicked.emit(QUrl("dataset:facts@1"))
-    assert window.stack.currentWidget().title == "Datasets"
+    assert window.stack.currentWidget() is window.datasets_page
     page.lineage_view.browser.anchorClicked.emit(QUrl(f"run:{lineage.run.id}"))
-    assert window.stack.currentWidget().title == "Train"
+    assert window.stack.currentWidget() is window.train_page
     # Export… opens the Export page with the version chosen.
     window.show_page("Registry")
     qtbot.mouseClick(page.export_button, Qt.MouseButton.LeftButton)
@@ -281,7 +282,7 @@ def test_verify_highlights_the_first_bad_audit_row_and_says_what_to_do(
     row = view.row_of(target["seq"])
     assert row is not None
     assert view.table.currentRow() == row
-    item = view.table.item(row, 0)
+    item = table_item(view.table, row, 0)
     assert item.background().color() == audit_view.FIRST_BAD
     assert "edited" in item.toolTip()
     assert view.status.text() == (

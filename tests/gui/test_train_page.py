@@ -368,9 +368,12 @@ def test_closing_the_window_can_keep_a_run_training_for_the_next_start(
 ) -> None:
     ws, _vault = store
     asked: list[str] = []
-    monkeypatch.setattr(
-        TrainPage, "ask_on_close", lambda self, run_id: asked.append(run_id) or KEEP
-    )
+
+    def keep(_page: TrainPage, run_id: str) -> str:
+        asked.append(run_id)
+        return KEEP
+
+    monkeypatch.setattr(TrainPage, "ask_on_close", keep)
     window = MainWindow(ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
