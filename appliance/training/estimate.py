@@ -65,13 +65,15 @@ largest being the embeddings. Before, the whole file was mapped (0.9 of it measu
 CPU_CHECKPOINT_COPIES = 2.0
 """Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
 is serialised and encrypted on the CPU."""
-CPU_STEP_SLACK = 0.4
+CPU_STEP_SLACK = 0.0
 """Resident memory a CPU step holds beyond its tensor terms (activations, LoRA input copies,
-logits, dequantisation), as a share of them: the backward pass's gradients and temporaries, and
-freed blocks glibc keeps in its heap until the step's ``malloc_trim``. Fitted to the measured
-peak RSS of the demo model at four settings (bench/estimate.py, docs/benchmarks.md: 0.35-0.5
-each; 0.4 keeps all four within 12%); autograd itself keeps 16% less than the activations term
-says on the CPU (bench/activations.py), so the slack is the larger share."""
+logits, dequantisation), as a share of them. It was 0.4 (fitted: 0.35-0.5) while glibc kept the
+freed dequantised weights and temporaries resident until the step's ``malloc_trim``; since the
+trainer trims before each part of each decoder layer (:mod:`appliance.training.allocator`) the
+measured peaks of the demo model's four settings sit 10-16% below the tensor terms alone
+(bench/estimate.py, docs/benchmarks.md: the terms are sized for the worst case, e.g. the
+activations term is 19% above what autograd keeps on the CPU, bench/activations.py), so
+nothing is added."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -489,8 +491,8 @@ def _cpu_items(
             "slack",
             "step temporaries and allocator slack",
             slack,
-            f"{CPU_STEP_SLACK:g} x the step's tensors ({step_tensors / 1e6:,.0f} MB): gradients, "
-            "temporaries, freed memory glibc keeps until the step ends",
+            f"{CPU_STEP_SLACK:g} x the step's tensors ({step_tensors / 1e6:,.0f} MB): the heap is "
+            "trimmed before each layer, the tensor terms already cover the backward pass",
         ),
         EstimateItem(
             "checkpoint",

@@ -8,6 +8,7 @@ gradient checkpointing, before its recompute in the backward pass, and leaves tr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,12 +24,19 @@ pytestmark = [
 ]
 
 
-def _lora_grads(tiny_llama: Path, trimmed: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+def _lora_grads(
+    tiny_llama: Path, trimmed: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, int, int, dict[str, Any]]:
     torch.set_num_threads(1)
     config = tiny_config("gradient_checkpointing=true", "dropout=0")
     model = load_for_training(tiny_llama, config, cuda=False, dtype=torch.float32).model
     calls: list[int] = []
-    monkeypatch.setattr(allocator, "trim", lambda: calls.append(1) or True)
+
+    def counting_trim() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(allocator, "trim", counting_trim)
     hooked = allocator.trim_between_layers(model) if trimmed else 0
     ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(1))
     forward = model(input_ids=ids, labels=ids).loss
