@@ -11,7 +11,13 @@ while loading) come from the heap, and freed heap memory stays resident. Two mea
   1180 to 906 MB). During training the same setting costs 30-40% of the step time in page faults,
   so it is lifted when loading ends;
 * after loading and after each optimizer step, ``malloc_trim(0)`` hands free heap pages back
-  (RSS after steps: 1098 -> 736 MB, no measurable time).
+  (RSS after steps: 1098 -> 736 MB, no measurable time);
+* and before each part of a decoder layer runs (attention, MLP, norms; in the forward pass and
+  in its recompute under checkpointing): the dequantised 4-bit weights (0.4-3.5 MB each) leave
+  holes in the heap that small long-lived blocks split, so each layer's buffers went to fresh
+  pages and a step ended with 250-300 MB freed but resident. Trimming there took the step's
+  peak of SmolLM2 QLoRA from 924-952 to 738-753 MiB at no measurable cost (step CPU time
+  20.6-20.8 s against 20-22 s; docs/benchmarks.md, "CPU memory").
 
 Elsewhere than glibc (or where ``libc.so.6`` cannot be loaded) both are no-ops.
 """
@@ -65,3 +71,30 @@ def loading() -> Iterator[None]:
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def _trim_hook(_module: Any, _args: Any) -> None:
+    trim()
+
+
+def trim_between_layers(model: Any) -> int:
+    """Return free heap pages before each part of each of ``model``'s decoder layers runs.
+
+    The decoder layers are transformers' ``GradientCheckpointingLayer`` modules. Their own
+    hooks stay outside the checkpoint (transformers checkpoints ``forward``, not the call), so
+    the hook goes on each layer's children, which run again in the recompute of the backward
+    pass. Returns the number of modules hooked (0 where glibc is not there).
+    """
+    if _libc() is None:
+        return 0
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    parts = [
+        child
+        for module in model.modules()
+        if isinstance(module, GradientCheckpointingLayer)
+        for child in module.children()
+    ]
+    for part in parts:
+        part.register_forward_pre_hook(_trim_hook)
+    return len(parts)

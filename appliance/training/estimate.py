@@ -58,19 +58,22 @@ fp32 temporary, and the 16/32-bit probabilities fed to the input-gradient matmul
 CPU_RUNTIME_BYTES = 520_000_000
 """Resident memory of the training child on the CPU before any weight is loaded: Python, torch,
 transformers, peft, bitsandbytes, the tokenizer (measured: bench/estimate.py)."""
-CPU_LOAD_FILE_FACTOR = 0.9
-"""Share of the checkpoint file's bytes resident while the model loads on the CPU (its pages are
-mapped and read; calibrated: bench/estimate.py)."""
+CPU_LOAD_TENSORS = 1
+"""Weight tensors (as stored in the file) read and not yet converted at any moment while the
+model loads on the CPU: they are read one at a time (:mod:`appliance.training.weights`), the
+largest being the embeddings. Before, the whole file was mapped (0.9 of it measured resident)."""
 CPU_CHECKPOINT_COPIES = 2.0
 """Copies of the LoRA weights and AdamW moments (12 bytes a parameter) alive while a checkpoint
 is serialised and encrypted on the CPU."""
-CPU_STEP_SLACK = 0.4
+CPU_STEP_SLACK = 0.0
 """Resident memory a CPU step holds beyond its tensor terms (activations, LoRA input copies,
-logits, dequantisation), as a share of them: the backward pass's gradients and temporaries, and
-freed blocks glibc keeps in its heap until the step's ``malloc_trim``. Fitted to the measured
-peak RSS of the demo model at four settings (bench/estimate.py, docs/benchmarks.md: 0.35-0.5
-each; 0.4 keeps all four within 12%); autograd itself keeps 16% less than the activations term
-says on the CPU (bench/activations.py), so the slack is the larger share."""
+logits, dequantisation), as a share of them. It was 0.4 (fitted: 0.35-0.5) while glibc kept the
+freed dequantised weights and temporaries resident until the step's ``malloc_trim``; since the
+trainer trims before each part of each decoder layer (:mod:`appliance.training.allocator`) the
+measured peaks of the demo model's four settings sit 10-16% below the tensor terms alone
+(bench/estimate.py, docs/benchmarks.md: the terms are sized for the worst case, e.g. the
+activations term is 19% above what autograd keeps on the CPU, bench/activations.py), so
+nothing is added."""
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -529,16 +532,16 @@ def _cpu_items(
     step = step_tensors + slack + sum(i.bytes for i in items if i.key == "kept")
     saving = round(CPU_CHECKPOINT_COPIES * 12 * lora_params)
     stored = str(model_config.get("torch_dtype") or model_config.get("dtype") or "bfloat16")
-    file_bytes = (4 if "32" in stored else 2) * shape.total_params
-    loading = round(CPU_LOAD_FILE_FACTOR * file_bytes)
+    tensor_bytes = (4 if "32" in stored else 2) * shape.vocab * shape.hidden
+    loading = CPU_LOAD_TENSORS * tensor_bytes
     lora_states = sum(i.bytes for i in items if i.key == "lora")  # not alive while loading
     return [
         EstimateItem(
             "slack",
             "step temporaries and allocator slack",
             slack,
-            f"{CPU_STEP_SLACK:g} x the step's tensors ({step_tensors / 1e6:,.0f} MB): gradients, "
-            "temporaries, freed memory glibc keeps until the step ends",
+            f"{CPU_STEP_SLACK:g} x the step's tensors ({step_tensors / 1e6:,.0f} MB): the heap is "
+            "trimmed before each layer, the tensor terms already cover the backward pass",
         ),
         EstimateItem(
             "checkpoint",
@@ -551,8 +554,8 @@ def _cpu_items(
             "loading",
             "model loading (beyond the step)",
             max(0, loading - step - lora_states),
-            f"{CPU_LOAD_FILE_FACTOR:g} x the {file_bytes / 1e6:,.0f} MB {stored} weights file "
-            "mapped while loading, less what a step holds",
+            f"{CPU_LOAD_TENSORS} {stored} tensor read at a time while loading (the "
+            f"embeddings: {tensor_bytes / 1e6:,.0f} MB), less what a step holds",
         ),
         EstimateItem(
             "runtime",

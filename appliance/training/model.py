@@ -112,7 +112,8 @@ def load_base(
     device_index: int = 0,
     fsdp: bool = False,
 ) -> Any:
-    """The frozen base model on its device, in 4-bit for qlora, with SDPA attention.
+    """The frozen base model on its device, in 4-bit for qlora, with SDPA attention; on the CPU
+    its weights are read tensor by tensor (:mod:`appliance.training.weights`).
 
     ``device_index`` is the GPU of this process (its local rank when several train together);
     with ``fsdp`` the 4-bit weights are stored in the compute dtype, which FSDP needs to shard
@@ -130,14 +131,13 @@ def load_base(
             attn_implementation=ATTENTION,
         )
     else:
-        from transformers import AutoModelForCausalLM
+        from appliance.training.weights import load_causal_lm
 
-        model = AutoModelForCausalLM.from_pretrained(
+        model = load_causal_lm(
             model_dir,
+            by_tensor=not cuda,
             dtype=dtype,
             device_map=device_map,
-            local_files_only=True,
-            trust_remote_code=False,
             attn_implementation=ATTENTION,
         )
     model.requires_grad_(False)

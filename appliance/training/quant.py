@@ -115,17 +115,17 @@ def load_4bit(
 
     ``quant_storage`` is the dtype the packed 4-bit weights are stored in (FSDP shards them
     only when it matches the compute dtype); ``kwargs`` go to ``from_pretrained`` (e.g.
-    ``attn_implementation``).
+    ``attn_implementation``). On the CPU the weights are read tensor by tensor
+    (:mod:`appliance.training.weights`).
     """
-    from transformers import AutoModelForCausalLM
+    from appliance.training.weights import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_causal_lm(
         Path(model_dir),
+        by_tensor=device_map == "cpu",
         quantization_config=bnb_4bit_config(compute_dtype, quant_storage=quant_storage),
         device_map=device_map,
         dtype=compute_dtype,
-        local_files_only=True,
-        trust_remote_code=False,
         **kwargs,
     )
     disable_cpu_repack(model)
@@ -143,14 +143,10 @@ def load_base(model_dir: Path, dtype: torch.dtype, *, four_bit: bool, cuda: bool
     if four_bit:
         model = load_4bit(model_dir, dtype, device_map=device_map)
     else:
-        from transformers import AutoModelForCausalLM
+        from appliance.training.weights import load_causal_lm
 
-        model = AutoModelForCausalLM.from_pretrained(
-            Path(model_dir),
-            dtype=dtype,
-            device_map=device_map,
-            local_files_only=True,
-            trust_remote_code=False,
+        model = load_causal_lm(
+            Path(model_dir), by_tensor=not cuda, dtype=dtype, device_map=device_map
         )
     for param in model.parameters():
         param.requires_grad = False

@@ -26,7 +26,7 @@ from appliance.registry.failures import (
 )
 from appliance.registry.rebuild import rebuild_index
 from appliance.registry.verify import verify_workspace
-from appliance.session import create_vault
+from appliance.unlocked import create_vault
 from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner
@@ -303,10 +303,10 @@ def test_registry_failures_are_classified(tmp_path: Path) -> None:
     assert "is read-only" in str(error)
     assert "rebuild" not in str(error)
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    full.sqlite_errorcode = 13
     assert "check the disk holding it and its free space" in str(explain(full, path))
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = 5
     assert "is busy" in str(explain(busy, path))
 
 
@@ -381,8 +381,8 @@ def test_read_only_workspace_reads_and_refuses_writes_clearly(
             result = cli(*args)
             assert result.returncode == 0, (args, result.stderr)
             assert "usable SQLite" not in result.stderr
-        for args in (("adapter", "tag", "a@1", "staging"), ("verify", "--rebuild-index")):
-            refused = cli(*args)
+        for writes in (("adapter", "tag", "a@1", "staging"), ("verify", "--rebuild-index")):
+            refused = cli(*writes)
             assert refused.returncode == 1
             assert len(refused.err_lines) == 1
             assert "is read-only" in refused.err_lines[0]
