@@ -126,13 +126,13 @@ def _key_slots(section: Section, ws: Workspace, _reg: Registry) -> None:
 def _models(section: Section, ws: Workspace, reg: Registry) -> None:
     from appliance.models.use import verify_model_files
 
-    for model in reg.base_models():
+    for model in reg.models.all():
         section.checked += 1
         section.findings += verify_model_files(ws, model, full=True)
 
 
 def _datasets(section: Section, ws: Workspace, reg: Registry) -> None:
-    for ds in reg.dataset_versions(include_deleted=True):
+    for ds in reg.datasets.versions(include_deleted=True):
         if not ds.get("path"):
             continue
         label = f"dataset {ds['name']}@{ds['version']}"
@@ -160,7 +160,7 @@ def _datasets(section: Section, ws: Workspace, reg: Registry) -> None:
 
 
 def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
-    for ad in reg.adapter_versions():
+    for ad in reg.adapters.versions():
         section.checked += 1
         problem = _check_artifact(ws.home / ad["path"], ad["sha256"])
         if problem:
@@ -168,7 +168,7 @@ def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
 
 
 def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
-    for ex in reg.exports():
+    for ex in reg.exports.all():
         section.checked += 1
         path = Path(ex["path"])  # absolute: exports lie outside the workspace
         problem = _check_artifact(path, ex["sha256"])
@@ -179,7 +179,7 @@ def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
 
 
 def _runs(section: Section, ws: Workspace, reg: Registry) -> None:
-    for run in reg.runs():
+    for run in reg.runs.all():
         section.checked += 1
         if run["path"] and not (ws.home / run["path"]).is_dir():
             section.warnings.append(f"run {run['id']}: folder {ws.home / run['path']} is missing")

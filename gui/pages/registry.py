@@ -488,7 +488,7 @@ class RegistryPage(Page):
         name = ref.partition("@")[0]
         try:
             with self.session.ws.writer("adapter tag", wait_s=0), self.session.registry() as reg:
-                reg.remove_tag(name, tag)
+                reg.tags.remove(name, tag)
         except ApplianceError as exc:
             self._say(f"Tag not removed: {exc}", error=True)
             return

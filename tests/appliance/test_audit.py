@@ -209,7 +209,7 @@ def test_writers_refuse_a_broken_chain_until_someone_acknowledges_it(reg: Regist
         # Every writer, not only direct audit calls: the change and its row roll back together.
         with pytest.raises(IntegrityError, match="audit log is broken"):
             add_dataset(writer, "refused")
-        assert writer.dataset_versions() == []
+        assert writer.datasets.versions() == []
     assert _rows(ws) == 5
 
     with Registry.open(ws) as writer:

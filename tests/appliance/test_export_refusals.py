@@ -47,7 +47,7 @@ def _left_in(folder: Path) -> list[str]:
 
 
 def _export_rows(reg: Registry, out: Path) -> list[dict[str, object]]:
-    return [e for e in reg.exports() if e["path"] == str(out)]
+    return [e for e in reg.exports.all() if e["path"] == str(out)]
 
 
 def test_out_of_disk_space_removes_the_partial_output(
@@ -106,7 +106,7 @@ def test_damaged_adapter_is_refused_before_anything_is_written(
         with pytest.raises(IntegrityError, match=r"adapter broken@1 is damaged"):
             export_adapter(vault, reg, ref, ExportOptions.checked("merged", dest / "m"))
         assert _left_in(dest) == []
-        assert reg.exports() == []
+        assert reg.exports.all() == []
 
 
 def test_failed_verification_removes_files_and_is_audited(
@@ -319,7 +319,7 @@ def test_cli_force_never_deletes_what_it_did_not_write(tmp_path: Path, tiny_llam
         assert message in r.stderr
     assert _snapshot(tmp_path) == before
     with Registry.open(ws) as reg:
-        assert reg.exports() == []
+        assert reg.exports.all() == []
 
 
 def test_cli_protects_the_default_workspace_in_the_home_folder(

@@ -148,7 +148,7 @@ def test_delete_names_the_adapters_and_keeps_lineage(qtbot: QtBot, session: Sess
     assert list(page._items) == ["orgfacts@2"]
     assert not (session.ws.home / first["path"]).exists()
     with session.registry() as reg:
-        lineage = reg.adapter_lineage("legal@1")
+        lineage = reg.adapters.lineage("legal@1")
         assert lineage["dataset"]["sha256"] == first["sha256"]
     task = page.delete("orgfacts", None)
     assert task is not None

@@ -159,7 +159,7 @@ def test_cancel_mid_export_leaves_the_destination_empty(
     assert _left(out) == []
     assert page.result_view.isHidden()
     with Registry.open(store.ws) as reg:
-        assert [e for e in reg.exports() if e["path"] == str(out)] == []
+        assert [e for e in reg.exports.all() if e["path"] == str(out)] == []
     with store.ws.writer("test", wait_s=0):
         pass  # the child released the writer lock
     assert page.start_button.isEnabled()

@@ -41,7 +41,7 @@ def _stored_files(ws: Workspace) -> list[Path]:
 
 def _versions(session: Session) -> list[str]:
     with session.registry() as reg:
-        return [f"{v['name']}@{v['version']}" for v in reg.dataset_versions(include_deleted=True)]
+        return [f"{v['name']}@{v['version']}" for v in reg.datasets.versions(include_deleted=True)]
 
 
 def _open(

@@ -163,7 +163,7 @@ def test_a_lock_during_an_import_waits_for_it_before_the_key_goes(
     assert list(session.ws.tmp_dir.iterdir()) == []
     fresh = Vault.unlock(session.ws, PASSPHRASE)
     with Session(fresh).registry() as reg:
-        versions = reg.dataset_versions(include_deleted=True)
+        versions = reg.datasets.versions(include_deleted=True)
     assert [v["name"] for v in versions] in (["large", "orgfacts"], ["orgfacts"])
     # Each version's encrypted file and the metadata file beside it, nothing else.
     assert sorted(p.name for p in session.ws.datasets_dir.iterdir()) == sorted(

@@ -93,7 +93,7 @@ def _no_dialog() -> None:
 
 def _runs(vault: Vault) -> list[dict[str, Any]]:
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        return reg.runs()
+        return reg.runs.all()
 
 
 def _recorded(vault: Vault, run_id: str) -> RunProgress:
@@ -223,8 +223,8 @@ def test_a_worker_printing_garbage_is_reported_in_the_page(
     assert any("lacks" in n or "missing" in n for n in page.notices), page.notices
     assert "fake worker is broken" in page.failure.text()
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        assert reg.run(result.run_id)["state"] == "failed"
-        assert [a for a in reg.adapter_versions() if a["name"] == "garbled"] == []
+        assert reg.runs.get(result.run_id)["state"] == "failed"
+        assert [a for a in reg.adapters.versions() if a["name"] == "garbled"] == []
     _no_dialog()
 
 

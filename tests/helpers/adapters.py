@@ -48,7 +48,7 @@ def tiny_adapter_store(folder: Path, tiny_llama: Path) -> tuple[Vault, Registry,
 def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> dict[str, Any]:
     """The base model ``name``, imported from ``source`` (folder or .gguf) if not there yet."""
     try:
-        return reg.base_model(name)
+        return reg.models.get(name)
     except NotFoundError:
         return import_model(ws, reg, source, name)
 
@@ -56,7 +56,7 @@ def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> 
 def add_dataset_version(reg: Registry, name: str = "contracts", rows: int = 120) -> int:
     """A dataset version row with made-up but plausible fields (no data behind it)."""
     digest = hashlib.sha256(f"{name}:{rows}".encode()).hexdigest()
-    return reg.add_dataset_version(
+    return reg.datasets.add_version(
         name,
         sha256=digest,
         file_sha256=digest,
@@ -81,7 +81,7 @@ def add_finished_run(
 ) -> str:
     """A finished run of ``base_model`` on a new version of ``dataset``; returns its id."""
     version = add_dataset_version(reg, dataset)
-    return reg.add_run(
+    return reg.runs.add(
         base_model=base_model,
         dataset=dataset,
         dataset_version=version,

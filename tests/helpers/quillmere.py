@@ -81,7 +81,7 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
             if isinstance(event, ev.Step) and event.step == STOP_AT_STEP:
                 process.stop()
         first_outcome = runs.wait_settled(process, vault, reg)
-        state_after_first = reg.run(run_id)["state"]
+        state_after_first = reg.runs.get(run_id)["state"]
         # Second session: resumed from that checkpoint to the end.
         second: list[ev.Event] = []
         second_outcome = None
