@@ -45,7 +45,7 @@ class VersionSummary:
 
     @classmethod
     def from_row(cls, row: AdapterVersionRow) -> VersionSummary:
-        """From a row of :meth:`Registry.adapter_versions`."""
+        """From a row of ``reg.adapters.versions``."""
         metrics = row.get("metrics") or {}
         dataset = f"{row['dataset']}@{row['dataset_version']}" if row.get("dataset") else None
         return cls(

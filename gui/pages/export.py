@@ -37,9 +37,9 @@ from appliance.errors import ApplianceError, IntegrityError, UsageError
 from appliance.export.options import DTYPES, GGUF_TYPES, ExportOptions
 from appliance.export.preflight import ExportPlan, plan_export
 from appliance.export.serving import exported_files, serving_commands
+from appliance.lineage import ExportRecord, export_history
 from appliance.progress import EXPORT_STAGES
 from appliance.registry.catalog import live_refs
-from appliance.registry.lineage import ExportRecord, export_history
 from appliance.session import Session
 from gui.pages.base import Page
 from gui.process import JobProcess

@@ -32,8 +32,10 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import adapters
+from appliance.comparison import Comparison, compare_versions
 from appliance.errors import ApplianceError
 from appliance.evaluation import gate
+from appliance.lineage import lineage_of
 from appliance.progress import Progress
 from appliance.registry.catalog import (
     AdapterGroup,
@@ -42,9 +44,7 @@ from appliance.registry.catalog import (
     adapter_catalog,
     filter_choices,
 )
-from appliance.registry.compare import Comparison, compare_versions
 from appliance.registry.history import TagMove, plan_tag, tag_history
-from appliance.registry.lineage import lineage_of
 from appliance.session import Session
 from gui.pages.base import Page
 from gui.style import ERROR_STYLE

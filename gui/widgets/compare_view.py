@@ -1,6 +1,6 @@
 """Two or more adapter versions side by side: settings, base and data, metrics, loss curves.
 
-A view of a :class:`~appliance.registry.compare.Comparison`. The settings table can show only
+A view of a :class:`~appliance.comparison.Comparison`. The settings table can show only
 the fields that differ (the most useful question when two runs behave differently); the loss
 curves of every version are overlaid, train solid and eval dashed with markers, against the
 step, the epoch or the tokens seen, so runs on datasets of different sizes line up. Under the
@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.registry.compare import Comparison, CurvePoint, ValueRow
+from appliance.comparison import Comparison, CurvePoint, ValueRow
 from appliance.session import Session
 from gui.style import ERROR_COLOUR
 from gui.widgets.evaluations import EvaluationsCompare

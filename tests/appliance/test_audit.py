@@ -10,7 +10,7 @@ import pytest
 from appliance.errors import IntegrityError, PassphraseError
 from appliance.registry import Registry
 from appliance.registry.audit import row_hash
-from appliance.registry.verify import verify_workspace
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model

@@ -1,6 +1,6 @@
 """The golden-set gate on the production tag, and evaluation rows in the registry.
 
-Registry-level: the figures are recorded with ``add_evaluation`` as an ``eval`` job would record
+Registry-level: the figures are recorded with ``reg.evaluations.add`` as an ``eval`` job would record
 them (the job itself is tested in test_evaluation.py and test_gate_cli.py).
 """
 

@@ -18,17 +18,17 @@ from appliance.datasets import store
 from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyError
 from appliance.folders import read_meta_file, sidecar_path
 from appliance.registry import Registry
-from appliance.registry.dataset_versions import DatasetVersions
 from appliance.registry import rebuild as rebuild_mod
+from appliance.registry.dataset_versions import DatasetVersions
 from appliance.registry.failures import (
     RegistryDamagedError,
     RegistryReadOnlyError,
     explain,
 )
 from appliance.registry.rebuild import rebuild_index
-from appliance.registry.verify import verify_workspace
 from appliance.session import create_vault
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from appliance import adapters
+from appliance.comparison import compare_versions, flatten, run_curves
 from appliance.errors import NotFoundError, RegistryError, UsageError
+from appliance.lineage import lineage_of
 from appliance.registry import Registry
 from appliance.registry.catalog import CatalogFilter, adapter_catalog, filter_choices, live_refs
-from appliance.registry.compare import compare_versions, flatten, run_curves
 from appliance.registry.history import AuditFilter, audit_log, plan_tag, tag_history
-from appliance.registry.lineage import lineage_of
 from appliance.training import events as ev
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner

@@ -12,7 +12,7 @@ from appliance.fsutil import sha256_file
 from appliance.models import import_model
 from appliance.registry import Registry
 from appliance.registry.rebuild import rebuild_index
-from appliance.registry.verify import verify_workspace
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset

@@ -15,9 +15,9 @@ from pytestqt.qtbot import QtBot
 from appliance import adapters, destinations
 from appliance.export import card, preflight
 from appliance.registry import Registry
-from appliance.registry.verify import verify_workspace
 from appliance.session import Session
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from gui.pages.export import ExportPage
 from tests.helpers.adapters import make_adapter, tiny_adapter_store
 

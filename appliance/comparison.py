@@ -17,8 +17,8 @@ from typing import Any
 
 from appliance.errors import UsageError
 from appliance.events import EventError
+from appliance.lineage import Lineage, lineage_of
 from appliance.registry import Registry
-from appliance.registry.lineage import Lineage, lineage_of
 from appliance.training import events as ev
 
 MISSING: Any = None

@@ -1,8 +1,9 @@
 """The lineage of an adapter version as a typed record: run, base, data, settings, results.
 
-:func:`lineage_of` gathers what :meth:`Registry.adapter_lineage` knows and what only the run
-folder knows (the device it trained on, from the ``started`` event of its ``metrics.jsonl``),
-plus its export history and, when the registry records them, its evaluation results.
+:func:`lineage_of` gathers what ``reg.adapters.lineage`` knows and what only the run folder
+knows (the device it trained on, from the ``started`` event of its ``metrics.jsonl``), plus its
+export history and, when the registry records them, its evaluation results. It lives above the
+registry and the training runs it joins, so the registry reads no run folder itself.
 """
 
 from __future__ import annotations
