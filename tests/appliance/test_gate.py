@@ -1,7 +1,7 @@
 """The golden-set gate on the production tag, and evaluation rows in the registry.
 
-Registry-level: the figures are recorded with ``reg.evaluations.add`` as an ``eval`` job would record
-them (the job itself is tested in test_evaluation.py and test_gate_cli.py).
+Registry-level: the figures are recorded with ``reg.evaluations.add`` as an ``eval`` job would
+record them (the job itself is tested in test_evaluation.py and test_gate_cli.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from appliance.evaluation import gate
 from appliance.evaluation.gate import GateRefused
 from appliance.registry import Registry
 from appliance.registry.refs import os_user
+from appliance.registry.rows import AuditRow
 from appliance.workspace import Workspace
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
 
@@ -55,7 +56,7 @@ def score(
     )
 
 
-def last_audit(reg: Registry) -> dict[str, Any]:
+def last_audit(reg: Registry) -> AuditRow:
     return reg.audit_rows(limit=1)[0]
 
 

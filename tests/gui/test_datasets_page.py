@@ -13,6 +13,7 @@ from pytestqt.qtbot import QtBot
 from appliance import datasets
 from appliance.datasets import token_cache
 from appliance.models import import_model
+from appliance.registry.rows import DatasetVersionRow
 from appliance.session import Session
 from appliance.vault import Vault
 from appliance.workspace import Workspace
@@ -32,7 +33,7 @@ def session(ws: Workspace) -> Session:
     return Session(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
 
 
-def _import(session: Session, path: Path, name: str) -> dict[str, Any]:
+def _import(session: Session, path: Path, name: str) -> DatasetVersionRow:
     with session.registry() as reg:
         version, _ = datasets.import_file(session.vault, reg, path, name)
     return version

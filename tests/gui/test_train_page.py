@@ -20,6 +20,7 @@ from pytestqt.qtbot import QtBot
 
 from appliance import datasets
 from appliance.registry import Registry
+from appliance.registry.rows import RunRow
 from appliance.session import Session
 from appliance.training import runs
 from appliance.training.process import process_alive
@@ -91,7 +92,7 @@ def _no_dialog() -> None:
     assert not shown, [w.windowTitle() for w in shown]
 
 
-def _runs(vault: Vault) -> list[dict[str, Any]]:
+def _runs(vault: Vault) -> list[RunRow]:
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
         return reg.runs.all()
 

@@ -19,6 +19,7 @@ from appliance.adapters import AdapterWeights
 from appliance.errors import NotFoundError
 from appliance.models import import_model
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 
@@ -45,7 +46,7 @@ def tiny_adapter_store(folder: Path, tiny_llama: Path) -> tuple[Vault, Registry,
     return vault, reg, ref
 
 
-def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> dict[str, Any]:
+def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> BaseModelRow:
     """The base model ``name``, imported from ``source`` (folder or .gguf) if not there yet."""
     try:
         return reg.models.get(name)

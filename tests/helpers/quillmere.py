@@ -16,6 +16,7 @@ import torch
 from appliance import datasets, workspace
 from appliance.models import import_model
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.settings import build_config
@@ -45,7 +46,7 @@ class QuillmereRun:
 
     ws: workspace.Workspace
     vault: Vault
-    model_row: dict[str, Any]
+    model_row: BaseModelRow
     run_id: str
     first: list[ev.Event]
     """Events of the first session (stopped at step ~20)."""
