@@ -37,7 +37,7 @@ MAX_MANIFEST_BYTES = 16 * 1024**2
 _SHOWN = 5
 
 
-def normalise(dest: Path | str) -> Path:
+def normalise_destination(dest: Path | str) -> Path:
     """``dest`` absolute, with its folder's symlinks and ``..`` resolved.
 
     The last component stays as given, so a destination that is itself a symlink is seen (and
@@ -222,7 +222,7 @@ def check_export_folder(dest: Path | str, *, force: bool, workspace_home: Path) 
         DestinationError: the destination touches the workspace, is a symlink or a file, holds
             anything but an earlier export, exists without ``force``, or cannot be written.
     """
-    out = normalise(dest)
+    out = normalise_destination(dest)
     check_apart_from_workspace(out, workspace_home)
     info = _refuse_link_or_special(out, "folder")
     if info is not None:
@@ -311,7 +311,7 @@ def check_export_file(
         DestinationError: the destination touches the workspace, is a folder, symlink or
             device, exists without ``force`` or is not recognised, or cannot be written.
     """
-    out = normalise(dest)
+    out = normalise_destination(dest)
     check_apart_from_workspace(out, workspace_home)
     info = _refuse_link_or_special(out, "file")
     if info is not None:
@@ -346,7 +346,7 @@ __all__ = [
     "check_export_folder",
     "check_parent_writable",
     "inspect_export_folder",
-    "normalise",
+    "normalise_destination",
     "relation_to_workspace",
     "remove_earlier_export",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from appliance.units import format_bytes
 
-__all__ = ["GpuReading", "GpuState", "NvmlSession", "format_bytes", "read_gpus"]
+__all__ = ["GpuReading", "GpuState", "NvmlReader", "format_bytes", "read_gpus"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class NvmlSession:
-    """An open NVML session for repeated readings (``with NvmlSession() as nvml: nvml.read()``).
+class NvmlReader:
+    """NVML, initialised once for repeated readings (``with NvmlReader() as nvml: nvml.read()``).
 
-    Opening never raises: when NVML is missing the session reads as an unavailable state.
+    Opening never raises: when NVML is missing every reading is an unavailable state.
     """
 
     _lock = threading.Lock()
@@ -88,7 +88,7 @@ class NvmlSession:
         self._nvml: Any = None
         self._reason: str | None = None
 
-    def __enter__(self) -> NvmlSession:
+    def __enter__(self) -> NvmlReader:
         self.open()
         return self
 
@@ -166,5 +166,5 @@ def _nvml_reason(exc: BaseException) -> str:
 
 def read_gpus() -> GpuState:
     """Open NVML, read every GPU, close it. For one-off readings (``appliance gpu``)."""
-    with NvmlSession() as nvml:
+    with NvmlReader() as nvml:
         return nvml.read()

@@ -12,7 +12,9 @@ its changes are what the audit chain guards.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,23 +29,52 @@ if TYPE_CHECKING:  # the training child reads the list without loading the regis
 FILE = "network.json"
 FORMAT = 1
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
 
 class NetworkPolicyError(EgressBlockedError):
     """An address off this machine that the allow-list does not admit."""
+
+
+def parse_rendezvous(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); IPv6 literals in brackets (``[fd00::1]:29500``).
+
+    Raises:
+        UsageError: not HOST:PORT with a port from 1 to 65535.
+    """
+    value = text.strip()
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid_host = _is_ip(host)
+    else:
+        valid_host = _is_ip(host) or bool(_HOST.match(host))
+    if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(
+            f"--rendezvous {text!r}: give HOST:PORT of node 0, e.g. 10.0.0.5:29500 "
+            "(a port from 1 to 65535)"
+        )
+    return host, int(port_text)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def path(ws: Workspace) -> Path:
     return ws.home / FILE
 
 
-def normalise(entry: str) -> str:
+def normalise_entry(entry: str) -> str:
     """``HOST:PORT`` with the host lower-cased (IPv6 in brackets).
 
     Raises:
         UsageError: not HOST:PORT.
     """
-    from appliance.training.placement import parse_rendezvous
-
     host, port = parse_rendezvous(entry)
     host = host.lower()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -67,7 +98,7 @@ def load(ws: Workspace) -> list[str]:
     entries = data.get("allow") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UsageError(f"{path(ws)}: 'allow' must be a list of HOST:PORT strings")
-    return sorted({normalise(e) for e in entries})
+    return sorted({normalise_entry(e) for e in entries})
 
 
 def _save(ws: Workspace, entries: list[str]) -> None:
@@ -77,7 +108,7 @@ def _save(ws: Workspace, entries: list[str]) -> None:
 
 def add(ws: Workspace, reg: Registry, entry: str) -> str:
     """Put ``entry`` on the list (audited); returns it normalised."""
-    value = normalise(entry)
+    value = normalise_entry(entry)
     with ws.writer("network allow"):
         entries = load(ws)
         if value not in entries:
@@ -92,7 +123,7 @@ def remove(ws: Workspace, reg: Registry, entry: str) -> str:
     Raises:
         UsageError: it is not on the list.
     """
-    value = normalise(entry)
+    value = normalise_entry(entry)
     with ws.writer("network revoke"):
         entries = load(ws)
         if value not in entries:
@@ -104,7 +135,7 @@ def remove(ws: Workspace, reg: Registry, entry: str) -> str:
     return value
 
 
-def describe(entries: list[str]) -> str:
+def allow_list_line(entries: list[str]) -> str:
     """The line printed at the start of a run: what may be reached beyond loopback."""
     if not entries:
         return "Network allow-list: empty (nothing beyond this machine can be reached)"
@@ -121,12 +152,10 @@ def check_rendezvous(ws: Workspace, endpoint: str) -> str | None:
         NetworkPolicyError: the address is neither loopback nor on the list.
         UsageError: not HOST:PORT, or a damaged list.
     """
-    from appliance.training.placement import parse_rendezvous
-
     host, _port = parse_rendezvous(endpoint)
     if offline.is_loopback_host(host):
         return None
-    value = normalise(endpoint)
+    value = normalise_entry(endpoint)
     entries = load(ws)
     if value not in entries:
         shown = ", ".join(entries) if entries else "empty, so only this machine can be reached"
@@ -140,8 +169,6 @@ def check_rendezvous(ws: Workspace, endpoint: str) -> str | None:
 
 def admit(ws: Workspace, endpoint: str) -> str | None:
     """:func:`check_rendezvous`, then let this process reach that one address."""
-    from appliance.training.placement import parse_rendezvous
-
     value = check_rendezvous(ws, endpoint)
     if value is not None:
         host, port = parse_rendezvous(value)

@@ -113,7 +113,10 @@ def child(mode: str, base: Path, adapter: Path, out: Path) -> dict[str, Any]:
         else:
             from safetensors.torch import save_file
 
-            save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+            # Only the lazy merge's state holds Blocks; this one is the loaded model's tensors.
+            tensors = {n: t for n, t in state.items() if isinstance(t, torch.Tensor)}
+            assert len(tensors) == len(state)
+            save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
             fd = os.open(folder / "model.safetensors", os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)

@@ -53,7 +53,7 @@ from appliance import offline  # noqa: E402
 
 offline.enforce()
 
-from appliance.gpu import NvmlSession, format_bytes  # noqa: E402
+from appliance.gpu import NvmlReader, format_bytes  # noqa: E402
 from appliance.training import events as ev  # noqa: E402
 from appliance.training.config import TrainConfig  # noqa: E402
 from appliance.training.estimate import ModelShape, estimate_memory, render_estimate  # noqa: E402
@@ -163,7 +163,9 @@ def build_model_folder(shape: dict[str, Any], folder: Path, device: str) -> None
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     # Initialising on the GPU is seconds instead of minutes for billions of parameters.
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+        # transformers types PreTrainedModel.to as a functools.wraps of Module.to, which mypy
+        # reads as an unbound method wanting the model as its first argument.
+        model = LlamaForCausalLM(config).to(dtype)  # type: ignore[arg-type]
     model.save_pretrained(folder, safe_serialization=True)
     del model
     if device == "cuda":
@@ -188,7 +190,7 @@ def make_examples(count: int, longest: int, vocab: int, seed: int) -> list[dict[
 class Peaks:
     """Torch's and NVML's peaks from a point on, NVML sampled after every step."""
 
-    def __init__(self, device: str, nvml: NvmlSession) -> None:
+    def __init__(self, device: str, nvml: NvmlReader) -> None:
         self.device, self.nvml, self.nvml_peak = device, nvml, 0
         if device == "cuda":
             import torch
@@ -232,7 +234,7 @@ def run_appliance(
     dtype: Any,
     run_id: str,
     log: ev.EventLog,
-    nvml: NvmlSession,
+    nvml: NvmlReader,
     started_event: Callable[[Any], ev.Started],
 ) -> dict[str, Any]:
     """The appliance's training path on ``examples``; emits its events to ``log``."""
@@ -351,7 +353,7 @@ def run_bare(
     steps: int,
     device: str,
     dtype: Any,
-    nvml: NvmlSession,
+    nvml: NvmlReader,
 ) -> dict[str, Any]:
     """``bench/bare.py``'s loop on the same model, examples, settings and seed."""
     import bench.bare as bare
@@ -421,7 +423,9 @@ def packing_report(device: str, dtype: Any) -> dict[str, Any]:
         if kind.startswith("flash") and importlib.util.find_spec("flash_attn") is None:
             result[kind] = "flash-attn not installed"
             continue
-        config = LlamaConfig(**SHAPES["tiny"], attn_implementation=kind)
+        config = LlamaConfig(**SHAPES["tiny"])
+        # What attn_implementation=kind sets; LlamaConfig's signature does not list the keyword.
+        config._attn_implementation = kind
         torch.manual_seed(0)
         with torch.device(device):
             model = LlamaForCausalLM(config).to(dtype)
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor()
     peak = peak_tflops(device_name, args.peak_tflops) if device == "cuda" else None
     results = []
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, NvmlSession() as nvml:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, NvmlReader() as nvml:
         folder = Path(tmp) / args.model
         t0 = time.perf_counter()
         build_model_folder(shape, folder, device)

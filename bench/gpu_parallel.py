@@ -43,7 +43,7 @@ from bench.parallel_runs import (  # noqa: E402
     chat_rows,
     make_workspace,
     max_difference,
-    session,
+    measure_run,
 )
 
 
@@ -111,11 +111,11 @@ def check(model_dir: Path, method: str, steps: int) -> dict[str, Any]:
                 flush=True,
             )
 
-        ddp = session(
+        ddp = measure_run(
             vault, _config(method, steps, "ddp", 0), _topology([0], names[:1], "ddp"), "ddp1"
         )
         record("ddp-1", ddp)
-        fsdp = session(
+        fsdp = measure_run(
             vault, _config(method, steps, "fsdp", 0), _topology([0], names[:1], "fsdp"), "fsdp1"
         )
         record("fsdp-1", fsdp)
@@ -151,7 +151,7 @@ def check(model_dir: Path, method: str, steps: int) -> dict[str, Any]:
         print(f"{'fsdp-stop-ddp-resume':>22}: {json.dumps(entry)}", flush=True)
 
         if count > 1:
-            wide = session(
+            wide = measure_run(
                 vault,
                 _config(method, steps, "ddp", 0),
                 _topology(list(range(count)), names, "ddp"),

@@ -136,7 +136,7 @@ else:
     from pathlib import Path
     from appliance import offline
     offline.enforce()
-    from appliance.session import Session
+    from appliance.unlocked import UnlockedWorkspace
     from appliance.vault import Vault
     from appliance.workspace import open_workspace
     from gui.main_window import MainWindow
@@ -144,7 +144,7 @@ else:
     began = time.perf_counter()
     vault = Vault.unlock(ws, sys.argv[3])  # the passphrase dialog's key derivation
     unlock_s = time.perf_counter() - began
-    window = MainWindow(ws.home, session=Session(vault))
+    window = MainWindow(ws.home, workspace=UnlockedWorkspace(vault))
     window.monitor.start()
 watcher = Painted()
 window.installEventFilter(watcher)
@@ -251,10 +251,10 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
 
     offline.enforce()
     from appliance.fsutil import open_append
-    from appliance.session import Session
     from appliance.training import events as ev
     from appliance.training import runs
     from appliance.training.settings import build_config
+    from appliance.unlocked import UnlockedWorkspace
     from appliance.vault import Vault
     from appliance.workspace import open_workspace
     from gui.app import share_interpreter
@@ -263,7 +263,7 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
     share_interpreter()  # as appliance-gui does
     app = QApplication(sys.argv[:1])
     ws = open_workspace(home)
-    window = MainWindow(ws.home, session=Session(Vault.unlock(ws, PASS)))
+    window = MainWindow(ws.home, workspace=UnlockedWorkspace(Vault.unlock(ws, PASS)))
     window.resize(1280, 820)
     window.monitor.start()
     window.show()
@@ -313,14 +313,14 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
 
     # 2. A run with a long history, running in a process of its own: replayed, then followed.
     if args.history:
-        session = window.session
-        assert session is not None
-        with session.registry() as reg:
+        workspace = window.workspace
+        assert workspace is not None
+        with workspace.registry() as reg:
             run_id = runs.create_run(
-                session.vault, reg, model="tiny", dataset="facts", adapter_name="attached",
+                workspace.vault, reg, model="tiny", dataset="facts", adapter_name="attached",
                 config=build_config("quick-test", ["max_seq_length=128"]),
             )  # fmt: skip
-            plan = runs.prepare_launch(session.vault, reg, run_id)
+            plan = runs.prepare_launch(workspace.vault, reg, run_id)
             go = plan.folder / "go"
             fd = open_append(plan.folder / "metrics.jsonl")
             worker = subprocess.Popen(
@@ -331,7 +331,7 @@ def measure(args: argparse.Namespace, home: Path) -> list[tuple[str, float, dict
                 stdin=subprocess.DEVNULL, stdout=fd, start_new_session=True,
             )  # fmt: skip
             os.close(fd)
-            runs.mark_started(session.vault, reg, plan, worker.pid)
+            runs.mark_started(workspace.vault, reg, plan, worker.pid)
         spin(300, lambda: (plan.folder / "history-written").exists())
         loaded: list[str] = []
         page.history_loaded.connect(loaded.append)

@@ -1,7 +1,7 @@
 """Shared by bench/scale.py and bench/gpu_check.py: real runs of the appliance on N processes.
 
 A throw-away workspace (vault, registry, a model folder, a dataset of generated chat rows) and
-:func:`session`, which starts a run through :func:`appliance.training.runs.launch` exactly as
+:func:`measure_run`, which starts a run through :func:`appliance.training.runs.launch` exactly as
 ``appliance train`` does (torchrun's agent, the key hand-over, the event stream) and measures it
 from its events: tokens/s of the steps after the first (start-up, compilation and the first
 allocation excluded), wall time, the adapter.
@@ -54,7 +54,7 @@ def make_workspace(root: Path, model_dir: Path, rows: list[dict[str, Any]]) -> V
 
 
 @dataclass
-class Session:
+class MeasuredRun:
     """One run, as measured from its events."""
 
     state: str
@@ -70,9 +70,9 @@ class Session:
     """Highest torch allocation per GPU seen in ``memory`` events (one per process)."""
 
 
-def session(
+def measure_run(
     vault: Vault, config: TrainConfig, topology: Topology, adapter: str, threads: int | None = None
-) -> Session:
+) -> MeasuredRun:
     """Create a run of ``config`` on ``topology``, follow it to the end, measure it."""
     t0 = time.perf_counter()
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
@@ -97,7 +97,7 @@ def session(
     if len(steps) >= 2:
         (t_first, n_first), (t_last, n_last) = steps[0], steps[-1]
         rate = (n_last - n_first) / (t_last - t_first) if t_last > t_first else 0.0
-    return Session(
+    return MeasuredRun(
         state=outcome.state,
         message=outcome.message,
         tokens_per_s=rate,

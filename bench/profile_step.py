@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoTokenizer
 
-    from appliance.training.batching import BatchPlan
+    from appliance.training.batching import BatchPlan, Order
     from appliance.training.data import tokenise
     from appliance.training.loss import causal_lm_loss
     from appliance.training.model import load_for_training
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     examples = tokenise(rows, tokenizer, config.data).train
     loaded = load_for_training(model_dir, config, cuda=False, dtype=torch.float32)
-    order = "random" if args.bare else "grouped"
+    order: Order = "random" if args.bare else "grouped"
     plan = BatchPlan(examples, config.schedule.micro_batch_size, config.seed, order=order)
     params = [p for p in loaded.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4)

@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,10 +38,21 @@ from bench.parallel_runs import (  # noqa: E402
     chat_rows,
     make_workspace,
     max_difference,
-    session,
+    measure_run,
 )
 
-SIZES = {
+
+class Shape(TypedDict):
+    """The size arguments of ``build_tiny_llama``."""
+
+    hidden_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate_size: int
+
+
+SIZES: dict[str, Shape] = {
     "tiny": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 128},
     "small": {"hidden_size": 256, "layers": 4, "heads": 8, "kv_heads": 4, "intermediate_size": 688},
 }
@@ -56,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from appliance.gpu import GpuState
-    from appliance.training.placement import Placement, resolve
+    from appliance.training.placement import Placement, resolve_topology
     from appliance.training.settings import build_config
     from tests.helpers.models import build_tiny_llama
 
@@ -84,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                     "lr=1e-3",
                 ],
             )
-            topology = resolve(Placement(processes=count), GpuState())
-            measured = session(vault, config, topology, f"p{count}", threads=1)
+            topology = resolve_topology(Placement(processes=count), GpuState())
+            measured = measure_run(vault, config, topology, f"p{count}", threads=1)
             if measured.state != "finished":
                 print(f"{count} process(es): {measured.state}: {measured.message}", file=sys.stderr)
                 return 1

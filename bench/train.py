@@ -202,9 +202,9 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     for module in model.modules():
         container = getattr(module, "lora_dropout", None)
         if isinstance(container, torch.nn.ModuleDict):
-            for name, fast in container.items():
-                if isinstance(fast, FastDropout):
-                    dropouts.append((container, name, fast, torch.nn.Dropout(fast.p)))
+            for name, dropout in container.items():
+                if isinstance(dropout, FastDropout):
+                    dropouts.append((container, name, dropout, torch.nn.Dropout(dropout.p)))
     plans = {
         mode: BatchPlan(
             examples, args.micro_batch, args.seed, order=order, layout=layout, pad_id=pad_id

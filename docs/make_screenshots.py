@@ -31,9 +31,9 @@ offline.enforce()
 from PySide6.QtCore import QCoreApplication, QEventLoop, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QWidget  # noqa: E402
 
-from appliance import workspace  # noqa: E402
-from appliance.session import Session  # noqa: E402
+from appliance.unlocked import UnlockedWorkspace  # noqa: E402
 from appliance.vault import Vault  # noqa: E402
+from appliance.workspace import init as init_workspace  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
 from gui.widgets.passphrase_dialog import PassphraseDialog  # noqa: E402
 
@@ -178,7 +178,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     app = QApplication(sys.argv[:1])  # noqa: F841 (kept alive while the window exists)
     with tempfile.TemporaryDirectory() as tmp:
-        ws, _ = workspace.init(Path(tmp) / "workspace")
+        ws, _ = init_workspace(Path(tmp) / "workspace")
         dialog = PassphraseDialog(ws, create=True)
         dialog.show()
         dialog.passphrase.setText("meadow lantern quietly 1987")
@@ -186,8 +186,10 @@ def main() -> None:
         save(dialog, out, "passphrase.png")
         dialog.close()
 
-        session = Session(Vault.create(ws, "screenshot passphrase", "alice", target_s=0))
-        window = MainWindow(ws.home, session=session)
+        workspace = UnlockedWorkspace(
+            Vault.create(ws, "screenshot passphrase", "alice", target_s=0)
+        )
+        window = MainWindow(ws.home, workspace=workspace)
         window.setWindowTitle("Fine-tuning appliance")
         window.resize(*SIZE)
         window.show()
@@ -241,7 +243,7 @@ def main() -> None:
         registry_and_export_shots(window, out, exports)
         window.monitor.stop()
         window.close()
-        session.lock()
+        workspace.lock()
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 from appliance import datasets, workspace  # noqa: E402
 from appliance.demo import DEMO_MODEL_NAME  # noqa: E402
 from appliance.registry import Registry  # noqa: E402
-from appliance.session import Session  # noqa: E402
 from appliance.training.settings import build_config  # noqa: E402
+from appliance.unlocked import UnlockedWorkspace  # noqa: E402
 from appliance.vault import Vault, has_vault  # noqa: E402
 from gui.app import share_interpreter  # noqa: E402
 from gui.live_run import Settled  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
         with Registry.open(ws, audit_key=vault.audit_key) as reg:
             if not reg.datasets.versions("orgfacts"):
                 datasets.import_file(vault, reg, ORGFACTS, "orgfacts")
-        window = MainWindow(ws.home, session=Session(vault))
+        window = MainWindow(ws.home, workspace=UnlockedWorkspace(vault))
         window.setWindowTitle("Fine-tuning appliance")
         width, height = (int(v) for v in args.size.split("x"))
         window.resize(width, height)

@@ -26,7 +26,7 @@ offline.enforce()
 from PySide6.QtCore import QCoreApplication, QEventLoop  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from appliance.session import Session  # noqa: E402
+from appliance.unlocked import UnlockedWorkspace  # noqa: E402
 from appliance.vault import Vault  # noqa: E402
 from appliance.workspace import open_workspace  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
@@ -56,13 +56,13 @@ def main() -> None:
         sys.exit("set APPLIANCE_PASSPHRASE to the workspace's passphrase")
     app = QApplication(sys.argv[:1])
     ws = open_workspace(args.home)
-    session = Session(Vault.unlock(ws, passphrase))
-    window = MainWindow(ws.home, session=session)
+    workspace = UnlockedWorkspace(Vault.unlock(ws, passphrase))
+    window = MainWindow(ws.home, workspace=workspace)
     window.resize(*SIZE)
     window.show()
     page = window.show_page("Playground")
     assert isinstance(page, PlaygroundPage)
-    with session.registry() as reg:
+    with workspace.registry() as reg:
         base = reg.adapters.lineage(args.adapter)["base_model"]["name"]
     page.choose(base, args.adapter, None)
     page.settings_panel.max_new_tokens.setValue(args.max_new_tokens)

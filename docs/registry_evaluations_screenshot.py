@@ -36,7 +36,7 @@ offline.enforce()
 from PySide6.QtCore import QCoreApplication, QEventLoop  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from appliance.session import Session  # noqa: E402
+from appliance.unlocked import UnlockedWorkspace  # noqa: E402
 from appliance.vault import Vault  # noqa: E402
 from appliance.workspace import open_workspace  # noqa: E402
 from gui.main_window import MainWindow  # noqa: E402
@@ -67,8 +67,8 @@ def main() -> None:
         sys.exit("set APPLIANCE_PASSPHRASE to the workspace's passphrase")
     app = QApplication(sys.argv[:1])
     ws = open_workspace(args.home)
-    session = Session(Vault.unlock(ws, passphrase))
-    window = MainWindow(ws.home, session=session)
+    workspace = UnlockedWorkspace(Vault.unlock(ws, passphrase))
+    window = MainWindow(ws.home, workspace=workspace)
     window.setWindowTitle("Fine-tuning appliance")
     window.resize(*SIZE)
     window.show()
@@ -91,7 +91,7 @@ def main() -> None:
     window.grab().save(str(args.out))
     print(f"saved {args.out}: {runner.status.text()} | {promote.status.text()}")
     window.close()
-    session.lock()
+    workspace.lock()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from PySide6.QtWidgets import QApplication, QDialog
 
-    from appliance.session import Session
+    from appliance.unlocked import UnlockedWorkspace
     from appliance.vault import has_vault
     from gui.main_window import MainWindow
     from gui.widgets.passphrase_dialog import PassphraseDialog
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     if dialog.creating:
         SecondSlotOffer(dialog.vault).exec()  # "Not now" is fine: Settings can add one later
-    window = MainWindow(home, session=Session(dialog.vault))
+    window = MainWindow(home, workspace=UnlockedWorkspace(dialog.vault))
     window.monitor.start()
     window.show()
     window.settle_runs()

@@ -87,7 +87,7 @@ class ChartData:
         """Extend the series by ``event``, already applied to ``progress``; what changed.
 
         Returns names of the changed series: ``steps``, ``evals``, ``gpu:N``, ``host``, or
-        ``all`` when a new session replaced points (a resume after a kill) and every chart must
+        ``all`` when a new launch replaced points (a resume after a kill) and every chart must
         be drawn anew from :meth:`from_progress`.
         """
         if isinstance(event, ev.Started):

@@ -57,7 +57,7 @@ class ChatSession(QObject):
         """The adapter references asked for so far (as the caller named them)."""
         self.info: dict[str, Any] = {}
         self.closing = False
-        # No watchdog: a session waiting for the next question is silent, and rightly so.
+        # No watchdog: a chat session waiting for the next question is silent, and rightly so.
         self.job = JobProcess(request, hang_s=None, parent=self)
         self.job.progress.connect(self.progress)
         self.job.output.connect(self._on_output)

@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from appliance.evaluation.request import eval_request
 from appliance.jobs.events import JobProgress
 from appliance.progress import Progress, eval_stage_words
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.process import JobProcess
 from gui.tasks import Task
 
@@ -38,7 +38,7 @@ class EvalRun(QObject):
 
     def __init__(
         self,
-        session: Session,
+        workspace: UnlockedWorkspace,
         refs: list[str],
         dataset: str,
         *,
@@ -47,7 +47,7 @@ class EvalRun(QObject):
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.refs = list(refs)
         self.dataset = dataset
         self.split = split
@@ -59,8 +59,8 @@ class EvalRun(QObject):
         self.result: dict[str, Any] | None = None
 
     def start(self) -> None:
-        session, refs, dataset, split, base = (
-            self.session,
+        workspace, refs, dataset, split, base = (
+            self.workspace,
             self.refs,
             self.dataset,
             self.split,
@@ -68,8 +68,10 @@ class EvalRun(QObject):
         )
 
         def work(_progress: Progress) -> Any:
-            with session.registry() as reg:
-                request, _ = eval_request(session.vault, reg, refs, dataset, split=split, base=base)
+            with workspace.registry() as reg:
+                request, _ = eval_request(
+                    workspace.vault, reg, refs, dataset, split=split, base=base
+                )
             return request
 
         self.running = True

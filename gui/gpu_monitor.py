@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from appliance.gpu import GpuState, NvmlSession
+from appliance.gpu import GpuState, NvmlReader
 
 
 class _Poller(QObject):
@@ -15,12 +15,12 @@ class _Poller(QObject):
     def __init__(self, interval_ms: int) -> None:
         super().__init__()
         self._interval_ms = interval_ms
-        self._session = NvmlSession()
+        self._reader = NvmlReader()
         self._timer: QTimer | None = None
 
     @Slot()
     def start(self) -> None:
-        self._session.open()
+        self._reader.open()
         self._timer = QTimer(self)
         self._timer.setInterval(self._interval_ms)
         self._timer.timeout.connect(self.poll)
@@ -29,13 +29,13 @@ class _Poller(QObject):
 
     @Slot()
     def poll(self) -> None:
-        self.reading.emit(self._session.read())
+        self.reading.emit(self._reader.read())
 
     @Slot()
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.stop()
-        self._session.close()
+        self._reader.close()
 
 
 class GpuMonitor(QObject):

@@ -29,13 +29,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from appliance.session import Session
 from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.placement import Placement
 from appliance.training.process import process_alive, signal_run
 from appliance.training.runfolder import RunFolder
 from appliance.training.standin import standin_command
+from appliance.unlocked import UnlockedWorkspace
 from gui.follow import FileFollower, ProcessWatch
 from gui.process import ChildOutcome, ChildProcess
 from gui.tasks import Progress, Task
@@ -77,9 +77,11 @@ class LiveRun(QObject):
     settled = Signal(object)
     """The run has ended and is settled: its :class:`Settled`. The last signal."""
 
-    def __init__(self, session: Session, run_id: str, parent: QObject | None = None) -> None:
+    def __init__(
+        self, workspace: UnlockedWorkspace, run_id: str, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.run_id = run_id
         self.folder: Path | None = None
         self.pid: int | None = None
@@ -111,12 +113,12 @@ class LiveRun(QObject):
             placement: the devices (the Train page's picker); every GPU when None.
         """
         self.own = True
-        session, run_id = self.session, self.run_id
+        workspace, run_id = self.workspace, self.run_id
 
         def prepare(_progress: Progress) -> tuple[runs.LaunchPlan, int]:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 plan = runs.prepare_launch(
-                    session.vault, reg, run_id, threads=threads, placement=placement
+                    workspace.vault, reg, run_id, threads=threads, placement=placement
                 )
             return plan, plan.log_file.stat().st_size
 
@@ -193,7 +195,7 @@ class LiveRun(QObject):
     def release(self) -> None:
         """Stop following and let the run train on without this window (it is re-attached at
         the next start). The stand-in is killed now rather than by QProcess at exit; the worker,
-        in a session of its own, is not touched."""
+        in a process session of its own, is not touched."""
         self._stop_timer.stop()
         for follower in (self._log, self._metrics):
             if follower is not None:
@@ -211,12 +213,12 @@ class LiveRun(QObject):
     def _child_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.Spawned):
             self.pid = event.pid
-            session, plan, pid = self.session, self._plan, event.pid
+            workspace, plan, pid = self.workspace, self._plan, event.pid
 
             def mark(_progress: Progress) -> None:
                 assert plan is not None
-                with session.registry() as reg:
-                    runs.mark_started(session.vault, reg, plan, pid)
+                with workspace.registry() as reg:
+                    runs.mark_started(workspace.vault, reg, plan, pid)
 
             self._mark = self._task("recording the start", mark, None, self.notice)
             self.started.emit(pid)
@@ -275,13 +277,13 @@ class LiveRun(QObject):
     def _settle(self) -> None:
         if self._log is not None:
             self._log.read_all()
-        session, run_id, reason = self.session, self.run_id, self._reason
+        workspace, run_id, reason = self.workspace, self.run_id, self._reason
         code = self._exit.exit_code if self._exit is not None else None
 
         def finalize(_progress: Progress) -> Settled:
-            with session.registry() as reg:
-                outcome = runs.finalize(session.vault, reg, run_id, exit_code=code, reason=reason)
-                folder = runs.run_folder(session.vault, reg.runs.get(run_id))
+            with workspace.registry() as reg:
+                outcome = runs.finalize(workspace.vault, reg, run_id, exit_code=code, reason=reason)
+                folder = runs.run_folder(workspace.vault, reg.runs.get(run_id))
             tail = folder.log_tail(LOG_TAIL_LINES) if outcome.state == "failed" else []
             return Settled(run_id, outcome.state, outcome.message or "", outcome.adapter, tail)
 

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.progress import Progress
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
 
@@ -134,10 +134,10 @@ class LockScreen(QWidget):
 
     unlocked = Signal()
 
-    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("lockScreen")
-        self.session = session
+        self.workspace = workspace
         self.task: Task | None = None
         outer = QVBoxLayout(self)
         outer.addStretch(1)
@@ -152,7 +152,7 @@ class LockScreen(QWidget):
         font.setBold(True)
         title.setFont(font)
         layout.addWidget(title)
-        self.where = QLabel(str(session.ws.home))
+        self.where = QLabel(str(workspace.ws.home))
         self.where.setWordWrap(True)
         self.where.setTextFormat(Qt.TextFormat.PlainText)
         self.where.setStyleSheet("color: #555;")
@@ -211,17 +211,17 @@ class LockScreen(QWidget):
 
     @Slot()
     def submit(self) -> None:
-        """Derive the key in the background; on success the session is unlocked again."""
+        """Derive the key in the background; on success the workspace is unlocked again."""
         if (self.task is not None and self.task.running) or not self.passphrase.isEnabled():
             return
         passphrase = self.passphrase.text()
         if not passphrase:
             self._show_error("Enter a passphrase.")
             return
-        session = self.session
+        workspace = self.workspace
 
         def work(_progress: Progress) -> None:
-            session.unlock(passphrase)
+            workspace.unlock(passphrase)
 
         self.task = Task("unlock", work, self)
         self.task.succeeded.connect(self._unlocked)

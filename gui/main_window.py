@@ -21,8 +21,8 @@ from appliance import preferences
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import ApplianceError
 from appliance.progress import Progress
-from appliance.session import Session
 from appliance.training.runs import Outcome, try_reconcile
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.gpu_monitor import GpuMonitor
@@ -54,18 +54,21 @@ class MainWindow(QMainWindow):
     """The appliance's window over the workspace at ``home``."""
 
     def __init__(
-        self, home: Path, session: Session | None = None, monitor: GpuMonitor | None = None
+        self,
+        home: Path,
+        workspace: UnlockedWorkspace | None = None,
+        monitor: GpuMonitor | None = None,
     ) -> None:
         super().__init__()
         self.home = home
-        self.session = session
-        self.models_page = ModelsPage(session)
-        self.train_page = TrainPage(session)
-        self.datasets_page = DatasetsPage(session)
-        self.settings_page = SettingsPage(home, session)
-        self.registry_page = RegistryPage(session)
-        self.export_page = ExportPage(session)
-        self.playground_page = PlaygroundPage(session)
+        self.workspace = workspace
+        self.models_page = ModelsPage(workspace)
+        self.train_page = TrainPage(workspace)
+        self.datasets_page = DatasetsPage(workspace)
+        self.settings_page = SettingsPage(home, workspace)
+        self.registry_page = RegistryPage(workspace)
+        self.export_page = ExportPage(workspace)
+        self.playground_page = PlaygroundPage(workspace)
         self.settle_task: Task | None = None
         self.models_page.imported.connect(self.datasets_page.refresh_models)
         self.models_page.imported.connect(self.playground_page.refresh)
@@ -107,16 +110,16 @@ class MainWindow(QMainWindow):
         self.gpu_label = GpuStatusLabel()
         self.statusBar().addPermanentWidget(self.gpu_label)
         self.lock_label = QLabel("Offline · locked")
-        if session is not None:
-            self._show_unlocked(session.vault)
+        if workspace is not None:
+            self._show_unlocked(workspace.vault)
         self.statusBar().addWidget(self.lock_label)
         self.locker: WindowLock | None = None
-        if session is not None:
+        if workspace is not None:
             self.locker = WindowLock(
-                self, session, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
+                self, workspace, self.pages, _auto_lock_minutes(home), self._own_vault_tasks
             )
             self.locker.locked.connect(self._show_locked)
-            self.locker.unlocked.connect(lambda: self._show_unlocked(session.vault))
+            self.locker.unlocked.connect(lambda: self._show_unlocked(workspace.vault))
             self.settings_page.auto_lock_changed.connect(self.locker.set_minutes)
         self.monitor = monitor if monitor is not None else GpuMonitor(parent=self)
         self.monitor.updated.connect(self.gpu_label.show_state)
@@ -163,7 +166,7 @@ class MainWindow(QMainWindow):
         Returns:
             Whether an import was started.
         """
-        if self.session is None or DEMO_MODEL_NAME in self.models_page.names():
+        if self.workspace is None or DEMO_MODEL_NAME in self.models_page.names():
             return False
         try:
             source = demo_model_gguf()
@@ -184,13 +187,13 @@ class MainWindow(QMainWindow):
         A run never stays "running" after a crash or a reboot: a finished one gets its adapter
         registered, the others become stopped or failed with the reason.
         """
-        if self.session is None:
+        if self.workspace is None:
             return None
-        session = self.session
+        workspace = self.workspace
 
         def work(_progress: Progress) -> list[Outcome]:
-            with session.registry() as reg:
-                return try_reconcile(session.vault, reg)
+            with workspace.registry() as reg:
+                return try_reconcile(workspace.vault, reg)
 
         task = Task("settling runs", work, self)
         task.succeeded.connect(self._runs_settled)

@@ -3,7 +3,7 @@
 Each *column* (``base``, ``A``, ``B``) is a model (the base model alone, or an adapter version of
 it) with its own side of the conversation. :meth:`SideBySide.ask` queues the question for each
 column and sends them one at a time to a :class:`~gui.chat.ChatSession` (one at a time, so Stop
-can skip the columns not asked yet). The session is reused while the base model stays the same:
+can skip the columns not asked yet). The chat session is reused while the base model stays the same:
 adapters it lacks are loaded into it with a ``load`` command. Preparing a request (the registry
 check, hashing the adapter files, unwrapping their keys) runs on a :class:`~gui.tasks.Task`.
 """
@@ -20,7 +20,7 @@ from appliance.generation.protocol import Generate
 from appliance.generation.request import generate_request, load_command
 from appliance.generation.settings import GenerationSettings
 from appliance.progress import Progress
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.chat import ChatSession
 from gui.tasks import Task
 
@@ -53,9 +53,11 @@ class SideBySide(QObject):
     changed = Signal()
     """:attr:`busy` may have changed."""
 
-    def __init__(self, session: Session, columns: tuple[str, ...], parent: QObject) -> None:
+    def __init__(
+        self, workspace: UnlockedWorkspace, columns: tuple[str, ...], parent: QObject
+    ) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.columns = columns
         self.chat: ChatSession | None = None
         self.prepare_task: Task | None = None
@@ -97,8 +99,8 @@ class SideBySide(QObject):
         self.changed.emit()
 
     def _prepare(self, base: str, refs: list[str]) -> None:
-        """Make sure a session of ``base`` with ``refs`` loaded runs, then ask."""
-        session, chat = self.session, self.chat
+        """Make sure a chat session of ``base`` with ``refs`` loaded runs, then ask."""
+        workspace, chat = self.workspace, self.chat
         reuse = chat is not None and chat.base == base and chat.ready
         missing = [r for r in refs if chat is None or r not in chat.adapters]
         if reuse and not missing:
@@ -107,10 +109,10 @@ class SideBySide(QObject):
         load_id = f"l{next(self._ids)}"
 
         def work(_progress: Progress) -> Any:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 if reuse:
-                    return load_command(session.vault, reg, missing, base, load_id)[0]
-                return generate_request(session.vault, reg, refs, model=base)[0]
+                    return load_command(workspace.vault, reg, missing, base, load_id)[0]
+                return generate_request(workspace.vault, reg, refs, model=base)[0]
 
         self.said.emit(f"Loading {', '.join(missing)}…" if reuse else f"Starting {base}…", False)
         self.prepare_task = Task("preparing the model", work, self)
@@ -121,7 +123,7 @@ class SideBySide(QObject):
         self.prepare_task.start()
 
     def _prepared(self, prepared: Any, base: str, loading: list[str] | None) -> None:
-        if self.session.locked or not self.queue:
+        if self.workspace.locked or not self.queue:
             return  # locked, stopped or reset meanwhile
         if loading is not None and self.chat is not None:
             self._loads[prepared.id] = loading
@@ -203,7 +205,7 @@ class SideBySide(QObject):
         if chat is not self.chat:
             return
         self.chat = None
-        if message and not self.session.locked:
+        if message and not self.workspace.locked:
             self._refuse_all(f"The model process ended: {message}")
 
     def stop(self) -> None:

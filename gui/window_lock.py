@@ -3,9 +3,9 @@
 Locking, in this order: every page forgets what it shows and closes its dialogs
 (:meth:`~gui.pages.base.Page.on_lock`), the window shows only the unlock screen, and once the
 page's in-process tasks on the vault have stopped (they are cancelled; a few hundred
-milliseconds at most) the master key is wiped (:meth:`appliance.session.Session.lock`). Child
-processes (trainings, jobs) hold their own keys and go on. Unlocking asks for any key slot's
-passphrase and brings the pages back.
+milliseconds at most) the master key is wiped
+(:meth:`appliance.unlocked.UnlockedWorkspace.lock`). Child processes (trainings, jobs) hold their
+own keys and go on. Unlocking asks for any key slot's passphrase and brings the pages back.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QDialog, QMainWindow, QStackedWidget
 
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.lock import IdleWatcher, LockScreen
 from gui.pages.base import Page
 from gui.tasks import Task
@@ -36,14 +36,14 @@ class WindowLock(QObject):
     def __init__(
         self,
         window: QMainWindow,
-        session: Session,
+        workspace: UnlockedWorkspace,
         pages: list[Page],
         minutes: int,
         extra_tasks: Callable[[], list[Task]] = list,
     ) -> None:
         super().__init__(window)
         self.window = window
-        self.session = session
+        self.workspace = workspace
         self.pages = pages
         self.extra_tasks = extra_tasks
         self.is_locked = False
@@ -51,7 +51,7 @@ class WindowLock(QObject):
         content = window.takeCentralWidget()
         if content is None:
             raise RuntimeError("the window has no central widget to lock")
-        self.screen = LockScreen(session)
+        self.screen = LockScreen(workspace)
         self.screen.unlocked.connect(self._unlocked)
         self.stack = QStackedWidget()
         self.stack.addWidget(content)
@@ -119,14 +119,14 @@ class WindowLock(QObject):
     def _task_ended(self) -> None:
         if (
             self.is_locked
-            and self.session.locked is False
+            and self.workspace.locked is False
             and not any(t.running for t in self._waiting)
         ):
             self._drop_key()
 
     def _drop_key(self) -> None:
         self._waiting = []
-        self.session.lock()
+        self.workspace.lock()
         self.screen.set_waiting("")
         self.key_dropped.emit()
 

@@ -211,9 +211,11 @@ def tag(
     out.print(f"Tagged {result['ref']} as {tag_name}{moved}")
     if check.gated and not check.already:
         golden = check.golden["dataset"] if check.golden else "-"
-        figures = f"{gate.describe(check.metric, check.candidate)}"
+        figures = f"{gate.describe_metric(check.metric, check.candidate)}"
         if check.production is not None:
-            figures += f" vs {check.production} {gate.describe(check.metric, check.incumbent)}"
+            figures += (
+                f" vs {check.production} {gate.describe_metric(check.metric, check.incumbent)}"
+            )
         verdict = "passed" if check.passed else f"overridden: {override}"
         out.print(f"Gate on golden set {golden}: {figures}; {verdict}", markup=False)
 

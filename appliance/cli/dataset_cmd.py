@@ -15,10 +15,10 @@ from appliance.cli.passphrase_cmd import confirm
 from appliance.datasets.columns import ROLES
 from appliance.datasets.formats import FORMATS
 from appliance.datasets.problems import problem_lines
-from appliance.datasets.tokens import DEFAULT_MAX_LENGTH
 from appliance.errors import NotFoundError
 from appliance.registry.refs import check_name
 from appliance.registry.rows import DatasetVersionRow
+from appliance.training.dataset_tokens import DEFAULT_MAX_LENGTH
 
 dataset_app = typer.Typer(
     name="dataset",
@@ -200,7 +200,7 @@ def show(
 def _token_stats(
     ws: Any, reg: Any, model: str, data: list[dict[str, Any]], max_length: int
 ) -> dict[str, Any]:
-    from appliance.datasets import tokens
+    from appliance.training import dataset_tokens as tokens
 
     folder, label = tokens.tokenizer_folder(ws, reg, model)
     tokenizer = tokens.load_tokenizer(folder)

@@ -33,7 +33,7 @@ def show(
     if json_out:
         print_json(entries)
     else:
-        out.print(netpolicy.describe(entries), markup=False)
+        out.print(netpolicy.allow_list_line(entries), markup=False)
 
 
 @network_app.command("allow")
@@ -42,12 +42,12 @@ def allow(
     address: str = typer.Argument(..., help="HOST:PORT, e.g. 10.0.0.5:29500 (exactly that)."),
 ) -> None:
     """Admit exactly HOST:PORT (the rendezvous of a run over several machines); audited."""
-    value = netpolicy.normalise(address)
+    value = netpolicy.normalise_entry(address)
     st = state(ctx)
     ws = st.workspace()
     with st.registry(ws) as reg:
         netpolicy.add(ws, reg, value)
-    out.print(f"Allowed {value}. {netpolicy.describe(netpolicy.load(ws))}", markup=False)
+    out.print(f"Allowed {value}. {netpolicy.allow_list_line(netpolicy.load(ws))}", markup=False)
 
 
 @network_app.command("revoke")
@@ -56,9 +56,9 @@ def revoke(
     address: str = typer.Argument(..., help="HOST:PORT on the list."),
 ) -> None:
     """Take HOST:PORT off the allow-list; audited."""
-    value = netpolicy.normalise(address)
+    value = netpolicy.normalise_entry(address)
     st = state(ctx)
     ws = st.workspace()
     with st.registry(ws) as reg:
         netpolicy.remove(ws, reg, value)
-    out.print(f"Revoked {value}. {netpolicy.describe(netpolicy.load(ws))}", markup=False)
+    out.print(f"Revoked {value}. {netpolicy.allow_list_line(netpolicy.load(ws))}", markup=False)

@@ -31,10 +31,10 @@ from appliance.training.placement import (
     Topology,
     describe_global_batch,
     preferred_gpus,
-    resolve,
+    resolve_topology,
 )
 from appliance.training.process import TrainingProcess
-from appliance.training.progress import RunProgress, clock, describe, final_metrics
+from appliance.training.progress import RunProgress, clock, event_line, final_metrics
 from appliance.training.runfolder import LOG_FILE
 from appliance.vault import Vault
 from appliance.workspace import Workspace, read_only_reason
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
 class ProgressView:
     """Prints a run's :class:`RunProgress` as it moves: one rewritten line on a terminal, else
-    one line per step, and a line of its own for each milestone (:func:`describe`)."""
+    one line per step, and a line of its own for each milestone (:func:`event_line`)."""
 
     def __init__(self, progress: RunProgress | None = None) -> None:
         self.live = sys.stdout.isatty()
@@ -100,7 +100,7 @@ class ProgressView:
             isinstance(event, ev.Checkpoint) and not self.live
         ):
             # Stopped and finished are reported once the run is settled (report()).
-            text = describe(event)
+            text = event_line(event)
             if text is not None:
                 self.note(text)
 
@@ -116,7 +116,7 @@ def follow(
 ) -> runs.Outcome:
     """Show the child's events until it ends; Ctrl-C stops it gracefully, twice kills it.
 
-    ``history`` holds the run's earlier sessions, so that a resumed run's smoothed loss and
+    ``history`` holds the run's earlier launches, so that a resumed run's smoothed loss and
     elapsed time go on from where they were, as on the Train page.
     """
     view = ProgressView(history)
@@ -166,7 +166,7 @@ def _start(
     placement: Placement | None = None,
 ) -> None:
     metrics = ws.home / str(reg.runs.get(run_id)["path"]) / ev.METRICS_FILE
-    history = _replay(metrics)  # read before the new session can append to it
+    history = _replay(metrics)  # read before the new launch can append to it
     process = runs.launch(vault, reg, run_id, detach=detach, topology=topology, placement=placement)
     out.print(
         f"Run {run_id} started (pid {process.pid}); log: {process.folder / LOG_FILE}",
@@ -217,7 +217,7 @@ def train(
     ws = st.workspace()
     placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
     # The devices are checked before the passphrase is asked for.
-    topology = resolve(placement, found, parallel=config.parallel)
+    topology = resolve_topology(placement, found, parallel=config.parallel)
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)
@@ -278,7 +278,7 @@ def _print_placement(ws: Workspace, config: TrainConfig, topology: Topology) -> 
     )
     entries = netpolicy.load(ws)
     if entries or topology.nnodes > 1:
-        out.print(netpolicy.describe(entries), markup=False)
+        out.print(netpolicy.allow_list_line(entries), markup=False)
 
 
 def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
@@ -374,7 +374,7 @@ def show(
     progress = RunProgress()
     for event in events:
         progress.apply(event)
-        line = describe(event)
+        line = event_line(event)
         if line is not None:
             out.print(f"  {clock(event.time)} {line}", markup=False)
     if progress.steps:
@@ -418,7 +418,7 @@ def resume(
     st = state(ctx)
     ws = st.workspace()
     placement, found = _placement(ws, gpus, processes, nnodes, node_rank, rendezvous)
-    resolve(placement, found)  # the devices are checked before the passphrase
+    resolve_topology(placement, found)  # the devices are checked before the passphrase
     vault = st.vault(ws)
     with st.registry(ws) as reg:
         runs.try_reconcile(vault, reg)

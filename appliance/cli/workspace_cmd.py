@@ -10,7 +10,7 @@ import typer
 from appliance import workspace
 from appliance.cli.context import PASSPHRASE_ENV, CliState, err, out, state
 from appliance.registry.refs import os_user
-from appliance.session import create_vault
+from appliance.unlocked import create_vault
 from appliance.vault import DEFAULT_TARGET_S, has_vault
 from appliance.vault.keyslots import check_label
 from appliance.vault.passphrase_rules import check_new_passphrase

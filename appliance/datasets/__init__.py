@@ -11,8 +11,9 @@ Modules: :mod:`.sources` (JSONL, JSON array, CSV/TSV, text; file-level checks),
 :mod:`.formats` (alpaca, sharegpt, messages, completion, text -> canonical rows),
 :mod:`.canonical` (bytes, duplicates, split, statistics), :mod:`.prepare` (the whole
 in-memory pipeline), :mod:`.store` (vault + registry), :mod:`.wizard` (the desktop import
-wizard's preview and store), :mod:`.tokens` (token statistics as training encodes) and
-:mod:`.token_cache` (their encrypted cache and the ``token-stats`` job's parent side).
+wizard's preview and store), :mod:`.token_stats` (token statistics as numbers) and
+:mod:`.token_cache` (their encrypted cache and the ``token-stats`` job's parent side). Measuring
+them takes a tokenizer and training's encoding: :mod:`appliance.training.dataset_tokens`.
 
 The store's functions are loaded on first use: the training child decodes rows with
 :mod:`.canonical` and must not load the registry (it never touches it).

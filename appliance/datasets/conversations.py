@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.datasets import canonical
-from appliance.datasets.formats import kind_of, normalise
+from appliance.datasets.formats import kind_of, normalise_rows
 from appliance.datasets.prepare import Prepared
 from appliance.datasets.problems import DatasetValidationError
 from appliance.datasets.sources import Record, Source
@@ -68,7 +68,7 @@ def add_conversations(
         kind="jsonl",
         records=[Record(n, {"messages": list(c)}) for n, c in enumerate(conversations, 1)],
     )
-    numbered, problems = normalise(source, "messages")
+    numbered, problems = normalise_rows(source, "messages")
     if problems:
         raise DatasetValidationError(
             source_name, problems, "each conversation needs a question and the answer expected"

@@ -266,7 +266,7 @@ _NORMALISERS: dict[str, Callable[[_Row], Row | None]] = {
 }
 
 
-def normalise(src: Source, fmt: str) -> tuple[list[tuple[int, Row]], list[Problem]]:
+def normalise_rows(src: Source, fmt: str) -> tuple[list[tuple[int, Row]], list[Problem]]:
     """Canonical rows with their line numbers, and every problem found (file order)."""
     if fmt not in _NORMALISERS:
         raise UsageError(f"unknown format {fmt!r}; choose auto, {', '.join(FORMATS)}")

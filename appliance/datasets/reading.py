@@ -19,7 +19,7 @@ from pathlib import Path
 from appliance.datasets.canonical import Row
 from appliance.datasets.columns import FORMAT_ROLES, ColumnMap, candidate_formats, parse_mapping
 from appliance.datasets.control import CancelFlag, Control
-from appliance.datasets.formats import FORMATS, detect_format, normalise
+from appliance.datasets.formats import FORMATS, detect_format, normalise_rows
 from appliance.datasets.parquet import ParquetSource, is_parquet
 from appliance.datasets.problems import Problem
 from appliance.datasets.sources import Source, read_source
@@ -211,7 +211,7 @@ def parse(
     control.step(0, total, "checking")
     for chunk in _chunks(opened, chosen):
         unreadable.update(p.line for p in chunk.problems)
-        numbered, found = normalise(chunk, chosen)
+        numbered, found = normalise_rows(chunk, chosen)
         rows.extend(numbered)
         problems.extend(found)
         records += len(chunk.records)

@@ -1,6 +1,6 @@
 """Token statistics of a dataset version as numbers: what a ``max_seq_length`` cuts.
 
-Plain arithmetic on the lengths measured by :mod:`appliance.datasets.tokens` (in the
+Plain arithmetic on the lengths measured by :mod:`appliance.training.dataset_tokens` (in the
 ``token-stats`` job), importing nothing heavy: the desktop app draws its histogram and the
 memory estimate sizes sequences from these, reading them from the encrypted cache
 (:func:`appliance.datasets.token_cache.cached_token_stats`).

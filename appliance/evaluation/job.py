@@ -60,7 +60,7 @@ def read_rows(ctx: JobContext, ds: DatasetVersionRow) -> list[Row]:
 
 def evaluate(ctx: JobContext) -> dict[str, Any]:
     """Handler of the ``eval`` job kind."""
-    from appliance.evaluation.scoring import encode, score
+    from appliance.evaluation.scoring import encode_rows, score
 
     started = time.perf_counter()
     params = ctx.params
@@ -75,7 +75,7 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     ds_ref = f"{ds['name']}@{ds['version']}"
     rows = [r for r in read_rows(ctx, ds) if split == "all" or r["split"] == split]
     engine, loaded = load_engine(ctx, refs, None)
-    encoded = encode(rows, engine, settings)
+    encoded = encode_rows(rows, engine, settings)
     del rows
     if not encoded.rows:
         raise DatasetError(

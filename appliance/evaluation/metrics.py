@@ -59,7 +59,7 @@ def comparable(settings: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def normalise(text: str) -> str:
+def normalise_answer(text: str) -> str:
     """Lower case, punctuation removed, whitespace collapsed: what exact/contains compare."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     kept = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in folded)
@@ -72,17 +72,17 @@ def words(text: str) -> int:
 
 def is_reference(text: str, max_words: int) -> bool:
     """Whether a reply is short enough to be checked as a reference answer."""
-    return 0 < words(normalise(text)) <= max_words
+    return 0 < words(normalise_answer(text)) <= max_words
 
 
 def exact_match(answer: str, reference: str) -> bool:
-    return normalise(answer) == normalise(reference)
+    return normalise_answer(answer) == normalise_answer(reference)
 
 
 def contains(answer: str, reference: str) -> bool:
     """The reference's normalised words appear in the answer as a run of whole words."""
-    ref = normalise(reference)
-    return bool(ref) and f" {ref} " in f" {normalise(answer)} "
+    ref = normalise_answer(reference)
+    return bool(ref) and f" {ref} " in f" {normalise_answer(answer)} "
 
 
 @dataclass

@@ -123,7 +123,7 @@ class Comparison:
 def compare(reg: Registry, refs: list[str]) -> list[Comparison]:
     """For each dataset version and split on which any of ``refs`` was scored, each version's
     latest figures there; those scored for every version first, then by dataset. Deleted versions
-    are included, as in :func:`appliance.comparison.compare_versions`.
+    are included, as in :func:`appliance.training.compare.compare_versions`.
 
     Raises:
         NotFoundError: no such adapter version.

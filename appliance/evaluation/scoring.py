@@ -52,7 +52,7 @@ class Encoded:
         return sum(1 for r in self.rows if r.reference is not None)
 
 
-def encode(rows: Sequence[Row], engine: Engine, settings: EvalSettings) -> Encoded:
+def encode_rows(rows: Sequence[Row], engine: Engine, settings: EvalSettings) -> Encoded:
     """Encode chat rows for scoring (callers refuse text rows before)."""
     out: list[EvalRow] = []
     too_long = 0

@@ -16,7 +16,7 @@ KINDS: dict[str, str] = {
     "verify": "appliance.verify.job:verify_job",
     # Token statistics of a dataset version against a base model, cached encrypted
     # (appliance.datasets.token_cache starts it and reads the cache back).
-    "token-stats": "appliance.datasets.tokens:token_stats_job",
+    "token-stats": "appliance.training.dataset_tokens:token_stats_job",
     # Chat with a base model and adapter versions side by side (interactive).
     "generate": "appliance.generation.job:generate",
     # Score adapter versions (and their base) on a dataset version; stores the results.

@@ -72,7 +72,7 @@ def check_tokenizer_files(folder: Path) -> None:
         )
 
 
-def load_config(folder: Path) -> Any:
+def load_transformers_config(folder: Path) -> Any:
     """The model's transformers config, read locally without remote code."""
     from transformers import AutoConfig
 

@@ -182,7 +182,7 @@ def _check_and_describe(folder: Path, *, files_checked: bool) -> dict[str, Any]:
         scan_folder(folder)  # the copy is what will be loaded: check it, not only the source
     infos = desc.check_weights(folder)
     desc.check_tokenizer_files(folder)
-    config = desc.load_config(folder)
+    config = desc.load_transformers_config(folder)
     architecture = desc.check_architecture(config, folder)
     tokenizer = desc.load_tokenizer(folder)
     return desc.model_facts(folder, infos, config, tokenizer, architecture)

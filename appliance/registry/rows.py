@@ -85,7 +85,8 @@ class RunRow(TypedDict):
     dataset_version_id: int | None
     config: dict[str, Any]
     seed: int | None
-    path: str | None
+    path: str
+    """The run folder, relative to the workspace home (``runs/ID`` unless given)."""
     created_at: str
     created_by: str
     started_at: str | None

@@ -1,6 +1,6 @@
 """Several training processes under one parent: torchrun's agent inside the worker command.
 
-When a session's topology (``meta.json``) has more than one process, ``python -m
+When a launch's topology (``meta.json``) has more than one process, ``python -m
 appliance.training.worker RUN_DIR`` does not train itself: it becomes torchrun's elastic agent
 (``torch.distributed.launcher``, the engine behind ``torchrun``) and starts the same command once
 per local process, each with torchrun's ``RANK``/``WORLD_SIZE``/... environment. To its parent
@@ -39,8 +39,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from appliance.netpolicy import parse_rendezvous
 from appliance.training import events as ev
-from appliance.training.placement import Topology, parse_rendezvous
+from appliance.training.placement import Topology
 
 log = logging.getLogger("appliance.training")
 
@@ -109,7 +110,7 @@ def root_cause(failures: list[RankFailure]) -> RankFailure:
     return min(failures, key=rank)
 
 
-def describe(failure: RankFailure, world_size: int) -> str:
+def describe_rank_failure(failure: RankFailure, world_size: int) -> str:
     """The run's failure reason in words, naming the rank."""
     who = f"rank {failure.rank} of {world_size} (pid {failure.pid})"
     if failure.exitcode < 0:
@@ -279,7 +280,7 @@ def run_agent(run_id: str, topology: Topology, events: ev.EventLog, stream: IO[s
         events.emit(
             ev.Failed(
                 run_id=run_id,
-                message=describe(cause, topology.world_size),
+                message=describe_rank_failure(cause, topology.world_size),
                 kind=cause.kind if cause.exitcode > 0 else "error",
                 rank=cause.rank,
             )

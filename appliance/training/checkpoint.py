@@ -54,13 +54,13 @@ class TrainerState:
     """Training losses of the last steps, for the final train loss."""
     last_eval_loss: float | None = None
     wall_s: float = 0.0
-    """Training seconds of earlier sessions."""
+    """Training seconds of earlier launches."""
     global_micro_batch: int = 0
-    """Examples in one micro-batch of the whole run (micro_batch_size x the first session's
-    processes): the unit the data position counts in, kept when a resumed session runs on
+    """Examples in one micro-batch of the whole run (micro_batch_size x the first launch's
+    processes): the unit the data position counts in, kept when a resumed launch runs on
     another number of processes. 0: a checkpoint from before, where it was micro_batch_size."""
     world_size: int = 1
-    """Processes of the session that saved the checkpoint (``rank_rng`` has one state each)."""
+    """Processes of the launch that saved the checkpoint (``rank_rng`` has one state each)."""
     data_position: int = 0
     """Micro-batches consumed: where the batch plan continues (0 in checkpoints saved before
     it was recorded, which means step x gradient accumulation)."""
@@ -83,7 +83,7 @@ class Snapshot:
     """From :func:`capture_rng`."""
     rank_rng: list[torch.Tensor] = field(default_factory=list)
     """The torch CPU generator state of every process of a run of several, by global rank
-    (``rng`` is rank 0's whole state); a session on as many processes restores each its own."""
+    (``rng`` is rank 0's whole state); a launch on as many processes restores each its own."""
 
 
 def capture_rng() -> dict[str, Any]:

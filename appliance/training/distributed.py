@@ -151,7 +151,7 @@ class Group:
         return share_of(items, self.rank, self.world_size)
 
     def close(self) -> None:
-        """Leave the process group (at the end of a session that joined one)."""
+        """Leave the process group (at the end of a launch that joined one)."""
         if self.distributed:
             import torch.distributed as dist
 

@@ -1,6 +1,6 @@
 """Encoding one row as training sees it: token ids and the labels the loss is taken on.
 
-Torch-free on purpose: the token statistics of a dataset (:mod:`appliance.datasets.tokens`)
+Torch-free on purpose: the token statistics of a dataset (:mod:`appliance.training.dataset_tokens`)
 call these same functions, so the counts they show are exactly what training will see.
 Chat rows are rendered with the base model's own chat template. With ``loss_on=assistant``
 only the tokens of the assistant's replies (their text and the template's end-of-turn marker)

@@ -197,9 +197,9 @@ class Finished(Event):
     eval_loss: float | None = None
     tokens_seen: int | None = None
     wall_s: float
-    """Seconds from start to finish, this session only."""
+    """Seconds from start to finish, this launch only."""
     total_wall_s: float | None = None
-    """Training seconds over every session of the run (stops and resumes included)."""
+    """Training seconds over every launch of the run (stops and resumes included)."""
     peak_memory: int | None = None
     """Peak bytes: torch's peak allocation on a GPU, the process's peak RSS on CPU."""
     adapter: str | None = None

@@ -99,7 +99,7 @@ def loss_sum(model: Any, batch: Batch) -> torch.Tensor:
 
 
 class Trainer:
-    """One session of a run: set up, then train until done or asked to stop."""
+    """One launch of a run: set up, then train until done or asked to stop."""
 
     def __init__(
         self,
@@ -174,7 +174,7 @@ class Trainer:
         if self.group.writes_checkpoints and ckpt.clean_partial(root):
             log.warning("removed the remains of a checkpoint save that was interrupted")
         self.group.barrier()  # nobody reads the checkpoints while rank 0 tidies them
-        # Read before the plan and the model: a resumed run keeps its first session's global
+        # Read before the plan and the model: a resumed run keeps its first launch's global
         # micro-batch and batching.
         found = ckpt.latest(root, self.run_key)
         self.global_micro_batch = (
@@ -323,7 +323,7 @@ class Trainer:
 
     def run(self) -> str:
         """Train to the end (``"finished"``) or until a stop request (``"stopped"``)."""
-        self._session_start = time.perf_counter()
+        self._launch_start = time.perf_counter()
         trainable, total = self.model.get_nb_trainable_parameters()
         self.events.emit(
             ev.Started(
@@ -505,7 +505,7 @@ class Trainer:
     def snapshot(self) -> ckpt.Snapshot:
         """The state to checkpoint (every process calls it: it gathers what is spread out)."""
         state = ckpt.TrainerState(**asdict(self.state))
-        state.wall_s += time.perf_counter() - self._session_start
+        state.wall_s += time.perf_counter() - self._launch_start
         state.world_size = self.group.world_size
         return ckpt.Snapshot(
             state=state,
@@ -557,7 +557,7 @@ class Trainer:
                 [adapters.pack(weights)],
             )
         self.group.barrier()
-        session = time.perf_counter() - self._session_start
+        launch_s = time.perf_counter() - self._launch_start
         losses = self.state.recent_losses
         self.events.emit(
             ev.Finished(
@@ -566,8 +566,8 @@ class Trainer:
                 train_loss=sum(losses) / len(losses) if losses else None,
                 eval_loss=eval_loss,
                 tokens_seen=self.state.tokens_seen,
-                wall_s=session,
-                total_wall_s=self.state.wall_s + session,
+                wall_s=launch_s,
+                total_wall_s=self.state.wall_s + launch_s,
                 peak_memory=peak_memory(self.device),
                 adapter=f"{self.spec.run_id}/{ADAPTER_FILE}"
                 if self.group.writes_checkpoints

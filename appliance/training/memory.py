@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.gpu import NvmlSession
+from appliance.gpu import NvmlReader
 from appliance.training.events import EventLog, GpuMemory, Memory
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _torch_cuda() -> Any:
 def read_memory(
     run_id: str,
     *,
-    nvml: NvmlSession | None = None,
+    nvml: NvmlReader | None = None,
     devices: list[int] | None = None,
     step: int | None = None,
     physical: list[int] | None = None,
@@ -83,7 +83,7 @@ def read_memory(
 
     Args:
         run_id: the run.
-        nvml: an open NVML session (reading without one gives torch-only numbers).
+        nvml: an open :class:`~appliance.gpu.NvmlReader` (without one: torch-only numbers).
         devices: CUDA device indices the run uses; None means every visible device.
         step: the current optimizer step, if known.
         physical: NVML's index of each of ``devices`` where they differ (a process that sees
@@ -134,7 +134,7 @@ class MemorySampler:
         log: EventLog,
         run_id: str,
         *,
-        nvml: NvmlSession | None = None,
+        nvml: NvmlReader | None = None,
         devices: list[int] | None = None,
         step: Callable[[], int | None] = lambda: None,
         interval: float = 1.0,
@@ -212,7 +212,7 @@ class GatheredMemory:
         group: Group,
         topology: Topology | None,
         *,
-        nvml: NvmlSession | None = None,
+        nvml: NvmlReader | None = None,
         physical: int | None = None,
     ) -> None:
         self._group = group

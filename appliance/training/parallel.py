@@ -308,7 +308,7 @@ def share_batches(
 ) -> list[list[Any]]:
     """This process's micro-batches for one step: its share of each global micro-batch, cut
     into pieces of at most ``micro_batch_size`` (a resumed run on fewer processes than its
-    first session accumulates over more pieces instead of using more memory)."""
+    first launch accumulates over more pieces instead of using more memory)."""
     return [
         piece
         for examples in global_micro_batches

@@ -1,8 +1,8 @@
-"""Where a session of a run trains: the devices of this machine, and the machines that share it.
+"""Where a launch of a run trains: the devices of this machine, and the machines that share it.
 
 A :class:`Placement` is what a person asks for (``appliance train --gpus 0,2``, ``--processes 2``,
 ``--nnodes 2 --node-rank 1 --rendezvous HOST:PORT``; the Train page's device picker binds to the
-same fields). :func:`resolve` checks it against this machine's GPUs (NVML) and the training
+same fields). :func:`resolve_topology` checks it against this machine's GPUs (NVML) and the training
 config and gives a :class:`Topology`: how many processes on this node, on which devices, with
 which torch.distributed backend. Everything here is checked before anything is created, and a
 refusal says which option to change. No torch: the parent and the desktop app use it.
@@ -16,13 +16,12 @@ The run is data-parallel (DDP) by default: every process holds the whole base mo
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import UsageError
 from appliance.gpu import GpuState
+from appliance.netpolicy import parse_rendezvous
 
 DEFAULT_TIMEOUT_S = 600
 """How long a collective waits for the other processes before the run fails (a hung peer).
@@ -31,8 +30,6 @@ A dead process is noticed at once (its connections close and torchrun's agent se
 this bounds only a peer that hangs. It must cover the slowest difference between processes
 outside the steps: loading the model, a checkpoint written by rank 0."""
 
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
 
 def _usage(message: str) -> UsageError:
     return UsageError(message)
@@ -40,7 +37,7 @@ def _usage(message: str) -> UsageError:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one session of a run trains (the launch options, not part of the run's config)."""
+    """Where one launch of a run trains (the launch options, not part of the run's config)."""
 
     gpus: str = "all"
     """NVIDIA GPUs to train on: ``all`` (every GPU NVML sees, or the CPU when there is none), a
@@ -111,7 +108,7 @@ class Topology:
 
     @property
     def distributed(self) -> bool:
-        """Whether the session runs under torchrun: more than one process in all, or FSDP (which
+        """Whether the launch runs under torchrun: more than one process in all, or FSDP (which
         wraps the model even on one GPU), or asked for."""
         return self.world_size > 1 or self.nnodes > 1 or self.parallel == "fsdp" or self.torchrun
 
@@ -197,35 +194,6 @@ def parse_gpus(text: str) -> str | list[int]:
     return sorted(indices)
 
 
-def parse_rendezvous(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` as (host, port); IPv6 literals in brackets (``[fd00::1]:29500``).
-
-    Raises:
-        UsageError: not HOST:PORT with a port from 1 to 65535.
-    """
-    value = text.strip()
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        valid_host = _is_ip(host)
-    else:
-        valid_host = _is_ip(host) or bool(_HOST.match(host))
-    if not sep or not valid_host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _usage(
-            f"--rendezvous {text!r}: give HOST:PORT of node 0, e.g. 10.0.0.5:29500 "
-            "(a port from 1 to 65535)"
-        )
-    return host, int(port_text)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def preferred_gpus(allowed: tuple[int, ...] | None, gpus: GpuState, *, where: str) -> str:
     """The ``--gpus`` value for the GPUs a workspace allows training to use (its settings).
 
@@ -263,7 +231,7 @@ def preferred_gpus(allowed: tuple[int, ...] | None, gpus: GpuState, *, where: st
     return ",".join(str(i) for i in sorted(allowed))
 
 
-def resolve(placement: Placement, gpus: GpuState, *, parallel: str = "ddp") -> Topology:
+def resolve_topology(placement: Placement, gpus: GpuState, *, parallel: str = "ddp") -> Topology:
     """Check ``placement`` against this machine's GPUs and the run's parallel mode.
 
     Args:

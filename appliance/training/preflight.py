@@ -118,7 +118,7 @@ def check(
         gpus: an NVML reading (:func:`appliance.gpu.read_gpus`); no GPU means the CPU.
         gpu_index: the GPU the run would use (one process).
         ram_free: available RAM for a CPU run (:func:`available_ram`).
-        topology: several processes (:func:`appliance.training.placement.resolve`): the
+        topology: several processes (:func:`appliance.training.placement.resolve_topology`): the
             estimate is per process (DDP or FSDP) and set against each selected GPU's free
             memory, or the processes together against the RAM.
         lengths: the training examples' token lengths; activations are then sized from the

@@ -8,7 +8,7 @@ GPU (NVML used/total and the trainer's torch allocated/reserved/peak) or, on a C
 process's RSS against total RAM, the last checkpoint, the final metrics, the failure.
 
 ``appliance train`` prints :meth:`RunProgress.status_line` as its progress line and
-:func:`describe` for the events worth a line of their own; ``appliance run show`` replays the
+:func:`event_line` for the events worth a line of their own; ``appliance run show`` replays the
 same model, and the desktop app's Train page draws its charts from the same series. No Qt, no
 torch, no clock: every figure derives from the events' own times, so a replay shows what the
 live view showed.
@@ -107,11 +107,11 @@ class RunProgress:
     dataset: str | None = None
     total_steps: int | None = None
     start_step: int = 0
-    """Where the latest session started (above 0 after a resume)."""
+    """Where the latest launch started (above 0 after a resume)."""
     step: int = 0
     epoch: float = 0.0
     steps: list[StepPoint] = field(default_factory=list)
-    """Loss, smoothed loss, lr and throughput series, one point a step, every session."""
+    """Loss, smoothed loss, lr and throughput series, one point a step, every launch."""
     evals: list[EvalPoint] = field(default_factory=list)
     gpus: dict[int, list[GpuPoint]] = field(default_factory=dict)
     """Memory series per GPU index."""
@@ -128,11 +128,11 @@ class RunProgress:
     """The final metrics, once finished."""
     failure: str | None = None
     """Why it failed or was lost."""
-    sessions: int = 0
+    launches: int = 0
     last_time: float | None = None
     """Time of the latest event (Unix seconds)."""
     _earlier_s: float = 0.0
-    _session_start: float | None = None
+    _launch_start: float | None = None
     _ema: float = 0.0
     _ema_weight: float = 0.0
 
@@ -170,8 +170,8 @@ class RunProgress:
             self.state, self.step, self.final, self.eta_s = FINISHED, event.step, event, 0.0
         elif isinstance(event, ev.Failed):
             self.state, self.failure, self.eta_s = FAILED, event.message, None
-        if self._session_start is None:
-            self._session_start = event.time
+        if self._launch_start is None:
+            self._launch_start = event.time
         self.last_time = max(event.time, self.last_time or event.time)
 
     def mark_lost(self, message: str = "process lost") -> None:
@@ -179,17 +179,17 @@ class RunProgress:
         self.state, self.failure, self.eta_s = LOST, message, None
 
     def _started(self, event: ev.Started) -> None:
-        if self._session_start is not None and self.last_time is not None:
-            self._earlier_s += self.last_time - self._session_start
-        self._session_start = event.time
-        self.sessions += 1
+        if self._launch_start is not None and self.last_time is not None:
+            self._earlier_s += self.last_time - self._launch_start
+        self._launch_start = event.time
+        self.launches += 1
         self.state = RUNNING
         self.failure = None
         self.device, self.model, self.dataset = event.device, event.model, event.dataset
         self.total_steps, self.start_step = event.total_steps, event.start_step
         self.step = event.start_step
         self.estimate = event.estimate
-        # A resumed session repeats nothing, but a session killed after its last checkpoint
+        # A resumed launch repeats nothing, but a launch killed after its last checkpoint
         # did steps the resume does again: those points give way to the new ones.
         self.steps = [p for p in self.steps if p.step <= event.start_step]
         self.evals = [p for p in self.evals if p.step <= event.start_step]
@@ -267,11 +267,11 @@ class RunProgress:
         return min(1.0, self.step / self.total_steps)
 
     def elapsed_s(self, now: float | None = None) -> float:
-        """Training time over every session so far; ``now`` extends a running session to now."""
-        if self._session_start is None:
+        """Training time over every launch so far; ``now`` extends a running launch to now."""
+        if self._launch_start is None:
             return 0.0
         end = now if now is not None and self.state == RUNNING else self.last_time
-        return self._earlier_s + max(0.0, (end or self._session_start) - self._session_start)
+        return self._earlier_s + max(0.0, (end or self._launch_start) - self._launch_start)
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds to the end: the child's estimate at its last step, less the time since."""
@@ -326,7 +326,7 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
-def describe(event: ev.Event) -> str | None:
+def event_line(event: ev.Event) -> str | None:
     """The line for an event worth one of its own (None for steps and memory readings)."""
     if isinstance(event, ev.Started):
         resumed = f", resuming at step {event.start_step}" if event.start_step else ""

@@ -1,11 +1,11 @@
-"""The run folder: one description of the run (``meta.json``) and what its sessions leave beside it.
+"""The run folder: one description of the run (``meta.json``) and what its launches leave beside it.
 
 Layout of ``HOME/runs/<run id>/``::
 
     meta.json         the one description of the run (see below)
     run-key.enc       vault object (sealed by the master key) holding the run key
-    metrics.jsonl     the event stream, appended by every session (0600)
-    train.log         logs and warnings of the child, every session (0600)
+    metrics.jsonl     the event stream, appended by every launch (0600)
+    train.log         logs and warnings of the child, every launch (0600)
     checkpoints/      step-00000010/{state.enc, manifest.json}, ...  (sealed by the run key)
     adapter.enc       the finished adapter (sealed by the run key) until the parent registers it
 
@@ -18,7 +18,7 @@ sections:
   ``appliance verify --rebuild-index`` rebuilds it from them.
 * ``launch``: written by :mod:`appliance.training.runs` at creation and at every launch; what
   the child needs besides the record (:class:`Launch`: the model folder and the dataset object it
-  was resolved to, the adapter's name) and where the current session's events start in
+  was resolved to, the adapter's name) and where the current launch's events start in
   ``metrics.jsonl``.
 
 The child reads both with :class:`RunFolder` (no registry, no torch): ``python -m
@@ -73,11 +73,11 @@ class Launch:
     """Absolute path of the dataset version's vault object."""
     dataset_object_id: str
     metrics_offset: int = 0
-    """Size of ``metrics.jsonl`` when this session was launched: its events follow."""
+    """Size of ``metrics.jsonl`` when this launch began: its events follow."""
     launched: float | None = None
-    """When this session was launched (Unix seconds); None before the first launch."""
+    """When this launch began (Unix seconds); None before the first launch."""
     topology: dict[str, Any] | None = None
-    """This session's processes and devices (:meth:`Topology.to_dict`); None: one process
+    """This launch's processes and devices (:meth:`Topology.to_dict`); None: one process
     on the first GPU or the CPU, as before several processes were possible."""
 
 
@@ -104,7 +104,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """One run's folder: its description and the paths of the files its sessions write."""
+    """One run's folder: its description and the paths of the files its launches write."""
 
     path: Path
 
@@ -183,11 +183,11 @@ class RunFolder:
                 f"{self.meta} has no launch section: this run folder was not made by "
                 "'appliance train'"
             )
-        session = _read_json(self.path / LEGACY_FILES[1]) or {}
+        legacy = _read_json(self.path / LEGACY_FILES[1]) or {}
         return {
             **spec,
-            "metrics_offset": int(session.get("metrics_offset", 0)),
-            "launched": session.get("launched"),
+            "metrics_offset": int(legacy.get("metrics_offset", 0)),
+            "launched": legacy.get("launched"),
         }, str(spec_path)
 
     def spec(self) -> RunSpec:
@@ -224,7 +224,7 @@ class RunFolder:
             raise TrainingError(f"{self.meta}: {exc}") from None
 
     def topology(self) -> Topology | None:
-        """This session's topology from the launch section; None for one plain process.
+        """This launch's topology from the launch section; None for one plain process.
 
         Raises:
             TrainingError: the launch section or its topology is damaged; names the file.
@@ -244,8 +244,8 @@ class RunFolder:
         except (TrainingError, KeyError):
             return self.path.name
 
-    def session_events(self) -> list[ev.Event]:
-        """The events of the latest session (those after its start offset in ``metrics.jsonl``).
+    def launch_events(self) -> list[ev.Event]:
+        """The events of the latest launch (those after its start offset in ``metrics.jsonl``).
 
         A line torn by a kill, or otherwise not an event, is skipped.
         """
@@ -298,7 +298,7 @@ class RunFolder:
             os.close(fd)
 
     def prepare_stream_files(self) -> None:
-        """Create ``metrics.jsonl`` and ``train.log`` owner-only before any session appends.
+        """Create ``metrics.jsonl`` and ``train.log`` owner-only before any launch appends.
 
         The child and QProcess open them for appending and would otherwise create them with the
         process umask (often 0644); runs of older versions get their mode corrected here.

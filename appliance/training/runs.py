@@ -11,10 +11,10 @@ else to change a run; the run itself is described once on disk, in its folder's 
     mark_started    record the child's PID: the run is running
     launch          prepare_launch + start the child + hand over the keys + mark_started
     stop_run        from any process: SIGTERM, SIGKILL after a timeout, then finalize
-    finalize        settle an ended session: finished (adapter registered), stopped or failed
+    finalize        settle an ended launch: finished (adapter registered), stopped or failed
     reconcile       finalize every run marked running whose process is gone
 
-Processes: a session runs as one plain child, or, when its :class:`Topology` has several
+Processes: a launch runs as one plain child, or, when its :class:`Topology` has several
 processes (``--gpus``, ``--processes``, ``--nnodes``), as torchrun's agent (the same command:
 ``python -m appliance.training.worker RUN_DIR``, which reads the topology from ``meta.json``)
 that starts one rank per device. The parent sees one process, one PID and one event stream
@@ -27,8 +27,8 @@ key. The run key is random per run and kept in the run folder sealed by the mast
 which holds the vault, unseals the adapter and stores it as ``NAME@N`` under the master key.
 
 States in the registry: queued (created) -> running (with the child's PID) -> finished,
-stopped or failed. A session's outcome is read back from ``metrics.jsonl`` (the events after the
-session's start recorded in the launch section), so any process holding the vault settles a run
+stopped or failed. A launch's outcome is read back from ``metrics.jsonl`` (the events after the
+launch's start recorded in the launch section), so any process holding the vault settles a run
 whose parent is gone: the parent that followed the child, a later ``appliance run list``, or the
 desktop app at start-up. Nothing here imports torch.
 """
@@ -63,7 +63,7 @@ from appliance.registry.refs import check_name
 from appliance.registry.rows import BaseModelRow, DatasetVersionRow, RunRow
 from appliance.training import events as ev
 from appliance.training.config import ConfigError, TrainConfig
-from appliance.training.placement import Placement, Topology, check_batch_division, resolve
+from appliance.training.placement import Placement, Topology, check_batch_division, resolve_topology
 from appliance.training.process import (
     TrainingProcess,
     describe_exit,
@@ -228,7 +228,7 @@ def key_line(vault: Vault, reg: Registry, run_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything needed to start one session of a run, in this process or through QProcess."""
+    """Everything needed to start one launch of a run, in this process or through QProcess."""
 
     run_id: str
     folder: Path
@@ -240,7 +240,7 @@ class LaunchPlan:
     log_file: Path
     """Where the child's stderr belongs (the run's ``train.log``, appended; it exists, 0600)."""
     topology: Topology | None = None
-    """The session's processes and devices (None: one plain process)."""
+    """The launch's processes and devices (None: one plain process)."""
 
 
 def plan_topology(
@@ -261,7 +261,7 @@ def plan_topology(
     """
     from appliance.gpu import read_gpus
 
-    topology = resolve(placement or Placement(), read_gpus(), parallel=config.parallel)
+    topology = resolve_topology(placement or Placement(), read_gpus(), parallel=config.parallel)
     if train_examples is not None:
         check_batch_division(train_examples, config.schedule.micro_batch_size, topology.world_size)
     return topology
@@ -295,10 +295,10 @@ def prepare_launch(
     """Check that ``run_id`` can start, refresh its launch section, and gather its keys.
 
     A run whose model or dataset is gone or changed is marked failed with the reason. The
-    session's start in ``metrics.jsonl`` is recorded here, before any child can write.
+    launch's start in ``metrics.jsonl`` is recorded here, before any child can write.
 
     Args:
-        placement: where this session trains (``--gpus``, ``--processes``, ``--nnodes``...);
+        placement: where this launch trains (``--gpus``, ``--processes``, ``--nnodes``...);
             checked here. By default every GPU of this machine, or one CPU process.
         topology: an already checked placement (:func:`plan_topology`), instead of
             ``placement``.
@@ -320,7 +320,7 @@ def prepare_launch(
             config: TrainConfig | None = TrainConfig.from_dict(run["config"])
         except ConfigError:
             config = None  # the child reports a config it cannot use, as a failed run
-        # A run with checkpoints keeps the global micro-batch of its first session (the child
+        # A run with checkpoints keeps the global micro-batch of its first launch (the child
         # checks the split against it); a fresh one is checked against the dataset's rows here.
         fresh = not any(folder.checkpoints.glob("step-*"))
         ds = _dataset_of(reg, run, include_deleted=True)
@@ -423,7 +423,7 @@ def launch(
 
 @dataclass
 class Outcome:
-    """How a session ended, as settled in the registry."""
+    """How a launch ended, as settled in the registry."""
 
     run_id: str
     state: str
@@ -478,7 +478,7 @@ def finalize(
     exit_code: int | None = None,
     reason: str | None = None,
 ) -> Outcome:
-    """Settle a session that has ended: register the adapter, or record stopped / failed.
+    """Settle a launch that has ended: register the adapter, or record stopped / failed.
 
     ``exit_code`` (negative: killed by that signal) or ``reason`` explain a child that ended
     without a final event; without either the run failed with "process lost".
@@ -491,7 +491,7 @@ def finalize(
         if run["state"] not in ("running", "queued"):
             return _settled(reg, run)
         folder = run_folder(vault, run)
-        found = [e for e in folder.session_events() if isinstance(e, TERMINAL)]
+        found = [e for e in folder.launch_events() if isinstance(e, TERMINAL)]
         last = found[-1] if found else None
         if isinstance(last, ev.Finished) and folder.adapter.exists():
             return _register(vault, reg, run, folder, last)
@@ -556,7 +556,7 @@ def _member_node(folder: RunFolder) -> bool:
 
 
 def _placements(folder: RunFolder) -> list[dict[str, Any]]:
-    """Where each session of the run trained, from its ``started`` events (for the lineage)."""
+    """Where each launch of the run trained, from its ``started`` events (for the lineage)."""
     try:
         events = list(ev.replay(folder.metrics))
     except (OSError, ev.EventError):

@@ -74,7 +74,7 @@ def format_keys(dataset_key: bytes, run_key: bytes) -> bytes:
 
 
 KEY_LINE_BYTES = len(format_keys(bytes(32), bytes(32)))
-"""Length of one key line: each rank of a session reads exactly this many bytes of the stdin
+"""Length of one key line: each rank of a launch reads exactly this many bytes of the stdin
 it shares with the others, and the parent writes all the lines in one atomic pipe write."""
 
 
@@ -200,7 +200,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _session_topology(folder: RunFolder) -> Topology | None:
+def _launch_topology(folder: RunFolder) -> Topology | None:
     try:
         return folder.topology()
     except TrainingError:
@@ -298,9 +298,9 @@ def _oom_message(trainer: Any, at: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one training session of the run in ``RUN_DIR``; 0 finished or stopped, 1 failed.
+    """Run one launch of the run in ``RUN_DIR``; 0 finished or stopped, 1 failed.
 
-    Depending on the session's topology and on torchrun's environment this process is the one
+    Depending on the launch's topology and on torchrun's environment this process is the one
     trainer, torchrun's agent over several ranks (:mod:`appliance.training.agent`), or one rank.
     """
     offline.enforce()
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(run_dir, ranked[0] if ranked is not None else None)
     folder = RunFolder(run_dir)
     run_id = folder.run_id()
-    topology = _session_topology(folder) if run_dir.is_dir() else None
+    topology = _launch_topology(folder) if run_dir.is_dir() else None
     _select_gpus(topology if ranked is None else None)
     trainer: Any = None
     stop_early = False
@@ -391,9 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.setup()
         nvml = None
         if trainer.cuda:
-            from appliance.gpu import NvmlSession
+            from appliance.gpu import NvmlReader
 
-            nvml = NvmlSession()
+            nvml = NvmlReader()
             nvml.open()
         physical = _physical_gpu(topology, trainer)
         gathered = None

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from appliance import datasets
 from appliance.progress import Progress
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.style import ERROR_STYLE
 from gui.tasks import Task, delete_when_done
@@ -90,9 +90,9 @@ class DatasetsPage(Page):
     changed = Signal()
     """A version was stored, exported or deleted."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.versions: list[DatasetVersionRow] = []
         self.selected: DatasetVersionRow | None = None
         self.adapters: list[str] = []
@@ -175,7 +175,7 @@ class DatasetsPage(Page):
         self.rows_view = RowsView()
         self.rows_view.setObjectName("previewRows")
         inner.addWidget(self.rows_view)
-        self.tokens = TokenPanel(session)
+        self.tokens = TokenPanel(workspace)
         inner.addWidget(self.tokens)
         inner.setStretchFactor(0, 3)
         inner.setStretchFactor(1, 4)
@@ -196,19 +196,19 @@ class DatasetsPage(Page):
 
     @property
     def unlocked(self) -> bool:
-        """Whether the page may show data: the session is unlocked and the window is not being
+        """Whether the page may show data: the workspace is unlocked and the window is not being
         locked (the key waits for running tasks, whose results must not fill the page)."""
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     @Slot()
     def refresh(self) -> None:
         """Read the versions from the registry and keep the selection where it was."""
-        if not self.unlocked or self.session is None:
+        if not self.unlocked or self.workspace is None:
             self._clear_all()
-            if self.session is None:
+            if self.workspace is None:
                 self.status.setText("Unlock the workspace to see its datasets.")
             return
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             self.versions = reg.datasets.versions()
             models = [m["name"] for m in reg.models.all()]
         self.tokens.set_models(models)
@@ -250,8 +250,8 @@ class DatasetsPage(Page):
     @Slot()
     def refresh_models(self) -> None:
         """Offer the base models of the registry for token statistics (a model was imported)."""
-        if self.unlocked and self.session is not None:
-            with self.session.registry() as reg:
+        if self.unlocked and self.workspace is not None:
+            with self.workspace.registry() as reg:
                 self.tokens.set_models([m["name"] for m in reg.models.all()])
 
     def names(self) -> list[str]:
@@ -278,7 +278,7 @@ class DatasetsPage(Page):
         self.rows_view.clear()
         self.selected = version
         self.adapters = []
-        if version is None or not self.unlocked or self.session is None:
+        if version is None or not self.unlocked or self.workspace is None:
             self.heading.clear()
             for label in self.detail_labels.values():
                 label.clear()
@@ -286,7 +286,7 @@ class DatasetsPage(Page):
             self._update_buttons()
             return
         self._selected_ref = version_ref(version)
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             made = reg.adapters.from_dataset(version["name"], version["version"])
         self.adapters = [a["ref"] for a in made]
         self.heading.setText(f"{version['name']}, version {version['version']}")
@@ -298,13 +298,13 @@ class DatasetsPage(Page):
 
     def load_rows(self, version: DatasetVersionRow) -> Task | None:
         """Decrypt the version in memory (background) and show its first rows."""
-        session = self.session
-        if session is None or session.locked:
+        workspace = self.workspace
+        if workspace is None or workspace.locked:
             return None
         generation = self._generation
 
         def work(_progress: Progress) -> list[tuple[str, dict[str, Any]]]:
-            rows = datasets.load_rows(session.vault, version)
+            rows = datasets.load_rows(workspace.vault, version)
             return [(str(i + 1), row) for i, row in enumerate(rows[:PREVIEW_ROWS])]
 
         task = Task("decrypting the preview", work, self)
@@ -326,11 +326,11 @@ class DatasetsPage(Page):
 
     def open_wizard(self, path: Path | None = None) -> ImportWizard | None:
         """Open the import wizard (on ``path`` when given)."""
-        if not self.unlocked or self.session is None:
+        if not self.unlocked or self.workspace is None:
             return None
         if self.wizard is not None:
             self.wizard.abandon()
-        wizard = ImportWizard(self.session, path, self.names(), self)
+        wizard = ImportWizard(self.workspace, path, self.names(), self)
         wizard.stored.connect(self._stored)
         wizard.finished.connect(lambda _code, w=wizard: self._wizard_closed(w))
         self.wizard = wizard
@@ -413,15 +413,15 @@ class DatasetsPage(Page):
 
     def export(self, version: DatasetVersionRow, out: Path, *, force: bool = False) -> Task | None:
         """Write ``version`` as plaintext JSONL to ``out`` (audited), in the background."""
-        session = self.session
-        if session is None or session.locked or self.action_busy:
+        workspace = self.workspace
+        if workspace is None or workspace.locked or self.action_busy:
             return None
         ref = version_ref(version)
 
         def work(_progress: Progress) -> Path:
-            with session.ws.writer("dataset export"), session.registry() as reg:
+            with workspace.ws.writer("dataset export"), workspace.registry() as reg:
                 current = datasets.resolve(reg, ref)
-                return datasets.export_version(session.vault, reg, current, out, force=force)
+                return datasets.export_version(workspace.vault, reg, current, out, force=force)
 
         task = Task("exporting", work, self)
         task.succeeded.connect(
@@ -447,9 +447,9 @@ class DatasetsPage(Page):
         targets = [
             v for v in self.versions if v["name"] == name and version in (None, v["version"])
         ]
-        if self.session is None:
+        if self.workspace is None:
             return ""
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             made = [a["ref"] for a in reg.adapters.from_dataset(name, version)]
         rows = sum(v["rows"] for v in targets)
         what = (
@@ -483,19 +483,19 @@ class DatasetsPage(Page):
 
     def delete(self, name: str, version: int | None) -> Task | None:
         """Delete one version, or every version of ``name`` (None), in the background."""
-        session = self.session
-        if session is None or session.locked or self.action_busy:
+        workspace = self.workspace
+        if workspace is None or workspace.locked or self.action_busy:
             return None
 
         def work(_progress: Progress) -> list[str]:
             done = []
-            with session.ws.writer("dataset delete"), session.registry() as reg:
+            with workspace.ws.writer("dataset delete"), workspace.registry() as reg:
                 if version is None:
                     targets = reg.datasets.versions(name)
                 else:
                     targets = [datasets.resolve(reg, f"{name}@{version}")]
                 for target in targets:
-                    datasets.delete_version(session.vault, reg, target)
+                    datasets.delete_version(workspace.vault, reg, target)
                     done.append(version_ref(target))
             return done
 

@@ -37,10 +37,10 @@ from appliance.errors import ApplianceError, IntegrityError, UsageError
 from appliance.export.options import DTYPES, GGUF_TYPES, ExportOptions
 from appliance.export.preflight import ExportPlan, plan_export
 from appliance.export.serving import exported_files, serving_commands
-from appliance.lineage import ExportRecord, export_history
 from appliance.progress import EXPORT_STAGES
 from appliance.registry.catalog import live_refs
-from appliance.session import Session
+from appliance.training.lineage import ExportRecord, export_history
+from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.process import JobProcess
 from gui.style import ERROR_STYLE
@@ -83,9 +83,9 @@ class ExportPage(Page):
     exported = Signal(str)
     """``NAME@N`` of a version whose export finished and verified."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.job: JobProcess | None = None
         self.plan: ExportPlan | None = None
         self.history: tuple[ExportRecord, ...] = ()
@@ -201,7 +201,7 @@ class ExportPage(Page):
     @property
     def usable(self) -> bool:
         """An unlocked workspace is there to read."""
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def on_lock(self) -> None:
         # A running export goes on (its child holds its own key); its outcome is not drawn.
@@ -229,11 +229,11 @@ class ExportPage(Page):
     @Slot()
     def refresh(self) -> None:
         """Re-read the versions that can be exported (keeping the chosen one if it exists)."""
-        if self.session is None or not self.usable:
+        if self.workspace is None or not self.usable:
             self.status.setText("Unlock the workspace to export its adapters.")
             self.start_button.setEnabled(False)
             return
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             refs = live_refs(reg)
         current = self.version_combo.currentText()
         self.version_combo.blockSignals(True)
@@ -302,7 +302,7 @@ class ExportPage(Page):
         self.plan = None
         ref = self.version_combo.currentText()
         busy = self.busy
-        if self.session is None or not self.usable or not ref:
+        if self.workspace is None or not self.usable or not ref:
             self.plan_label.setText("No adapter version to export yet.")
             self.start_button.setEnabled(False)
             return None
@@ -311,7 +311,7 @@ class ExportPage(Page):
             self.start_button.setEnabled(not busy)
             return None
         try:
-            with self.session.registry() as reg:
+            with self.workspace.registry() as reg:
                 self.plan = plan_export(reg, ref, self.options())
         except ApplianceError as exc:
             self._plan_text(str(exc), error=True)
@@ -337,7 +337,7 @@ class ExportPage(Page):
     @Slot()
     def start_export(self) -> JobProcess | None:
         """Check again, then start the ``export`` job; None (and the reason shown) if refused."""
-        if self.session is None or not self.usable or self.busy:
+        if self.workspace is None or not self.usable or self.busy:
             return None
         plan = self.update_plan()
         if plan is None:
@@ -345,7 +345,7 @@ class ExportPage(Page):
                 self._say(f"Not started: {self.plan_label.text()}", error=True)
             return None
         try:
-            request = plan.request(self.session.vault)
+            request = plan.request(self.workspace.vault)
         except ApplianceError as exc:
             self._say(f"Not started: {exc}", error=True)
             return None
@@ -476,14 +476,14 @@ class ExportPage(Page):
 
     def _base_folder(self, record: dict[str, Any]) -> Path | None:
         base = (record.get("details") or {}).get("base_model")
-        if self.session is None or not base:
+        if self.workspace is None or not base:
             return None
         try:
-            with self.session.registry() as reg:
+            with self.workspace.registry() as reg:
                 path = Path(reg.models.get(str(base))["path"])
         except ApplianceError:
             return None
-        return path if path.is_absolute() else self.session.ws.home / path
+        return path if path.is_absolute() else self.workspace.ws.home / path
 
     @Slot(str)
     def _failed(self, message: str) -> None:
@@ -523,9 +523,9 @@ class ExportPage(Page):
     def _load_history(self) -> None:
         ref = self.version_combo.currentText()
         self.history = ()
-        if self.session is not None and self.usable and ref:
+        if self.workspace is not None and self.usable and ref:
             try:
-                with self.session.registry() as reg:
+                with self.workspace.registry() as reg:
                     self.history = export_history(reg, ref)
             except ApplianceError:
                 self.history = ()

@@ -27,8 +27,8 @@ from PySide6.QtWidgets import (
 
 from appliance.jobs import JobRequest
 from appliance.progress import MODEL_IMPORT_STAGES
-from appliance.session import Session
 from appliance.units import format_bytes, format_count
+from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.process import JobProcess
 from gui.style import ERROR_STYLE
@@ -55,9 +55,9 @@ class ModelsPage(Page):
     imported = Signal(str)
     """The name of a model whose import finished."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.job: JobProcess | None = None
         self._busy_text = ""
         self._locking = False
@@ -99,9 +99,9 @@ class ModelsPage(Page):
         self.refresh()
 
     def models(self) -> list[BaseModelRow]:
-        if self.session is None or self.session.locked or self._locking:
+        if self.workspace is None or self.workspace.locked or self._locking:
             return []  # an import finishing while the window is locked lists nothing
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             return reg.models.all()
 
     @Slot()
@@ -125,7 +125,7 @@ class ModelsPage(Page):
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
                 self.table.setItem(r, c, item)
-        if self.session is None:
+        if self.workspace is None:
             self.status.setText("Unlock the workspace to see its models.")
 
     def on_lock(self) -> None:
@@ -147,12 +147,12 @@ class ModelsPage(Page):
             RuntimeError: no unlocked workspace, or an import is running already (the buttons
                 are disabled then, so only a caller in code can get here).
         """
-        if self.session is None:
+        if self.workspace is None:
             raise RuntimeError("no unlocked workspace")
         if self.busy:
             raise RuntimeError("an import is already running")
         request = JobRequest.for_vault(
-            self.session.vault,
+            self.workspace.vault,
             "model-import",
             {"source": str(source), "name": name, "link": link},
             writes_registry=True,

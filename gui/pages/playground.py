@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 from appliance.datasets.conversations import add_conversations
 from appliance.errors import ApplianceError
 from appliance.progress import Progress
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.chat import ChatSession
 from gui.pages.base import Page
 from gui.side_by_side import Conversation, SideBySide
@@ -62,14 +62,14 @@ class PlaygroundPage(Page):
     saved = Signal(object)
     """A conversation was stored: the new dataset version's registry row."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.save_task: Task | None = None
         self._locking = False
         self.side: SideBySide | None = None
-        if session is not None:
-            self.side = SideBySide(session, COLUMNS, self)
+        if workspace is not None:
+            self.side = SideBySide(workspace, COLUMNS, self)
 
         pickers = QHBoxLayout()
         self.base_box = QComboBox()
@@ -107,7 +107,7 @@ class PlaygroundPage(Page):
         panel_layout.setContentsMargins(6, 0, 0, 0)
         self.settings_panel = GenerationSettingsPanel()
         panel_layout.addWidget(self.settings_panel)
-        self.eval_runner = EvalRunner(session)
+        self.eval_runner = EvalRunner(workspace)
         panel_layout.addWidget(self.eval_runner)
         panel_layout.addStretch(1)
         panel.setMaximumWidth(340)
@@ -156,7 +156,7 @@ class PlaygroundPage(Page):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     @Slot()
     def refresh(self) -> None:
@@ -165,15 +165,15 @@ class PlaygroundPage(Page):
         self.base_box.blockSignals(True)
         self.base_box.clear()
         if self.unlocked:
-            assert self.session is not None
-            with self.session.registry() as reg:
+            assert self.workspace is not None
+            with self.workspace.registry() as reg:
                 self.base_box.addItems([m["name"] for m in reg.models.all()])
             if current:
                 self.base_box.setCurrentText(current)
         self.base_box.blockSignals(False)
         self._fill_adapters()
         self.eval_runner.refresh()
-        if self.session is None:
+        if self.workspace is None:
             self._say("Unlock the workspace to use the Playground.")
         elif self.unlocked and self.base_box.count() == 0:
             self._say("Import a base model on the Models page to chat with it.")
@@ -183,8 +183,8 @@ class PlaygroundPage(Page):
         base = self.base_box.currentText()
         rows: list[AdapterVersionRow] = []
         if base and self.unlocked:
-            assert self.session is not None
-            with self.session.registry() as reg:
+            assert self.workspace is not None
+            with self.workspace.registry() as reg:
                 rows = reg.adapters.from_base_model(base)
         for box in self.adapter_boxes.values():
             chosen = box.currentData()
@@ -309,8 +309,8 @@ class PlaygroundPage(Page):
         if not answered or not self.unlocked:
             self._say("Nothing to save yet: ask a question first.", error=True)
             return None
-        assert self.session is not None
-        with self.session.registry() as reg:
+        assert self.workspace is not None
+        with self.workspace.registry() as reg:
             names = sorted({v["name"] for v in reg.datasets.versions() if v["kind"] == "chat"})
         dialog = SaveConversationDialog(answered, names, self)
         dialog.accepted.connect(
@@ -323,12 +323,12 @@ class PlaygroundPage(Page):
         """Store ``conversation`` as a row of ``dataset`` (a new version, or a new dataset)."""
         if not self.unlocked or (self.save_task is not None and self.save_task.running):
             return None
-        assert self.session is not None
-        session = self.session
+        assert self.workspace is not None
+        workspace = self.workspace
 
         def work(_progress: Progress) -> DatasetVersionRow:
-            with session.registry() as reg:
-                return add_conversations(session.vault, reg, dataset, [conversation])
+            with workspace.registry() as reg:
+                return add_conversations(workspace.vault, reg, dataset, [conversation])
 
         self.save_task = Task("saving a test row", work, self)
         self.save_task.succeeded.connect(self._saved)

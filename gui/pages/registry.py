@@ -32,10 +32,8 @@ from PySide6.QtWidgets import (
 )
 
 from appliance import adapters
-from appliance.comparison import Comparison, compare_versions
 from appliance.errors import ApplianceError
 from appliance.evaluation import gate
-from appliance.lineage import lineage_of
 from appliance.progress import Progress
 from appliance.registry.catalog import (
     AdapterGroup,
@@ -45,7 +43,9 @@ from appliance.registry.catalog import (
     filter_choices,
 )
 from appliance.registry.history import TagMove, plan_tag, tag_history
-from appliance.session import Session
+from appliance.training.compare import Comparison, compare_versions
+from appliance.training.lineage import lineage_of
+from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
@@ -82,9 +82,9 @@ class RegistryPage(Page):
     compared = Signal(object)
     """A :class:`Comparison` now shown (or None when it could not be made)."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.groups: list[AdapterGroup] = []
         self.compare_task: Task | None = None
         self.tag_dialog: TagDialog | None = None
@@ -152,7 +152,7 @@ class RegistryPage(Page):
         self.tabs = QTabWidget()
         self.lineage_view = LineageView()
         self.lineage_view.link_activated.connect(self._follow_link)
-        self.evaluations = EvaluationsPanel(session)
+        self.evaluations = EvaluationsPanel(workspace)
         self.evaluations.changed.connect(self.refresh)
         # The lineage above, the version's evaluations (Evaluate, Promote) under it.
         self.lineage_tab = QSplitter(Qt.Orientation.Vertical)
@@ -162,8 +162,8 @@ class RegistryPage(Page):
         self.lineage_tab.setStretchFactor(0, 1)
         self.lineage_tab.setStretchFactor(1, 1)
         self.lineage_tab.setSizes([500, 500])
-        self.compare_view = CompareView(session)
-        self.audit_view = AuditView(session)
+        self.compare_view = CompareView(workspace)
+        self.audit_view = AuditView(workspace)
         self.tabs.addTab(self.lineage_tab, "Lineage")
         self.tabs.addTab(self.compare_view, "Compare")
         self.tabs.addTab(self.audit_view, "Audit log")
@@ -193,7 +193,7 @@ class RegistryPage(Page):
     @property
     def usable(self) -> bool:
         """An unlocked workspace is there to read."""
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def on_lock(self) -> None:
         self._locking = True
@@ -236,12 +236,12 @@ class RegistryPage(Page):
     @Slot()
     def refresh(self) -> None:
         """Re-read the adapters (keeping the selection where it still exists)."""
-        if self.session is None or not self.usable:
+        if self.workspace is None or not self.usable:
             self.status.setText("Unlock the workspace to see its registry.")
             self._update_buttons()
             return
         selected = set(self.selected_refs())
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             choices = filter_choices(reg)
             self._fill_choices(self.base_filter, choices.base_models)
             self._fill_choices(self.dataset_filter, choices.datasets)
@@ -347,12 +347,12 @@ class RegistryPage(Page):
     def _selection_changed(self) -> None:
         self._update_buttons()
         one = self._one_selected()
-        if one is None or self.session is None or not self.usable:
+        if one is None or self.workspace is None or not self.usable:
             if not self.selected_versions():
                 self.lineage_view.show_lineage(None)
             self.evaluations.show_version(None)
             return
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             lineage = lineage_of(reg, one.ref)
             changes = tag_history(reg, one.name)
         self.lineage_view.show_lineage(lineage, changes)
@@ -373,12 +373,12 @@ class RegistryPage(Page):
         """Compare the selected versions on a background task (replaying runs' curves)."""
         chosen = sorted(self.selected_versions(), key=lambda v: (v.name, v.version))
         refs = [v.ref for v in chosen]
-        if self.session is None or not self.usable or len(refs) < 2:
+        if self.workspace is None or not self.usable or len(refs) < 2:
             return None
-        session = self.session
+        workspace = self.workspace
 
         def work(_progress: Progress) -> Comparison:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 return compare_versions(reg, refs)
 
         task = Task("comparing versions", work, self)
@@ -412,16 +412,16 @@ class RegistryPage(Page):
     def ask_tag(self) -> TagDialog | None:
         """Open the tag dialog for the selected version; the move is applied on OK."""
         version = self._one_selected()
-        if version is None or self.session is None or not self.usable:
+        if version is None or self.workspace is None or not self.usable:
             return None
-        session = self.session
+        workspace = self.workspace
 
         def plan(tag: str) -> TagMove:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 return plan_tag(reg, version.ref, tag)
 
         def gated(tag: str) -> str | None:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 check = gate.check(reg, version.ref, tag)
             if not check.gated or check.already or check.golden is None:
                 return None
@@ -436,14 +436,17 @@ class RegistryPage(Page):
     @Slot()
     def _apply_tag(self) -> None:
         dialog = self.tag_dialog
-        if dialog is None or dialog.tag_move is None or self.session is None:
+        if dialog is None or dialog.tag_move is None or self.workspace is None:
             return
         move = dialog.tag_move
         if dialog.gated:
             self._promote(move.target)
             return
         try:
-            with self.session.ws.writer("adapter tag", wait_s=0), self.session.registry() as reg:
+            with (
+                self.workspace.ws.writer("adapter tag", wait_s=0),
+                self.workspace.registry() as reg,
+            ):
                 # Through the promotion gate, as the CLI: checked again inside the transaction
                 # (a golden set attached meanwhile refuses here, and Promote takes over).
                 result, _check = gate.promote(reg, move.target, move.tag)
@@ -483,11 +486,14 @@ class RegistryPage(Page):
             self.remove_tag(version.ref, tag)
 
     def remove_tag(self, ref: str, tag: str) -> None:
-        if self.session is None:
+        if self.workspace is None:
             return
         name = ref.partition("@")[0]
         try:
-            with self.session.ws.writer("adapter tag", wait_s=0), self.session.registry() as reg:
+            with (
+                self.workspace.ws.writer("adapter tag", wait_s=0),
+                self.workspace.registry() as reg,
+            ):
                 reg.tags.remove(name, tag)
         except ApplianceError as exc:
             self._say(f"Tag not removed: {exc}", error=True)
@@ -526,11 +532,11 @@ class RegistryPage(Page):
         return box
 
     def delete_version(self, ref: str) -> None:
-        if self.session is None:
+        if self.workspace is None:
             return
-        ws = self.session.ws
+        ws = self.workspace.ws
         try:
-            with ws.writer("adapter delete", wait_s=0), self.session.registry() as reg:
+            with ws.writer("adapter delete", wait_s=0), self.workspace.registry() as reg:
                 adapters.delete_version(ws, reg, ref)
         except ApplianceError as exc:
             self._say(f"Not deleted: {exc}", error=True)

@@ -36,8 +36,8 @@ from appliance.errors import ApplianceError
 from appliance.gpu import GpuState, read_gpus
 from appliance.passphrases import change_passphrase, remove_key_slot
 from appliance.progress import Progress
-from appliance.session import Session
 from appliance.units import format_bytes
+from appliance.unlocked import UnlockedWorkspace
 from appliance.usage import Usage, disk_usage
 from appliance.vault import DEFAULT_TARGET_S, KeySlot, keyslots
 from appliance.workspace import Workspace, open_workspace
@@ -85,11 +85,11 @@ class SettingsPage(Page):
     """The GPUs training may use were changed: a tuple of indices, or None for every GPU."""
 
     def __init__(
-        self, home: Path, session: Session | None = None, parent: QWidget | None = None
+        self, home: Path, workspace: UnlockedWorkspace | None = None, parent: QWidget | None = None
     ) -> None:
         super().__init__(parent)
         self.home = home
-        self.session = session
+        self.workspace = workspace
         self.kdf_target_s = DEFAULT_TARGET_S
         """Argon2id time of new key slots (tests lower it)."""
         self.usage_task: Task | None = None
@@ -280,7 +280,7 @@ class SettingsPage(Page):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def refresh_slots(self) -> None:
         """List the key slots (their files only: no passphrase needed)."""
@@ -289,7 +289,7 @@ class SettingsPage(Page):
         except ApplianceError as exc:
             slots = []
             self._slots_message(str(exc), error=True)
-        mine = self.session.vault.label if self.unlocked and self.session else None
+        mine = self.workspace.vault.label if self.unlocked and self.workspace else None
         self.slots_table.setRowCount(len(slots))
         for r, slot in enumerate(slots):
             label = f"{slot.label} (you)" if slot.label == mine else slot.label
@@ -317,10 +317,10 @@ class SettingsPage(Page):
 
     @Slot()
     def open_change_dialog(self) -> NewPassphraseDialog | None:
-        """Ask for a new passphrase for the slot this session was opened with."""
-        if not self.unlocked or self.session is None:
+        """Ask for a new passphrase for the slot this workspace was unlocked with."""
+        if not self.unlocked or self.workspace is None:
             return None
-        vault = self.session.vault
+        vault = self.workspace.vault
         target = self.kdf_target_s
 
         def change(_label: str, passphrase: str) -> KeySlot:
@@ -343,9 +343,9 @@ class SettingsPage(Page):
     @Slot()
     def open_add_dialog(self) -> NewPassphraseDialog | None:
         """Ask for the name and passphrase of a new key slot."""
-        if not self.unlocked or self.session is None:
+        if not self.unlocked or self.workspace is None:
             return None
-        dialog = add_slot_dialog(self.session.vault, self, self.kdf_target_s)
+        dialog = add_slot_dialog(self.workspace.vault, self, self.kdf_target_s)
         dialog.accepted.connect(
             lambda: self._slot_changed(f"Added key slot '{dialog.result_value.label}'.")
         )
@@ -370,7 +370,7 @@ class SettingsPage(Page):
         self._slots_message(message)
 
     def remove_question(self, label: str) -> str:
-        mine = self.session is not None and self.unlocked and label == self.session.vault.label
+        mine = self.workspace is not None and self.unlocked and label == self.workspace.vault.label
         text = f"Remove key slot '{label}'? Its passphrase will stop opening this workspace."
         if mine:
             text += " It is the slot you unlocked with: keep another passphrase at hand."
@@ -395,9 +395,9 @@ class SettingsPage(Page):
 
     def remove_slot(self, label: str) -> Task | None:
         """Remove key slot ``label`` (confirmed already) in the background."""
-        if not self.unlocked or self.session is None:
+        if not self.unlocked or self.workspace is None:
             return None
-        vault = self.session.vault
+        vault = self.workspace.vault
 
         def work(_progress: Progress) -> None:
             remove_key_slot(vault, label)

@@ -39,13 +39,13 @@ from PySide6.QtWidgets import (
 )
 
 from appliance.gpu import GpuState
-from appliance.session import Session
 from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.overview import RunSummary, run_summaries
 from appliance.training.placement import Placement
 from appliance.training.progress import FAILED, FINISHED, RunProgress, duration, final_metrics
 from appliance.training.runfolder import RunFolder
+from appliance.unlocked import UnlockedWorkspace
 from gui.chart_data import ChartData
 from gui.live_run import LiveRun, Settled
 from gui.pages.base import Page
@@ -152,9 +152,9 @@ class TrainPage(Page):
     close_ready = Signal()
     """A stop asked for by closing the window has ended: the window may close now."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.live: LiveRun | None = None
         self.shown: str | None = None
         """The run whose progress the right side shows."""
@@ -175,7 +175,7 @@ class TrainPage(Page):
         self._view_timer.setSingleShot(True)
         self._view_timer.timeout.connect(self._show_progress)
 
-        self.setup = TrainSetup(session)
+        self.setup = TrainSetup(workspace)
         self.setup.start_requested.connect(self.start)
         self.setup.setMinimumWidth(300)
         self.setup.setMaximumWidth(380)
@@ -277,7 +277,7 @@ class TrainPage(Page):
         # competes for the interpreter), or at once when the page is shown.
         QTimer.singleShot(CHARTS_DELAY_MS, self._load_charts)
         self._update_controls()
-        if session is None:
+        if workspace is None:
             self.setup.say("Unlock the workspace to train.", error=True)
         else:
             self.refresh()
@@ -287,16 +287,16 @@ class TrainPage(Page):
     @Slot()
     def refresh(self) -> Task | None:
         """Read models, datasets and runs (a task); re-attach a run that is running elsewhere."""
-        session = self.session
-        if session is None:
+        workspace = self.workspace
+        if workspace is None:
             return None
 
         def read(_progress: Progress) -> tuple[list[Any], list[Any], list[RunSummary]]:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 return (
                     reg.models.all(),
                     reg.datasets.versions(),
-                    run_summaries(session.ws.home, reg),
+                    run_summaries(workspace.ws.home, reg),
                 )
 
         return self._task("reading runs", read, self._listed, self._say_error)
@@ -339,19 +339,19 @@ class TrainPage(Page):
                 error=True,
             )
             return
-        if request is None or self.session is None:
+        if request is None or self.workspace is None:
             self.setup.say(
                 "Choose a model and a dataset, name the adapter and correct the "
                 "settings marked in red.",
                 error=True,
             )
             return
-        session = self.session
+        workspace = self.workspace
 
         def create(_progress: Progress) -> str:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 return runs.create_run(
-                    session.vault,
+                    workspace.vault,
                     reg,
                     model=request.model,
                     dataset=request.dataset,
@@ -372,7 +372,7 @@ class TrainPage(Page):
         self.setup.say("")
         self.shown = self.progress_of = run_id
         self.console.reset()
-        live = LiveRun(self.session, run_id, self)  # type: ignore[arg-type]
+        live = LiveRun(self.workspace, run_id, self)  # type: ignore[arg-type]
         self._follow(live, RunProgress(), ChartData())
         live.launch(placement=request.placement)
         self.run_title.setText(
@@ -391,7 +391,7 @@ class TrainPage(Page):
         """Continue the run shown from its last checkpoint."""
         summary = self.runs_table.summary(self.shown or "")
         if (
-            self.session is None
+            self.workspace is None
             or self.busy
             or summary is None
             or summary.state not in RESUMABLE
@@ -399,7 +399,7 @@ class TrainPage(Page):
         ):
             return
         self.failure.hide()
-        live = LiveRun(self.session, summary.run_id, self)
+        live = LiveRun(self.workspace, summary.run_id, self)
         self._follow(live, self.progress, self.data)
         # As 'appliance run resume' without --gpus: on the GPUs the workspace allows.
         live.launch(placement=Placement(gpus=default_gpus(self.setup.training_gpus)))
@@ -592,10 +592,10 @@ class TrainPage(Page):
             and summary.live
             and summary.pid
             and not self.busy
-            and self.session is not None
+            and self.workspace is not None
         )
-        if attach and summary is not None and summary.pid is not None and self.session:
-            live = LiveRun(self.session, summary.run_id, self)
+        if attach and summary is not None and summary.pid is not None and self.workspace:
+            live = LiveRun(self.workspace, summary.run_id, self)
             self._follow(live, history.progress, history.data)
             live.attach(summary.pid, summary.folder, history.metrics_offset, history.log_offset)
             self.status.setText("Running in a process of its own; followed live.")

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from appliance.errors import ApplianceError
 from appliance.jobs import JobRequest
 from appliance.registry.history import AuditFilter, AuditLog, audit_log
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.process import JobProcess
 from gui.style import ERROR_STYLE
 
@@ -64,14 +64,14 @@ def report_text(data: dict[str, Any]) -> str:
 
 
 class AuditView(QWidget):
-    """The audit log of a session's workspace; :meth:`verify` checks the whole workspace."""
+    """The audit log of the unlocked workspace; :meth:`verify` checks the whole workspace."""
 
     verified = Signal(object)
     """The ``verify`` job's result (a dict), or None when it could not run."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.log: AuditLog | None = None
         self.job: JobProcess | None = None
         self.report: dict[str, Any] | None = None
@@ -142,7 +142,7 @@ class AuditView(QWidget):
 
     @property
     def usable(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def on_lock(self) -> None:
         """Forget the rows and the report (the window locks); a running verify goes on."""
@@ -182,7 +182,7 @@ class AuditView(QWidget):
 
     @Slot()
     def refresh(self) -> None:
-        if self.session is None or not self.usable:
+        if self.workspace is None or not self.usable:
             self.status.setText("Unlock the workspace to see its audit log.")
             return
         try:
@@ -190,7 +190,7 @@ class AuditView(QWidget):
         except ApplianceError as exc:
             self._say(str(exc), error=True)
             return
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             self.log = audit_log(reg, flt)
         self._fill_choices(self.action_filter, self.log.actions)
         self._fill_choices(self.user_filter, self.log.users)
@@ -261,11 +261,11 @@ class AuditView(QWidget):
     @Slot()
     def verify(self) -> JobProcess | None:
         """Start the ``verify`` job (nothing when one runs, or the workspace is locked)."""
-        if self.session is None or not self.usable:
+        if self.workspace is None or not self.usable:
             return None
         if self.job is not None and self.job.outcome is None:
             return None
-        request = JobRequest.for_vault(self.session.vault, "verify", {}, writes_registry=True)
+        request = JobRequest.for_vault(self.workspace.vault, "verify", {}, writes_registry=True)
         job = JobProcess(request, hang_s=VERIFY_HANG_S, parent=self)
         job.succeeded.connect(self._verified)
         job.failed.connect(self._verify_failed)

@@ -1,6 +1,6 @@
 """Two or more adapter versions side by side: settings, base and data, metrics, loss curves.
 
-A view of a :class:`~appliance.comparison.Comparison`. The settings table can show only
+A view of a :class:`~appliance.training.compare.Comparison`. The settings table can show only
 the fields that differ (the most useful question when two runs behave differently); the loss
 curves of every version are overlaid, train solid and eval dashed with markers, against the
 step, the epoch or the tokens seen, so runs on datasets of different sizes line up. Under the
@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.comparison import Comparison, CurvePoint, ValueRow
-from appliance.session import Session
+from appliance.training.compare import Comparison, CurvePoint, ValueRow
+from appliance.unlocked import UnlockedWorkspace
 from gui.style import ERROR_COLOUR
 from gui.widgets.evaluations import EvaluationsCompare
 from gui.widgets.lineage_view import metric_text
@@ -66,7 +66,9 @@ class CompareView(QWidget):
     """Shows a :class:`Comparison`; :attr:`curve_items` holds the plotted curves by
     ``(ref, "train" | "eval")``."""
 
-    def __init__(self, session: Session | None = None, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, workspace: UnlockedWorkspace | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.comparison: Comparison | None = None
         self.curve_items: dict[tuple[str, str], pg.PlotDataItem] = {}
@@ -121,7 +123,7 @@ class CompareView(QWidget):
         self.curve_note.setStyleSheet("color: #555;")
         curves_layout.addWidget(self.curve_note)
         splitter.addWidget(curves)
-        self.evaluations = EvaluationsCompare(session)
+        self.evaluations = EvaluationsCompare(workspace)
         splitter.addWidget(self.evaluations)
         splitter.setChildrenCollapsible(False)
         splitter.setStretchFactor(0, 2)

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.evaluation import EvalRun
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
@@ -42,9 +42,9 @@ class EvalRunner(QGroupBox):
     evaluated = Signal(object)
     """The job's result data, once stored."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__("Evaluate", parent)
-        self.session = session
+        self.workspace = workspace
         self.targets: list[str] = []
         self.run: EvalRun | None = None
         self._locking = False
@@ -92,7 +92,7 @@ class EvalRunner(QGroupBox):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def set_targets(self, refs: list[str]) -> None:
         """The adapter versions the next evaluation scores (their base is scored too)."""
@@ -107,8 +107,8 @@ class EvalRunner(QGroupBox):
         self.dataset_box.clear()
         if not self.unlocked:
             return
-        assert self.session is not None
-        with self.session.registry() as reg:
+        assert self.workspace is not None
+        with self.workspace.registry() as reg:
             versions = [v for v in reg.datasets.versions() if v["kind"] == "chat"]
         versions.sort(key=lambda v: (v["name"], -int(v["version"])))
         self.dataset_box.addItems([f"{v['name']}@{v['version']}" for v in versions])
@@ -132,10 +132,10 @@ class EvalRunner(QGroupBox):
         if not self.unlocked or not self.targets or not self.dataset_box.currentText():
             self._say("Choose an adapter and a dataset to evaluate on.", error=True)
             return None
-        assert self.session is not None
+        assert self.workspace is not None
         dataset = self.dataset_box.currentText()
         split = str(self.split_box.currentData())
-        run = EvalRun(self.session, self.targets, dataset, split=split, parent=self)
+        run = EvalRun(self.workspace, self.targets, dataset, split=split, parent=self)
         run.progress.connect(self._progress)
         run.succeeded.connect(self._succeeded)
         run.failed.connect(self._failed)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from appliance.evaluation import gate
 from appliance.evaluation.report import compare, history
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.tasks import Task
 from gui.widgets.eval_runner import EvalRunner
 from gui.widgets.figures_table import FiguresTable, Line
@@ -35,9 +35,9 @@ class EvaluationsPanel(QWidget):
     changed = Signal()
     """An evaluation was stored or the production tag moved (the owner may refresh)."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.ref: str | None = None
         self.live = True
         self._locking = False
@@ -59,12 +59,12 @@ class EvaluationsPanel(QWidget):
         layout.addWidget(self.table, 1)
         # Side by side: under a lineage, height is what the page lacks, not width.
         actions = QHBoxLayout()
-        self.runner = EvalRunner(session)
+        self.runner = EvalRunner(workspace)
         self.runner.evaluated.connect(self._evaluated)
         actions.addWidget(self.runner, 3)
         promote_box = QGroupBox("Promote")
         promote_layout = QVBoxLayout(promote_box)
-        self.promote = PromotePanel(session)
+        self.promote = PromotePanel(workspace)
         self.promote.promoted.connect(self._promoted)
         self.promote.scored.connect(self._stored)
         promote_layout.addWidget(self.promote)
@@ -75,7 +75,7 @@ class EvaluationsPanel(QWidget):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     def show_version(self, ref: str | None, *, live: bool = True) -> None:
         """Show adapter version ``ref`` (``NAME@N``; None: nothing selected).
@@ -99,8 +99,8 @@ class EvaluationsPanel(QWidget):
             self.heading.setText("Evaluations" if self.ref is None else "")
             self.golden.clear()
             return
-        assert self.session is not None
-        with self.session.registry() as reg:
+        assert self.workspace is not None
+        with self.workspace.registry() as reg:
             adapter = reg.adapters.version(self.ref, include_deleted=True)
             rows = history(reg, self.ref)
             golden = reg.golden_sets.get(adapter["name"])
@@ -178,9 +178,9 @@ def _golden_words(name: str, golden: GoldenSetRow | None, check: gate.GateCheck 
 class EvaluationsCompare(QWidget):
     """The figures of several adapter versions on the dataset versions they were scored on."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.refs: list[str] = []
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -195,10 +195,10 @@ class EvaluationsCompare(QWidget):
         """Show ``refs`` side by side (an empty list clears the table, e.g. on lock)."""
         self.refs = list(refs)
         self.table.setRowCount(0)
-        if not refs or self.session is None or self.session.locked:
+        if not refs or self.workspace is None or self.workspace.locked:
             self.caption.clear()
             return
-        with self.session.registry() as reg:
+        with self.workspace.registry() as reg:
             found = compare(reg, refs)
         lines: list[Line] = []
         for comparison in found:

@@ -44,7 +44,7 @@ from appliance.datasets.wizard import ImportPreview, preview_import, store_impor
 from appliance.errors import UsageError
 from appliance.progress import Progress
 from appliance.registry.refs import check_name
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.rows_table import RowsView
@@ -85,13 +85,13 @@ class ImportWizard(QDialog):
 
     def __init__(
         self,
-        session: Session,
+        workspace: UnlockedWorkspace,
         path: Path | None = None,
         existing: list[str] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.existing = sorted(existing or [])
         self.path: Path | None = None
         self.preview: ImportPreview | None = None
@@ -498,7 +498,7 @@ class ImportWizard(QDialog):
     def store(self) -> Task | None:
         """Store the previewed rows (the Import button)."""
         preview = self.preview
-        if preview is None or self.busy or self.session.locked:
+        if preview is None or self.busy or self.workspace.locked:
             return None
         try:
             name = self.target_name()
@@ -511,13 +511,13 @@ class ImportWizard(QDialog):
             self._show_error(f"{error} (tick the box above to skip them)")
             self.tabs.setCurrentIndex(1)
             return None
-        session = self.session
+        workspace = self.workspace
         self._store_cancel = cancel = threading.Event()
 
         def work(progress: Progress) -> DatasetVersionRow:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 version, _ = store_import(
-                    session.vault,
+                    workspace.vault,
                     reg,
                     preview,
                     name,
@@ -606,7 +606,7 @@ class ImportWizard(QDialog):
         can = preview is not None and preview.can_store and not self.busy
         if preview is not None and preview.problems and not self.skip_box.isChecked():
             can = False
-        self.import_button.setEnabled(bool(can) and not self.session.locked)
+        self.import_button.setEnabled(bool(can) and not self.workspace.locked)
         self.cancel_button.setEnabled(True)
         self.cancel_button.setText("Cancel import" if storing else "Cancel")
         for widget in (self.browse_button, self.format_box, self.eval_box, self.mapping_group):

@@ -1,6 +1,6 @@
 """The lineage of one adapter version: run, base, data, settings, results, exports, evaluations.
 
-A read-only view of a :class:`~appliance.lineage.Lineage` record. Each thing it names
+A read-only view of a :class:`~appliance.training.lineage.Lineage` record. Each thing it names
 links to where it lives: the dataset version (Datasets page), the run (Train page), the base
 model (Models page); a click emits :attr:`LineageView.link_activated` and the window routes it.
 """
@@ -14,9 +14,9 @@ from typing import Any
 from PySide6.QtCore import QUrl, Signal, Slot
 from PySide6.QtWidgets import QTextBrowser, QVBoxLayout, QWidget
 
-from appliance.comparison import flatten
-from appliance.lineage import ExportRecord, Lineage
 from appliance.registry.history import TagChange
+from appliance.training.compare import flatten
+from appliance.training.lineage import ExportRecord, Lineage
 from appliance.units import format_bytes, format_count
 from gui.style import ERROR_COLOUR
 

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from appliance.errors import UsageError
 from appliance.progress import Progress
-from appliance.session import create_vault
+from appliance.unlocked import create_vault
 from appliance.vault import Vault
 from appliance.vault.keyslots import check_label, check_new_passphrase
 from appliance.workspace import Workspace

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 from appliance.evaluation import gate
 from appliance.evaluation.gate import GateCheck
 from appliance.progress import Progress
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from gui.evaluation import EvalRun
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
@@ -47,9 +47,9 @@ def refusal_words(check: GateCheck) -> str:
     if check.missing:
         return f"No current figures of {', '.join(check.missing)} on golden set {golden}."
     return (
-        f"Refused: {check.ref} has {gate.describe(check.metric, check.candidate)} on golden set "
-        f"{golden}, worse than {check.production} in production "
-        f"({gate.describe(check.metric, check.incumbent)})."
+        f"Refused: {check.ref} has {gate.describe_metric(check.metric, check.candidate)} on "
+        f"golden set {golden}, worse than {check.production} in production "
+        f"({gate.describe_metric(check.metric, check.incumbent)})."
     )
 
 
@@ -60,9 +60,9 @@ def passing_words(check: GateCheck) -> str:
     if check.already:
         return f"{check.ref} is the version in production."
     golden = check.golden["dataset"] if check.golden else "?"
-    figures = gate.describe(check.metric, check.candidate)
+    figures = gate.describe_metric(check.metric, check.candidate)
     if check.production is not None:
-        figures += f" vs {check.production} {gate.describe(check.metric, check.incumbent)}"
+        figures += f" vs {check.production} {gate.describe_metric(check.metric, check.incumbent)}"
     return f"Golden set {golden}: {figures}; the gate passes."
 
 
@@ -74,9 +74,9 @@ class PromotePanel(QWidget):
     scored = Signal()
     """The missing figures were computed and stored (whatever the gate then says)."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.ref: str | None = None
         self.check: GateCheck | None = None
         self.task: Task | None = None
@@ -129,7 +129,7 @@ class PromotePanel(QWidget):
 
     @property
     def unlocked(self) -> bool:
-        return self.session is not None and not self.session.locked and not self._locking
+        return self.workspace is not None and not self.workspace.locked and not self._locking
 
     @property
     def busy(self) -> bool:
@@ -160,12 +160,12 @@ class PromotePanel(QWidget):
         return self._check()
 
     def _check(self) -> Task:
-        assert self.session is not None
+        assert self.workspace is not None
         assert self.ref is not None
-        session, ref = self.session, self.ref
+        workspace, ref = self.workspace, self.ref
 
         def work(_progress: Progress) -> GateCheck:
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 return gate.check(reg, ref)
 
         return self._start(Task("checking the promotion gate", work, self), self._checked)
@@ -193,13 +193,13 @@ class PromotePanel(QWidget):
 
     def _score(self, check: GateCheck) -> None:
         """Compute the figures the gate lacks (both versions together: the same settings)."""
-        assert self.session is not None
+        assert self.workspace is not None
         assert check.golden is not None
         golden = check.golden["dataset"]
         stale = f" (figures on {', '.join(check.stale)} are stale)" if check.stale else ""
         self._say(f"Scoring {', '.join(check.missing)} on golden set {golden}{stale}…")
         self._scored = True
-        run = EvalRun(self.session, check.missing, golden, split="all", base=False, parent=self)
+        run = EvalRun(self.workspace, check.missing, golden, split="all", base=False, parent=self)
         run.progress.connect(self._progress)
         run.succeeded.connect(self._figures_ready)
         run.failed.connect(self._scoring_failed)
@@ -236,12 +236,12 @@ class PromotePanel(QWidget):
         return self._move(reason)
 
     def _move(self, override: str | None) -> Task:
-        assert self.session is not None
+        assert self.workspace is not None
         assert self.ref is not None
-        session, ref = self.session, self.ref
+        workspace, ref = self.workspace, self.ref
 
         def work(_progress: Progress) -> tuple[TagMove, GateCheck]:
-            with session.ws.writer("adapter tag"), session.registry() as reg:
+            with workspace.ws.writer("adapter tag"), workspace.registry() as reg:
                 return gate.promote(reg, ref, override=override)
 
         return self._start(Task("promoting to production", work, self), self._moved)

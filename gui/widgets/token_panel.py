@@ -30,8 +30,8 @@ from appliance.datasets.token_cache import cached_token_stats, token_stats_reque
 from appliance.datasets.token_stats import TokenStats
 from appliance.demo import DEMO_MODEL_NAME
 from appliance.progress import Progress
-from appliance.session import Session
 from appliance.training.config import DataSettings
+from appliance.unlocked import UnlockedWorkspace
 from gui.process import JobProcess
 from gui.tasks import Task
 
@@ -54,13 +54,13 @@ class TokenPanel(QWidget):
     measured = Signal(object)
     """The :class:`TokenStats` now drawn (from the cache or a finished job)."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         # pyqtgraph is imported with the histogram only when a panel is built: it is light
         # (numpy and Qt), but a window without this panel need not pay for it.
         from gui.widgets.token_histogram import TokenHistogram
 
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.dataset_ref: str | None = None
         self.job: JobProcess | None = None
         self.task: Task | None = None
@@ -154,7 +154,7 @@ class TokenPanel(QWidget):
         self.status.clear()
         self._generation += 1
         self._update_buttons()
-        if self.dataset_ref and self.model and self.session is not None:
+        if self.dataset_ref and self.model and self.workspace is not None:
             self.read_cache()
         elif self.dataset_ref and not self.model:
             self.status.setText("Import a base model (Models page) to count tokens against it.")
@@ -174,14 +174,14 @@ class TokenPanel(QWidget):
 
     def read_cache(self) -> Task | None:
         """Read the cached statistics of the selection in the background."""
-        session, ref, model = self.session, self.dataset_ref, self.model
-        if session is None or session.locked or self.suspended or ref is None or model is None:
+        workspace, ref, model = self.workspace, self.dataset_ref, self.model
+        if workspace is None or workspace.locked or self.suspended or ref is None or model is None:
             return None
         generation = self._generation
 
         def work(_progress: Progress) -> TokenStats | None:
-            with session.registry() as reg:
-                return cached_token_stats(session.vault, reg, ref, model)
+            with workspace.registry() as reg:
+                return cached_token_stats(workspace.vault, reg, ref, model)
 
         task = Task("reading token statistics", work, self)
         task.succeeded.connect(lambda stats: self._cache_read(stats, generation))
@@ -230,13 +230,13 @@ class TokenPanel(QWidget):
     @Slot()
     def count(self) -> JobProcess | None:
         """Start the token-stats job for the selection (in a child process)."""
-        session, ref, model = self.session, self.dataset_ref, self.model
-        if session is None or session.locked or self.suspended or not ref or not model:
+        workspace, ref, model = self.workspace, self.dataset_ref, self.model
+        if workspace is None or workspace.locked or self.suspended or not ref or not model:
             return None
         if self.busy:
             return None
-        with session.registry() as reg:
-            request = token_stats_request(session.vault, reg, ref, model)
+        with workspace.registry() as reg:
+            request = token_stats_request(workspace.vault, reg, ref, model)
         job = JobProcess(request, hang_s=COUNT_HANG_S, parent=self)
         job.progress.connect(self._job_progress)
         job.succeeded.connect(self._job_done)
@@ -268,7 +268,7 @@ class TokenPanel(QWidget):
     @Slot(object)
     def _job_done(self, result: dict[str, Any]) -> None:
         self._update_buttons()
-        if self.session is None or self.session.locked or self.suspended:
+        if self.workspace is None or self.workspace.locked or self.suspended:
             return  # the page selects the version again on unlock, which reads the cache
         if self.dataset_ref == result.get("dataset") and self.model == result.get("model"):
             self.read_cache()
@@ -276,7 +276,7 @@ class TokenPanel(QWidget):
     @Slot(str)
     def _job_failed(self, message: str) -> None:
         self._update_buttons()
-        if self.session is None or self.session.locked or self.suspended:
+        if self.workspace is None or self.workspace.locked or self.suspended:
             return
         if self.job is not None and self.job.cancelled:
             self.status.setText("Counting cancelled.")

@@ -34,13 +34,13 @@ from PySide6.QtWidgets import (
 from appliance import preferences
 from appliance.errors import ApplianceError
 from appliance.gpu import GpuState
-from appliance.session import Session
 from appliance.training import preflight, runs
 from appliance.training.config import TrainConfig
 from appliance.training.lengths import cached_training_lengths
 from appliance.training.placement import Placement
 from appliance.training.settings import PRESETS
 from appliance.units import format_bytes
+from appliance.unlocked import UnlockedWorkspace
 from gui.style import ERROR_STYLE
 from gui.tasks import Progress, Task
 from gui.widgets.config_form import ConfigForm
@@ -72,12 +72,12 @@ class TrainSetup(QWidget):
     start_requested = Signal()
     """Start was clicked with a valid request (read :meth:`request`)."""
 
-    def __init__(self, session: Session | None, parent: QWidget | None = None) -> None:
+    def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session = session
+        self.workspace = workspace
         self.models: dict[str, BaseModelRow] = {}
         self.gpu_state: GpuState | None = None
-        self.training_gpus = _allowed_gpus(session)
+        self.training_gpus = _allowed_gpus(workspace)
         """The workspace's ``training_gpus`` setting (None: every GPU)."""
         self.train_rows: dict[str, int] = {}
         """Training rows of each NAME@VERSION (whether every process gets examples)."""
@@ -237,7 +237,7 @@ class TrainSetup(QWidget):
         model = self.model_choice.currentData()
         dataset = self.dataset_choice.currentData()
         adapter = self.adapter_name.text().strip()
-        if config is None or not model or not dataset or not adapter or self.session is None:
+        if config is None or not model or not dataset or not adapter or self.workspace is None:
             return None
         return Request(model, dataset, adapter, config, self.placement)
 
@@ -318,10 +318,10 @@ class TrainSetup(QWidget):
 
     @Slot()
     def _run_preflight(self) -> None:
-        session = self.session
+        workspace = self.workspace
         model = self.model_choice.currentData()
         config = self.form.config()
-        if session is None or not model:
+        if workspace is None or not model:
             self.preflight.show_waiting("Choose a base model to see whether the run fits.")
             return
         if config is None:
@@ -338,14 +338,14 @@ class TrainSetup(QWidget):
             # The per-device estimate of the topology the launch would resolve (NVML, no CUDA);
             # a placement it refuses (a split leaving a process without examples) says so here.
             topology = runs.plan_topology(config, placement, train_examples=rows)
-            with session.registry() as reg:
+            with workspace.registry() as reg:
                 lengths = (
-                    cached_training_lengths(session.vault, reg, model, dataset, config)
+                    cached_training_lengths(workspace.vault, reg, model, dataset, config)
                     if dataset
                     else None
                 )
                 return preflight.for_model(
-                    session.ws, reg, model, config, topology=topology, lengths=lengths
+                    workspace.ws, reg, model, config, topology=topology, lengths=lengths
                 )
 
         task = Task("estimating memory", estimate, self)
@@ -392,12 +392,12 @@ def default_gpus(allowed: tuple[int, ...] | None) -> str:
     return ",".join(str(i) for i in sorted(allowed)) or "none"
 
 
-def _allowed_gpus(session: Session | None) -> tuple[int, ...] | None:
+def _allowed_gpus(workspace: UnlockedWorkspace | None) -> tuple[int, ...] | None:
     """The workspace's ``training_gpus`` (every GPU where unreadable: Settings says why)."""
-    if session is None:
+    if workspace is None:
         return None
     try:
-        return preferences.load(session.ws).training_gpus
+        return preferences.load(workspace.ws).training_gpus
     except ApplianceError:
         return None
 

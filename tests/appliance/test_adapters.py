@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,19 +14,22 @@ from appliance.errors import IntegrityError, RegistryError
 from appliance.registry import Registry
 from appliance.vault import Vault
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 PASS = "adapter test passphrase"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[Vault, Registry]:
+def store(tmp_path: Path) -> Iterator[tuple[Vault, Registry]]:
     ws, _ = workspace.init(tmp_path / "ws")
     vault = Vault.create(ws, PASS, "alice", target_s=0)
     reg = Registry.open(ws, audit_key=vault.audit_key)
-    yield vault, reg  # type: ignore[misc]
+    yield vault, reg
     reg.close()
 
 
-def _peft_model(folder: Path) -> torch.nn.Module:
+def _peft_model(folder: Path) -> PeftModel:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

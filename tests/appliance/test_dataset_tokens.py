@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from appliance import workspace
-from appliance.datasets import tokens
 from appliance.errors import DatasetError, NotFoundError, UsageError
+from appliance.training import dataset_tokens as tokens
 
 ROWS: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},

@@ -19,7 +19,7 @@ from appliance.evaluation.metrics import (
     contains,
     exact_match,
     is_reference,
-    normalise,
+    normalise_answer,
 )
 from appliance.registry import Registry
 from appliance.workspace import Workspace
@@ -34,7 +34,7 @@ ENV = {"APPLIANCE_PASSPHRASE": PASSPHRASE}
 
 
 def test_normalisation_ignores_case_whitespace_and_punctuation() -> None:
-    assert normalise("  The ANSWER is:\n 42! ") == "the answer is 42"
+    assert normalise_answer("  The ANSWER is:\n 42! ") == "the answer is 42"
     assert exact_match("the answer is 42", "The answer is 42.")
     assert not exact_match("The answer is 42, I think.", "The answer is 42.")
 
@@ -147,6 +147,7 @@ def test_eval_scores_adapter_and_base_and_stores_the_result(
     assert row["dataset"] == "facts@1"
     assert row["dataset_sha256"] == store.datasets.version("facts")["sha256"]
     assert row["split"] == "eval"
+    assert row["base_metrics"] is not None
     assert row["base_metrics"]["answer_loss"] == pytest.approx(plain, rel=1e-4)
     assert set(row["lib_versions"]) >= {"torch", "transformers", "peft", "appliance"}
     shown = json.loads(cli("adapter", "show", "legal@1", "--json").stdout)
@@ -226,7 +227,9 @@ def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli:
     text = cli("adapter", "golden", "legal", "--dataset", "notes", env=ENV)
     assert text.returncode == 1
     assert "holds plain-text rows" in text.err_lines[-1]
-    assert store.golden_sets.get("legal")["dataset"] == "essays@1"
+    golden = store.golden_sets.get("legal")
+    assert golden is not None
+    assert golden["dataset"] == "essays@1"
 
 
 @pytest.mark.usefixtures("store")  # the adapter and its base, in the CLI's workspace

@@ -27,6 +27,7 @@ from appliance.export import (
     verify,
 )
 from appliance.registry import Registry
+from appliance.registry.rows import ExportRow
 from appliance.vault import Vault
 from tests.helpers.adapters import PASSPHRASE, make_adapter, open_store, tiny_adapter_store
 from tests.helpers.cli import CliRunner
@@ -46,7 +47,7 @@ def _left_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def _export_rows(reg: Registry, out: Path) -> list[dict[str, object]]:
+def _export_rows(reg: Registry, out: Path) -> list[ExportRow]:
     return [e for e in reg.exports.all() if e["path"] == str(out)]
 
 

@@ -134,8 +134,8 @@ def test_two_gpus_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failure_during_reading_becomes_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _fake_nvml(fail_count=True)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    with gpu.NvmlSession() as session:
-        state = session.read()
+    with gpu.NvmlReader() as reader:
+        state = reader.read()
     assert state == gpu.GpuState(unavailable_reason="GpuIsLost: GPU is lost")
     assert fake.calls == ["init", "shutdown"]
 

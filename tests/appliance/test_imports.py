@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 _WALK = """
 import importlib, json, pkgutil, sys
@@ -28,7 +29,7 @@ def walk(name):
 """
 
 
-def _run(body: str) -> dict[str, object]:
+def _run(body: str) -> dict[str, Any]:
     code = _WALK + textwrap.dedent(body)
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,9 @@ def dead_pid() -> int:
 
 
 @pytest.fixture
-def live() -> int:
+def live() -> Iterator[int]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc.pid  # type: ignore[misc]
+    yield proc.pid
     proc.kill()
     proc.wait()
 

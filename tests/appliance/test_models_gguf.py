@@ -16,7 +16,7 @@ from tests.helpers.cli import CliRunner
 @pytest.mark.slow
 def test_smollm2_gguf_import_then_chat(ws: Workspace, cli: CliRunner, smollm2_gguf: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
     torch.set_num_threads(1)
     # --demo imports the bundled file: the same path as the smollm2_gguf fixture.
@@ -45,6 +45,7 @@ def test_smollm2_gguf_import_then_chat(ws: Workspace, cli: CliRunner, smollm2_gg
         return_tensors="pt",
         return_dict=True,
     )
+    assert isinstance(prompt, BatchEncoding)  # return_dict=True
     with torch.no_grad():
         output = llm.generate(**prompt, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -292,6 +292,8 @@ def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(
     out.write_bytes(b"merged")
     populated.exports.add("a@1", format="hf", path=out, details={"dtype": "bf16"})
     lineage = populated.adapters.lineage("a")
+    assert lineage["run"] is not None
+    assert lineage["dataset"] is not None
     assert lineage["run"]["id"] == run_id
     assert lineage["run"]["state"] == "finished"
     assert lineage["base_model"] == {
@@ -322,7 +324,9 @@ def test_every_adapter_made_from_a_dataset_or_base_model(populated: Registry) ->
     assert [a["ref"] for a in populated.adapters.from_base_model("base")] == ["a@1", "b@1"]
     assert [a["ref"] for a in populated.adapters.from_base_model("other-base")] == ["c@1"]
     populated.datasets.delete_version("docs", 1)
-    assert populated.adapters.lineage("a@1")["dataset"]["deleted_at"] is not None
+    dataset = populated.adapters.lineage("a@1")["dataset"]
+    assert dataset is not None
+    assert dataset["deleted_at"] is not None
 
 
 # -- concurrency ---------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_never_loses_a_reported_commit(ws: Workspace) 
                 assert runs[run_id]["state"] == "finished"
                 assert adapters[version]["run_id"] == run_id
             # Atomicity: every run has its adapter and audit row, and the other way round.
-            assert sorted(a["run_id"] for a in adapters.values()) == sorted(runs)
+            assert sorted(str(a["run_id"]) for a in adapters.values()) == sorted(runs)
             assert len(reg.audit_rows(action="test")) == len(runs)
             assert sorted(adapters) == list(range(1, len(adapters) + 1))
             if adapters:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from appliance.registry.verify import verify_workspace
 
 from appliance import workspace
 from appliance.datasets import store
@@ -19,16 +20,14 @@ from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyEr
 from appliance.folders import read_meta_file, sidecar_path
 from appliance.registry import Registry
 from appliance.registry import rebuild as rebuild_mod
-from appliance.registry.dataset_versions import DatasetVersions
 from appliance.registry.failures import (
     RegistryDamagedError,
     RegistryReadOnlyError,
     explain,
 )
 from appliance.registry.rebuild import rebuild_index
-from appliance.session import create_vault
+from appliance.unlocked import create_vault
 from appliance.vault import Vault
-from appliance.verify import verify_workspace
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter
@@ -199,10 +198,10 @@ def test_failed_import_leaves_neither_file_nor_metadata(
     ws = vaulted.ws
     before = sorted(p.name for p in ws.datasets_dir.iterdir())
 
-    def fail(_self: DatasetVersions) -> list[str]:
+    def fail(_self: Registry) -> list[str]:
         raise RegistryError("simulated failure after the metadata file was written")
 
-    monkeypatch.setattr(DatasetVersions, "backfill_meta", fail)
+    monkeypatch.setattr(Registry, "backfill_dataset_meta", fail)
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg, pytest.raises(RegistryError):
         store.import_file(vaulted, reg, DATA / "alpaca.jsonl", "a")
     assert sorted(p.name for p in ws.datasets_dir.iterdir()) == before
@@ -304,10 +303,10 @@ def test_registry_failures_are_classified(tmp_path: Path) -> None:
     assert "is read-only" in str(error)
     assert "rebuild" not in str(error)
     full = sqlite3.OperationalError("database or disk is full")
-    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    full.sqlite_errorcode = 13
     assert "check the disk holding it and its free space" in str(explain(full, path))
     busy = sqlite3.OperationalError("database is locked")
-    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    busy.sqlite_errorcode = 5
     assert "is busy" in str(explain(busy, path))
 
 
@@ -382,8 +381,8 @@ def test_read_only_workspace_reads_and_refuses_writes_clearly(
             result = cli(*args)
             assert result.returncode == 0, (args, result.stderr)
             assert "usable SQLite" not in result.stderr
-        for args in (("adapter", "tag", "a@1", "staging"), ("verify", "--rebuild-index")):
-            refused = cli(*args)
+        for writes in (("adapter", "tag", "a@1", "staging"), ("verify", "--rebuild-index")):
+            refused = cli(*writes)
             assert refused.returncode == 1
             assert len(refused.err_lines) == 1
             assert "is read-only" in refused.err_lines[0]

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from appliance import adapters
-from appliance.comparison import compare_versions, flatten, run_curves
 from appliance.errors import NotFoundError, RegistryError, UsageError
-from appliance.lineage import lineage_of
 from appliance.registry import Registry
 from appliance.registry.catalog import CatalogFilter, adapter_catalog, filter_choices, live_refs
 from appliance.registry.history import AuditFilter, audit_log, plan_tag, tag_history
 from appliance.training import events as ev
+from appliance.training.compare import compare_versions, flatten, run_curves
+from appliance.training.lineage import lineage_of
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model

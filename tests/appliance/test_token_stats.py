@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from appliance import datasets, workspace
-from appliance.datasets import token_cache, tokens
+from appliance.datasets import token_cache
 from appliance.datasets.token_stats import TokenStats, effective_lengths, truncation
 from appliance.errors import DatasetError, NotFoundError, UsageError
 from appliance.models import import_model
 from appliance.registry import Registry
+from appliance.training import dataset_tokens as tokens
 from appliance.training.config import DataSettings
 from appliance.training.data import tokenise
 from appliance.vault import Vault

@@ -162,6 +162,7 @@ def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: Cli
     assert _export_path(filled).is_file()
     with Registry.open(filled) as reg:
         after = reg.adapters.lineage("a@1")
+        assert before["base_model"] is not None
         assert reg.models.get("base")["sha256"] == before["base_model"]["sha256"]
         assert [r["action"] for r in reg.audit_rows()] == ["registry.rebuild"]
     for key in ("sha256", "metrics", "lib_versions", "config", "seed", "base_model", "path"):
@@ -216,7 +217,9 @@ def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Works
     assert "salvaged an evaluation of a@1 on docs@1" in actions
     assert "salvaged the golden set of a" in actions
     with Registry.open(filled) as reg:
-        assert reg.adapters.lineage("a@production")["dataset"]["name"] == "docs"
+        dataset = reg.adapters.lineage("a@production")["dataset"]
+        assert dataset is not None
+        assert dataset["name"] == "docs"
         assert [e["metrics"] for e in reg.evaluations.all("a@1")] == [{"x": 1}]
         golden = reg.golden_sets.get("a")
         assert golden is not None

@@ -14,7 +14,7 @@ from appliance import datasets
 from appliance.datasets import token_cache
 from appliance.models import import_model
 from appliance.registry.rows import DatasetVersionRow
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.main_window import MainWindow
@@ -29,18 +29,18 @@ JOB_WAIT_MS = 300_000
 
 
 @pytest.fixture
-def session(ws: Workspace) -> Session:
-    return Session(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
+def workspace(ws: Workspace) -> UnlockedWorkspace:
+    return UnlockedWorkspace(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
 
 
-def _import(session: Session, path: Path, name: str) -> DatasetVersionRow:
-    with session.registry() as reg:
-        version, _ = datasets.import_file(session.vault, reg, path, name)
+def _import(workspace: UnlockedWorkspace, path: Path, name: str) -> DatasetVersionRow:
+    with workspace.registry() as reg:
+        version, _ = datasets.import_file(workspace.vault, reg, path, name)
     return version
 
 
-def _page(qtbot: QtBot, session: Session) -> DatasetsPage:
-    page = DatasetsPage(session)
+def _page(qtbot: QtBot, workspace: UnlockedWorkspace) -> DatasetsPage:
+    page = DatasetsPage(workspace)
     qtbot.addWidget(page)
     page.resize(1200, 800)
     page.show()
@@ -53,16 +53,18 @@ def _wait_rows(qtbot: QtBot, page: DatasetsPage) -> None:
     )
 
 
-def test_list_record_preview_and_full_text(qtbot: QtBot, session: Session, tmp_path: Path) -> None:
+def test_list_record_preview_and_full_text(
+    qtbot: QtBot, workspace: UnlockedWorkspace, tmp_path: Path
+) -> None:
     long_text = "First line of a long document.\n" + "A clause about liability. " * 40
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"text": long_text}) + "\n" + json.dumps({"text": "short"}) + "\n")
-    org = _import(session, ORGFACTS, "orgfacts")
-    _import(session, docs, "docs")
-    with session.registry() as reg:
+    org = _import(workspace, ORGFACTS, "orgfacts")
+    _import(workspace, docs, "docs")
+    with workspace.registry() as reg:
         add_fake_model(reg, "base")
         add_adapter(reg, "legal", dataset="orgfacts", dataset_version=1)
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     assert page.names() == ["docs", "orgfacts"]
     assert page.tree.topLevelItemCount() == 2
     page.select("orgfacts@1")
@@ -76,7 +78,7 @@ def test_list_record_preview_and_full_text(qtbot: QtBot, session: Session, tmp_p
     assert labels["split"].startswith(f"{org['train_rows']} / {org['eval_rows']}")
     model = page.rows_view.rows
     assert model.rowCount() == PREVIEW_ROWS
-    rows = datasets.load_rows(session.vault, org)
+    rows = datasets.load_rows(workspace.vault, org)
     assert model.headers() == ["#", "Split", "Turns", "User", "Assistant"]
     assert model.cell(0, 3) == rows[0]["messages"][0]["content"]
     assert model.cell(0, 1) == rows[0]["split"]
@@ -96,11 +98,11 @@ def test_list_record_preview_and_full_text(qtbot: QtBot, session: Session, tmp_p
 
 
 def test_export_is_audited_and_refused_inside_the_workspace(
-    qtbot: QtBot, session: Session, tmp_path: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, tmp_path: Path
 ) -> None:
-    version = _import(session, ORGFACTS, "orgfacts")
-    page = _page(qtbot, session)
-    inside = session.ws.home / "exports" / "leak.jsonl"
+    version = _import(workspace, ORGFACTS, "orgfacts")
+    page = _page(qtbot, workspace)
+    inside = workspace.ws.home / "exports" / "leak.jsonl"
     task = page.export(version, inside)
     assert task is not None
     with qtbot.waitSignal(task.done, timeout=WAIT_MS):
@@ -114,8 +116,8 @@ def test_export_is_audited_and_refused_inside_the_workspace(
     with qtbot.waitSignal(task.done, timeout=WAIT_MS):
         pass
     assert page.status.text().startswith(f"Exported orgfacts@1 (80 rows) as plaintext to {out}")
-    assert out.read_bytes() == bytes(datasets.read_plaintext(session.vault, version))
-    with session.registry() as reg:
+    assert out.read_bytes() == bytes(datasets.read_plaintext(workspace.vault, version))
+    with workspace.registry() as reg:
         (row,) = reg.audit_rows(action="dataset.export")
         assert row["details"]["out"] == str(out)
     # Replacing a file that is not an earlier export is refused, as with the CLI's --force.
@@ -129,13 +131,15 @@ def test_export_is_audited_and_refused_inside_the_workspace(
     assert "refus" in page.status.text() or "not" in page.status.text()
 
 
-def test_delete_names_the_adapters_and_keeps_lineage(qtbot: QtBot, session: Session) -> None:
-    first = _import(session, ORGFACTS, "orgfacts")
-    second = _import(session, MESSAGES, "orgfacts")
-    with session.registry() as reg:
+def test_delete_names_the_adapters_and_keeps_lineage(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    first = _import(workspace, ORGFACTS, "orgfacts")
+    second = _import(workspace, MESSAGES, "orgfacts")
+    with workspace.registry() as reg:
         add_fake_model(reg, "base")
         add_adapter(reg, "legal", dataset="orgfacts", dataset_version=1)
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     question = page.delete_question("orgfacts", 1)
     assert question.startswith("Delete dataset orgfacts version 1 (80 rows)?")
     assert "Adapters were made from it: legal@1" in question
@@ -147,9 +151,10 @@ def test_delete_names_the_adapters_and_keeps_lineage(qtbot: QtBot, session: Sess
         pass
     assert page.status.text() == "Deleted orgfacts@1."
     assert list(page._items) == ["orgfacts@2"]
-    assert not (session.ws.home / first["path"]).exists()
-    with session.registry() as reg:
+    assert not (workspace.ws.home / first["path"]).exists()
+    with workspace.registry() as reg:
         lineage = reg.adapters.lineage("legal@1")
+        assert lineage["dataset"] is not None
         assert lineage["dataset"]["sha256"] == first["sha256"]
     task = page.delete("orgfacts", None)
     assert task is not None
@@ -157,7 +162,7 @@ def test_delete_names_the_adapters_and_keeps_lineage(qtbot: QtBot, session: Sess
         pass
     assert page.names() == []
     assert page.tree.topLevelItemCount() == 0
-    assert not (session.ws.home / second["path"]).exists()
+    assert not (workspace.ws.home / second["path"]).exists()
     assert page.status.text() == "No datasets yet: import a file, or drop one on this page."
 
 
@@ -196,15 +201,15 @@ def _independent(tiny_llama: Path, rows: list[dict[str, Any]]) -> list[tuple[int
 
 
 def test_token_histogram_matches_an_independent_count_through_a_lock(
-    qtbot: QtBot, session: Session, tmp_path: Path, tiny_llama: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, tmp_path: Path, tiny_llama: Path
 ) -> None:
     rows = _chat_rows()
     source = tmp_path / "clauses.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    version = _import(session, source, "clauses")
-    with session.registry() as reg:
-        import_model(session.ws, reg, tiny_llama, "tiny")
-    window = MainWindow(session.ws.home, session=session)
+    version = _import(workspace, source, "clauses")
+    with workspace.registry() as reg:
+        import_model(workspace.ws, reg, tiny_llama, "tiny")
+    window = MainWindow(workspace.ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     page = window.datasets_page
@@ -215,11 +220,11 @@ def test_token_histogram_matches_an_independent_count_through_a_lock(
     job = panel.count()
     assert job is not None
     assert panel.busy
-    vault = session.vault
+    vault = workspace.vault
 
     # Lock while the child works: the key goes, the page forgets, the job goes on.
     window.lock_now()
-    qtbot.waitUntil(lambda: session.locked, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: workspace.locked, timeout=WAIT_MS)
     assert vault.locked
     assert vault._key is None
     assert page.rows_view.rows.rowCount() == 0
@@ -228,7 +233,7 @@ def test_token_histogram_matches_an_independent_count_through_a_lock(
     assert panel.histogram.stats is None
     assert panel.model_box.count() == 0
     assert window.locker is not None
-    assert window.centralWidget().currentWidget() is window.locker.screen  # type: ignore[attr-defined]
+    assert window.locker.stack.currentWidget() is window.locker.screen
     with qtbot.waitSignal(job.done, timeout=JOB_WAIT_MS):
         pass
     assert job.result is not None
@@ -241,15 +246,15 @@ def test_token_histogram_matches_an_independent_count_through_a_lock(
     assert screen.task is not None
     with qtbot.waitSignal(screen.task.done, timeout=WAIT_MS):
         pass
-    assert screen.error.text().startswith(f"wrong passphrase for workspace {session.ws.home}")
-    assert session.locked
+    assert screen.error.text().startswith(f"wrong passphrase for workspace {workspace.ws.home}")
+    assert workspace.locked
     screen.passphrase.setText(PASSPHRASE)
     with qtbot.waitSignal(window.locker.unlocked, timeout=WAIT_MS):
         screen.submit()
-    assert not session.locked
+    assert not workspace.locked
     qtbot.waitUntil(lambda: panel.histogram.stats is not None, timeout=WAIT_MS)
 
-    expected = _independent(tiny_llama, datasets.load_rows(session.vault, version))
+    expected = _independent(tiny_llama, datasets.load_rows(workspace.vault, version))
     lengths = sorted(n for n, _ in expected)
     prompts = sorted(p for _, p in expected)
     for limit in (lengths[len(lengths) // 2], prompts[len(prompts) // 2], lengths[-1] + 1):
@@ -266,15 +271,15 @@ def test_token_histogram_matches_an_independent_count_through_a_lock(
         assert panel.histogram.line.value() == limit
     assert prompts[len(prompts) // 2]
     assert cut.examples > 0
-    with session.registry() as reg:
-        assert token_cache.cached_token_stats(session.vault, reg, "clauses@1", "tiny") is not None
+    with workspace.registry() as reg:
+        assert token_cache.cached_token_stats(workspace.vault, reg, "clauses@1", "tiny") is not None
     window.close()
 
 
-def test_the_page_offers_nothing_while_locked(qtbot: QtBot, session: Session) -> None:
-    _import(session, ORGFACTS, "orgfacts")
-    session.lock()
-    page = _page(qtbot, session)
+def test_the_page_offers_nothing_while_locked(qtbot: QtBot, workspace: UnlockedWorkspace) -> None:
+    _import(workspace, ORGFACTS, "orgfacts")
+    workspace.lock()
+    page = _page(qtbot, workspace)
     assert page.tree.topLevelItemCount() == 0
     assert page.open_wizard() is None
     assert not page.import_button.isEnabled()

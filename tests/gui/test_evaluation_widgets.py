@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from pytestqt.qtbot import QtBot
 
-from appliance import workspace
 from appliance.adapters import AdapterWeights
 from appliance.datasets.conversations import add_conversations
 from appliance.evaluation import gate
 from appliance.registry import Registry
 from appliance.registry.refs import os_user
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
+from appliance.workspace import init as init_workspace
 from gui.widgets.eval_runner import EvalRunner
 from gui.widgets.evaluations import EvaluationsCompare, EvaluationsPanel
 from tests.helpers.adapters import make_adapter, random_lora
@@ -50,7 +50,7 @@ def _score(reg: Registry, ref: str, loss: float, contains: float = 0.5) -> int:
 
 
 @pytest.fixture
-def session(ws: Workspace) -> Session:
+def workspace(ws: Workspace) -> UnlockedWorkspace:
     """Registry rows only: a base model, datasets ``docs`` and ``golden@1``, legal@1 and @2."""
     vault = Vault.create(ws, PASSPHRASE, "alice", target_s=0)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
@@ -59,18 +59,18 @@ def session(ws: Workspace) -> Session:
         add_dataset(reg, "golden", sha256="11" * 32)
         add_adapter(reg, "legal", content=b"one")
         add_adapter(reg, "legal", content=b"two")
-    return Session(vault)
+    return UnlockedWorkspace(vault)
 
 
 def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_override(
-    qtbot: QtBot, session: Session
+    qtbot: QtBot, workspace: UnlockedWorkspace
 ) -> None:
-    with session.registry() as reg:
+    with workspace.registry() as reg:
         reg.golden_sets.set("legal", "golden", 1)
         _score(reg, "legal@1", 0.4471)
         gate.promote(reg, "legal@1")
         _score(reg, "legal@2", 0.5120)
-    panel = EvaluationsPanel(session)
+    panel = EvaluationsPanel(workspace)
     qtbot.addWidget(panel)
     panel.show()
     panel.show_version("legal@2")
@@ -100,7 +100,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert promote.override_row.isVisibleTo(panel)
     assert not promote.override_button.isEnabled()
     assert promote.promote_anyway() is None  # no reason, no move
-    with session.registry() as reg:
+    with workspace.registry() as reg:
         assert reg.adapters.version("legal@production")["ref"] == "legal@1"
 
     promote.reason.setText("hotfix approved by J. Doe")
@@ -110,7 +110,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert promote.status.text().startswith("legal@2 is now production (it was on version 1).")
     assert "Promoted anyway; the reason is in the audit log." in promote.status.text()
     assert not promote.override_row.isVisibleTo(panel)
-    with session.registry() as reg:
+    with workspace.registry() as reg:
         assert reg.adapters.version("legal@production")["ref"] == "legal@2"
         audit = reg.audit_rows(limit=1)[0]
     assert (audit["action"], audit["object"]) == ("adapter.tag", "legal@2")
@@ -120,7 +120,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert audit["details"]["gate"]["production_figure"] == 0.4471
     assert panel.golden.text().endswith("this version is in production.")
 
-    compare = EvaluationsCompare(session)
+    compare = EvaluationsCompare(workspace)
     qtbot.addWidget(compare)
     compare.compare(["legal@1", "legal@2"])
     rows = [
@@ -137,8 +137,10 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert promote.status.text() == ""
 
 
-def test_without_a_golden_set_promotion_is_ungated(qtbot: QtBot, session: Session) -> None:
-    panel = EvaluationsPanel(session)
+def test_without_a_golden_set_promotion_is_ungated(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    panel = EvaluationsPanel(workspace)
     qtbot.addWidget(panel)
     panel.show_version("legal@1")
     assert "legal has no golden set" in panel.golden.text()
@@ -155,9 +157,9 @@ def test_without_a_golden_set_promotion_is_ungated(qtbot: QtBot, session: Sessio
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Session:
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> UnlockedWorkspace:
     """Base model ``tiny``; legal@1 and legal@2 with the same weights; a 3-row ``golden``."""
-    ws, _ = workspace.init(tmp_path_factory.mktemp("eval-widgets") / "ws")
+    ws, _ = init_workspace(tmp_path_factory.mktemp("eval-widgets") / "ws")
     vault = Vault.create(ws, PASSPHRASE, "alice", target_s=0)
     weights: AdapterWeights = random_lora(tiny_llama, seed=3)
     conversations = [
@@ -168,11 +170,11 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Se
         make_adapter(vault, reg, tiny_llama, weights=weights)
         for conversation in conversations:
             add_conversations(vault, reg, "golden", [conversation])
-    return Session(vault)
+    return UnlockedWorkspace(vault)
 
 
 def test_evaluate_stores_figures_and_cancel_stores_nothing(
-    qtbot: QtBot, tiny_store: Session
+    qtbot: QtBot, tiny_store: UnlockedWorkspace
 ) -> None:
     runner = EvalRunner(tiny_store)
     qtbot.addWidget(runner)
@@ -211,7 +213,9 @@ def test_evaluate_stores_figures_and_cancel_stores_nothing(
         assert len(reg.evaluations.all("legal@1")) == 1
 
 
-def test_promote_computes_the_missing_figures_first(qtbot: QtBot, tiny_store: Session) -> None:
+def test_promote_computes_the_missing_figures_first(
+    qtbot: QtBot, tiny_store: UnlockedWorkspace
+) -> None:
     with tiny_store.registry() as reg:
         reg.tags.set("legal@1", "production")
         reg.golden_sets.set("legal", "golden", 3)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from appliance.registry.verify import verify_workspace
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
@@ -15,11 +16,11 @@ from pytestqt.qtbot import QtBot
 from appliance import adapters, destinations
 from appliance.export import card, preflight
 from appliance.registry import Registry
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
-from appliance.verify import verify_workspace
 from gui.pages.export import ExportPage
 from tests.helpers.adapters import make_adapter, tiny_adapter_store
+from tests.helpers.tables import table_item
 
 WAIT_MS = 300_000
 
@@ -40,7 +41,7 @@ def exports(tmp_path: Path) -> Path:
 
 
 def _page(qtbot: QtBot, vault: Vault) -> ExportPage:
-    page = ExportPage(Session(vault))
+    page = ExportPage(UnlockedWorkspace(vault))
     qtbot.addWidget(page)
     page.show()
     return page
@@ -94,7 +95,9 @@ def test_merged_export_runs_in_a_child_and_shows_its_proof(
     assert figures["passed"] is True
     assert figures["greedy_tokens_matching"] == figures["greedy_tokens"]
     shown = {
-        page.result_view.figures.item(r, 0).text(): page.result_view.figures.item(r, 1).text()
+        table_item(page.result_view.figures, r, 0).text(): table_item(
+            page.result_view.figures, r, 1
+        ).text()
         for r in range(page.result_view.figures.rowCount())
     }
     assert shown["max |Δlogit|"].endswith("✔")
@@ -104,7 +107,8 @@ def test_merged_export_runs_in_a_child_and_shows_its_proof(
     # The files exist, match their MANIFEST, and verify as the registry recorded them.
     assert card.check_manifest(out) == []
     listed = [
-        page.result_view.files.item(r, 0).text() for r in range(page.result_view.files.rowCount())
+        table_item(page.result_view.files, r, 0).text()
+        for r in range(page.result_view.files.rowCount())
     ]
     assert sorted(listed) == sorted(set(record["files"]) - {"MANIFEST"})
     with Registry.open(store.ws, audit_key=store.audit_key) as reg:
@@ -119,8 +123,8 @@ def test_merged_export_runs_in_a_child_and_shows_its_proof(
     assert QGuiApplication.clipboard().text().startswith("HF_HUB_OFFLINE=1 vllm serve")
     # The history lists it; the form asks for a new folder for the next export.
     assert page.history_table.rowCount() >= 1
-    assert page.history_table.item(0, 2).text() == str(out)
-    assert page.history_table.item(0, 3).text().startswith("✔ verified (max |Δlogit| ")
+    assert table_item(page.history_table, 0, 2).text() == str(out)
+    assert table_item(page.history_table, 0, 3).text().startswith("✔ verified (max |Δlogit| ")
     assert page.start_button.isEnabled()
 
 
@@ -188,13 +192,15 @@ def test_failed_verification_shows_the_figures_and_leaves_nothing(
     assert "Export failed" in headline
     assert "failed verification (max |Δlogit| " in headline
     assert "Nothing was left in the destination." in headline
-    first = page.result_view.figures.item(0, 1).text()
-    assert page.result_view.figures.item(0, 0).text() == "max |Δlogit|"
+    first = table_item(page.result_view.figures, 0, 1).text()
+    assert table_item(page.result_view.figures, 0, 0).text() == "max |Δlogit|"
     assert first.endswith("(tolerance -1) ✘")
     assert not page.result_view.open_button.isEnabled()
     assert page.status.text().startswith("Export failed: the adapter export of legal@1 failed")
     assert _left(exports) == []
-    history = [page.history_table.item(r, 3).text() for r in range(page.history_table.rowCount())]
+    history = [
+        table_item(page.history_table, r, 3).text() for r in range(page.history_table.rowCount())
+    ]
     assert "✘ failed verification (removed)" in history
 
 

@@ -17,7 +17,8 @@ from pytestqt.qtbot import QtBot
 
 from appliance import datasets
 from appliance.datasets.problems import DatasetValidationError
-from appliance.session import Session
+from appliance.registry.rows import DatasetVersionRow
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.pages.datasets import DatasetsPage
@@ -31,23 +32,23 @@ MAPPING = {"instruction": "question", "input": "context", "output": "answer"}
 
 
 @pytest.fixture
-def session(ws: Workspace) -> Session:
-    return Session(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
+def workspace(ws: Workspace) -> UnlockedWorkspace:
+    return UnlockedWorkspace(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
 
 
 def _stored_files(ws: Workspace) -> list[Path]:
     return sorted(p for p in ws.datasets_dir.rglob("*") if p.is_file())
 
 
-def _versions(session: Session) -> list[str]:
-    with session.registry() as reg:
+def _versions(workspace: UnlockedWorkspace) -> list[str]:
+    with workspace.registry() as reg:
         return [f"{v['name']}@{v['version']}" for v in reg.datasets.versions(include_deleted=True)]
 
 
 def _open(
-    qtbot: QtBot, session: Session, path: Path, existing: list[str] | None = None
+    qtbot: QtBot, workspace: UnlockedWorkspace, path: Path, existing: list[str] | None = None
 ) -> ImportWizard:
-    wizard = ImportWizard(session, None, existing or [])
+    wizard = ImportWizard(workspace, None, existing or [])
     qtbot.addWidget(wizard)
     wizard.show()
     wizard.set_path(path)
@@ -59,7 +60,7 @@ def _settle(qtbot: QtBot, wizard: ImportWizard) -> None:
     qtbot.waitUntil(lambda: not wizard.busy, timeout=WAIT_MS)
 
 
-def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> dict[str, object]:
+def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> DatasetVersionRow:
     wizard.new_radio.setChecked(True)
     wizard.name_edit.setText(name)
     assert wizard.import_button.isEnabled(), wizard.error_label.text()
@@ -106,27 +107,27 @@ def parquet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_each_format_stores_what_the_cli_stores(
-    qtbot: QtBot, session: Session, name: str, fmt: str
+    qtbot: QtBot, workspace: UnlockedWorkspace, name: str, fmt: str
 ) -> None:
     path = DATA / "valid" / name
-    wizard = _open(qtbot, session, path)
+    wizard = _open(qtbot, workspace, path)
     assert wizard.preview is not None
     assert (wizard.preview.detected, wizard.preview.format) == (fmt, fmt)
     assert wizard.detected_label.text().startswith("Detected: ")
     assert wizard.rows_view.rows.rowCount() == len(wizard.preview.sample) > 0
     assert wizard.problem_rows() == []
-    assert _stored_files(session.ws) == []  # reading stored nothing
+    assert _stored_files(workspace.ws) == []  # reading stored nothing
     version = _import(qtbot, wizard, "wizard")
-    with session.registry() as reg:
-        cli, _ = datasets.import_file(session.vault, reg, path, "cli")
+    with workspace.registry() as reg:
+        cli, _ = datasets.import_file(workspace.vault, reg, path, "cli")
     assert version["sha256"] == cli["sha256"]
     assert version["format"] == fmt
 
 
 def test_csv_with_a_column_mapping_equals_the_cli_with_map(
-    qtbot: QtBot, session: Session, renamed_csv: Path, cli: CliRunner
+    qtbot: QtBot, workspace: UnlockedWorkspace, renamed_csv: Path, cli: CliRunner
 ) -> None:
-    wizard = _open(qtbot, session, renamed_csv)
+    wizard = _open(qtbot, workspace, renamed_csv)
     preview = wizard.preview
     assert preview is not None
     assert preview.detected is None
@@ -152,15 +153,15 @@ def test_csv_with_a_column_mapping_equals_the_cli_with_map(
 
 
 def test_parquet_stores_what_the_core_import_stores(
-    qtbot: QtBot, session: Session, parquet_file: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, parquet_file: Path
 ) -> None:
-    wizard = _open(qtbot, session, parquet_file)
+    wizard = _open(qtbot, workspace, parquet_file)
     assert wizard.preview is not None
     assert wizard.preview.source_kind == "parquet"
     assert wizard.mapping_group.isVisible()  # a table: its columns may be mapped
     version = _import(qtbot, wizard, "pq")
-    with session.registry() as reg:
-        cli, _ = datasets.import_file(session.vault, reg, parquet_file, "pq-cli")
+    with workspace.registry() as reg:
+        cli, _ = datasets.import_file(workspace.vault, reg, parquet_file, "pq-cli")
     assert version["sha256"] == cli["sha256"]
 
 
@@ -183,9 +184,9 @@ def malformed(tmp_path: Path) -> Path:
 
 
 def test_bad_rows_are_reported_then_cancel_stores_nothing(
-    qtbot: QtBot, session: Session, malformed: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, malformed: Path
 ) -> None:
-    wizard = _open(qtbot, session, malformed)
+    wizard = _open(qtbot, workspace, malformed)
     with pytest.raises(DatasetValidationError) as cli_error:
         datasets.prepare(malformed)
     expected = [(p.file, str(p.line), p.field or "", p.problem) for p in cli_error.value.problems]
@@ -201,30 +202,32 @@ def test_bad_rows_are_reported_then_cancel_stores_nothing(
     assert "3 invalid rows" in wizard.error_label.text()
     qtbot.mouseClick(wizard.cancel_button, Qt.MouseButton.LeftButton)
     assert not wizard.isVisible()
-    assert _versions(session) == []
-    assert _stored_files(session.ws) == []
+    assert _versions(workspace) == []
+    assert _stored_files(workspace.ws) == []
 
 
-def test_skip_stores_the_good_rows(qtbot: QtBot, session: Session, malformed: Path) -> None:
-    wizard = _open(qtbot, session, malformed)
+def test_skip_stores_the_good_rows(
+    qtbot: QtBot, workspace: UnlockedWorkspace, malformed: Path
+) -> None:
+    wizard = _open(qtbot, workspace, malformed)
     wizard.skip_box.setChecked(True)
     version = _import(qtbot, wizard, "mixed")
     assert (version["rows"], version["skipped_rows"]) == (4, 3)
     assert [p["line"] for p in version["skipped_detail"]] == [3, 5, 6]
-    rows = datasets.load_rows(session.vault, version)
+    rows = datasets.load_rows(workspace.vault, version)
     assert sorted(r["messages"][0]["content"] for r in rows) == [
         "What is A?", "What is B?", "What is C?", "What is E?",
     ]  # fmt: skip
 
 
 def test_cancel_during_the_store_leaves_nothing(
-    qtbot: QtBot, session: Session, tmp_path: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, tmp_path: Path
 ) -> None:
     path = tmp_path / "large.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(60_000):
             handle.write(json.dumps({"text": f"document {i} " + "lorem ipsum " * 20}) + "\n")
-    wizard = _open(qtbot, session, path)
+    wizard = _open(qtbot, workspace, path)
     wizard.name_edit.setText("large")
     task = wizard.store()
     assert task is not None
@@ -234,9 +237,9 @@ def test_cancel_during_the_store_leaves_nothing(
         qtbot.mouseClick(wizard.cancel_button, Qt.MouseButton.LeftButton)
     assert wizard.status.text() == "Import cancelled; nothing was stored."
     assert wizard.isVisible()  # the user may change their mind and import after all
-    assert _versions(session) == []
-    assert _stored_files(session.ws) == []
-    assert list(session.ws.tmp_dir.iterdir()) == []
+    assert _versions(workspace) == []
+    assert _stored_files(workspace.ws) == []
+    assert list(workspace.ws.tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -250,19 +253,19 @@ def test_cancel_during_the_store_leaves_nothing(
     ],
 )
 def test_bad_names_are_refused_before_anything_is_stored(
-    qtbot: QtBot, session: Session, name: str, message: str
+    qtbot: QtBot, workspace: UnlockedWorkspace, name: str, message: str
 ) -> None:
     path = DATA / "valid" / "alpaca.jsonl"
-    with session.registry() as reg:
-        datasets.import_file(session.vault, reg, path, "notes")
-    before = (_versions(session), _stored_files(session.ws))
-    wizard = _open(qtbot, session, path, existing=["notes"])
+    with workspace.registry() as reg:
+        datasets.import_file(workspace.vault, reg, path, "notes")
+    before = (_versions(workspace), _stored_files(workspace.ws))
+    wizard = _open(qtbot, workspace, path, existing=["notes"])
     assert wizard.version_radio.isEnabled()
     wizard.new_radio.setChecked(True)
     wizard.name_edit.setText(name)
     assert wizard.store() is None
     assert wizard.error_label.text().startswith(message)
-    assert (_versions(session), _stored_files(session.ws)) == before
+    assert (_versions(workspace), _stored_files(workspace.ws)) == before
     # The way to add to an existing dataset: a new version of it.
     wizard.version_radio.setChecked(True)
     with qtbot.waitSignal(wizard.stored, timeout=WAIT_MS) as blocker:
@@ -314,10 +317,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["empty", "long", "utf8", "folder", "fifo", "mapped"])
 def test_bad_input_dropped_on_the_page_is_explained_and_nothing_stored(
-    qtbot: QtBot, session: Session, tmp_path: Path, case: str
+    qtbot: QtBot, workspace: UnlockedWorkspace, tmp_path: Path, case: str
 ) -> None:
     path, message = _bad_inputs(tmp_path)[case]
-    page = DatasetsPage(session)
+    page = DatasetsPage(workspace)
     qtbot.addWidget(page)
     page.show()
     wizard = _drop(qtbot, page, path)
@@ -344,5 +347,5 @@ def test_bad_input_dropped_on_the_page_is_explained_and_nothing_stored(
     assert "Traceback" not in shown
     wizard.name_edit.setText("bad")
     assert wizard.store() is None
-    assert _versions(session) == []
-    assert _stored_files(session.ws) == []
+    assert _versions(workspace) == []
+    assert _stored_files(workspace.ws) == []

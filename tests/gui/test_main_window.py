@@ -101,7 +101,7 @@ def test_window_shows_its_pages_and_status(qtbot: QtBot, ws: Workspace, tmp_path
         assert heading.isVisible() == (page is shown)
     assert window.statusBar().isVisible()
     assert window.lock_label.isVisible()
-    assert window.lock_label.text() == "Offline · locked"  # no session: nothing unlocked
+    assert window.lock_label.text() == "Offline · locked"  # no workspace: nothing unlocked
     assert window.gpu_label.isVisible()
     assert window.gpu_label.text() == "GPU: reading…"  # the monitor has not read yet
     # The picture is for people (kept beside the test's other files); its size is the window's.
@@ -126,15 +126,15 @@ def test_no_display_prints_how_to_run_it() -> None:
 
 
 def test_status_bar_says_when_a_damaged_key_slot_was_skipped(qtbot: QtBot, ws: Workspace) -> None:
-    from appliance.session import Session
+    from appliance.unlocked import UnlockedWorkspace
     from appliance.vault import Vault
 
     warning = "key slot 'alice' was skipped: key slot keys/alice.slot is damaged (not JSON)"
     vault = Vault(ws, b"k" * 32, "bob", (warning,))
-    window = MainWindow(ws.home, session=Session(vault))
+    window = MainWindow(ws.home, workspace=UnlockedWorkspace(vault))
     qtbot.addWidget(window)
     assert window.lock_label.text() == "Offline · unlocked as bob · 1 damaged key slot(s) skipped"
     assert window.lock_label.toolTip() == warning
-    clean = MainWindow(ws.home, session=Session(Vault(ws, b"k" * 32, "bob")))
+    clean = MainWindow(ws.home, workspace=UnlockedWorkspace(Vault(ws, b"k" * 32, "bob")))
     qtbot.addWidget(clean)
     assert clean.lock_label.text() == "Offline · unlocked as bob"

@@ -1,7 +1,7 @@
 """The Playground page over a real workspace: a real ``generate`` child on the tiny model.
 
 A generation child costs 15-30 s here, so one test drives one child through everything a
-person does in a session: answers streaming side by side, other adapters chosen (same
+person does in a chat session: answers streaming side by side, other adapters chosen (same
 process), a conversation saved as a test row, refusals, Stop, Reset, and the lock.
 """
 
@@ -19,7 +19,7 @@ from pytestqt.qtbot import QtBot
 from appliance import datasets, workspace
 from appliance.datasets.canonical import content
 from appliance.registry import Registry
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from gui.pages.playground import PlaygroundPage
 from tests.helpers.adapters import make_adapter, open_store
@@ -46,8 +46,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Store:
     return Store(vault, one, two)
 
 
-def _page(qtbot: QtBot, session: Session) -> PlaygroundPage:
-    page = PlaygroundPage(session)
+def _page(qtbot: QtBot, workspace: UnlockedWorkspace) -> PlaygroundPage:
+    page = PlaygroundPage(workspace)
     qtbot.addWidget(page)
     page.resize(1300, 800)
     page.show()
@@ -63,8 +63,8 @@ def _ask(qtbot: QtBot, page: PlaygroundPage, text: str) -> None:
 
 
 def test_a_session_side_by_side(qtbot: QtBot, store: Store) -> None:
-    session = Session(store.vault)
-    page = _page(qtbot, session)
+    workspace = UnlockedWorkspace(store.vault)
+    page = _page(qtbot, workspace)
     assert page.base_box.currentText() == "tiny"
     page.choose("tiny", store.one, None)
     assert page.columns["A"].heading.text() == f"A · {store.one}"
@@ -144,7 +144,7 @@ def test_a_session_side_by_side(qtbot: QtBot, store: Store) -> None:
     assert [content(r) for r in rows] == [{"messages": expected}]
     assert "Saved as a row of golden@1 (1 rows)" in page.status.text()
 
-    # Bad input: said in the page; the session goes on.
+    # Bad input: said in the page; the chat session goes on.
     assert not page.send()
     assert page.status.text() == "The prompt is empty: type a question first."
     _ask(qtbot, page, "one two three four " * 200)
@@ -199,7 +199,7 @@ def test_an_adapter_whose_base_model_was_deleted_is_refused_in_the_page(
     vault, reg = open_store(ws)
     with reg:
         ref = make_adapter(vault, reg, tiny_llama)
-    page = _page(qtbot, Session(vault))
+    page = _page(qtbot, UnlockedWorkspace(vault))
     page.choose("tiny", ref, None)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         shutil.rmtree(ws.home / reg.models.get("tiny")["path"])

@@ -15,17 +15,18 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
-from appliance import workspace
 from appliance.models import import_model
 from appliance.registry import Registry
-from appliance.session import Session
 from appliance.training import events as ev
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
+from appliance.workspace import init as init_workspace
 from gui.main_window import MainWindow
 from gui.pages.registry import RegistryPage
 from gui.widgets import audit_view
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
+from tests.helpers.tables import table_item
 from tests.helpers.training import PASS as PASS_TRAINED
 from tests.helpers.training import make_workspace, run_folder, tiny_config, train_adapter
 
@@ -65,7 +66,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Vault
 def light(tmp_path: Path, tiny_llama: Path) -> Vault:
     """A workspace with the tiny base and three registered versions of ``contracts`` (their
     weights are placeholder bytes: enough for the registry, not for an export)."""
-    ws, _ = workspace.init(tmp_path / "ws")
+    ws, _ = init_workspace(tmp_path / "ws")
     vault = Vault.create(ws, PASS, "alice", target_s=0)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         import_model(ws, reg, tiny_llama, "tiny")
@@ -76,7 +77,7 @@ def light(tmp_path: Path, tiny_llama: Path) -> Vault:
 
 
 def _page(qtbot: QtBot, vault: Vault) -> RegistryPage:
-    page = RegistryPage(Session(vault))
+    page = RegistryPage(UnlockedWorkspace(vault))
     qtbot.addWidget(page)
     page.resize(1300, 800)
     page.show()
@@ -99,7 +100,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
     assert comparison.refs == ("facts-adapter@1", "facts-adapter@2")
     assert view.shown_config_keys() == ["lora.rank", "optim.learning_rate"]
     cells = [
-        [view.config_table.item(r, c).text() for c in range(2)]
+        [table_item(view.config_table, r, c).text() for c in range(2)]
         for r in range(view.config_table.rowCount())
     ]
     assert cells == [["8", "16"], ["0.01", "0.005"]]
@@ -111,7 +112,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
 
     # Both runs' curves, with every point of their metrics.jsonl.
     with Registry.open(trained.ws) as reg:
-        runs = [reg.adapters.version(ref)["run_id"] for ref in comparison.refs]
+        runs = [str(reg.adapters.version(ref)["run_id"]) for ref in comparison.refs]
     for ref, run_id in zip(comparison.refs, runs, strict=True):
         events = list(ev.replay(run_folder(trained, run_id) / ev.METRICS_FILE))
         steps = [e for e in events if isinstance(e, ev.Step)]
@@ -132,7 +133,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
 def test_lineage_panel_names_everything_and_links_route_in_the_window(
     qtbot: QtBot, trained: Vault
 ) -> None:
-    window = MainWindow(trained.ws.home, session=Session(trained))
+    window = MainWindow(trained.ws.home, workspace=UnlockedWorkspace(trained))
     qtbot.addWidget(window)
     page = window.registry_page
     window.show_page("Registry")
@@ -160,9 +161,9 @@ def test_lineage_panel_names_everything_and_links_route_in_the_window(
     assert "wall time" in text
     assert "peak memory" in text
     page.lineage_view.browser.anchorClicked.emit(QUrl("dataset:facts@1"))
-    assert window.stack.currentWidget().title == "Datasets"
+    assert window.stack.currentWidget() is window.datasets_page
     page.lineage_view.browser.anchorClicked.emit(QUrl(f"run:{lineage.run.id}"))
-    assert window.stack.currentWidget().title == "Train"
+    assert window.stack.currentWidget() is window.train_page
     # Export… opens the Export page with the version chosen.
     window.show_page("Registry")
     qtbot.mouseClick(page.export_button, Qt.MouseButton.LeftButton)
@@ -281,7 +282,7 @@ def test_verify_highlights_the_first_bad_audit_row_and_says_what_to_do(
     row = view.row_of(target["seq"])
     assert row is not None
     assert view.table.currentRow() == row
-    item = view.table.item(row, 0)
+    item = table_item(view.table, row, 0)
     assert item.background().color() == audit_view.FIRST_BAD
     assert "edited" in item.toolTip()
     assert view.status.text() == (
@@ -367,8 +368,8 @@ def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault)
 def test_locking_the_window_clears_the_registry_and_export_pages(
     qtbot: QtBot, light: Vault
 ) -> None:
-    session = Session(light)
-    window = MainWindow(light.ws.home, session=session)
+    workspace = UnlockedWorkspace(light)
+    window = MainWindow(light.ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     assert window.locker is not None
@@ -389,7 +390,7 @@ def test_locking_the_window_clears_the_registry_and_export_pages(
     window.export_version("contracts@2")
     assert export.version_combo.count() == 3
     window.locker.lock_now()
-    qtbot.waitUntil(lambda: session.locked, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: workspace.locked, timeout=WAIT_MS)
     assert registry.tree.topLevelItemCount() == 0
     assert registry.lineage_view.lineage is None
     assert "contracts" not in registry.lineage_view.browser.toPlainText()
@@ -419,8 +420,8 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     qtbot: QtBot, trained: Vault
 ) -> None:
     """facts-adapter@1 only: the other tests of ``trained`` read @2's lineage."""
-    session = Session(trained)
-    window = MainWindow(trained.ws.home, session=session)
+    workspace = UnlockedWorkspace(trained)
+    window = MainWindow(trained.ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     assert window.locker is not None
@@ -471,7 +472,7 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     assert run is not None
     qtbot.waitUntil(lambda: run.job is not None and run.job.running, timeout=60_000)
     window.locker.lock_now()
-    qtbot.waitUntil(lambda: session.locked and not run.running, timeout=60_000)
+    qtbot.waitUntil(lambda: workspace.locked and not run.running, timeout=60_000)
     assert panel.table.rowCount() == 0
     with Registry.open(trained.ws) as reg:
         assert len(reg.evaluations.all("facts-adapter@1")) == 1

@@ -171,7 +171,7 @@ def test_a_resume_after_a_kill_redraws_from_its_checkpoint() -> None:
         if "all" in changed:
             data = ChartData.from_progress(progress)
         seen.append(changed)
-    assert seen[4] == {"all"}  # steps 2 and 3 of the killed session gave way
+    assert seen[4] == {"all"}  # steps 2 and 3 of the killed launch gave way
     assert data.steps["step"].tolist() == [1, 2]
 
 

@@ -13,7 +13,7 @@ from pytestqt.qtbot import QtBot
 from appliance import datasets, preferences
 from appliance.errors import PassphraseError
 from appliance.gpu import GpuReading, GpuState
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 from gui.pages.settings import SettingsPage
@@ -25,15 +25,15 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture
-def session(ws: Workspace) -> Session:
-    session = Session(Vault.create(ws, OLD, "alice", target_s=0))
-    with session.registry() as reg:
-        datasets.import_file(session.vault, reg, ORGFACTS, "orgfacts")
-    return session
+def workspace(ws: Workspace) -> UnlockedWorkspace:
+    workspace = UnlockedWorkspace(Vault.create(ws, OLD, "alice", target_s=0))
+    with workspace.registry() as reg:
+        datasets.import_file(workspace.vault, reg, ORGFACTS, "orgfacts")
+    return workspace
 
 
-def _page(qtbot: QtBot, session: Session | None, home: Path) -> SettingsPage:
-    page = SettingsPage(home, session)
+def _page(qtbot: QtBot, workspace: UnlockedWorkspace | None, home: Path) -> SettingsPage:
+    page = SettingsPage(home, workspace)
     page.kdf_target_s = 0
     qtbot.addWidget(page)
     page.resize(1100, 900)
@@ -57,24 +57,24 @@ def _table(table: object) -> list[list[str]]:
     return rows
 
 
-def test_workspace_size_by_kind(qtbot: QtBot, session: Session) -> None:
-    page = _page(qtbot, session, session.ws.home)
-    assert page.workspace_label.text() == str(session.ws.home)
+def test_workspace_size_by_kind(qtbot: QtBot, workspace: UnlockedWorkspace) -> None:
+    page = _page(qtbot, workspace, workspace.ws.home)
+    assert page.workspace_label.text() == str(workspace.ws.home)
     assert page.usage_task is not None
     qtbot.waitUntil(lambda: not page.usage_task.running, timeout=WAIT_MS)  # type: ignore[union-attr]
     rows = {r[0]: r for r in _table(page.usage_table)}
-    encrypted = [p for p in session.ws.datasets_dir.iterdir() if p.is_file()]
+    encrypted = [p for p in workspace.ws.datasets_dir.iterdir() if p.is_file()]
     assert rows["Datasets (encrypted)"][2] == str(len(encrypted))
     assert "Key slots" in rows
     assert "Registry (SQLite)" in rows
     assert page.usage_label.text().endswith("files")
 
 
-def test_change_passphrase_then_a_fresh_unlock(qtbot: QtBot, session: Session) -> None:
-    page = _page(qtbot, session, session.ws.home)
+def test_change_passphrase_then_a_fresh_unlock(qtbot: QtBot, workspace: UnlockedWorkspace) -> None:
+    page = _page(qtbot, workspace, workspace.ws.home)
     assert page.slot_labels() == ["alice"]
     assert _table(page.slots_table)[0][0] == "alice (you)"
-    before = _digests(session.ws.datasets_dir)
+    before = _digests(workspace.ws.datasets_dir)
     dialog = page.open_change_dialog()
     assert dialog is not None
     dialog.passphrase.setText("short")
@@ -95,20 +95,22 @@ def test_change_passphrase_then_a_fresh_unlock(qtbot: QtBot, session: Session) -
     with qtbot.waitSignal(dialog.accepted, timeout=WAIT_MS):
         dialog.submit()
     assert page.slots_status.text() == "Changed the passphrase of key slot 'alice'."
-    session.lock()
+    workspace.lock()
     # As after a restart: only the key slot files and the passphrase.
     with pytest.raises(PassphraseError, match="wrong passphrase"):
-        Vault.unlock(session.ws, OLD)
-    fresh = Vault.unlock(session.ws, NEW)
-    assert _digests(session.ws.datasets_dir) == before
-    with Session(fresh).registry() as reg:
+        Vault.unlock(workspace.ws, OLD)
+    fresh = Vault.unlock(workspace.ws, NEW)
+    assert _digests(workspace.ws.datasets_dir) == before
+    with UnlockedWorkspace(fresh).registry() as reg:
         version = datasets.resolve(reg, "orgfacts")
         assert len(datasets.load_rows(fresh, version)) == 80
         assert [r["object"] for r in reg.audit_rows(action="passphrase.change")] == ["alice"]
 
 
-def test_add_and_remove_key_slots_never_the_last(qtbot: QtBot, session: Session) -> None:
-    page = _page(qtbot, session, session.ws.home)
+def test_add_and_remove_key_slots_never_the_last(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    page = _page(qtbot, workspace, workspace.ws.home)
     dialog = page.open_add_dialog()
     assert dialog is not None
     dialog.label.setText("../bob")
@@ -125,7 +127,7 @@ def test_add_and_remove_key_slots_never_the_last(qtbot: QtBot, session: Session)
     with qtbot.waitSignal(dialog.accepted, timeout=WAIT_MS):
         dialog.submit()
     assert page.slot_labels() == ["alice", "bob"]
-    assert Vault.unlock(session.ws, "bob's own long passphrase").label == "bob"
+    assert Vault.unlock(workspace.ws, "bob's own long passphrase").label == "bob"
     assert page.remove_question("alice").endswith("keep another passphrase at hand.")
     assert page.remove_question("bob") == (
         "Remove key slot 'bob'? Its passphrase will stop opening this workspace."
@@ -141,17 +143,19 @@ def test_add_and_remove_key_slots_never_the_last(qtbot: QtBot, session: Session)
         pass
     assert page.slots_status.text().startswith("Key slot 'alice' is the last one of workspace")
     assert page.slot_labels() == ["alice"]
-    assert Vault.unlock(session.ws, OLD).label == "alice"
+    assert Vault.unlock(workspace.ws, OLD).label == "alice"
 
 
-def test_auto_lock_minutes_and_training_gpus_are_stored(qtbot: QtBot, session: Session) -> None:
-    page = _page(qtbot, session, session.ws.home)
+def test_auto_lock_minutes_and_training_gpus_are_stored(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    page = _page(qtbot, workspace, workspace.ws.home)
     assert page.auto_lock.value() == 15
     with qtbot.waitSignal(page.auto_lock_changed) as blocker:
         page.auto_lock.setValue(0)
     assert blocker.args == [0]
     assert page.auto_lock.text() == "never"
-    assert preferences.load(session.ws).auto_lock_minutes == 0
+    assert preferences.load(workspace.ws).auto_lock_minutes == 0
     gib = 1024**3
     page.show_gpus(
         GpuState(
@@ -164,17 +168,17 @@ def test_auto_lock_minutes_and_training_gpus_are_stored(qtbot: QtBot, session: S
     )
     assert sorted(page.gpu_boxes) == [0, 1]
     assert all(box.isChecked() for box in page.gpu_boxes.values())
-    assert str(preferences.settings_path(session.ws)) in page.gpu_label.text()
+    assert str(preferences.settings_path(workspace.ws)) in page.gpu_label.text()
     # The Train page's device picker follows the change (the window connects the signal).
     with qtbot.waitSignal(page.training_gpus_changed) as narrowed:
         page.gpu_boxes[1].setChecked(False)
     assert narrowed.args == [(0,)]
-    stored = json.loads(preferences.settings_path(session.ws).read_text())
+    stored = json.loads(preferences.settings_path(workspace.ws).read_text())
     assert stored == {"auto_lock_minutes": 0, "training_gpus": [0]}
     with qtbot.waitSignal(page.training_gpus_changed) as widened:
         page.gpu_boxes[1].setChecked(True)
     assert widened.args == [None]
-    assert preferences.load(session.ws).training_gpus is None  # every GPU again
+    assert preferences.load(workspace.ws).training_gpus is None  # every GPU again
     page.show_gpus(GpuState(unavailable_reason="LibraryNotFound"))
     assert page.gpu_boxes == {}
     assert page.gpu_label.text() == (
@@ -182,17 +186,21 @@ def test_auto_lock_minutes_and_training_gpus_are_stored(qtbot: QtBot, session: S
     )
 
 
-def test_a_damaged_settings_file_is_reported_not_fatal(qtbot: QtBot, session: Session) -> None:
-    path = preferences.settings_path(session.ws)
+def test_a_damaged_settings_file_is_reported_not_fatal(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    path = preferences.settings_path(workspace.ws)
     path.write_text("{oops")
-    page = _page(qtbot, session, session.ws.home)
+    page = _page(qtbot, workspace, workspace.ws.home)
     assert page.settings_error.isVisible()
     assert f"delete {path} to go back to the default settings" in page.settings_error.text()
     assert page.auto_lock.value() == 15
 
 
-def test_about_shows_versions_from_metadata_and_licences(qtbot: QtBot, session: Session) -> None:
-    page = _page(qtbot, session, session.ws.home)
+def test_about_shows_versions_from_metadata_and_licences(
+    qtbot: QtBot, workspace: UnlockedWorkspace
+) -> None:
+    page = _page(qtbot, workspace, workspace.ws.home)
     assert page.about.versions["torch"] == metadata.version("torch")
     assert page.about.versions["transformers"] == metadata.version("transformers")
     assert page.about.versions["peft"] == metadata.version("peft")
@@ -205,7 +213,9 @@ def test_about_shows_versions_from_metadata_and_licences(qtbot: QtBot, session: 
     assert "installed packages' metadata" in page.about.source.text()
 
 
-def test_without_a_session_no_passphrase_is_offered(qtbot: QtBot, ws: Workspace) -> None:
+def test_without_an_unlocked_workspace_no_passphrase_is_offered(
+    qtbot: QtBot, ws: Workspace
+) -> None:
     page = _page(qtbot, None, ws.home)
     assert page.slot_labels() == []
     assert not page.change_button.isEnabled()

@@ -21,10 +21,10 @@ from pytestqt.qtbot import QtBot
 from appliance import datasets
 from appliance.registry import Registry
 from appliance.registry.rows import RunRow
-from appliance.session import Session
 from appliance.training import runs
 from appliance.training.process import process_alive
 from appliance.training.progress import RunProgress
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from gui import live_run as train_page
 from gui.main_window import MainWindow
@@ -49,18 +49,18 @@ RUN_MS = 300_000
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Any:
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Any:
     return make_workspace(tmp_path_factory.mktemp("train-page"), tiny_llama)
 
 
 @pytest.fixture
-def session(workspace: Any) -> Session:
-    ws, _vault = workspace
-    return Session(Vault.unlock(ws, PASS))
+def workspace(store: Any) -> UnlockedWorkspace:
+    ws, _vault = store
+    return UnlockedWorkspace(Vault.unlock(ws, PASS))
 
 
-def _page(qtbot: QtBot, session: Session) -> TrainPage:
-    page = TrainPage(session)
+def _page(qtbot: QtBot, workspace: UnlockedWorkspace) -> TrainPage:
+    page = TrainPage(workspace)
     qtbot.addWidget(page)
     page.resize(1280, 820)
     page.show()
@@ -102,15 +102,15 @@ def _recorded(vault: Vault, run_id: str) -> RunProgress:
 
 
 def test_start_stop_and_resume_by_clicking_end_as_an_uninterrupted_run(
-    qtbot: QtBot, session: Session, workspace: Any
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any
 ) -> None:
-    _ws, vault = workspace
+    _ws, vault = store
     config = tiny_config()
     reference_run = new_run(vault, config, adapter="reference")
     assert trainer_for(vault, reference_run, CaptureLog(None)).run() == "finished"
     expected = folder_adapter(vault, reference_run)
 
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "clicked")
     before = len(_runs(vault))
     _click(qtbot, page.setup.start_button)
@@ -135,15 +135,15 @@ def test_start_stop_and_resume_by_clicking_end_as_an_uninterrupted_run(
     qtbot.waitUntil(lambda: page.runs_table.state_of(run_id) == "stopped", timeout=30_000)
     assert "Stopped" in page.status.text()
     assert page.resume_button.isEnabled()
-    first_session = page.progress.step
-    assert 2 <= first_session < 8
+    first_launch = page.progress.step
+    assert 2 <= first_launch < 8
 
     with qtbot.waitSignal(page.run_settled, timeout=RUN_MS) as finished:
         _click(qtbot, page.resume_button)
     result = finished.args[0]
     assert (result.state, result.adapter) == ("finished", "clicked@1")
 
-    # The charts received every step and every evaluation the run recorded, both sessions.
+    # The charts received every step and every evaluation the run recorded, both launches.
     recorded = _recorded(vault, run_id)
     steps, losses = page.charts.series("loss")
     assert steps.tolist() == list(range(1, 9))
@@ -163,10 +163,10 @@ def test_start_stop_and_resume_by_clicking_end_as_an_uninterrupted_run(
 
 
 def test_a_killed_child_shows_failed_with_its_last_log_lines(
-    qtbot: QtBot, session: Session, workspace: Any
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any
 ) -> None:
-    _ws, vault = workspace
-    page = _page(qtbot, session)
+    _ws, vault = store
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "killed", "max_steps=40", "save_every=0", "eval_every=0")
     _click(qtbot, page.setup.start_button)
     with qtbot.waitSignal(page.run_settled, timeout=RUN_MS) as settled:
@@ -205,15 +205,15 @@ GARBAGE_WORKER = (
 
 
 def test_a_worker_printing_garbage_is_reported_in_the_page(
-    qtbot: QtBot, session: Session, workspace: Any, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _ws, vault = workspace
+    _ws, vault = store
     monkeypatch.setattr(
         runs,
         "worker_command",
         lambda folder, threads=None: [sys.executable, "-c", GARBAGE_WORKER, str(folder)],
     )
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "garbled")
     with qtbot.waitSignal(page.run_settled, timeout=60_000) as settled:
         _click(qtbot, page.setup.start_button)
@@ -230,9 +230,9 @@ def test_a_worker_printing_garbage_is_reported_in_the_page(
 
 
 def test_refused_settings_show_the_cores_message_at_the_field(
-    qtbot: QtBot, session: Session
+    qtbot: QtBot, workspace: UnlockedWorkspace
 ) -> None:
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "refusals")
     form = page.setup.form
     cases = [
@@ -268,13 +268,13 @@ def test_refused_settings_show_the_cores_message_at_the_field(
 
 
 def test_a_dataset_deleted_while_chosen_is_refused_and_nothing_is_made(
-    qtbot: QtBot, session: Session, workspace: Any, tmp_path: Path
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any, tmp_path: Path
 ) -> None:
-    _ws, vault = workspace
+    _ws, vault = store
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
         source = write_jsonl(tmp_path / "gone.jsonl", chat_rows(10))
         datasets.import_file(vault, reg, source, "soon-gone", eval_fraction=0.2)
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "orphan")
     combo = page.setup.dataset_choice
     combo.setCurrentIndex(combo.findData("soon-gone@1"))
@@ -292,18 +292,18 @@ def test_a_dataset_deleted_while_chosen_is_refused_and_nothing_is_made(
 
 
 def test_the_suggested_fix_makes_a_red_estimate_green(
-    qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, workspace: UnlockedWorkspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from appliance import gpu
     from appliance.gpu import GpuReading, GpuState
     from appliance.training import preflight
 
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     _set_up(qtbot, page, "fits", "micro_batch_size=64", "gradient_accumulation_steps=1")
     config = page.setup.form.config()
     assert config is not None
     model_config = preflight.json.loads(
-        (session.ws.models_dir / "tiny" / "files" / "config.json").read_text()
+        (workspace.ws.models_dir / "tiny" / "files" / "config.json").read_text()
     )
     roomy = GpuState([GpuReading(0, "Small GPU", 0, 10**12, 0, 30)], "test")
     need = preflight.check(model_config, config, gpus=roomy).estimate
@@ -334,9 +334,9 @@ def test_the_suggested_fix_makes_a_red_estimate_green(
 
 
 def test_a_run_started_with_the_cli_detach_is_followed_live(
-    qtbot: QtBot, session: Session, workspace: Any
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any
 ) -> None:
-    ws, _vault = workspace
+    ws, _vault = store
     cli = CliRunner(ws.home)
     sets = [x for s in ("max_steps=8", "max_seq_length=128", "eval_every=3") for x in ("--set", s)]
     started = cli(
@@ -345,7 +345,7 @@ def test_a_run_started_with_the_cli_detach_is_followed_live(
         env={"APPLIANCE_PASSPHRASE": PASS},
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     qtbot.waitUntil(lambda: page.live is not None, timeout=60_000)
     live = page.live
     assert live is not None
@@ -365,14 +365,17 @@ def test_a_run_started_with_the_cli_detach_is_followed_live(
 
 
 def test_closing_the_window_can_keep_a_run_training_for_the_next_start(
-    qtbot: QtBot, session: Session, workspace: Any, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, workspace: UnlockedWorkspace, store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ws, _vault = workspace
+    ws, _vault = store
     asked: list[str] = []
-    monkeypatch.setattr(
-        TrainPage, "ask_on_close", lambda self, run_id: asked.append(run_id) or KEEP
-    )
-    window = MainWindow(ws.home, session=session)
+
+    def keep(_page: TrainPage, run_id: str) -> str:
+        asked.append(run_id)
+        return KEEP
+
+    monkeypatch.setattr(TrainPage, "ask_on_close", keep)
+    window = MainWindow(ws.home, workspace=workspace)
     qtbot.addWidget(window)
     window.show()
     page = window.show_page("Train")
@@ -393,7 +396,7 @@ def test_closing_the_window_can_keep_a_run_training_for_the_next_start(
     assert not window.isVisible()
     assert process_alive(pid, run_id), "the run trains on without the window"
 
-    again = _page(qtbot, Session(Vault.unlock(ws, PASS)))
+    again = _page(qtbot, UnlockedWorkspace(Vault.unlock(ws, PASS)))
     qtbot.waitUntil(lambda: again.live is not None and again.live.run_id == run_id, timeout=60_000)
     at = again.live_progress.step
     qtbot.waitUntil(lambda: again.live_progress.step > at, timeout=RUN_MS)
@@ -440,13 +443,13 @@ def _picker(page: TrainPage) -> list[tuple[str, str]]:
 
 
 def test_the_picker_offers_the_allowed_gpus_and_all_of_them_together(
-    qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, workspace: UnlockedWorkspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from appliance import preferences
     from appliance.training.placement import Placement
 
     state = _two_gpus(monkeypatch)
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     page.show_gpus(state)
     assert _picker(page) == [
         ("GPU 0: Fake GPU", "0"),
@@ -460,25 +463,25 @@ def test_the_picker_offers_the_allowed_gpus_and_all_of_them_together(
     assert _picker(page) == [("GPU 1: Fake GPU", "1")]
     page.setup.set_training_gpus(())
     assert _picker(page) == [("CPU (Settings allows no GPU for training)", "none")]
-    # ...and a page opened later reads the workspace's setting.
-    preferences.update(session.ws, training_gpus=(1,))
+    # ...and a page opened later reads the store's setting.
+    preferences.update(workspace.ws, training_gpus=(1,))
     try:
-        later = _page(qtbot, session)
+        later = _page(qtbot, workspace)
         later.show_gpus(state)
         assert _picker(later) == [("GPU 1: Fake GPU", "1")]
         assert later.setup.placement == Placement(gpus="1")
     finally:
-        preferences.save(session.ws, preferences.Preferences())
+        preferences.save(workspace.ws, preferences.Preferences())
 
 
 def test_all_allowed_gpus_estimates_per_device_and_launches_on_both(
-    qtbot: QtBot, session: Session, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot, workspace: UnlockedWorkspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from appliance.errors import UsageError
     from appliance.training.placement import Placement, check_batch_division, parse_gpus
 
     state = _two_gpus(monkeypatch)
-    page = _page(qtbot, session)
+    page = _page(qtbot, workspace)
     page.show_gpus(state)
     rows = page.setup.train_rows["facts@1"]
 

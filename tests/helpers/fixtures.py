@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """Runs ``appliance`` in a child process against ``home``; see :class:`CliRunner`."""
     monkeypatch.delenv("APPLIANCE_HOME", raising=False)
     return CliRunner(home)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PySide6.QtCore import SignalInstance
 
-    from appliance.session import Session
+    from appliance.unlocked import UnlockedWorkspace
     from gui.main_window import MainWindow
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
@@ -68,7 +68,7 @@ class Probe:
     """What a step gets: the window over an unlocked workspace, and ways to wait for it."""
 
     window: MainWindow
-    session: Session
+    workspace: UnlockedWorkspace
 
     def wait(self, signal: SignalInstance, timeout_s: float = 300.0) -> None:
         """Run the event loop until ``signal`` fires (the GUI stays live meanwhile).
@@ -300,11 +300,11 @@ def lock(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     """Lock now, then unlock with ``params["passphrase"]``."""
     window = probe.window
     window.lock_now()
-    probe.wait_until(lambda: probe.session.locked)
+    probe.wait_until(lambda: probe.workspace.locked)
     screen = window.locker.screen  # type: ignore[union-attr]
     screen.passphrase.setText(params["passphrase"])
     screen.submit()
-    probe.wait_until(lambda: not probe.session.locked)
+    probe.wait_until(lambda: not probe.workspace.locked)
     return {"locked_then_unlocked": True}
 
 
@@ -331,7 +331,7 @@ def main() -> int:
     offline.enforce()
     from PySide6.QtWidgets import QApplication
 
-    from appliance.session import Session
+    from appliance.unlocked import UnlockedWorkspace
     from appliance.vault import Vault
     from appliance.workspace import open_workspace
     from gui.main_window import MainWindow
@@ -339,11 +339,11 @@ def main() -> int:
     request = json.loads(sys.stdin.readline())
     app = QApplication(sys.argv[:1])
     ws = open_workspace(Path(request["home"]))
-    session = Session(Vault.unlock(ws, request["passphrase"]))
-    window = MainWindow(ws.home, session=session)
+    workspace = UnlockedWorkspace(Vault.unlock(ws, request["passphrase"]))
+    window = MainWindow(ws.home, workspace=workspace)
     window.monitor.start()
     window.show()
-    probe = Probe(window, session)
+    probe = Probe(window, workspace)
     results: list[dict[str, Any]] = []
     error = ""
     for name, params in request["steps"]:

@@ -1,7 +1,7 @@
 """The end-to-end run: SmolLM2 trained with QLoRA on the made-up Quillmere facts, on CPU.
 
 Stopped after a checkpoint, then resumed to the end, exactly as a user would; the events of
-both sessions are kept for the assertions. ``tests/e2e/conftest.py`` makes it a session
+both launches are kept for the assertions. ``tests/e2e/conftest.py`` makes it a session-scoped
 fixture, so the training test and the tests that use its adapter share one run.
 """
 
@@ -49,12 +49,12 @@ class QuillmereRun:
     model_row: BaseModelRow
     run_id: str
     first: list[ev.Event]
-    """Events of the first session (stopped at step ~20)."""
+    """Events of the first launch (stopped at step ~20)."""
     first_outcome: Any
     state_after_first: str
-    """The run's registry state between the sessions."""
+    """The run's registry state between the launches."""
     second: list[ev.Event]
-    """Events of the resumed session (to the end)."""
+    """Events of the resumed launch (to the end)."""
     second_outcome: Any
 
 
@@ -74,7 +74,7 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
             adapter_name="quillmere",
             config=build_config("quick-test", SETTINGS),
         )
-        # First session: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
+        # First launch: stopped after a checkpoint, as Ctrl-C or 'run stop' would.
         process = runs.launch(vault, reg, run_id)
         first: list[ev.Event] = []
         for event in process.events():
@@ -83,7 +83,7 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
                 process.stop()
         first_outcome = runs.wait_settled(process, vault, reg)
         state_after_first = reg.runs.get(run_id)["state"]
-        # Second session: resumed from that checkpoint to the end.
+        # Second launch: resumed from that checkpoint to the end.
         second: list[ev.Event] = []
         second_outcome = None
         if first_outcome.state == "stopped":

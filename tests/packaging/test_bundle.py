@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bundler import signing
@@ -78,7 +79,7 @@ def test_sbom_is_cyclonedx_with_every_wheel(core_bundle: BuiltBundle) -> None:
     assert bom["bomFormat"] == "CycloneDX"
     assert bom["specVersion"] == "1.5"
     assert bom["serialNumber"].startswith("urn:uuid:")
-    by_name = {canonicalize_name(c["name"]): c for c in bom["components"]}
+    by_name: dict[str, Any] = {canonicalize_name(c["name"]): c for c in bom["components"]}
     assert set(by_name) == {w.key for w in core_bundle.result.wheels}
     for wheel in core_bundle.result.wheels:
         component = by_name[wheel.key]

@@ -87,7 +87,7 @@ def _registry(vault: Any) -> Registry:
 def _run(
     vault: Any, run_id: str, placement: Placement, kill_rank_at: int | None = None
 ) -> tuple[list[ev.Event], runs.Outcome, float]:
-    """Launch one session and follow it; optionally SIGKILL rank 1 after step ``kill_rank_at``.
+    """Start one launch and follow it; optionally SIGKILL rank 1 after step ``kill_rank_at``.
 
     Returns the events, the settled outcome and the seconds from the kill to the settlement.
     """
@@ -138,13 +138,13 @@ def two_processes(
     code = RECORD_WRITES.format(notes=str(notes))
     run_id = new_run(vault, tiny_config(*SETTINGS, "micro_batch_size=2"), adapter="two")
     original = runs.worker_command
-    runs.worker_command = lambda folder, threads=None: [  # type: ignore[assignment]
+    runs.worker_command = lambda folder, threads=None: [
         sys.executable, "-c", code, str(folder), "--threads", "1"
     ]  # fmt: skip
     try:
         events, outcome, _ = _run(vault, run_id, TWO)
     finally:
-        runs.worker_command = original  # type: ignore[assignment]
+        runs.worker_command = original
     assert outcome.state == "finished", outcome.message
     return run_id, events, notes
 

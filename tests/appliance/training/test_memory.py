@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.gpu import NvmlSession
+from appliance.gpu import NvmlReader
 from appliance.training.events import Memory, parse_event
 from appliance.training.memory import MemorySampler, process_peak_rss, process_rss, read_memory
 
@@ -50,7 +50,7 @@ def test_peak_rss_is_this_process_own_not_its_parents() -> None:
 
 
 def test_read_memory_without_cuda_reports_rss_and_round_trips() -> None:
-    with NvmlSession() as nvml:
+    with NvmlReader() as nvml:
         state = nvml.read()
         event = read_memory("run-x", nvml=nvml, step=4)
     assert isinstance(event, Memory)

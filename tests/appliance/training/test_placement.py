@@ -14,7 +14,7 @@ from appliance import netpolicy, offline, workspace
 from appliance.errors import EgressBlockedError, UsageError
 from appliance.gpu import GpuReading, GpuState
 from appliance.registry import Registry
-from appliance.training.agent import RankFailure, describe, root_cause
+from appliance.training.agent import RankFailure, describe_rank_failure, root_cause
 from appliance.training.device_estimate import per_device
 from appliance.training.distributed import Group
 from appliance.training.estimate import estimate_memory
@@ -24,9 +24,8 @@ from appliance.training.placement import (
     Topology,
     check_batch_division,
     describe_global_batch,
-    parse_rendezvous,
     preferred_gpus,
-    resolve,
+    resolve_topology,
 )
 from appliance.training.preflight import check
 from appliance.training.settings import build_config
@@ -48,26 +47,26 @@ def _gpus(*free: int, total: int = 80 * GB) -> GpuState:
 
 
 def test_default_is_every_gpu_or_one_cpu_process() -> None:
-    both = resolve(Placement(), _gpus(70 * GB, 70 * GB))
+    both = resolve_topology(Placement(), _gpus(70 * GB, 70 * GB))
     assert (both.nproc_per_node, both.device, both.backend) == (2, "cuda", "nccl")
     assert both.gpu_indices == (0, 1)
     assert both.device_names == ("NVIDIA A100", "NVIDIA A100")
     assert both.distributed
-    alone = resolve(Placement(), NO_GPU)
+    alone = resolve_topology(Placement(), NO_GPU)
     assert (alone.nproc_per_node, alone.device, alone.distributed) == (1, "cpu", False)
 
 
 def test_chosen_gpus_cpu_processes_and_none() -> None:
     gpus = _gpus(1, 2, 3)
-    assert resolve(Placement(gpus="2,0"), gpus).gpu_indices == (0, 2)
-    cpu = resolve(Placement(processes=2), gpus)
+    assert resolve_topology(Placement(gpus="2,0"), gpus).gpu_indices == (0, 2)
+    cpu = resolve_topology(Placement(processes=2), gpus)
     assert (cpu.device, cpu.backend, cpu.world_size, cpu.device_names) == (
         "cpu",
         "gloo",
         2,
         ("cpu", "cpu"),
     )
-    assert resolve(Placement(gpus="none"), gpus).device == "cpu"
+    assert resolve_topology(Placement(gpus="none"), gpus).device == "cpu"
     assert "2 processes on the CPU, gloo" in cpu.describe()
 
 
@@ -77,9 +76,9 @@ def test_the_workspace_setting_gives_the_default_gpus() -> None:
     assert preferred_gpus(None, NO_GPU, where="s.json") == "all"  # all: the CPU when none
     assert preferred_gpus((), two, where="s.json") == "none"
     assert preferred_gpus((1, 0), two, where="s.json") == "0,1"
-    assert resolve(Placement(gpus=preferred_gpus((1,), two, where="s.json")), two).gpu_indices == (
-        1,
-    )
+    assert resolve_topology(
+        Placement(gpus=preferred_gpus((1,), two, where="s.json")), two
+    ).gpu_indices == (1,)
     with pytest.raises(UsageError) as missing:
         preferred_gpus((0, 7), two, where="/ws/settings.json")
     assert str(missing.value) == (
@@ -114,20 +113,20 @@ def test_refusals_say_what_to_change(
 ) -> None:
     state = _gpus(1, 1) if gpus == "two" else NO_GPU
     with pytest.raises(UsageError) as refused:
-        resolve(placement, state, parallel=parallel)
+        resolve_topology(placement, state, parallel=parallel)
     for word in words:
         assert word in str(refused.value)
 
 
 def test_several_machines_and_the_topology_round_trip() -> None:
     placement = Placement(processes=2, nnodes=3, node_rank=1, rendezvous="[FD00::1]:29500")
-    topology = resolve(placement, NO_GPU)
+    topology = resolve_topology(placement, NO_GPU)
     assert topology.world_size == 6
     assert topology.rendezvous == "[FD00::1]:29500"
     assert Topology.from_dict(topology.to_dict()) == topology
     assert Placement.from_dict(placement.to_dict()) == placement
-    assert parse_rendezvous("[fd00::1]:29500") == ("fd00::1", 29500)
-    assert parse_rendezvous("node0.cluster:1") == ("node0.cluster", 1)
+    assert netpolicy.parse_rendezvous("[fd00::1]:29500") == ("fd00::1", 29500)
+    assert netpolicy.parse_rendezvous("node0.cluster:1") == ("node0.cluster", 1)
     assert "node 1 of 3, 6 processes in all" in topology.describe()
 
 
@@ -211,12 +210,14 @@ def test_the_killed_rank_is_the_cause_not_the_ranks_that_lost_it() -> None:
     lost = RankFailure(rank=0, pid=10, exitcode=1, message="lost", peer=True, time=9.0)
     stopped = RankFailure(rank=2, pid=12, exitcode=-signal.SIGTERM, time=8.0)
     assert root_cause([lost, stopped, killed]) == killed
-    text = describe(killed, 3)
+    text = describe_rank_failure(killed, 3)
     assert text.startswith("rank 1 of 3 (pid 11) was killed by SIGKILL")
     assert "'appliance run resume'" in text
     oom = RankFailure(rank=2, pid=12, exitcode=1, message="the computer ran out of memory")
     assert root_cause([lost, oom]) == oom
-    assert describe(oom, 4).startswith("rank 2 of 4 (pid 12): the computer ran out of memory")
+    assert describe_rank_failure(oom, 4).startswith(
+        "rank 2 of 4 (pid 12): the computer ran out of memory"
+    )
 
 
 # --- the estimate per device ------------------------------------------------------------------
@@ -240,7 +241,7 @@ def test_ddp_adds_buckets_and_fsdp_shards_the_base() -> None:
 def test_preflight_sets_each_selected_gpu_against_the_per_process_figure() -> None:
     config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=1"])
     gpus = _gpus(70 * GB, 6 * GB, 70 * GB)
-    topology = resolve(Placement(gpus="0,1"), gpus)
+    topology = resolve_topology(Placement(gpus="0,1"), gpus)
     verdict = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
     # 8.2 GiB a process (chunked loss, 16-bit frozen weights, DDP buckets); GPU 1 has 6 GB free.
     assert verdict.fits is False
@@ -250,7 +251,7 @@ def test_preflight_sets_each_selected_gpu_against_the_per_process_figure() -> No
     assert "GPU 1 (NVIDIA A100): 5.6 GiB free: 2.6 GiB short" in lines
     assert "Per process (DDP):" in lines
     assert "GPU 2" not in lines
-    cpu = resolve(Placement(processes=2), NO_GPU)
+    cpu = resolve_topology(Placement(processes=2), NO_GPU)
     verdict = check(LLAMA3_8B, config, gpus=NO_GPU, ram_free=10**12, topology=cpu)
     assert verdict.estimate is not None
     assert any(line.startswith("2 processes x") for line in verdict.lines)
@@ -262,7 +263,7 @@ def test_the_per_process_estimate_is_sized_from_the_data() -> None:
     config = build_config("balanced", ["max_seq_length=2048", "micro_batch_size=2"])
     lengths = [50, 57, 64, 61, 55, 40]
     gpus = _gpus(70 * GB, 70 * GB)
-    topology = resolve(Placement(gpus="0,1"), gpus)
+    topology = resolve_topology(Placement(gpus="0,1"), gpus)
     sized = check(LLAMA3_8B, config, gpus=gpus, topology=topology, lengths=lengths)
     blind = check(LLAMA3_8B, config, gpus=gpus, topology=topology)
     assert sized.estimate is not None

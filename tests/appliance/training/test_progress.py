@@ -19,7 +19,7 @@ from appliance.training.progress import (
     STARTING,
     STOPPED,
     RunProgress,
-    describe,
+    event_line,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "runs"
@@ -95,7 +95,7 @@ def test_a_recorded_cpu_run_replays_into_the_same_figures_as_its_events() -> Non
     assert len(starts) == 2  # stopped, then resumed
     assert starts[1].start_step > 0
     assert progress.state == FINISHED
-    assert progress.sessions == 2
+    assert progress.launches == 2
     assert progress.run_id == starts[0].run_id
     assert progress.device == "cpu"
     assert [p.step for p in progress.steps] == [s.step for s in steps]
@@ -114,7 +114,7 @@ def test_a_recorded_cpu_run_replays_into_the_same_figures_as_its_events() -> Non
     assert all(h.ram_total and h.rss and h.rss < h.ram_total for h in progress.host)
     assert HOST_LABEL.startswith("CPU")
     assert progress.memory_text().startswith("RAM ")
-    # Elapsed: the two sessions' spans, not the pause between them.
+    # Elapsed: the two launches' spans, not the pause between them.
     stopped = next(e for e in events if isinstance(e, ev.Stopped))
     spans = (stopped.time - starts[0].time) + (events[-1].time - starts[1].time)
     assert progress.elapsed_s() == pytest.approx(spans, abs=1.5)
@@ -215,10 +215,10 @@ def test_states_and_their_lines() -> None:
     stopped = ev.Stopped(run_id="run-x", time=1002.0, step=1, checkpoint="step-00000001")
     progress.apply(stopped)
     assert progress.state == STOPPED
-    assert describe(stopped) == "stopped at step 1 (checkpoint step-00000001)"
+    assert event_line(stopped) == "stopped at step 1 (checkpoint step-00000001)"
     failed = ev.Failed(run_id="run-x", time=1003.0, message="CUDA out of memory at step 2")
     progress.apply(failed)
     assert (progress.state, progress.failure) == (FAILED, "CUDA out of memory at step 2")
-    assert describe(failed) == "failed: CUDA out of memory at step 2"
-    assert describe(_events()[1]) is None  # steps are the status line's, not a line each
-    assert describe(_events()[0]) == ("Training on cpu: 6 steps, 10 trainable of 100 parameters")
+    assert event_line(failed) == "failed: CUDA out of memory at step 2"
+    assert event_line(_events()[1]) is None  # steps are the status line's, not a line each
+    assert event_line(_events()[0]) == ("Training on cpu: 6 steps, 10 trainable of 100 parameters")

@@ -203,7 +203,11 @@ def test_estimate_counts_match_the_loaded_model(tiny_llama: Path, targets: str) 
     lora = config.lora
     peft_model = get_peft_model(
         model,
-        LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules),
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts floats (training/model.py)
+            target_modules=lora.target_modules,
+        ),
     )
     trainable, total = peft_model.get_nb_trainable_parameters()
     estimate = estimate_memory(model_config, config, device="cpu")

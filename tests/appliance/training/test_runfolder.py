@@ -49,8 +49,8 @@ def to_earlier_layout(folder: Path, metrics_offset: int = 0) -> None:
         "format": 1,
     }
     (folder / "run.json").write_text(json.dumps(spec, indent=2))
-    session = {"pid": None, "metrics_offset": metrics_offset, "launched": 1.0}
-    (folder / "session.json").write_text(json.dumps(session))
+    legacy = {"pid": None, "metrics_offset": metrics_offset, "launched": 1.0}
+    (folder / "session.json").write_text(json.dumps(legacy))
     (folder / "config.json").write_text(json.dumps(record["config"]))
 
 
@@ -79,12 +79,12 @@ def test_a_folder_without_a_description_is_refused_by_name(tmp_path: Path) -> No
     assert RunFolder(tmp_path).run_id() == "r"
 
 
-def test_a_run_of_the_earlier_layout_settles_from_its_session_offset(setup: Any) -> None:
+def test_a_run_of_the_earlier_layout_settles_from_its_launch_offset(setup: Any) -> None:
     _ws, vault = setup
     run_id = new_run(vault, tiny_config(), adapter="older")
     folder = RunFolder(run_folder(vault, run_id))
-    # Two sessions in metrics.jsonl: the first failed, the second (after the offset) stopped.
-    first = ev.Failed(run_id=run_id, message="the first session's failure").to_json() + "\n"
+    # Two launches in metrics.jsonl: the first failed, the second (after the offset) stopped.
+    first = ev.Failed(run_id=run_id, message="the first launch's failure").to_json() + "\n"
     second = ev.Stopped(run_id=run_id, step=4, checkpoint="step-00000004").to_json() + "\n"
     folder.metrics.write_text(first + second)
     to_earlier_layout(folder.path, metrics_offset=len(first))

@@ -84,6 +84,10 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
         assert (run["state"], run["pid"]) == ("finished", None)
         lineage = reg.adapters.lineage("facts-qa@1")
         assert runs.reconcile(vault, reg) == []
+    assert lineage["run"] is not None
+    assert lineage["base_model"] is not None
+    assert lineage["dataset"] is not None
+    assert lineage["config"] is not None
     assert lineage["run"]["id"] == run_id
     assert lineage["base_model"]["name"] == "tiny"
     assert (lineage["dataset"]["name"], lineage["dataset"]["version"]) == ("facts", 1)
@@ -170,7 +174,7 @@ def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPa
     with _registry(vault) as reg:
         run = reg.runs.get(run_id)
     assert run["state"] == "failed"
-    assert "cannot be decrypted" in run["failure_reason"]
+    assert "cannot be decrypted" in (run["failure_reason"] or "")
 
 
 def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
@@ -193,7 +197,7 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
             (vault.ws.home / "moved.enc").rename(vault.ws.home / version["path"])
         run = reg.runs.get(run_id)
     assert run["state"] == "failed"
-    assert "missing from the workspace" in run["failure_reason"]
+    assert "missing from the workspace" in (run["failure_reason"] or "")
 
     # A config that no longer validates (edited in the registry, which rewrites meta.json at
     # every change): the child reads it from meta.json and reports it.

@@ -66,7 +66,7 @@ def test_it_reports_the_worker_and_passes_a_stop_on(tmp_path: Path) -> None:
     # The worker got the stand-in's stdin (the key line) and stdout (its events).
     assert isinstance(evaluated, ev.Eval)
     assert evaluated.eval_loss == len('{"keys": "secret"}\n')
-    # In a session of its own: a signal to the launcher's process group does not reach it.
+    # In a process session of its own: a signal to the launcher's process group does not reach it.
     assert os.getsid(worker) == worker != os.getsid(0)
 
     proc.send_signal(signal.SIGTERM)  # what QProcess.terminate does

@@ -17,9 +17,9 @@ from typing import Any
 
 from appliance.errors import UsageError
 from appliance.events import EventError
-from appliance.lineage import Lineage, lineage_of
 from appliance.registry import Registry
 from appliance.training import events as ev
+from appliance.training.lineage import Lineage, lineage_of
 
 MISSING: Any = None
 """The value shown for a field one version's configuration does not have."""
@@ -50,7 +50,7 @@ class Curves:
 def run_curves(folder: Path | None) -> Curves:
     """Replay a run folder's ``metrics.jsonl`` into its loss curves.
 
-    A resumed run repeats the steps after its last checkpoint: the later session's point wins.
+    A resumed run repeats the steps after its last checkpoint: the later launch's point wins.
     Eval points get the epoch and tokens seen of the step they were taken at (step 0: before
     training).
     """

@@ -1,4 +1,9 @@
-"""An unlocked workspace: what the desktop app holds while a person works in it."""
+"""The unlocked workspace: what the desktop app holds while a person works in it.
+
+Named for its purpose, not its state: "Lock now" and auto-lock lock it again (the vault is dropped,
+the folder stays known) until a passphrase unlocks it. Only the desktop app holds one; the CLI
+unlocks the vault once per command (:mod:`appliance.cli.context`).
+"""
 
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ def create_vault(
     return vault
 
 
-class Session:
-    """A workspace and, while unlocked, its vault.
+class UnlockedWorkspace:
+    """A workspace the person has unlocked and, until it is locked again, its vault.
 
     :meth:`lock` ("Lock now", auto-lock) wipes the master key and drops the vault: from then on
     :attr:`vault` and :meth:`registry` raise :class:`~appliance.errors.VaultLockedError` until
@@ -56,7 +61,7 @@ class Session:
         """The unlocked vault.
 
         Raises:
-            VaultLockedError: the session is locked.
+            VaultLockedError: the workspace is locked.
         """
         if self._vault is None:
             raise VaultLockedError(
@@ -74,7 +79,7 @@ class Session:
         """Open the vault again with any key slot's passphrase.
 
         Raises:
-            PassphraseError: "wrong passphrase for workspace <home>" (the session stays locked).
+            PassphraseError: "wrong passphrase for workspace <home>" (the workspace stays locked).
         """
         vault = Vault.unlock(self._ws, passphrase)
         self.lock()
@@ -82,9 +87,9 @@ class Session:
         return vault
 
     def registry(self) -> Registry:
-        """Open the registry with the audit key (close it: ``with session.registry() as reg``).
+        """Open the registry with the audit key (close it: ``with workspace.registry() as reg``).
 
         Raises:
-            VaultLockedError: the session is locked.
+            VaultLockedError: the workspace is locked.
         """
         return Registry.open(self._ws, audit_key=self.vault.audit_key)

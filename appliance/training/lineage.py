@@ -30,7 +30,7 @@ class RunSummary:
     started_at: str | None
     finished_at: str | None
     wall_s: float | None
-    """Training seconds over every session of the run."""
+    """Training seconds over every launch of the run."""
     peak_memory: int | None
     """Peak bytes: torch's peak allocation on a GPU, the process's peak RSS on a CPU."""
     device: str | None

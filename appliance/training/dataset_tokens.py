@@ -11,6 +11,9 @@ the ``token-stats`` job (:func:`token_stats_job`), never in the desktop process.
 produces (:class:`~appliance.datasets.token_stats.TokenStats`) and what a cut-off does to them
 are in :mod:`appliance.datasets.token_stats`; their encrypted cache is
 :mod:`appliance.datasets.token_cache`. Both import nothing heavy.
+
+It lives in training, not in datasets, because what it measures is training's encoding of a row
+against a registered model's tokenizer: the datasets layer stays below models and training.
 """
 
 from __future__ import annotations

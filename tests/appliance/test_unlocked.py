@@ -1,4 +1,4 @@
-"""Locking a session: the master key is wiped and forgotten, and comes back only by passphrase."""
+"""Locking a workspace: the master key is wiped and forgotten, and comes back only by passphrase."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from appliance import datasets, workspace
+from appliance import datasets
 from appliance.errors import PassphraseError, VaultLockedError
-from appliance.session import Session
+from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
+from appliance.workspace import init as init_workspace
 
-PASS = "session passphrase here"
+PASS = "workspace passphrase here"
 
 
 def _reachable(root: Any) -> list[Any]:
@@ -34,41 +35,41 @@ def _holds(root: Any, secret: bytes) -> bool:
 
 
 def test_lock_wipes_the_master_key_and_unlock_brings_it_back(tmp_path: Path) -> None:
-    ws, _ = workspace.init(tmp_path / "ws")
-    session = Session(Vault.create(ws, PASS, "alice", target_s=0))
+    ws, _ = init_workspace(tmp_path / "ws")
+    workspace = UnlockedWorkspace(Vault.create(ws, PASS, "alice", target_s=0))
     source = tmp_path / "notes.jsonl"
     source.write_text('{"text": "kept across a lock"}\n')
-    with session.registry() as reg:
-        version, _ = datasets.import_file(session.vault, reg, source, "notes", eval_fraction=0)
-    vault = session.vault
+    with workspace.registry() as reg:
+        version, _ = datasets.import_file(workspace.vault, reg, source, "notes", eval_fraction=0)
+    vault = workspace.vault
     key = bytes(vault.master_key)
     buffer = vault.master_key
-    assert _holds(session, key)  # the check can see the key while it is there
+    assert _holds(workspace, key)  # the check can see the key while it is there
 
-    session.lock()
+    workspace.lock()
 
-    assert session.locked
+    assert workspace.locked
     assert buffer == bytearray(len(key))  # wiped in place, not just dropped
-    assert not _holds(session, key)
+    assert not _holds(workspace, key)
     assert not _holds(vault, key)
     with pytest.raises(VaultLockedError, match=r"is locked; unlock it with your passphrase"):
-        _ = session.vault
+        _ = workspace.vault
     with pytest.raises(VaultLockedError):
-        session.registry()
+        workspace.registry()
     with pytest.raises(VaultLockedError):
         _ = vault.master_key  # a page that kept the old vault cannot use it either
-    assert session.ws == ws
-    session.lock()  # idempotent
+    assert workspace.ws == ws
+    workspace.lock()  # idempotent
 
     with pytest.raises(PassphraseError, match="wrong passphrase for workspace"):
-        session.unlock("not the passphrase")
-    assert session.locked
-    again = session.unlock(PASS)
-    assert not session.locked
-    assert session.vault is again
+        workspace.unlock("not the passphrase")
+    assert workspace.locked
+    again = workspace.unlock(PASS)
+    assert not workspace.locked
+    assert workspace.vault is again
     assert bytes(again.master_key) == key
-    with session.registry() as reg:
-        rows = datasets.load_rows(session.vault, datasets.resolve(reg, "notes"))
+    with workspace.registry() as reg:
+        rows = datasets.load_rows(workspace.vault, datasets.resolve(reg, "notes"))
     assert rows == [{"split": "train", "text": "kept across a lock"}]
     assert "unlocked" in repr(again)
     assert key.hex() not in repr(again)
