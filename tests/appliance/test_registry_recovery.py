@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from appliance.registry.verify import verify_workspace
 
 from appliance import workspace
 from appliance.datasets import store
@@ -28,6 +27,7 @@ from appliance.registry.failures import (
 from appliance.registry.rebuild import rebuild_index
 from appliance.unlocked import create_vault
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter

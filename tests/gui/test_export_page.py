@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from appliance.registry.verify import verify_workspace
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
@@ -18,6 +17,7 @@ from appliance.export import card, preflight
 from appliance.registry import Registry
 from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from gui.pages.export import ExportPage
 from tests.helpers.adapters import make_adapter, tiny_adapter_store
 from tests.helpers.tables import table_item
