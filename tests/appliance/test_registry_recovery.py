@@ -19,6 +19,7 @@ from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyEr
 from appliance.folders import read_meta_file, sidecar_path
 from appliance.registry import Registry
 from appliance.registry import rebuild as rebuild_mod
+from appliance.registry.dataset_versions import DatasetVersions
 from appliance.registry.failures import (
     RegistryDamagedError,
     RegistryReadOnlyError,
@@ -198,10 +199,10 @@ def test_failed_import_leaves_neither_file_nor_metadata(
     ws = vaulted.ws
     before = sorted(p.name for p in ws.datasets_dir.iterdir())
 
-    def fail(_self: Registry) -> list[str]:
+    def fail(_self: DatasetVersions) -> list[str]:
         raise RegistryError("simulated failure after the metadata file was written")
 
-    monkeypatch.setattr(Registry, "backfill_dataset_meta", fail)
+    monkeypatch.setattr(DatasetVersions, "backfill_meta", fail)
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg, pytest.raises(RegistryError):
         store.import_file(vaulted, reg, DATA / "alpaca.jsonl", "a")
     assert sorted(p.name for p in ws.datasets_dir.iterdir()) == before
