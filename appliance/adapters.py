@@ -5,7 +5,7 @@ Layout of an adapter version::
     adapters/NAME/VERSION/
         adapter.enc   vault object: safetensors bytes of the LoRA tensors (PEFT state-dict keys),
                       with the PEFT ``adapter_config.json`` content in the safetensors metadata
-        meta.json     the registry record with its lineage (written by the registry)
+        meta.json     the registry record with its lineage (:mod:`appliance.adapter_folders`)
 
 Serialisation happens in memory (``safetensors.torch.save``/``load`` on bytes), so the plaintext
 tensors never touch the disk; the vault authenticates the whole object before it is parsed.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance import adapter_folders
 from appliance.errors import IntegrityError
 from appliance.folders import artifact_sha256
 from appliance.fsutil import fsync_dir, temp_name
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     # Only callers that already hold a registry (store, load) need it: the training child packs
     # its adapter with this module and never loads the registry.
     from appliance.registry import Registry
+    from appliance.registry.rows import AdapterVersionRow
 
 ADAPTER_FILE = "adapter.enc"
 CONFIG_METADATA_KEY = "adapter_config"
@@ -187,8 +189,9 @@ def store(
     ``weights`` may come already packed (bytes from :func:`pack`, e.g. the training child's
     sealed adapter): it is then checked by its header alone, without importing torch.
 
-    The folder is built under the workspace's tmp folder and renamed into place by the registry
-    in the same transaction that records it, so a failure leaves neither file nor row.
+    The folder is built under the workspace's tmp folder and renamed into place in the same
+    registry transaction that records it (:func:`appliance.adapter_folders.place`), so a
+    failure leaves neither file nor row.
 
     Returns:
         The new version number.
@@ -202,12 +205,8 @@ def store(
         else:
             blob = pack(weights)
         vault.write(staging / ADAPTER_FILE, new_object_id(), [blob])
-        return reg.add_adapter_version(
-            name,
-            run_id=run_id,
-            move_from=staging,
-            metrics=metrics,
-            lib_versions=lib_versions,
+        return adapter_folders.place(
+            reg, name, staging, run_id=run_id, metrics=metrics, lib_versions=lib_versions
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -217,8 +216,8 @@ def store(
 class StoredAdapter:
     """Where an adapter version's vault object lies, after its files were checked."""
 
-    record: dict[str, Any]
-    """The registry row (``reg.adapter_version``)."""
+    record: AdapterVersionRow
+    """The registry row (``reg.adapters.version``)."""
     path: Path
     """The encrypted ``adapter.enc``."""
     object_id: str
@@ -237,7 +236,7 @@ def locate(ws: Workspace, reg: Registry, ref: str) -> StoredAdapter:
         NotFoundError: no such adapter version.
         IntegrityError: the files were modified or damaged.
     """
-    record = reg.adapter_version(ref)
+    record = reg.adapters.version(ref)
     label = f"adapter {record['name']}@{record['version']}"
     folder = ws.home / record["path"]
     actual = artifact_sha256(folder) if folder.exists() else None
@@ -255,7 +254,7 @@ def unpack_stored(stored: StoredAdapter, blob: bytes | bytearray) -> AdapterWeig
     return unpack(blob, stored.what)
 
 
-def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], AdapterWeights]:
+def load(vault: Vault, reg: Registry, ref: str) -> tuple[AdapterVersionRow, AdapterWeights]:
     """The registry record and the decrypted weights of adapter version ``ref`` (NAME[@N]).
 
     The folder's hash is checked against the registry and the vault authenticates every chunk
@@ -270,7 +269,7 @@ def load(vault: Vault, reg: Registry, ref: str) -> tuple[dict[str, Any], Adapter
     return stored.record, unpack(blob, stored.what)
 
 
-def delete_version(ws: Workspace, reg: Registry, ref: str) -> dict[str, Any]:
+def delete_version(ws: Workspace, reg: Registry, ref: str) -> AdapterVersionRow:
     """Delete adapter version ``ref``: its registry row is marked deleted (lineage, exports and
     audit rows stay) and its encrypted folder is removed. Call with the writer lock held.
 
@@ -284,7 +283,7 @@ def delete_version(ws: Workspace, reg: Registry, ref: str) -> dict[str, Any]:
         NotFoundError: no such live version.
         RegistryError: it carries a tag.
     """
-    record = reg.delete_adapter_version(ref)
+    record = reg.adapters.delete_version(ref)
     folder = ws.home / record["path"]
     shutil.rmtree(folder, ignore_errors=True)
     if folder.parent.is_dir():

@@ -220,7 +220,7 @@ def check_registry_roundtrip(ctx: SelftestContext) -> list[CheckResult]:
     digest = hashlib.sha256(b"selftest").hexdigest()
     manifest = {"selftest.gguf": digest}
     with Registry.open(ws, audit_key=audit_key) as reg:
-        reg.add_base_model(
+        reg.models.add(
             "selftest-model",
             format="gguf",
             source="selftest",
@@ -232,7 +232,7 @@ def check_registry_roundtrip(ctx: SelftestContext) -> list[CheckResult]:
             total_bytes=8,
         )
     with Registry.open(ws, audit_key=audit_key) as reg:
-        row = reg.base_model("selftest-model")
+        row = reg.models.get("selftest-model")
         chain = reg.verify_audit()
         problems = reg.integrity_check()
     ok = (

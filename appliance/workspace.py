@@ -47,6 +47,10 @@ SUBFOLDERS = ("keys", "datasets", "models", "runs", "adapters", "tmp")
 RETIRED_SUBFOLDERS = ("exports", "logs")
 """Folders that workspaces made by earlier versions have and nothing ever wrote to (exports go
 outside the workspace; a run logs into its own folder). Accepted while empty, never created."""
+KEY_SLOT_SUFFIX = ".slot"
+"""How the vault's key slot files in ``keys/`` end (:mod:`appliance.vault.keyslots` writes them).
+Defined with the layout, so the registry and the inventory can tell a vaulted workspace
+without importing the vault."""
 HOME_ENV = "APPLIANCE_HOME"
 LOCK_WAIT_S = 5.0
 """How long a writer waits for another writer to finish before giving up."""
@@ -83,6 +87,18 @@ class Workspace:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    def key_slot_files(self) -> list[Path]:
+        """The vault's key slot files, sorted by label (none: the workspace has no vault)."""
+        if not self.keys_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.keys_dir.iterdir() if p.suffix == KEY_SLOT_SUFFIX and p.is_file()
+        )
+
+    def has_key_slots(self) -> bool:
+        """Whether the workspace has a vault (then its data and audit chain are keyed)."""
+        return bool(self.key_slot_files())
 
     @property
     def datasets_dir(self) -> Path:

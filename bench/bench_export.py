@@ -244,7 +244,7 @@ def prepare(tmp: Path, rank: int, model: str) -> tuple[Path, Path, Path, str, st
     with reg:
         ref = make_adapter(vault, reg, source, model_name="base", r=rank, alpha=2 * rank, std=0.02)
         export_adapter(vault, reg, ref, ExportOptions.checked("adapter", tmp / "adapter"))
-        base = ws.home / reg.base_model("base")["path"]
+        base = ws.home / reg.models.get("base")["path"]
     if model == "synthetic":
         shutil.rmtree(tmp / "synthetic")
     return ws.home, base, tmp / "adapter", ref, label

@@ -29,6 +29,7 @@ from typing import Any
 
 from appliance import datasets, offline, workspace
 from appliance.registry import Registry
+from appliance.registry.rows import DatasetVersionRow
 from appliance.vault import Vault, new_object_id, read_object, write_object
 
 WORDS = [
@@ -145,7 +146,7 @@ def main() -> None:
         with Registry.open(ws, audit_key=vault.audit_key) as reg:
             counter = iter(range(1000))
 
-            def do_import() -> dict[str, Any]:
+            def do_import() -> DatasetVersionRow:
                 version, _ = datasets.import_file(
                     vault, reg, plain, f"bench{next(counter)}", eval_fraction=0.1
                 )

@@ -95,7 +95,7 @@ def main() -> None:
         else:
             vault = Vault.create(ws, PASSPHRASE, "alice", target_s=0)
         with Registry.open(ws, audit_key=vault.audit_key) as reg:
-            if not reg.dataset_versions("orgfacts"):
+            if not reg.datasets.versions("orgfacts"):
                 datasets.import_file(vault, reg, ORGFACTS, "orgfacts")
         window = MainWindow(ws.home, workspace=UnlockedWorkspace(vault))
         window.setWindowTitle("Fine-tuning appliance")

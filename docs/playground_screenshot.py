@@ -63,7 +63,7 @@ def main() -> None:
     page = window.show_page("Playground")
     assert isinstance(page, PlaygroundPage)
     with workspace.registry() as reg:
-        base = reg.adapter_lineage(args.adapter)["base_model"]["name"]
+        base = reg.adapters.lineage(args.adapter)["base_model"]["name"]
     page.choose(base, args.adapter, None)
     page.settings_panel.max_new_tokens.setValue(args.max_new_tokens)
     page.prompt.setPlainText(args.question)

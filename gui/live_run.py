@@ -283,7 +283,7 @@ class LiveRun(QObject):
         def finalize(_progress: Progress) -> Settled:
             with workspace.registry() as reg:
                 outcome = runs.finalize(workspace.vault, reg, run_id, exit_code=code, reason=reason)
-                folder = runs.run_folder(workspace.vault, reg.run(run_id))
+                folder = runs.run_folder(workspace.vault, reg.runs.get(run_id))
             tail = folder.log_tail(LOG_TAIL_LINES) if outcome.state == "failed" else []
             return Settled(run_id, outcome.state, outcome.message or "", outcome.adapter, tail)
 

@@ -11,6 +11,7 @@ from rich.table import Table
 from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import NotFoundError
 from appliance.registry.refs import check_name
+from appliance.registry.rows import EvaluationRow, GoldenSetRow
 
 if TYPE_CHECKING:
     from appliance.evaluation.gate import GateCheck
@@ -46,10 +47,10 @@ def list_(
     if name is not None:
         check_name(name, "adapter name")
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        rows = reg.adapter_versions(name, include_deleted=deleted)
+        rows = reg.adapters.versions(name, include_deleted=deleted)
         if name is not None and not rows:
             # "No adapter versions yet" would be wrong while others exist.
-            names = sorted({a["name"] for a in reg.adapter_versions()})
+            names = sorted({a["name"] for a in reg.adapters.versions()})
             have = ", ".join(names) if names else "none yet; adapters come from training runs"
             raise NotFoundError(f"no adapter named {name!r} (adapters: {have})")
     if json_out:
@@ -99,11 +100,11 @@ def show(
     """Show an adapter version with its full lineage."""
     st = state(ctx)
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        lineage = reg.adapter_lineage(ref)
-        lineage["evaluations"] = reg.evaluations(lineage["ref"])
-        lineage["golden_set"] = reg.golden_set(lineage["name"])
+        lineage = reg.adapters.lineage(ref)
+        evaluations = reg.evaluations.all(lineage["ref"])
+        golden = reg.golden_sets.get(lineage["name"])
     if json_out:
-        print_json(lineage)
+        print_json({**lineage, "evaluations": evaluations, "golden_set": golden})
         return
     table = Table(show_header=False, box=None)
     base = lineage["base_model"]
@@ -131,17 +132,16 @@ def show(
         ("config", json.dumps(lineage["config"], sort_keys=True)),
         ("exports", ", ".join(f"{e['format']}: {e['path']}" for e in lineage["exports"]) or "-"),
     ]
-    golden = lineage["golden_set"]
     if golden is not None:
         rows.append(("golden set", f"{golden['dataset']} (gate metric {golden['metric']})"))
     for key, value in rows:
         table.add_row(key, "-" if value is None else str(value))
     out.print(table)
-    if lineage["evaluations"]:
-        out.print(evaluations_table(lineage["evaluations"], golden))
+    if evaluations:
+        out.print(evaluations_table(evaluations, golden))
 
 
-def evaluations_table(rows: list[dict[str, Any]], golden: dict[str, Any] | None) -> Table:
+def evaluations_table(rows: list[EvaluationRow], golden: GoldenSetRow | None) -> Table:
     """The stored evaluation results of one adapter version, oldest first."""
 
     def figure(value: Any) -> str:
@@ -193,7 +193,7 @@ def tag(
     ws = st.workspace()
     if remove:
         with ws.writer("adapter tag"), st.registry(ws) as reg:
-            reg.remove_tag(parse_ref(ref).name, tag_name)
+            reg.tags.remove(parse_ref(ref).name, tag_name)
         out.print(f"Removed tag {tag_name} from {parse_ref(ref).name}")
         return
     with st.registry(ws) as reg:
@@ -257,7 +257,7 @@ def golden(
     ws = st.workspace()
     if dataset is None and not remove:
         with st.registry(ws, unlock=False) as reg:
-            current = reg.golden_set(name)
+            current = reg.golden_sets.get(name)
         if json_out:
             print_json(current)
         elif current is None:
@@ -267,7 +267,7 @@ def golden(
         return
     with ws.writer("adapter golden"), st.registry(ws) as reg:
         if remove:
-            reg.remove_golden_set(name)
+            reg.golden_sets.remove(name)
             out.print(f"Detached the golden set of {name}; its production tag is ungated")
             return
         assert dataset is not None
@@ -283,7 +283,7 @@ def golden(
                 f"(a last reply of at most {limit} words), so contains-match cannot be "
                 "computed; use --metric answer_loss"
             )
-        current = reg.set_golden_set(name, ds["name"], ds["version"], metric)
+        current = reg.golden_sets.set(name, ds["name"], ds["version"], metric)
     if json_out:
         print_json({**current, "reference_rows": references})
         return
@@ -317,7 +317,7 @@ def delete(
     ws = st.workspace()
     with st.registry(ws) as reg:
         # Asked before taking the writer lock, so a pending question blocks nobody.
-        record = reg.adapter_version(ref)
+        record = reg.adapters.version(ref)
         confirm(
             yes,
             f"Delete adapter {record['ref']}? Its encrypted weights are removed; its lineage "

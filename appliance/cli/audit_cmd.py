@@ -30,8 +30,8 @@ def verify(
     """Check the registry, every artifact's sha256, the key slots, the audit chain and every
     file in the workspace; exit 1 on any finding."""
     from appliance.registry.rebuild import rebuild_index as rebuild
-    from appliance.registry.verify import verify_workspace
     from appliance.vault import has_vault
+    from appliance.verify import verify_workspace
 
     st = state(ctx)
     ws = st.workspace()

@@ -17,6 +17,7 @@ from appliance.datasets.formats import FORMATS
 from appliance.datasets.problems import problem_lines
 from appliance.errors import NotFoundError
 from appliance.registry.refs import check_name
+from appliance.registry.rows import DatasetVersionRow
 from appliance.training.dataset_tokens import DEFAULT_MAX_LENGTH
 
 dataset_app = typer.Typer(
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dataset_app)
 
 
-def _public(version: dict[str, Any]) -> dict[str, Any]:
+def _public(version: DatasetVersionRow) -> dict[str, Any]:
     return {k: v for k, v in version.items() if k not in _HIDDEN}
 
 
@@ -117,10 +118,10 @@ def list_(
     if name is not None:
         check_name(name, "dataset name")
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        versions = reg.dataset_versions(name, include_deleted=deleted)
+        versions = reg.datasets.versions(name, include_deleted=deleted)
         if name is not None and not versions:
             # "No datasets yet" would be wrong while others exist: say which name is unknown.
-            if reg.dataset_versions(name, include_deleted=True):
+            if reg.datasets.versions(name, include_deleted=True):
                 if json_out:
                     print_json([])
                 else:
@@ -129,7 +130,7 @@ def list_(
                         markup=False,
                     )
                 return
-            names = sorted({v["name"] for v in reg.dataset_versions()})
+            names = sorted({v["name"] for v in reg.datasets.versions()})
             have = ", ".join(names) if names else "none yet"
             raise NotFoundError(f"no dataset named {name!r} (datasets: {have})")
     if json_out:
@@ -181,7 +182,7 @@ def show(
         result = _public(version)
         # Lineage the other way: every adapter version trained on this dataset version.
         result["adapters"] = [
-            a["ref"] for a in reg.adapters_from_dataset(version["name"], version["version"])
+            a["ref"] for a in reg.adapters.from_dataset(version["name"], version["version"])
         ]
         if needs_data:
             data = datasets.load_rows(st.vault(ws), version)

@@ -13,7 +13,8 @@ from appliance.cli.progress import stage_progress
 from appliance.demo import DEMO_MODEL_NAME, demo_model_gguf
 from appliance.errors import UsageError
 from appliance.progress import MODEL_IMPORT_STAGES
-from appliance.registry.records import BASE_MODEL_FIELDS
+from appliance.registry.base_models import BASE_MODEL_FIELDS
+from appliance.registry.rows import BaseModelRow
 from appliance.units import format_bytes, format_count
 
 model_app = typer.Typer(
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(model_app)
 
 
-def _public(model: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
+def _public(model: BaseModelRow, *, manifest: bool) -> dict[str, Any]:
     row = {k: v for k, v in model.items() if k not in ("id", "deleted_at")}
     if not manifest:
         row.pop("manifest", None)
@@ -86,7 +87,7 @@ def list_(
     """List base models."""
     st = state(ctx)
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        models = reg.base_models()
+        models = reg.models.all()
     if json_out:
         print_json([_public(m, manifest=False) for m in models])
         return
@@ -119,15 +120,15 @@ def show(
     """Show a base model, its file manifest and the adapters trained on it."""
     st = state(ctx)
     with st.registry(st.workspace(), unlock=False, readonly=True) as reg:
-        model = reg.base_model(name)
-        adapters = [a["ref"] for a in reg.adapters_from_base_model(name)]
+        model = reg.models.get(name)
+        adapters = [a["ref"] for a in reg.adapters.from_base_model(name)]
     if json_out:
         print_json({**_public(model, manifest=True), "adapters": adapters})
         return
     table = Table(show_header=False, box=None)
     fields = [f for f in BASE_MODEL_FIELDS if f != "manifest"]  # counted as "files" below
     for key in ("name", *fields, "created_at", "created_by"):
-        value = model.get(key)
+        value: Any = model.get(key)
         if key == "parameters":
             value = f"{value} ({format_count(value)})"
         elif key == "total_bytes":

@@ -22,6 +22,7 @@ from appliance.cli.context import CliState, err, out, print_json, state
 from appliance.errors import PassphraseError, TrainingError
 from appliance.gpu import GpuState, read_gpus
 from appliance.registry import Registry
+from appliance.registry.rows import RunRow
 from appliance.training import events as ev
 from appliance.training import preflight, runs
 from appliance.training.config import TrainConfig
@@ -164,7 +165,7 @@ def _start(
     topology: Topology | None = None,
     placement: Placement | None = None,
 ) -> None:
-    metrics = ws.home / str(reg.run(run_id)["path"]) / ev.METRICS_FILE
+    metrics = ws.home / str(reg.runs.get(run_id)["path"]) / ev.METRICS_FILE
     history = _replay(metrics)  # read before the new launch can append to it
     process = runs.launch(vault, reg, run_id, detach=detach, topology=topology, placement=placement)
     out.print(
@@ -308,7 +309,7 @@ def _open(st: CliState, ws: Workspace) -> tuple[Registry, Vault | None]:
     return reg, vault
 
 
-def _public(reg: Registry, run: dict[str, Any]) -> dict[str, Any]:
+def _public(reg: Registry, run: RunRow) -> dict[str, Any]:
     keys = (
         "id", "state", "pid", "base_model", "dataset", "dataset_version", "seed", "path",
         "created_at", "started_at", "finished_at", "updated_at", "failure_reason", "config",
@@ -325,7 +326,7 @@ def list_(
     st = state(ctx)
     reg, _ = _open(st, st.workspace())
     with reg:
-        runs = [_public(reg, r) for r in reg.runs()]
+        runs = [_public(reg, r) for r in reg.runs.all()]
     if json_out:
         print_json(runs)
         return
@@ -358,7 +359,7 @@ def show(
     ws = st.workspace()
     reg, _ = _open(st, ws)
     with reg:
-        run = _public(reg, reg.run(run_id))
+        run = _public(reg, reg.runs.get(run_id))
     metrics = ws.home / str(run["path"]) / ev.METRICS_FILE
     events = list(ev.replay(metrics)) if metrics.exists() else []
     if json_out:

@@ -24,6 +24,7 @@ from appliance.datasets.store import load_rows, store_prepared
 from appliance.errors import DatasetError, NotFoundError
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
+from appliance.registry.rows import DatasetVersionRow
 from appliance.vault import Vault
 
 SOURCE_NAME = "playground"
@@ -42,7 +43,7 @@ def add_conversations(
     conversations: Sequence[Conversation],
     *,
     source_name: str = SOURCE_NAME,
-) -> dict[str, Any]:
+) -> DatasetVersionRow:
     """Store ``conversations`` (``[{role, content}, ...]`` ending with the assistant's reply)
     as rows of dataset ``name``: its next version, or its first.
 
@@ -108,8 +109,8 @@ def add_conversations(
         return store_prepared(vault, reg, prepared, name)
 
 
-def _latest(reg: Registry, name: str) -> dict[str, Any] | None:
+def _latest(reg: Registry, name: str) -> DatasetVersionRow | None:
     try:
-        return reg.dataset_version(name)
+        return reg.datasets.version(name)
     except NotFoundError:
         return None

@@ -10,7 +10,6 @@ import errno
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from appliance import destinations
 from appliance.datasets import canonical
@@ -24,6 +23,7 @@ from appliance.fsutil import atomic_writer, fsync_dir, sha256_file
 from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, parse_ref
+from appliance.registry.rows import DatasetVersionRow
 from appliance.vault import Vault, new_object_id
 
 
@@ -33,12 +33,12 @@ def object_path(vault: Vault, object_id: str) -> Path:
     return vault.ws.datasets_dir / f"{object_id}.enc"
 
 
-def version_label(version: dict[str, Any]) -> str:
+def version_label(version: DatasetVersionRow) -> str:
     """How messages name a version: "dataset legal-qa version 3"."""
     return f"dataset {version['name']} version {version['version']}"
 
 
-def resolve(reg: Registry, ref: str, *, include_deleted: bool = False) -> dict[str, Any]:
+def resolve(reg: Registry, ref: str, *, include_deleted: bool = False) -> DatasetVersionRow:
     """The registry row of ``NAME`` (latest version) or ``NAME@VERSION``.
 
     Raises:
@@ -48,7 +48,7 @@ def resolve(reg: Registry, ref: str, *, include_deleted: bool = False) -> dict[s
     parsed = parse_ref(ref, "dataset")
     if parsed.tag is not None:
         raise UsageError(f"datasets have no tags; write {parsed.name}@VERSION (a number)")
-    return reg.dataset_version(parsed.name, parsed.version, include_deleted=include_deleted)
+    return reg.datasets.version(parsed.name, parsed.version, include_deleted=include_deleted)
 
 
 def import_file(
@@ -64,7 +64,7 @@ def import_file(
     columns: Iterable[str] | Mapping[str, str] | ColumnMap | None = None,
     progress: Progress | None = None,
     cancel: CancelFlag | None = None,
-) -> tuple[dict[str, Any], Prepared]:
+) -> tuple[DatasetVersionRow, Prepared]:
     """Import ``source`` as the next version of dataset ``name``.
 
     The file is validated in memory, encrypted straight into the workspace, then recorded; if
@@ -113,7 +113,7 @@ def store_prepared(
     *,
     progress: Progress | None = None,
     cancel: CancelFlag | None = None,
-) -> dict[str, Any]:
+) -> DatasetVersionRow:
     """Encrypt prepared data into the workspace and record it as the next version of ``name``.
 
     Cancellation is checked between pieces of the encryption and once more just before the
@@ -130,7 +130,7 @@ def store_prepared(
     info = vault.write(target, object_id, _pieces(prepared.plaintext, control))
     try:
         control.check()
-        version = reg.add_dataset_version(
+        version = reg.datasets.add_version(
             name,
             object_id=object_id,
             path=str(target.relative_to(vault.ws.home)),
@@ -141,10 +141,10 @@ def store_prepared(
         target.unlink(missing_ok=True)
         sidecar_path(target).unlink(missing_ok=True)
         raise
-    return reg.dataset_version(name, version)
+    return reg.datasets.version(name, version)
 
 
-def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
+def read_plaintext(vault: Vault, version: DatasetVersionRow) -> bytearray:
     """The stored plaintext of a version, authenticated and checked against the registry.
 
     Raises:
@@ -160,13 +160,13 @@ def read_plaintext(vault: Vault, version: dict[str, Any]) -> bytearray:
     return data
 
 
-def load_rows(vault: Vault, version: dict[str, Any]) -> list[Row]:
+def load_rows(vault: Vault, version: DatasetVersionRow) -> list[Row]:
     """Every row of a version (with its ``split``), decrypted in memory."""
     return canonical.decode(read_plaintext(vault, version), version_label(version))
 
 
 def export_version(
-    vault: Vault, reg: Registry, version: dict[str, Any], out: Path, *, force: bool = False
+    vault: Vault, reg: Registry, version: DatasetVersionRow, out: Path, *, force: bool = False
 ) -> Path:
     """Write a version's canonical JSONL as plaintext to ``out`` and audit it.
 
@@ -227,13 +227,13 @@ def _is_earlier_export(reg: Registry, path: Path) -> bool:
         return False
 
 
-def delete_version(vault: Vault, reg: Registry, version: dict[str, Any]) -> None:
+def delete_version(vault: Vault, reg: Registry, version: DatasetVersionRow) -> None:
     """Mark a version deleted (its row stays for lineage) and remove its encrypted file.
 
     The data key exists only in the file's header, so once the file is gone its data cannot be
     read from the workspace any more (backups of the datasets folder keep it, by design).
     """
-    reg.delete_dataset_version(version["name"], version["version"])
+    reg.datasets.delete_version(version["name"], version["version"])
     from appliance.datasets.token_cache import forget_version
 
     forget_version(vault.ws, version)

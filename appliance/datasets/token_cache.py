@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -34,6 +33,7 @@ from appliance.jobs.events import JobEvent
 from appliance.jobs.request import JobRequest
 from appliance.jobs.runner import run_job
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow, DatasetVersionRow
 from appliance.vault import Vault
 from appliance.vault.objects import read_object, write_object
 from appliance.workspace import Workspace
@@ -57,18 +57,18 @@ def cache_dir(ws: Workspace) -> Path:
     return ws.datasets_dir / FOLDER
 
 
-def cache_path(ws: Workspace, version: dict[str, Any], model: dict[str, Any]) -> Path:
+def cache_path(ws: Workspace, version: DatasetVersionRow, model: BaseModelRow) -> Path:
     """Where the statistics of ``version`` against ``model`` (registry rows) live."""
     return cache_dir(ws) / f"{version['object_id']}.{model['sha256'][:32]}.enc"
 
 
-def cache_object_id(version: dict[str, Any], model: dict[str, Any]) -> str:
+def cache_object_id(version: DatasetVersionRow, model: BaseModelRow) -> str:
     """The object id written into the entry's header, derived from its name."""
     name = f"token-stats:{version['object_id']}:{model['sha256']}".encode()
     return hashlib.sha256(name).hexdigest()[:32]
 
 
-def check_plaintext(version: dict[str, Any], plaintext: bytes | bytearray) -> None:
+def check_plaintext(version: DatasetVersionRow, plaintext: bytes | bytearray) -> None:
     """Refuse a version whose plaintext does not have the registry's sha256.
 
     Raises:
@@ -82,7 +82,7 @@ def check_plaintext(version: dict[str, Any], plaintext: bytes | bytearray) -> No
 
 
 def write_cache(
-    ws: Workspace, version: dict[str, Any], model: dict[str, Any], key: bytes, stats: TokenStats
+    ws: Workspace, version: DatasetVersionRow, model: BaseModelRow, key: bytes, stats: TokenStats
 ) -> Path:
     """Encrypt ``stats`` into the cache (atomically; an entry already there is replaced)."""
     folder = cache_dir(ws)
@@ -95,7 +95,7 @@ def write_cache(
 
 
 def read_cache(
-    ws: Workspace, version: dict[str, Any], model: dict[str, Any], key: bytes
+    ws: Workspace, version: DatasetVersionRow, model: BaseModelRow, key: bytes
 ) -> TokenStats | None:
     """The cached statistics, or None when there are none, or they are damaged or stale."""
     path = cache_path(ws, version, model)
@@ -128,7 +128,7 @@ def cached_token_stats(
         UsageError: a malformed reference.
     """
     version = resolve(reg, dataset_ref)
-    model_row = reg.base_model(model)
+    model_row = reg.models.get(model)
     return read_cache(vault.ws, version, model_row, cache_key(vault))
 
 
@@ -139,7 +139,7 @@ def token_stats_request(vault: Vault, reg: Registry, dataset_ref: str, model: st
     succeeds, :func:`cached_token_stats` returns the statistics.
     """
     version = resolve(reg, dataset_ref)
-    model_row = reg.base_model(model)
+    model_row = reg.models.get(model)
     request = JobRequest.for_vault(
         vault,
         KIND,
@@ -180,7 +180,7 @@ def compute_token_stats(
     return stats
 
 
-def forget_version(ws: Workspace, version: dict[str, Any]) -> int:
+def forget_version(ws: Workspace, version: DatasetVersionRow) -> int:
     """Delete every cached entry of a dataset version; returns how many there were."""
     folder = cache_dir(ws)
     if not folder.is_dir() or not version.get("object_id"):

@@ -36,6 +36,7 @@ from appliance.errors import DatasetError, UsageError
 from appliance.progress import Progress
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
+from appliance.registry.rows import DatasetVersionRow
 from appliance.vault import Vault
 
 SAMPLE_ROWS = 20
@@ -209,7 +210,7 @@ def store_import(
     skip_invalid: bool = False,
     progress: Progress | None = None,
     cancel: CancelFlag | None = None,
-) -> tuple[dict[str, Any], Prepared]:
+) -> tuple[DatasetVersionRow, Prepared]:
     """Store a preview's rows as the next version of dataset ``name``.
 
     Takes the workspace's writer lock for the store. The split uses the preview's

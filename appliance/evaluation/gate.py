@@ -21,6 +21,7 @@ from typing import Any
 from appliance.errors import ApplianceError, NotFoundError, UsageError
 from appliance.evaluation.metrics import comparable
 from appliance.registry import Registry
+from appliance.registry.rows import AdapterVersionRow, EvaluationRow, GoldenSetRow, TagMove
 
 PRODUCTION = "production"
 RELATIVE_TOLERANCE = 1e-6
@@ -38,8 +39,8 @@ class GateCheck:
     ref: str
     """The candidate, ``NAME@N``."""
     tag: str
-    golden: dict[str, Any] | None = None
-    """The adapter name's golden set (see ``Registry.golden_set``); None: ungated."""
+    golden: GoldenSetRow | None = None
+    """The adapter name's golden set (``reg.golden_sets.get``); None: ungated."""
     production: str | None = None
     """The version now tagged production, when another one."""
     candidate: float | None = None
@@ -139,11 +140,11 @@ def check(reg: Registry, ref: str, tag: str = PRODUCTION) -> GateCheck:
     Raises:
         NotFoundError: no such adapter version.
     """
-    adapter = reg.adapter_version(ref)
+    adapter = reg.adapters.version(ref)
     result = GateCheck(ref=adapter["ref"], tag=tag)
     if tag != PRODUCTION:
         return result
-    golden = reg.golden_set(adapter["name"])
+    golden = reg.golden_sets.get(adapter["name"])
     result.golden = golden
     if golden is None:
         return result
@@ -154,7 +155,7 @@ def check(reg: Registry, ref: str, tag: str = PRODUCTION) -> GateCheck:
         )
         return result
     try:
-        incumbent = reg.adapter_version(f"{adapter['name']}@{PRODUCTION}")
+        incumbent = reg.adapters.version(f"{adapter['name']}@{PRODUCTION}")
     except NotFoundError:
         incumbent = None
     if incumbent is not None and incumbent["id"] == adapter["id"]:
@@ -194,14 +195,14 @@ def check(reg: Registry, ref: str, tag: str = PRODUCTION) -> GateCheck:
 
 def promote(
     reg: Registry, ref: str, tag: str = PRODUCTION, *, override: str | None = None
-) -> tuple[dict[str, Any], GateCheck]:
+) -> tuple[TagMove, GateCheck]:
     """Move ``tag`` to ``ref`` if the gate passes (or with an override reason), audited.
 
     The gate is checked again inside the transaction that moves the tag, so a version tagged
     production meanwhile cannot slip past it.
 
     Returns:
-        ``set_tag``'s result and the gate's check.
+        ``reg.tags.set``'s result and the gate's check.
 
     Raises:
         UsageError: an empty override reason.
@@ -220,17 +221,17 @@ def promote(
             details["override"] = override.strip()
         elif override is not None:
             details["override"] = override.strip()
-        moved = reg.set_tag(result.ref, tag, details=details)
+        moved = reg.tags.set(result.ref, tag, details=details)
     return moved, result
 
 
 def _usable(
-    reg: Registry, adapter: dict[str, Any], golden: dict[str, Any], result: GateCheck
-) -> list[dict[str, Any]]:
+    reg: Registry, adapter: AdapterVersionRow, golden: GoldenSetRow, result: GateCheck
+) -> list[EvaluationRow]:
     """The stored results of ``adapter`` that count for the golden set now, oldest first;
     results on other versions of the golden dataset are noted as stale."""
     usable = []
-    for row in reg.evaluations(adapter["ref"]):
+    for row in reg.evaluations.all(adapter["ref"]):
         if row["split"] != "all":
             continue
         if row["dataset_version_id"] != golden["dataset_version_id"]:
@@ -243,6 +244,6 @@ def _usable(
     return usable
 
 
-def _figure(row: dict[str, Any], metric: str) -> float | None:
+def _figure(row: EvaluationRow, metric: str) -> float | None:
     value = row["metrics"].get(metric)
     return float(value) if isinstance(value, int | float) else None

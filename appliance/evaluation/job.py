@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import time
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.datasets.canonical import Row, decode
@@ -30,6 +30,9 @@ from appliance.evaluation.metrics import EvalSettings
 from appliance.evaluation.request import check_dataset
 from appliance.generation.job import load_engine
 from appliance.jobs.child import JobContext
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import DatasetVersionRow
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
@@ -45,7 +48,7 @@ def lib_versions() -> dict[str, str]:
     return found
 
 
-def read_rows(ctx: JobContext, ds: dict[str, Any]) -> list[Row]:
+def read_rows(ctx: JobContext, ds: DatasetVersionRow) -> list[Row]:
     """The dataset version's rows, decrypted with the key handed over and checked against the
     registry's sha256."""
     what = version_label(ds)
@@ -67,7 +70,7 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     settings = EvalSettings.from_dict(params.get("settings"))
     wanted = params.get("dataset") or {}
     with ctx.registry() as reg:
-        ds = reg.dataset_version(str(wanted.get("name")), int(wanted.get("version", 0)))
+        ds = reg.datasets.version(str(wanted.get("name")), int(wanted.get("version", 0)))
     check_dataset(ds, split)
     ds_ref = f"{ds['name']}@{ds['version']}"
     rows = [r for r in read_rows(ctx, ds) if split == "all" or r["split"] == split]
@@ -109,7 +112,7 @@ def evaluate(ctx: JobContext) -> dict[str, Any]:
     # One transaction: a cancel or a failure stores the results of all versions or of none.
     with ctx.ws.writer("eval"), ctx.registry() as reg, reg.transaction():
         for ref in adapters:
-            ids[ref] = reg.add_evaluation(
+            ids[ref] = reg.evaluations.add(
                 ref,
                 dataset=ds["name"],
                 dataset_version=ds["version"],

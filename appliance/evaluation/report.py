@@ -80,11 +80,11 @@ def history(reg: Registry, ref: str) -> list[Evaluation]:
     Raises:
         NotFoundError: no such adapter version.
     """
-    adapter = reg.adapter_version(ref, include_deleted=True)
-    golden = reg.golden_set(adapter["name"])
+    adapter = reg.adapters.version(ref, include_deleted=True)
+    golden = reg.golden_sets.get(adapter["name"])
     golden_id = golden["dataset_version_id"] if golden and not golden["deleted_at"] else None
     found = []
-    for row in reversed(reg.evaluations(adapter["ref"])):
+    for row in reversed(reg.evaluations.all(adapter["ref"])):
         metrics = row["metrics"] or {}
         found.append(
             Evaluation(
@@ -129,7 +129,7 @@ def compare(reg: Registry, refs: list[str]) -> list[Comparison]:
         NotFoundError: no such adapter version.
     """
     latest: dict[tuple[str, str], dict[str, Evaluation]] = {}
-    names = [reg.adapter_version(ref, include_deleted=True)["ref"] for ref in refs]
+    names = [reg.adapters.version(ref, include_deleted=True)["ref"] for ref in refs]
     for ref in names:
         for evaluation in history(reg, ref):
             key = (evaluation.dataset, evaluation.split)

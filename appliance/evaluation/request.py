@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from appliance.datasets.store import resolve, version_label
 from appliance.errors import DatasetError, UsageError
 from appliance.evaluation.metrics import EvalSettings
@@ -11,10 +9,11 @@ from appliance.generation.plan import plan
 from appliance.jobs import JobRequest
 from appliance.registry import Registry
 from appliance.registry.evaluations import SPLITS
+from appliance.registry.rows import DatasetVersionRow
 from appliance.vault import Vault
 
 
-def check_dataset(ds: dict[str, Any], split: str) -> None:
+def check_dataset(ds: DatasetVersionRow, split: str) -> None:
     """Refuse a dataset version that cannot be scored on ``split``.
 
     Raises:
@@ -47,7 +46,7 @@ def eval_request(
     split: str = "eval",
     base: bool = True,
     settings: EvalSettings | None = None,
-) -> tuple[JobRequest, dict[str, Any]]:
+) -> tuple[JobRequest, DatasetVersionRow]:
     """An ``eval`` job scoring adapter versions ``refs`` (and their base when ``base``) on
     dataset version ``dataset`` (NAME or NAME@V); the job stores one result per adapter.
 

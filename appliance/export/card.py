@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.destinations import MANIFEST
 from appliance.export import verify
 from appliance.folders import tree_files
 from appliance.fsutil import sha256_file
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import LineageRow
 
 CARD = "README.md"
 
@@ -77,15 +81,15 @@ def check_manifest(folder: Path) -> list[str]:
 
 def model_card(
     *,
-    lineage: dict[str, Any],
+    lineage: LineageRow,
     export: dict[str, Any],
     verification: dict[str, Any],
     out: Path,
 ) -> str:
     """The ``README.md`` of an export: what it is, where it came from, how it was checked."""
-    base = lineage.get("base_model") or {}
-    data = lineage.get("dataset") or {}
-    run = lineage.get("run") or {}
+    base: Mapping[str, Any] = lineage["base_model"] or {}
+    data: Mapping[str, Any] = lineage["dataset"] or {}
+    run: Mapping[str, Any] = lineage["run"] or {}
     lines = [
         f"# {lineage['ref']} ({export['format']} export)",
         "",

@@ -33,6 +33,7 @@ from appliance.models import resolve_model_for_use
 from appliance.progress import Progress, no_progress
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
+from appliance.registry.rows import AdapterVersionRow, LineageRow
 
 
 class AdapterReader(Protocol):
@@ -109,7 +110,7 @@ def export_adapter(
         blob = vault.read(stored.path, stored.object_id, stored.what)
         record, weights = stored.record, adapters.unpack_stored(stored, blob)
         del blob
-        lineage = reg.adapter_lineage(record["ref"])
+        lineage = reg.adapters.lineage(record["ref"])
         base = lineage["base_model"]
         if base is None:
             raise ExportError(
@@ -174,8 +175,8 @@ class _Build:
     def __init__(
         self,
         options: ExportOptions,
-        record: dict[str, Any],
-        lineage: dict[str, Any],
+        record: AdapterVersionRow,
+        lineage: LineageRow,
         weights: adapters.AdapterWeights,
         base_folder: Path,
         config: dict[str, Any],
@@ -185,6 +186,9 @@ class _Build:
         self.options = options
         self.record = record
         self.lineage = lineage
+        if lineage["base_model"] is None:  # preflight refuses these before anything starts
+            raise ExportError(f"{record['ref']} has no base model in the registry")
+        self.base = lineage["base_model"]
         self.weights = weights
         self.base_folder = base_folder
         self.config = config
@@ -214,8 +218,8 @@ class _Build:
             merge.save_adapter(
                 self.weights,
                 self.staging,
-                base_name=self.lineage["base_model"]["name"],
-                base_sha256=self.lineage["base_model"]["sha256"],
+                base_name=self.base["name"],
+                base_sha256=self.base["sha256"],
                 dtype=self.options.dtype,
             )
             report(0, 0, "verifying")
@@ -283,7 +287,7 @@ class _Build:
             self._write_modelfile(gguf_name, translation)
 
     def _write_total(self) -> int:
-        params = int(self.lineage["base_model"].get("parameters") or 0)
+        params = int(self.base["parameters"] or 0)
         per = BYTES_PER_PARAM[
             self.options.gguf_type if self.options.format == "gguf" else self.dtype
         ]
@@ -294,7 +298,7 @@ class _Build:
         gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
         params = modelfile.parameters(gen, self.config.get("max_position_embeddings"))
         header = (
-            f"{self.record['ref']} on {self.lineage['base_model']['name']}, exported by the "
+            f"{self.record['ref']} on {self.base['name']}, exported by the "
             f"appliance.\nollama create {self.record['name']} -f Modelfile"
         )
         text = modelfile.render_modelfile(gguf_name, translation, params, header)
@@ -308,8 +312,8 @@ class _Build:
             "adapter": self.record["ref"],
             "format": self.options.format,
             "dtype": self.dtype,
-            "base_model": self.lineage["base_model"]["name"],
-            "base_model_sha256": self.lineage["base_model"]["sha256"],
+            "base_model": self.base["name"],
+            "base_model_sha256": self.base["sha256"],
             **({"gguf_type": self.options.gguf_type} if self.options.format == "gguf" else {}),
             **self.extra,
         }
@@ -438,7 +442,7 @@ def _install(
         "warnings": build.warnings,
     }
     try:
-        export_id = reg.add_export(
+        export_id = reg.exports.add(
             ref, format=options.format, path=out, sha256=digest, details=registry_details
         )
     except BaseException:

@@ -162,9 +162,9 @@ def plan_export(reg: Registry, ref: str, options: ExportOptions) -> ExportPlan:
     ws = reg.ws
     out = check_export_folder(options.out, force=options.force, workspace_home=ws.home)
     options = dataclasses.replace(options, out=out)
-    record = reg.adapter_version(ref)
-    lineage = reg.adapter_lineage(record["ref"])
-    base: dict[str, Any] | None = lineage["base_model"]
+    record = reg.adapters.version(ref)
+    lineage = reg.adapters.lineage(record["ref"])
+    base = lineage["base_model"]
     if base is None:
         raise ExportError(
             f"adapter {record['ref']} has no base model in its lineage (no training run "

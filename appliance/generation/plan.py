@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from appliance import adapters
 from appliance.adapters import StoredAdapter
 from appliance.errors import IntegrityError, NotFoundError, UsageError
 from appliance.models.use import model_folder, resolve_model_for_use
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.workspace import Workspace
 
 MAX_ADAPTERS = 8
@@ -26,7 +26,7 @@ MAX_ADAPTERS = 8
 class LoadPlan:
     """A base model and the adapter versions to load beside it."""
 
-    model: dict[str, Any]
+    model: BaseModelRow
     """The base model's registry row."""
     folder: Path
     """Where transformers loads it from."""
@@ -87,7 +87,7 @@ def plan(
             "an adapter runs only on its own base model"
         )
     name = names[0] if names else str(model)
-    row = reg.base_model(name)
+    row = reg.models.get(name)
     if check_files:
         folder = resolve_model_for_use(ws, reg, name)
     else:
@@ -103,14 +103,14 @@ def plan(
 def _base_of(reg: Registry, stored: StoredAdapter) -> str:
     """The name of the base model an adapter was trained on, still present and unchanged."""
     ref = stored.record["ref"]
-    base = reg.adapter_lineage(ref)["base_model"]
+    base = reg.adapters.lineage(ref)["base_model"]
     if base is None:
         raise IntegrityError(
             f"adapter {ref} has no base model in its lineage (no training run recorded), so "
             "it cannot be loaded"
         )
     try:
-        row = reg.base_model(base["name"])
+        row = reg.models.get(base["name"])
     except NotFoundError:
         raise IntegrityError(
             f"adapter {ref} was trained on base model {base['name']!r}, which was deleted from "

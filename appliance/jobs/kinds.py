@@ -13,7 +13,7 @@ KINDS: dict[str, str] = {
     # Merge / convert an adapter version for serving, verified (the same path as the CLI).
     "export": "appliance.export.job:export_job",
     # The whole workspace's integrity: registry, artifacts' sha256, audit chain.
-    "verify": "appliance.registry.verify_job:verify_job",
+    "verify": "appliance.verify.job:verify_job",
     # Token statistics of a dataset version against a base model, cached encrypted
     # (appliance.datasets.token_cache starts it and reads the cache back).
     "token-stats": "appliance.training.dataset_tokens:token_stats_job",

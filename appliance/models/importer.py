@@ -29,6 +29,7 @@ from appliance.progress import Progress, no_progress
 from appliance.quiet import quiet_libraries
 from appliance.registry import Registry
 from appliance.registry.refs import check_name, now, os_user
+from appliance.registry.rows import BaseModelRow
 from appliance.workspace import Workspace
 
 """``progress(done_bytes, total_bytes, stage)``; stages: checking, hashing, copying, converting,
@@ -46,7 +47,7 @@ def import_model(
     *,
     link: bool = False,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> BaseModelRow:
     """Import a Hugging Face safetensors folder or a single ``.gguf`` file as base model ``name``.
 
     Holds the workspace's writer lock for the whole import.
@@ -101,13 +102,13 @@ def import_model(
             os.replace(staging, target)
             fsync_dir(ws.models_dir)
             try:
-                reg.add_base_model(name, **fields)
+                reg.models.add(name, **fields)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return reg.base_model(name)
+    return reg.models.get(name)
 
 
 def _check_source_apart(ws: Workspace, source: Path, link: bool) -> None:
@@ -130,7 +131,7 @@ def _check_source_apart(ws: Workspace, source: Path, link: bool) -> None:
 
 def _check_name_free(ws: Workspace, reg: Registry, name: str) -> None:
     try:
-        reg.base_model(name)
+        reg.models.get(name)
     except NotFoundError:
         pass
     else:

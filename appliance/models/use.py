@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from appliance.errors import IntegrityError, ModelImportError
 from appliance.folders import tree_files
@@ -12,23 +11,24 @@ from appliance.models import describe as desc
 from appliance.models.safety import scan_folder
 from appliance.progress import Progress
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.workspace import Workspace
 
 
-def model_folder(ws: Workspace, model: dict[str, Any]) -> Path:
+def model_folder(ws: Workspace, model: BaseModelRow) -> Path:
     """The folder transformers loads the model from (the copy, or the linked source)."""
     path = Path(model["path"])
     return path if path.is_absolute() else ws.home / path
 
 
 def verify_model_files(
-    ws: Workspace, model: dict[str, Any], *, full: bool = True, progress: Progress | None = None
+    ws: Workspace, model: BaseModelRow, *, full: bool = True, progress: Progress | None = None
 ) -> list[str]:
     """Compare a model's files with its manifest; returns the problems found (empty: all good).
 
     Args:
         ws: the workspace.
-        model: the registry row (``reg.base_model(name)``).
+        model: the registry row (``reg.models.get(name)``).
         full: hash every file; when False only presence and safetensors headers are checked.
         progress: called with ``(done_bytes, total_bytes, "verifying")``.
     """
@@ -82,7 +82,7 @@ def resolve_model_for_use(
         NotFoundError: no such model.
         IntegrityError: a file is missing, changed, or unsafe; the message names it.
     """
-    model = reg.base_model(name)
+    model = reg.models.get(name)
     problems = verify_model_files(ws, model, full=bool(model["linked"]), progress=progress)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -13,6 +13,7 @@ from typing import Any
 
 from appliance.errors import UsageError
 from appliance.registry import Registry
+from appliance.registry.rows import AdapterVersionRow
 
 SORTS = ("date", "eval_loss")
 """``date``: newest first. ``eval_loss``: lowest final eval loss first (versions without one
@@ -43,8 +44,8 @@ class VersionSummary:
         return self.deleted_at is not None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> VersionSummary:
-        """From a row of :meth:`Registry.adapter_versions`."""
+    def from_row(cls, row: AdapterVersionRow) -> VersionSummary:
+        """From a row of ``reg.adapters.versions``."""
         metrics = row.get("metrics") or {}
         dataset = f"{row['dataset']}@{row['dataset_version']}" if row.get("dataset") else None
         return cls(
@@ -131,7 +132,7 @@ def adapter_catalog(reg: Registry, flt: CatalogFilter | None = None) -> list[Ada
     loss); names with no version left after filtering are left out.
     """
     flt = flt or CatalogFilter()
-    rows = reg.adapter_versions(include_deleted=flt.include_deleted)
+    rows = reg.adapters.versions(include_deleted=flt.include_deleted)
     shown = [v for v in (VersionSummary.from_row(r) for r in rows) if flt.admits(v)]
     by_name: dict[str, list[VersionSummary]] = {}
     for version in shown:
@@ -157,7 +158,7 @@ class FilterChoices:
 
 def filter_choices(reg: Registry) -> FilterChoices:
     """Base models, datasets and tags that appear among the adapter versions."""
-    rows = [VersionSummary.from_row(r) for r in reg.adapter_versions(include_deleted=True)]
+    rows = [VersionSummary.from_row(r) for r in reg.adapters.versions(include_deleted=True)]
     return FilterChoices(
         base_models=tuple(sorted({v.base_model for v in rows if v.base_model})),
         datasets=tuple(sorted({v.dataset.split("@")[0] for v in rows if v.dataset})),

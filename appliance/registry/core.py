@@ -1,4 +1,4 @@
-"""The registry's connection, transactions and audit log (the base of :class:`Registry`)."""
+"""The registry's connection core: the SQLite connection, transactions, row codec and audit log."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import sqlite_utils
 
@@ -38,8 +37,14 @@ BOOL_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-class RegistryBase:
-    """Connection handling shared by every part of :class:`~appliance.registry.Registry`."""
+class Core:
+    """The connection every table group of :class:`~appliance.registry.Registry` shares.
+
+    It holds what the groups need and nothing else: the workspace, the SQLite connection, the
+    write transaction (with its nesting depth) and the audit chain that every change appends
+    to inside that transaction. A group is handed the core (and the sibling groups it reads),
+    never the registry, so what each group depends on is written in its constructor.
+    """
 
     def __init__(
         self,
@@ -56,75 +61,10 @@ class RegistryBase:
         self.path = path or ws.registry_path
         """The database file (the workspace's registry, or a rebuild's new file beside it)."""
         self.readonly = readonly
-        self._audit_key = audit_key
+        self.audit_key = audit_key
+        """The key of the keyed audit chain, if the registry was opened with one."""
         self._depth = 0
         self._chain_checked = False
-
-    @property
-    def audit_key(self) -> bytes | None:
-        """The key of the keyed audit chain this registry was opened with, if any."""
-        return self._audit_key
-
-    # -- opening -------------------------------------------------------------------------------
-
-    @classmethod
-    def open(
-        cls,
-        ws: Workspace,
-        audit_key: bytes | None = None,
-        *,
-        readonly: bool = False,
-        path: Path | None = None,
-    ) -> Self:
-        """Open (creating or upgrading as needed) the registry of ``ws``.
-
-        Args:
-            ws: the workspace.
-            audit_key: key of the keyed audit chain (derived from the vault's master key);
-                None before the workspace has a vault, or for commands that only read.
-            readonly: open it read-only (``mode=ro``): for commands that only read, so they
-                work on a read-only workspace and can never change the file. A registry that
-                still has to be created or upgraded is opened writable once for that.
-            path: another database file than the workspace's registry (a rebuild's new one).
-
-        Raises:
-            RegistryError: the file is damaged, from a newer version, or cannot be opened;
-                the message says which (:func:`appliance.registry.failures.explain`).
-        """
-        path = path or ws.registry_path
-        if readonly:
-            conn = _connect_readonly(path)
-            if conn is not None:
-                return cls(ws, conn, audit_key, path=path, readonly=True)
-        conn = connect(path)
-        try:
-            migrate(conn, str(path))
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise explain(exc, path, "upgrading its schema") from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(ws, conn, audit_key, path=path)
-
-    def close(self) -> None:
-        """Close the connection (uncommitted work is rolled back)."""
-        self.conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        if isinstance(exc, sqlite3.Error):
-            # Whatever read or wrote the registry inside the block: one classified message
-            # (damaged, read-only, full, busy) instead of an internal error.
-            raise explain(exc, self.path) from exc
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -170,9 +110,9 @@ class RegistryBase:
         finally:
             self._depth = 0
 
-    # -- helpers for the parts ------------------------------------------------------------------
+    # -- rows ----------------------------------------------------------------------------------
 
-    def _row(self, table: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
+    def row(self, table: str, row: Mapping[str, Any] | None) -> dict[str, Any]:
         """A stored row with its JSON and boolean columns decoded."""
         out = dict(row or {})
         for column in JSON_COLUMNS.get(table, ()):
@@ -183,7 +123,8 @@ class RegistryBase:
                 out[column] = bool(out[column])
         return out
 
-    def _encode(self, table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def encode(self, table: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """``fields`` as stored: JSON columns as text, booleans as 0/1."""
         out = dict(fields)
         for column in JSON_COLUMNS.get(table, ()):
             if column in out and out[column] is not None and not isinstance(out[column], str):
@@ -193,19 +134,31 @@ class RegistryBase:
                 out[column] = int(bool(out[column]))
         return out
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """The rows of one query, as plain dicts (columns not decoded)."""
         return list(self.db.query(sql, params))
 
-    def _insert(self, table: str, fields: Mapping[str, Any]) -> int:
+    def insert(self, table: str, fields: Mapping[str, Any]) -> int:
         """Insert one row (inside the current transaction) and return its rowid."""
-        cursor = self.db.table(table).insert(self._encode(table, fields)).last_rowid
+        cursor = self.db.table(table).insert(self.encode(table, fields)).last_rowid
         if cursor is None:
             raise RegistryError(f"inserting into {table} returned no row id")
         return int(cursor)
 
     @staticmethod
-    def _stamp() -> dict[str, str]:
+    def stamp() -> dict[str, str]:
+        """``created_at`` and ``created_by`` for a new row."""
         return {"created_at": now(), "created_by": os_user()}
+
+    def next_version(self, table: str, name: str) -> int:
+        """The next version number of ``name`` in a versioned table (call inside the write
+        transaction, so nobody else takes the same number)."""
+        # Deleted versions count too: a number is never reused for different content.
+        row = self.conn.execute(
+            f"SELECT COALESCE(MAX(version), 0) FROM {table} WHERE name = ?",  # noqa: S608
+            (name,),
+        ).fetchone()
+        return int(row[0]) + 1
 
     # -- audit ---------------------------------------------------------------------------------
 
@@ -219,10 +172,11 @@ class RegistryBase:
 
         Raises:
             PassphraseError: the chain is keyed and this registry was opened without the key.
-            IntegrityError: the chain is broken and nobody acknowledged it (see
-                :meth:`acknowledge_audit_break`): a row appended to it would prove nothing.
+            IntegrityError: the chain is broken and nobody acknowledged it
+                (:meth:`Registry.acknowledge_audit_break`): a row appended to it would prove
+                nothing.
         """
-        if self._audit_key is None and (self.audit_keyed() or _has_vault(self.ws)):
+        if self.audit_key is None and (self.audit_keyed() or self.ws.has_key_slots()):
             raise PassphraseError(
                 "this command needs the workspace passphrase (the audit log is keyed); give it "
                 "with --passphrase-file or APPLIANCE_PASSPHRASE"
@@ -242,10 +196,10 @@ class RegistryBase:
             "action": action,
             "object": obj,
             "details": dumps(dict(details)),
-            "keyed": int(self._audit_key is not None),
+            "keyed": int(self.audit_key is not None),
         }
         row["prev_hash"] = prev
-        row["hash"] = audit_chain.row_hash(row, prev, self._audit_key)
+        row["hash"] = audit_chain.row_hash(row, prev, self.audit_key)
         self.db.table("audit").insert(row)
 
     def _refuse_broken_chain(self, action: str) -> None:
@@ -271,41 +225,6 @@ class RegistryBase:
                 )
         self._chain_checked = True
 
-    def acknowledge_audit_break(self) -> list[tuple[int, str]]:
-        """Record, in the log itself, that a person has seen its current problems.
-
-        Writers refuse a broken chain until then; afterwards the listed problems are reported
-        as acknowledged and writing resumes. The row is keyed like any other, so only somebody
-        with a passphrase can acknowledge.
-
-        Returns:
-            The problems acknowledged (empty: the chain was intact, nothing was written).
-        """
-        with self.transaction():
-            problems = self.verify_audit().problems
-            if problems:
-                self.audit(
-                    audit_chain.ACKNOWLEDGE,
-                    "audit",
-                    {"problems": [[seq, what] for seq, what in problems]},
-                )
-        return problems
-
-    def audit_rows(
-        self, *, limit: int | None = None, action: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Audit rows, oldest first (the last ``limit`` when given)."""
-        if action:
-            rows = self._query(
-                "SELECT * FROM audit WHERE action = ? OR action LIKE ? ORDER BY seq",
-                (action, f"{action}.%"),
-            )
-        else:
-            rows = self._query("SELECT * FROM audit ORDER BY seq")
-        if limit is not None:
-            rows = rows[-limit:] if limit > 0 else []
-        return [self._row("audit", row) for row in rows]
-
     def verify_audit(self) -> audit_chain.ChainReport:
         """Check the whole chain.
 
@@ -314,8 +233,8 @@ class RegistryBase:
         """
         # With a vault the key is required even when no keyed row is left: a chain stripped of
         # its keyed rows and rewritten unkeyed must not pass as "nothing to check".
-        vaulted = _has_vault(self.ws)
-        if self._audit_key is None and (vaulted or self.audit_keyed()):
+        vaulted = self.ws.has_key_slots()
+        if self.audit_key is None and (vaulted or self.audit_keyed()):
             raise PassphraseError(
                 "the audit log is keyed; give the workspace passphrase to verify it "
                 "(--passphrase-file or APPLIANCE_PASSPHRASE)"
@@ -326,7 +245,7 @@ class RegistryBase:
         )
         names = [d[0] for d in rows.description]
         report = audit_chain.verify_chain(
-            (dict(zip(names, r, strict=True)) for r in rows), self._audit_key
+            (dict(zip(names, r, strict=True)) for r in rows), self.audit_key
         )
         if vaulted and report.keyed_rows == 0:
             # Creating the vault writes the first keyed row, so none at all means a rewrite.
@@ -338,20 +257,25 @@ class RegistryBase:
             )
         return report
 
-    # -- health --------------------------------------------------------------------------------
 
-    def integrity_check(self) -> list[str]:
-        """SQLite's ``integrity_check`` and ``foreign_key_check``: empty when all is well."""
-        problems = [str(r[0]) for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        for table, rowid, parent, _ in self.conn.execute("PRAGMA foreign_key_check"):
-            problems.append(f"{table} row {rowid} points at a missing {parent} row")
-        return problems
-
-
-def _has_vault(ws: Workspace) -> bool:
-    from appliance.vault import has_vault
-
-    return has_vault(ws)
+def open_core(ws: Workspace, audit_key: bytes | None, *, readonly: bool, path: Path | None) -> Core:
+    """Connect to (creating or upgrading as needed) the registry file; see
+    :meth:`appliance.registry.Registry.open`."""
+    path = path or ws.registry_path
+    if readonly:
+        conn = _connect_readonly(path)
+        if conn is not None:
+            return Core(ws, conn, audit_key, path=path, readonly=True)
+    conn = connect(path)
+    try:
+        migrate(conn, str(path))
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise explain(exc, path, "upgrading its schema") from None
+    except BaseException:
+        conn.close()
+        raise
+    return Core(ws, conn, audit_key, path=path)
 
 
 def connect(path: Path) -> sqlite3.Connection:

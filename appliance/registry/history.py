@@ -15,6 +15,7 @@ from typing import Any
 from appliance.errors import UsageError
 from appliance.registry import Registry
 from appliance.registry.refs import Ref, check_tag, loads, parse_ref
+from appliance.registry.rows import AuditRow
 
 STANDARD_TAGS = ("production", "staging")
 """Tags every team uses; any other name that :func:`check_tag` accepts works too."""
@@ -48,15 +49,15 @@ class TagMove:
 
 
 def plan_tag(reg: Registry, ref: str, tag: str) -> TagMove:
-    """What ``reg.set_tag(ref, tag)`` would do, without doing it.
+    """What ``reg.tags.set(ref, tag)`` would do, without doing it.
 
     Raises:
         UsageError: an invalid tag or reference.
         NotFoundError: no such (live) adapter version.
     """
     check_tag(tag)
-    target = reg.adapter_version(ref)
-    current = [t for t in reg.tags(target["name"]) if t["tag"] == tag]
+    target = reg.adapters.version(ref)
+    current = [t for t in reg.tags.all(target["name"]) if t["tag"] == tag]
     previous = f"{target['name']}@{current[0]['version']}" if current else None
     return TagMove(target["name"], tag, target["ref"], previous)
 
@@ -158,7 +159,7 @@ class AuditFilter:
         object.__setattr__(self, "since", _day_or_time(self.since, "from"))
         object.__setattr__(self, "until", _day_or_time(self.until, "to"))
 
-    def admits(self, row: dict[str, Any]) -> bool:
+    def admits(self, row: AuditRow) -> bool:
         action = str(row["action"])
         if self.action and not (action == self.action or action.startswith(f"{self.action}.")):
             return False

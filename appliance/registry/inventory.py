@@ -13,8 +13,13 @@ from typing import TYPE_CHECKING
 
 from appliance.folders import META_FILE, SIDECAR_SUFFIX, sidecar_path
 from appliance.leftovers import is_temp_name
-from appliance.vault.keyslots import SLOT_SUFFIX
-from appliance.workspace import FORMAT_FILE, RETIRED_SUBFOLDERS, SUBFOLDERS, Workspace
+from appliance.workspace import (
+    FORMAT_FILE,
+    KEY_SLOT_SUFFIX,
+    RETIRED_SUBFOLDERS,
+    SUBFOLDERS,
+    Workspace,
+)
 
 if TYPE_CHECKING:
     from appliance.registry import Registry
@@ -53,17 +58,17 @@ class Known:
     def from_registry(cls, reg: Registry) -> Known:
         datasets: set[str] = {TOKEN_STATS}
         object_ids: set[str] = set()
-        for row in reg.dataset_versions(include_deleted=True):
+        for row in reg.datasets.versions(include_deleted=True):
             if row.get("path"):
                 data = Path(row["path"])
                 datasets |= {data.name, sidecar_path(data).name}
             if row.get("object_id") and row.get("deleted_at") is None:
                 object_ids.add(str(row["object_id"]))
         models = {r[0] for r in reg.conn.execute("SELECT name FROM base_models")}
-        runs = {r["id"] for r in reg.runs()}
+        runs = {r["id"] for r in reg.runs.all()}
         adapters = {
             "/".join(Path(a["path"]).parts[1:3])
-            for a in reg.adapter_versions()
+            for a in reg.adapters.versions()
             if Path(a["path"]).parts[:1] == ("adapters",)
         }
         return cls(datasets, object_ids, models, runs, adapters)
@@ -91,7 +96,9 @@ def take(ws: Workspace, known: Known) -> Inventory:
         elif not is_temp_name(name):
             inv.unknown.append(f"{name}: not part of a workspace")
     for entry in _entries(ws.keys_dir):
-        if not (entry.suffix == SLOT_SUFFIX and entry.is_file()) and not is_temp_name(entry.name):
+        if not (entry.suffix == KEY_SLOT_SUFFIX and entry.is_file()) and not is_temp_name(
+            entry.name
+        ):
             inv.unknown.append(f"keys/{entry.name}: not a key slot file")
     for entry in _entries(ws.datasets_dir):
         if entry.name in known.datasets or is_temp_name(entry.name):

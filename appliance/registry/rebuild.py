@@ -56,9 +56,7 @@ def rebuild_index(ws: Workspace, audit_key: bytes | None = None) -> list[str]:
         RegistryError: the registry cannot be judged (read-only workspace, newer version,
             busy): it is left alone.
     """
-    from appliance.vault import has_vault
-
-    if audit_key is None and has_vault(ws):
+    if audit_key is None and ws.has_key_slots():
         raise PassphraseError(
             "rebuilding the registry needs the workspace passphrase (its audit log is keyed); "
             "give it with --passphrase-file or APPLIANCE_PASSPHRASE; nothing was changed"
@@ -117,7 +115,7 @@ def _complete_in_place(ws: Workspace, audit_key: bytes | None) -> list[str]:
         changes = restore_triggers(reg.conn)
         changes += [
             f"wrote the missing metadata file of dataset {ref}"
-            for ref in reg.backfill_dataset_meta()
+            for ref in reg.datasets.backfill_meta()
         ]
         changes += _rows_from_folders(ws, reg)
         if changes:
@@ -161,7 +159,7 @@ def _rebuild_beside(ws: Workspace, audit_key: bytes | None, damaged: str | None)
     # registered versions only).
     try:
         with Registry.open(ws, audit_key) as reg, reg.transaction():
-            written = reg.backfill_dataset_meta()
+            written = reg.datasets.backfill_meta()
         actions += [f"wrote the missing metadata file of dataset {ref}" for ref in written]
     except (OSError, ApplianceError) as exc:
         actions.append(f"could not write the missing dataset metadata files ({exc})")
@@ -221,7 +219,7 @@ def _damaged_facts(path: Path) -> dict[str, Any]:
 
 
 def _columns(reg: Registry, table: str) -> set[str]:
-    return {c.name for c in reg.db.table(table).columns}
+    return {c.name for c in reg.core.db.table(table).columns}
 
 
 def _metas(paths: list[Path]) -> Iterator[tuple[Path, str, dict[str, Any]]]:
@@ -255,7 +253,7 @@ def _models(ws: Workspace, reg: Registry) -> list[str]:
         fields = {k: v for k, v in rec.items() if k in columns and k != "id"}
         fields.setdefault("created_at", now())
         fields.setdefault("created_by", os_user())
-        reg._insert("base_models", fields)
+        reg.core.insert("base_models", fields)
         have.add(rec["name"])
         actions.append(f"added base model {rec['name']}")
     return actions
@@ -282,7 +280,7 @@ def _datasets(ws: Workspace, reg: Registry) -> list[str]:
                 )
             continue
         fields = {k: v for k, v in rec.items() if k in columns and k != "id"}
-        reg._insert("dataset_versions", fields)
+        reg.core.insert("dataset_versions", fields)
         have[key] = rec.get("object_id")
         note = ""
         if rec.get("deleted_at") is None and not (ws.home / str(rec.get("path"))).is_file():
@@ -305,7 +303,7 @@ def _salvage_datasets(reg: Registry, damaged: Path) -> list[str]:
         if (row.get("name"), row.get("version")) in have:
             continue
         fields = {k: v for k, v in row.items() if k in columns and k != "id"}
-        reg._insert("dataset_versions", fields)
+        reg.core.insert("dataset_versions", fields)
         actions.append(f"salvaged dataset {row['name']}@{row['version']} from the damaged registry")
     return actions
 
@@ -335,7 +333,7 @@ def _runs(ws: Workspace, reg: Registry) -> list[str]:
                 )
         fields = {k: v for k, v in rec.items() if k in columns}
         fields.update(base_model_id=models[rec["base_model"]], dataset_version_id=ds_id)
-        reg._insert("runs", fields)
+        reg.core.insert("runs", fields)
         have.add(rec["id"])
         actions.append(f"added run {rec['id']}")
     return actions
@@ -353,7 +351,7 @@ def _adapters(ws: Workspace, reg: Registry) -> list[str]:
         fields = {k: v for k, v in rec.items() if k in columns and k != "id"}
         if fields.get("run_id") not in runs:
             fields["run_id"] = None
-        reg._insert("adapter_versions", fields)
+        reg.core.insert("adapter_versions", fields)
         have.add(key)
         actions.append(f"added adapter {key[0]}@{key[1]}")
     return actions
@@ -416,7 +414,7 @@ def _salvage_registry_only(reg: Registry, damaged: Path) -> list[str]:
         if target is None:
             continue
         fields = {k: ex[k] for k in ("format", "path", "sha256", "details", "created_at")}
-        reg._insert(
+        reg.core.insert(
             "exports", {**fields, "created_by": ex["created_by"], "adapter_version_id": target}
         )
         actions.append(f"salvaged export of {ex['a_name']}@{ex['a_version']} ({ex['path']})")
@@ -428,7 +426,7 @@ def _salvage_registry_only(reg: Registry, damaged: Path) -> list[str]:
             continue
         fields = {k: v for k, v in ev.items() if k in columns and k != "id"}
         fields.update(adapter_version_id=adapter, dataset_version_id=dataset)
-        reg._insert("evaluations", fields)
+        reg.core.insert("evaluations", fields)
         actions.append(
             f"salvaged an evaluation of {ev['a_name']}@{ev['a_version']} on "
             f"{ev['d_name']}@{ev['d_version']}"

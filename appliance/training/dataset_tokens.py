@@ -45,7 +45,7 @@ def tokenizer_folder(ws: Workspace, reg: Any, model: str) -> tuple[Path, str]:
         NotFoundError: neither a registered model nor a folder.
     """
     try:
-        row = reg.base_model(model)
+        row = reg.models.get(model)
     except NotFoundError as exc:
         path = Path(model).expanduser()
         if path.is_dir():
@@ -162,7 +162,7 @@ def token_stats_job(ctx: JobContext) -> dict[str, Any]:
         raise UsageError("the token-stats job needs the params 'dataset' and 'model'")
     with ctx.registry() as reg:
         version = resolve(reg, ref)
-        model_row = reg.base_model(model)
+        model_row = reg.models.get(model)
     what = version_label(version)
     ctx.progress(0, 0, "decrypting")
     plaintext = ctx.keys.read(ctx.ws.home / version["path"], version["object_id"], what)

@@ -1,8 +1,9 @@
 """The lineage of an adapter version as a typed record: run, base, data, settings, results.
 
-:func:`lineage_of` gathers what :meth:`Registry.adapter_lineage` knows and what only the run
-folder knows (the device it trained on, from the ``started`` event of its ``metrics.jsonl``),
-plus its export history and, when the registry records them, its evaluation results.
+:func:`lineage_of` gathers what ``reg.adapters.lineage`` knows and what only the run folder
+knows (the device it trained on, from the ``started`` event of its ``metrics.jsonl``), plus its
+export history and, when the registry records them, its evaluation results. It lives above the
+registry and the training runs it joins, so the registry reads no run folder itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from appliance.events import EventError
 from appliance.registry import Registry
 from appliance.registry.catalog import _number
 from appliance.registry.refs import loads
+from appliance.registry.rows import EvaluationRow
 from appliance.training import events as ev
 
 
@@ -101,7 +103,7 @@ class Lineage:
     metrics: dict[str, Any]
     """Final metrics: train_loss, eval_loss, tokens_seen, steps, wall_s, peak_memory."""
     exports: tuple[ExportRecord, ...]
-    evaluations: tuple[dict[str, Any], ...] = ()
+    evaluations: tuple[EvaluationRow, ...] = ()
     """Evaluation rows of this version (``appliance eval``), oldest first."""
 
 
@@ -126,9 +128,9 @@ def export_history(reg: Registry, ref: str) -> tuple[ExportRecord, ...]:
     Recorded exports come from the registry's exports rows; failed ones from the audit log's
     ``export.failed`` rows (nothing else of them exists: their files were removed).
     """
-    adapter = reg.adapter_version(ref, include_deleted=True)
+    adapter = reg.adapters.version(ref, include_deleted=True)
     records = []
-    for row in reg.exports(adapter["ref"]):
+    for row in reg.exports.all(adapter["ref"]):
         details = row.get("details") or {}
         verification = details.get("verification") or {}
         passed = verification.get("passed") if verification else None
@@ -144,16 +146,18 @@ def export_history(reg: Registry, ref: str) -> tuple[ExportRecord, ...]:
                 details=details,
             )
         )
-    for row in reg.audit_rows(action="export.failed"):
-        if row["object"] != adapter["ref"]:
+    for failed in reg.audit_rows(action="export.failed"):
+        if failed["object"] != adapter["ref"]:
             continue
-        details = row["details"] if isinstance(row["details"], dict) else loads(row["details"])
+        details = (
+            failed["details"] if isinstance(failed["details"], dict) else loads(failed["details"])
+        )
         records.append(
             ExportRecord(
                 format=str(details.get("format", "?")),
                 path=str(details.get("path", "?")),
-                created_at=row["time"],
-                created_by=row["user"],
+                created_at=failed["time"],
+                created_by=failed["user"],
                 passed=False,
                 verification=details.get("verification") or {},
             )
@@ -167,12 +171,12 @@ def lineage_of(reg: Registry, ref: str) -> Lineage:
     Raises:
         NotFoundError: no such version.
     """
-    data = reg.adapter_lineage(ref)
+    data = reg.adapters.lineage(ref)
     metrics = data["metrics"] or {}
     run: RunSummary | None = None
     if data["run"] is not None:
-        row = reg.run(data["run"]["id"])
-        folder = reg.ws.home / row["path"] if row.get("path") else None
+        row = reg.runs.get(data["run"]["id"])
+        folder = reg.ws.home / row["path"] if row["path"] else None
         started = _started(folder) if folder is not None else None
         wall = _number(metrics.get("wall_s"))
         peak = metrics.get("peak_memory")
@@ -189,7 +193,7 @@ def lineage_of(reg: Registry, ref: str) -> Lineage:
     base = data["base_model"]
     ds = data["dataset"]
     try:
-        evaluations = tuple(reg.evaluations(data["ref"]))
+        evaluations = tuple(reg.evaluations.all(data["ref"]))
     except NotFoundError:
         evaluations = ()  # a deleted version's results are not listed by the registry
     return Lineage(

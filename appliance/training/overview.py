@@ -45,11 +45,11 @@ class RunSummary:
 def run_summaries(home: Path, reg: Registry) -> list[RunSummary]:
     """Every run of the workspace at ``home``, newest first."""
     produced: dict[str, list[str]] = {}
-    for adapter in reg.adapter_versions():
+    for adapter in reg.adapters.versions():
         if adapter.get("run_id"):
             produced.setdefault(str(adapter["run_id"]), []).append(str(adapter["ref"]))
     found = []
-    for run in reversed(reg.runs()):
+    for run in reversed(reg.runs.all()):
         live = run["state"] == "running" and process_alive(run["pid"], run["id"])
         state = str(run["state"])
         message = str(run["failure_reason"] or "")

@@ -224,7 +224,7 @@ def for_model(
     """
     from appliance.models.use import model_folder
 
-    folder = model_folder(ws, reg.base_model(model))
+    folder = model_folder(ws, reg.models.get(model))
     gpus = read_gpus()
     try:
         model_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -51,6 +51,7 @@ from appliance.datasets.store import version_label
 from appliance.errors import (
     ApplianceError,
     NotFoundError,
+    RegistryError,
     TrainingError,
     UsageError,
     WorkspaceLockedError,
@@ -59,6 +60,7 @@ from appliance.fsutil import open_append
 from appliance.models.use import resolve_model_for_use
 from appliance.registry import Registry
 from appliance.registry.refs import check_name
+from appliance.registry.rows import BaseModelRow, DatasetVersionRow, RunRow
 from appliance.training import events as ev
 from appliance.training.config import ConfigError, TrainConfig
 from appliance.training.placement import Placement, Topology, check_batch_division, resolve_topology
@@ -77,7 +79,7 @@ STOP_TIMEOUT_S = 120.0
 TERMINAL = (ev.Finished, ev.Stopped, ev.Failed)
 
 
-def run_folder(vault: Vault, run: dict[str, Any]) -> RunFolder:
+def run_folder(vault: Vault, run: RunRow) -> RunFolder:
     """The folder of ``run`` (a registry row)."""
     return RunFolder(vault.ws.home / str(run["path"]))
 
@@ -92,7 +94,7 @@ def check_new_run(
     dataset: str,
     adapter_name: str,
     config: TrainConfig | None = None,
-) -> dict[str, Any]:
+) -> DatasetVersionRow:
     """Check a request for a new run before anything is made or shown; returns the dataset row.
 
     Raises:
@@ -101,14 +103,33 @@ def check_new_run(
         NotFoundError: no such model or dataset version.
     """
     check_name(adapter_name, "adapter name")
-    row = reg.base_model(model)
+    row = reg.models.get(model)
     found = resolve_dataset(reg, dataset)
     if config is not None:
         check_for_model(row, config)
     return found
 
 
-def check_for_model(model: dict[str, Any], config: TrainConfig) -> None:
+def _dataset_of(reg: Registry, run: RunRow, *, include_deleted: bool = False) -> DatasetVersionRow:
+    """The dataset version ``run`` trains on.
+
+    Raises:
+        RegistryError: the run names none (a row not made by :func:`create_run`).
+    """
+    if run["dataset"] is None:
+        raise RegistryError(f"run {run['id']} has no dataset in the registry; it cannot train")
+    return reg.datasets.version(
+        run["dataset"], run["dataset_version"], include_deleted=include_deleted
+    )
+
+
+def _base_model_of(run: RunRow) -> str:
+    if run["base_model"] is None:
+        raise RegistryError(f"run {run['id']} has no base model in the registry; it cannot train")
+    return run["base_model"]
+
+
+def check_for_model(model: BaseModelRow, config: TrainConfig) -> None:
     """Refuse settings the model cannot take: sequences longer than its context window.
 
     Raises:
@@ -140,14 +161,14 @@ def create_run(
     """
     ds = check_new_run(reg, model=model, dataset=dataset, adapter_name=adapter_name, config=config)
     with vault.ws.writer("train"):
-        run_id = reg.add_run(
+        run_id = reg.runs.add(
             base_model=model,
             config=config.to_dict(),
             dataset=ds["name"],
             dataset_version=ds["version"],
             seed=config.seed,
         )
-        folder = run_folder(vault, reg.run(run_id))
+        folder = run_folder(vault, reg.runs.get(run_id))
         folder.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         vault.write(folder.run_key, new_object_id(), [os.urandom(32)])
         _write_launch(vault, reg, run_id, adapter_name=adapter_name)
@@ -168,12 +189,12 @@ def _write_launch(
 
     Call with the workspace's writer lock held.
     """
-    run = reg.run(run_id)
+    run = reg.runs.get(run_id)
     folder = run_folder(vault, run)
     if adapter_name is None:
         adapter_name = folder.launch().adapter_name
-    ds = reg.dataset_version(run["dataset"], run["dataset_version"])
-    model_dir = resolve_model_for_use(vault.ws, reg, run["base_model"])
+    ds = _dataset_of(reg, run)
+    model_dir = resolve_model_for_use(vault.ws, reg, _base_model_of(run))
     folder.write_launch(
         Launch(
             adapter_name=adapter_name,
@@ -193,9 +214,9 @@ def _write_launch(
 
 def key_line(vault: Vault, reg: Registry, run_id: str) -> bytes:
     """The line written to the child's stdin: the dataset's data key and the run key."""
-    run = reg.run(run_id)
+    run = reg.runs.get(run_id)
     folder = run_folder(vault, run)
-    ds = reg.dataset_version(run["dataset"], run["dataset_version"], include_deleted=True)
+    ds = _dataset_of(reg, run, include_deleted=True)
     if ds["deleted_at"] is not None:
         raise NotFoundError(
             f"{version_label(ds)} was deleted, so run {run_id} cannot train on it any more"
@@ -288,7 +309,7 @@ def prepare_launch(
         NetworkPolicyError: a rendezvous off this machine not on the allow-list.
         NotFoundError / IntegrityError: its model or dataset is gone or changed.
     """
-    run = reg.run(run_id)
+    run = reg.runs.get(run_id)
     if run["state"] == "finished":
         raise UsageError(f"run {run_id} has finished; start a new run with 'appliance train'")
     if run["state"] == "running" and process_alive(run["pid"], run_id):
@@ -302,7 +323,7 @@ def prepare_launch(
         # A run with checkpoints keeps the global micro-batch of its first launch (the child
         # checks the split against it); a fresh one is checked against the dataset's rows here.
         fresh = not any(folder.checkpoints.glob("step-*"))
-        ds = reg.dataset_version(run["dataset"], run["dataset_version"], include_deleted=True)
+        ds = _dataset_of(reg, run, include_deleted=True)
         rows = ds.get("train_rows") if fresh and config is not None else None
         topology = plan_topology(config or TrainConfig(), placement, train_examples=rows)
     entry = check_network(vault, topology)
@@ -321,7 +342,7 @@ def prepare_launch(
             keys = key_line(vault, reg, run_id) * topology.nproc_per_node
         except ApplianceError as exc:
             # The model or dataset is gone or changed: the run cannot start, and says why.
-            reg.update_run(run_id, state="failed", failure_reason=str(exc))
+            reg.runs.update(run_id, state="failed", failure_reason=str(exc))
             raise
         if entry is not None:
             reg.audit(
@@ -342,10 +363,10 @@ def prepare_launch(
 def mark_started(vault: Vault, reg: Registry, plan: LaunchPlan, pid: int) -> None:
     """Record the started child's PID (registry and ``meta.json``): the run is running."""
     with vault.ws.writer("train"):
-        if reg.run(plan.run_id)["state"] != "running":
-            reg.update_run(plan.run_id, state="running", pid=pid)
+        if reg.runs.get(plan.run_id)["state"] != "running":
+            reg.runs.update(plan.run_id, state="running", pid=pid)
         else:
-            reg.update_run(plan.run_id, pid=pid)
+            reg.runs.update(plan.run_id, pid=pid)
 
 
 def launch(
@@ -420,9 +441,9 @@ def stop_run(
     Raises:
         UsageError: the run is not running.
     """
-    run = reg.run(run_id)
+    run = reg.runs.get(run_id)
     pid = run["pid"]
-    if run["state"] != "running" or not process_alive(pid, run_id):
+    if run["state"] != "running" or pid is None or not process_alive(pid, run_id):
         if run["state"] == "running":
             return finalize(vault, reg, run_id)
         raise UsageError(f"run {run_id} is {run['state']}, not running; nothing to stop")
@@ -466,7 +487,7 @@ def finalize(
     writer lock, a run that is no longer marked running is left as it is.
     """
     with vault.ws.writer("train: finish run"):
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
         if run["state"] not in ("running", "queued"):
             return _settled(reg, run)
         folder = run_folder(vault, run)
@@ -477,24 +498,24 @@ def finalize(
         if isinstance(last, ev.Finished) and _member_node(folder):
             # A machine other than node 0 of a run on several machines: its processes finished
             # their share; node 0 holds the checkpoints and registers the adapter.
-            reg.update_run(run_id, state="finished")
+            reg.runs.update(run_id, state="finished")
             message = "this machine's share is done; the adapter is registered on node 0"
             folder.note(f"run {run_id}: {message}")
             return Outcome(run_id, "finished", message, None, last)
         if isinstance(last, ev.Stopped):
-            reg.update_run(run_id, state="stopped")
+            reg.runs.update(run_id, state="stopped")
             return Outcome(run_id, "stopped", f"stopped at step {last.step}")
         if isinstance(last, ev.Failed):
-            reg.update_run(run_id, state="failed", failure_reason=last.message)
+            reg.runs.update(run_id, state="failed", failure_reason=last.message)
             return Outcome(run_id, "failed", last.message)
         reason = reason or describe_exit(exit_code)
-        reg.update_run(run_id, state="failed", failure_reason=reason)
+        reg.runs.update(run_id, state="failed", failure_reason=reason)
         folder.note(f"run {run_id} failed: {reason}")
         return Outcome(run_id, "failed", reason)
 
 
 def _register(
-    vault: Vault, reg: Registry, run: dict[str, Any], folder: RunFolder, done: ev.Finished
+    vault: Vault, reg: Registry, run: RunRow, folder: RunFolder, done: ev.Finished
 ) -> Outcome:
     adapter_name = folder.launch().adapter_name
     run_key = bytes(vault.read(folder.run_key, what=f"the key of run {run['id']}"))
@@ -520,7 +541,7 @@ def _register(
         metrics=metrics,
         lib_versions=_lib_versions(),
     )
-    reg.update_run(run["id"], state="finished")
+    reg.runs.update(run["id"], state="finished")
     folder.adapter.unlink(missing_ok=True)
     ref = f"{adapter_name}@{version}"
     return Outcome(run["id"], "finished", None, ref, done)
@@ -565,19 +586,19 @@ def _lib_versions() -> dict[str, str]:
     return found
 
 
-def _settled(reg: Registry, run: dict[str, Any]) -> Outcome:
+def _settled(reg: Registry, run: RunRow) -> Outcome:
     refs = run_adapters(reg, run["id"])
     return Outcome(run["id"], run["state"], run["failure_reason"], refs[-1] if refs else None)
 
 
 def run_adapters(reg: Registry, run_id: str) -> list[str]:
     """NAME@N of the adapter versions a run produced."""
-    return [a["ref"] for a in reg.adapter_versions() if a["run_id"] == run_id]
+    return [a["ref"] for a in reg.adapters.versions() if a["run_id"] == run_id]
 
 
-def unsettled(reg: Registry) -> list[dict[str, Any]]:
+def unsettled(reg: Registry) -> list[RunRow]:
     """Runs marked running whose process is gone: what :func:`reconcile` would settle."""
-    return [r for r in reg.runs("running") if not process_alive(r["pid"], r["id"])]
+    return [r for r in reg.runs.all("running") if not process_alive(r["pid"], r["id"])]
 
 
 def reconcile(vault: Vault, reg: Registry) -> list[Outcome]:

@@ -59,7 +59,7 @@ def derive_audit_key(master_key: bytes | bytearray) -> bytes:
 
 def has_vault(ws: Workspace) -> bool:
     """Whether ``ws`` has at least one key slot (then its data and audit chain are keyed)."""
-    return bool(keyslots.slot_files(ws))
+    return ws.has_key_slots()
 
 
 def unlock_audit_key(ws: Workspace, passphrase: str) -> bytes:

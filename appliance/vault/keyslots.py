@@ -35,11 +35,11 @@ from appliance.fsutil import atomic_write_bytes, fsync_dir
 from appliance.vault.kdf import DEFAULT_TARGET_S, KdfParams, calibrate
 from appliance.vault.passphrase_rules import MIN_PASSPHRASE_CHARS as MIN_PASSPHRASE_CHARS
 from appliance.vault.passphrase_rules import check_new_passphrase as check_new_passphrase
-from appliance.workspace import Workspace
+from appliance.workspace import KEY_SLOT_SUFFIX, Workspace
 
 SLOT_FORMAT = "appliance-keyslot"
 SLOT_VERSION = 1
-SLOT_SUFFIX = ".slot"
+SLOT_SUFFIX = KEY_SLOT_SUFFIX
 MAX_SLOT_BYTES = 16 * 1024
 MASTER_KEY_BYTES = 32
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -161,9 +161,7 @@ def slot_path(ws: Workspace, label: str) -> Path:
 
 def slot_files(ws: Workspace) -> list[Path]:
     """The slot files of ``ws``, sorted by label."""
-    if not ws.keys_dir.is_dir():
-        return []
-    return sorted(p for p in ws.keys_dir.iterdir() if p.suffix == SLOT_SUFFIX and p.is_file())
+    return ws.key_slot_files()
 
 
 def read_slot(path: Path) -> KeySlot:

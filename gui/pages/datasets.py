@@ -10,7 +10,7 @@ task. A file dropped on the page opens the import wizard.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -39,6 +39,9 @@ from gui.widgets.import_wizard import ImportWizard
 from gui.widgets.rows_table import RowsView
 from gui.widgets.token_panel import TokenPanel
 
+if TYPE_CHECKING:
+    from appliance.registry.rows import DatasetVersionRow
+
 PREVIEW_ROWS = 50
 """Rows of a version shown in the table (decrypted in memory)."""
 DETAILS = (
@@ -54,11 +57,11 @@ DETAILS = (
 )
 
 
-def version_ref(version: dict[str, Any]) -> str:
+def version_ref(version: DatasetVersionRow) -> str:
     return f"{version['name']}@{version['version']}"
 
 
-def _detail(version: dict[str, Any], key: str, adapters: list[str]) -> str:
+def _detail(version: DatasetVersionRow, key: str, adapters: list[str]) -> str:
     if key == "format":
         return f"{version['format']} ({version['kind']})"
     if key == "split":
@@ -90,8 +93,8 @@ class DatasetsPage(Page):
     def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.workspace = workspace
-        self.versions: list[dict[str, Any]] = []
-        self.selected: dict[str, Any] | None = None
+        self.versions: list[DatasetVersionRow] = []
+        self.selected: DatasetVersionRow | None = None
         self.adapters: list[str] = []
         self.wizard: ImportWizard | None = None
         self.rows_task: Task | None = None
@@ -206,8 +209,8 @@ class DatasetsPage(Page):
                 self.status.setText("Unlock the workspace to see its datasets.")
             return
         with self.workspace.registry() as reg:
-            self.versions = reg.dataset_versions()
-            models = [m["name"] for m in reg.base_models()]
+            self.versions = reg.datasets.versions()
+            models = [m["name"] for m in reg.models.all()]
         self.tokens.set_models(models)
         wanted = self._selected_ref
         self.tree.blockSignals(True)
@@ -249,7 +252,7 @@ class DatasetsPage(Page):
         """Offer the base models of the registry for token statistics (a model was imported)."""
         if self.unlocked and self.workspace is not None:
             with self.workspace.registry() as reg:
-                self.tokens.set_models([m["name"] for m in reg.base_models()])
+                self.tokens.set_models([m["name"] for m in reg.models.all()])
 
     def names(self) -> list[str]:
         return sorted({v["name"] for v in self.versions})
@@ -270,7 +273,7 @@ class DatasetsPage(Page):
         version = next((v for v in self.versions if version_ref(v) == ref), None)
         self._show_version(version)
 
-    def _show_version(self, version: dict[str, Any] | None) -> None:
+    def _show_version(self, version: DatasetVersionRow | None) -> None:
         self._generation += 1
         self.rows_view.clear()
         self.selected = version
@@ -284,7 +287,7 @@ class DatasetsPage(Page):
             return
         self._selected_ref = version_ref(version)
         with self.workspace.registry() as reg:
-            made = reg.adapters_from_dataset(version["name"], version["version"])
+            made = reg.adapters.from_dataset(version["name"], version["version"])
         self.adapters = [a["ref"] for a in made]
         self.heading.setText(f"{version['name']}, version {version['version']}")
         for key, label in self.detail_labels.items():
@@ -293,7 +296,7 @@ class DatasetsPage(Page):
         self.load_rows(version)
         self._update_buttons()
 
-    def load_rows(self, version: dict[str, Any]) -> Task | None:
+    def load_rows(self, version: DatasetVersionRow) -> Task | None:
         """Decrypt the version in memory (background) and show its first rows."""
         workspace = self.workspace
         if workspace is None or workspace.locked:
@@ -348,7 +351,7 @@ class DatasetsPage(Page):
             self.open_wizard(Path(path))
 
     @Slot(object)
-    def _stored(self, version: dict[str, Any]) -> None:
+    def _stored(self, version: DatasetVersionRow) -> None:
         self._selected_ref = version_ref(version)
         if not self.unlocked:
             return  # stored while the window was locking: shown after the unlock
@@ -408,7 +411,7 @@ class DatasetsPage(Page):
             # which still only replaces an unchanged earlier export of this workspace.
             self.export(version, Path(path), force=Path(path).exists())
 
-    def export(self, version: dict[str, Any], out: Path, *, force: bool = False) -> Task | None:
+    def export(self, version: DatasetVersionRow, out: Path, *, force: bool = False) -> Task | None:
         """Write ``version`` as plaintext JSONL to ``out`` (audited), in the background."""
         workspace = self.workspace
         if workspace is None or workspace.locked or self.action_busy:
@@ -447,7 +450,7 @@ class DatasetsPage(Page):
         if self.workspace is None:
             return ""
         with self.workspace.registry() as reg:
-            made = [a["ref"] for a in reg.adapters_from_dataset(name, version)]
+            made = [a["ref"] for a in reg.adapters.from_dataset(name, version)]
         rows = sum(v["rows"] for v in targets)
         what = (
             f"dataset {name} version {version}"
@@ -488,7 +491,7 @@ class DatasetsPage(Page):
             done = []
             with workspace.ws.writer("dataset delete"), workspace.registry() as reg:
                 if version is None:
-                    targets = reg.dataset_versions(name)
+                    targets = reg.datasets.versions(name)
                 else:
                     targets = [datasets.resolve(reg, f"{name}@{version}")]
                 for target in targets:

@@ -480,7 +480,7 @@ class ExportPage(Page):
             return None
         try:
             with self.workspace.registry() as reg:
-                path = Path(reg.base_model(str(base))["path"])
+                path = Path(reg.models.get(str(base))["path"])
         except ApplianceError:
             return None
         return path if path.is_absolute() else self.workspace.ws.home / path

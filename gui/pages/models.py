@@ -8,7 +8,7 @@ window stays responsive, and Cancel stops the child, which removes what it had s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -32,6 +32,9 @@ from appliance.unlocked import UnlockedWorkspace
 from gui.pages.base import Page
 from gui.process import JobProcess
 from gui.style import ERROR_STYLE
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import BaseModelRow
 
 COLUMNS = ("Name", "Architecture", "Parameters", "Context", "Chat template", "Size", "Imported")
 IMPORT_HANG_S = 600.0
@@ -95,11 +98,11 @@ class ModelsPage(Page):
         self.body.addWidget(self.status)
         self.refresh()
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[BaseModelRow]:
         if self.workspace is None or self.workspace.locked or self._locking:
             return []  # an import finishing while the window is locked lists nothing
         with self.workspace.registry() as reg:
-            return reg.base_models()
+            return reg.models.all()
 
     @Slot()
     def refresh(self) -> None:
@@ -220,7 +223,7 @@ class ModelsPage(Page):
             self.status.setText(f"{self._busy_text}: {label}…")
 
     @Slot(object)
-    def _import_done(self, model: dict[str, Any]) -> None:
+    def _import_done(self, model: BaseModelRow) -> None:
         self._set_busy(False, f"Imported {model['name']} ({model['architecture']}).")
         self.refresh()
         self.imported.emit(model["name"])

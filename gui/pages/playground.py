@@ -16,7 +16,7 @@ here ends too (it holds decrypted adapters and rows; cancelled, it stores nothin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -43,6 +43,9 @@ from gui.widgets.eval_runner import EvalRunner
 from gui.widgets.generation_settings import GenerationSettingsPanel
 from gui.widgets.prompt_box import PromptBox
 from gui.widgets.save_conversation import SaveConversationDialog
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import AdapterVersionRow, DatasetVersionRow
 
 COLUMNS = ("base", "A", "B")
 
@@ -164,7 +167,7 @@ class PlaygroundPage(Page):
         if self.unlocked:
             assert self.workspace is not None
             with self.workspace.registry() as reg:
-                self.base_box.addItems([m["name"] for m in reg.base_models()])
+                self.base_box.addItems([m["name"] for m in reg.models.all()])
             if current:
                 self.base_box.setCurrentText(current)
         self.base_box.blockSignals(False)
@@ -178,11 +181,11 @@ class PlaygroundPage(Page):
 
     def _fill_adapters(self) -> None:
         base = self.base_box.currentText()
-        rows: list[dict[str, Any]] = []
+        rows: list[AdapterVersionRow] = []
         if base and self.unlocked:
             assert self.workspace is not None
             with self.workspace.registry() as reg:
-                rows = reg.adapters_from_base_model(base)
+                rows = reg.adapters.from_base_model(base)
         for box in self.adapter_boxes.values():
             chosen = box.currentData()
             box.blockSignals(True)
@@ -308,7 +311,7 @@ class PlaygroundPage(Page):
             return None
         assert self.workspace is not None
         with self.workspace.registry() as reg:
-            names = sorted({v["name"] for v in reg.dataset_versions() if v["kind"] == "chat"})
+            names = sorted({v["name"] for v in reg.datasets.versions() if v["kind"] == "chat"})
         dialog = SaveConversationDialog(answered, names, self)
         dialog.accepted.connect(
             lambda: self.save_conversation(dialog.dataset, dialog.conversation())
@@ -323,7 +326,7 @@ class PlaygroundPage(Page):
         assert self.workspace is not None
         workspace = self.workspace
 
-        def work(_progress: Progress) -> dict[str, Any]:
+        def work(_progress: Progress) -> DatasetVersionRow:
             with workspace.registry() as reg:
                 return add_conversations(workspace.vault, reg, dataset, [conversation])
 

@@ -494,7 +494,7 @@ class RegistryPage(Page):
                 self.workspace.ws.writer("adapter tag", wait_s=0),
                 self.workspace.registry() as reg,
             ):
-                reg.remove_tag(name, tag)
+                reg.tags.remove(name, tag)
         except ApplianceError as exc:
             self._say(f"Tag not removed: {exc}", error=True)
             return

@@ -294,8 +294,8 @@ class TrainPage(Page):
         def read(_progress: Progress) -> tuple[list[Any], list[Any], list[RunSummary]]:
             with workspace.registry() as reg:
                 return (
-                    reg.base_models(),
-                    reg.dataset_versions(),
+                    reg.models.all(),
+                    reg.datasets.versions(),
                     run_summaries(workspace.ws.home, reg),
                 )
 

@@ -109,7 +109,7 @@ class EvalRunner(QGroupBox):
             return
         assert self.workspace is not None
         with self.workspace.registry() as reg:
-            versions = [v for v in reg.dataset_versions() if v["kind"] == "chat"]
+            versions = [v for v in reg.datasets.versions() if v["kind"] == "chat"]
         versions.sort(key=lambda v: (v["name"], -int(v["version"])))
         self.dataset_box.addItems([f"{v['name']}@{v['version']}" for v in versions])
         if current:

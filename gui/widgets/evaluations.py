@@ -12,6 +12,8 @@ forgets every figure shown and ends a running evaluation or scoring child.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
@@ -22,6 +24,9 @@ from gui.tasks import Task
 from gui.widgets.eval_runner import EvalRunner
 from gui.widgets.figures_table import FiguresTable, Line
 from gui.widgets.promotion import PromotePanel
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import GoldenSetRow
 
 
 class EvaluationsPanel(QWidget):
@@ -96,9 +101,9 @@ class EvaluationsPanel(QWidget):
             return
         assert self.workspace is not None
         with self.workspace.registry() as reg:
-            adapter = reg.adapter_version(self.ref, include_deleted=True)
+            adapter = reg.adapters.version(self.ref, include_deleted=True)
             rows = history(reg, self.ref)
-            golden = reg.golden_set(adapter["name"])
+            golden = reg.golden_sets.get(adapter["name"])
             check = gate.check(reg, self.ref) if self.live else None
         self.heading.setText(f"Evaluations of {adapter['ref']}")
         self.golden.setText(_golden_words(adapter["name"], golden, check))
@@ -154,7 +159,7 @@ class EvaluationsPanel(QWidget):
         self.refresh()
 
 
-def _golden_words(name: str, golden: dict[str, object] | None, check: gate.GateCheck | None) -> str:
+def _golden_words(name: str, golden: GoldenSetRow | None, check: gate.GateCheck | None) -> str:
     if golden is None:
         return (
             f"{name} has no golden set, so its production tag is not gated (attach one with "

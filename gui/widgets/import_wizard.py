@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -48,6 +48,9 @@ from appliance.unlocked import UnlockedWorkspace
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
 from gui.widgets.rows_table import RowsView
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import DatasetVersionRow
 
 FORMAT_LABELS = {
     "messages": "Chat messages (role/content turns)",
@@ -511,7 +514,7 @@ class ImportWizard(QDialog):
         workspace = self.workspace
         self._store_cancel = cancel = threading.Event()
 
-        def work(progress: Progress) -> dict[str, Any]:
+        def work(progress: Progress) -> DatasetVersionRow:
             with workspace.registry() as reg:
                 version, _ = store_import(
                     workspace.vault,

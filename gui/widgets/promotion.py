@@ -14,7 +14,7 @@ ends a scoring job (its child holds decrypted adapters and rows).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -34,6 +34,9 @@ from appliance.unlocked import UnlockedWorkspace
 from gui.evaluation import EvalRun
 from gui.style import ERROR_STYLE
 from gui.tasks import Task
+
+if TYPE_CHECKING:
+    from appliance.registry.rows import TagMove
 
 
 def refusal_words(check: GateCheck) -> str:
@@ -237,7 +240,7 @@ class PromotePanel(QWidget):
         assert self.ref is not None
         workspace, ref = self.workspace, self.ref
 
-        def work(_progress: Progress) -> tuple[dict[str, Any], GateCheck]:
+        def work(_progress: Progress) -> tuple[TagMove, GateCheck]:
             with workspace.ws.writer("adapter tag"), workspace.registry() as reg:
                 return gate.promote(reg, ref, override=override)
 

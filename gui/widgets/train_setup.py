@@ -16,7 +16,7 @@ the estimate is the per-device one for its topology, as the CLI's is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
@@ -46,6 +46,9 @@ from gui.tasks import Progress, Task
 from gui.widgets.config_form import ConfigForm
 from gui.widgets.preflight_view import PreflightView
 
+if TYPE_CHECKING:
+    from appliance.registry.rows import BaseModelRow, DatasetVersionRow
+
 PREFLIGHT_DELAY_MS = 250
 """The estimate is recomputed this long after the last change (typing is not interrupted)."""
 
@@ -72,7 +75,7 @@ class TrainSetup(QWidget):
     def __init__(self, workspace: UnlockedWorkspace | None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.workspace = workspace
-        self.models: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, BaseModelRow] = {}
         self.gpu_state: GpuState | None = None
         self.training_gpus = _allowed_gpus(workspace)
         """The workspace's ``training_gpus`` setting (None: every GPU)."""
@@ -154,7 +157,7 @@ class TrainSetup(QWidget):
 
     # -- what the page gives ----------------------------------------------------------------------
 
-    def set_choices(self, models: list[dict[str, Any]], datasets: list[dict[str, Any]]) -> None:
+    def set_choices(self, models: list[BaseModelRow], datasets: list[DatasetVersionRow]) -> None:
         """The workspace's base models and (not deleted) dataset versions."""
         self.models = {m["name"]: m for m in models}
         self.train_rows = {f"{d['name']}@{d['version']}": int(d["train_rows"]) for d in datasets}
@@ -407,6 +410,6 @@ def _cpu_label(state: GpuState, allowed: tuple[int, ...] | None) -> str:
     return "CPU (no allowed GPU on this machine)"
 
 
-def _model_tip(model: dict[str, Any]) -> str:
+def _model_tip(model: BaseModelRow) -> str:
     context = model.get("context_length")
     return f"{model.get('architecture')}, context {context or '?'} tokens"

@@ -108,7 +108,7 @@ def test_failed_registration_leaves_nothing(
     def refuse(*args: object, **kwargs: object) -> int:
         raise RegistryError("disk full")
 
-    monkeypatch.setattr(reg, "add_adapter_version", refuse)
+    monkeypatch.setattr(reg.adapters, "add_version", refuse)  # after the folder moved in
     with pytest.raises(RegistryError):
         adapters.store(vault, reg, "legal", weights, run_id=None)
     assert list(vault.ws.tmp_dir.iterdir()) == []
@@ -132,7 +132,7 @@ def test_packed_bytes_are_stored_after_a_header_check(
     assert all(torch.equal(loaded.tensors[k], v) for k, v in weights.tensors.items())
     with pytest.raises(IntegrityError, match="adapter legal is not a readable adapter"):
         adapters.store(vault, reg, "legal", b"\x00" * 64, run_id=None)
-    assert [a["version"] for a in reg.adapter_versions("legal")] == [1]
+    assert [a["version"] for a in reg.adapters.versions("legal")] == [1]
 
 
 def test_settling_a_run_needs_no_torch(tmp_path: Path, tiny_llama: Path) -> None:

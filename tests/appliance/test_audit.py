@@ -10,7 +10,7 @@ import pytest
 from appliance.errors import IntegrityError, PassphraseError
 from appliance.registry import Registry
 from appliance.registry.audit import row_hash
-from appliance.registry.verify import verify_workspace
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
@@ -209,7 +209,7 @@ def test_writers_refuse_a_broken_chain_until_someone_acknowledges_it(reg: Regist
         # Every writer, not only direct audit calls: the change and its row roll back together.
         with pytest.raises(IntegrityError, match="audit log is broken"):
             add_dataset(writer, "refused")
-        assert writer.dataset_versions() == []
+        assert writer.datasets.versions() == []
     assert _rows(ws) == 5
 
     with Registry.open(ws) as writer:

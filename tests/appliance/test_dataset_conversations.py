@@ -81,5 +81,5 @@ def test_refusals_name_the_problem_and_store_nothing(store: tuple[Vault, Registr
         datasets.import_file(vault, reg, TEXT, "notes")
         with pytest.raises(DatasetError, match="dataset notes@1 holds plain-text rows"):
             add_conversations(vault, reg, "notes", [ASKED])
-        assert [v["version"] for v in reg.dataset_versions("golden")] == [1]
-        assert [v["version"] for v in reg.dataset_versions("notes")] == [1]
+        assert [v["version"] for v in reg.datasets.versions("golden")] == [1]
+        assert [v["version"] for v in reg.datasets.versions("notes")] == [1]

@@ -111,10 +111,10 @@ def _assert_nothing_written(env: Env) -> None:
     # Deleted versions (of other tests in this module) keep only their metadata file.
     deleted = {
         Path(v["path"]).name.removesuffix(".enc") + ".meta.json"
-        for v in reg.dataset_versions(include_deleted=True)
+        for v in reg.datasets.versions(include_deleted=True)
     }
     assert [p.name for p in ws.datasets_dir.iterdir() if p.name not in deleted] == []
-    assert reg.dataset_versions() == []
+    assert reg.datasets.versions() == []
 
 
 @pytest.mark.parametrize("name", sorted(ROW_PROBLEMS))
@@ -349,7 +349,7 @@ def test_versions_duplicates_and_split(env: Env, tmp_path: Path) -> None:
         assert stored == split(encoded, 0.1, 1)
         assert list(reversed(split(encoded[::-1], 0.1, 1))) == stored
         assert all(row_bytes(r) == with_split(row_bytes(content(r)), r["split"]) for r in loaded)
-        assert reg.dataset_version("split")["version"] == 3
+        assert reg.datasets.version("split")["version"] == 3
     finally:
         for v in (v1, v2, v3):
             datasets.delete_version(vault, reg, v)
@@ -361,7 +361,7 @@ def test_failed_registry_write_leaves_no_file(env: Env, monkeypatch: pytest.Monk
     def refuse(*args: object, **kwargs: object) -> int:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(reg, "add_dataset_version", refuse)
+    monkeypatch.setattr(reg.datasets, "add_version", refuse)
     with pytest.raises(RuntimeError, match="disk full"):
         datasets.import_file(vault, reg, VALID / "text.txt", "fails")
     _assert_nothing_written(env)

@@ -46,7 +46,7 @@ def _write(path: Path, columns: dict[str, list[Any]], row_group_size: int | None
 
 def _assert_nothing_stored(env: Env, name: str) -> None:
     ws, _, reg = env
-    assert [v for v in reg.dataset_versions() if v["name"] == name] == []
+    assert [v for v in reg.datasets.versions() if v["name"] == name] == []
     assert not [p for p in ws.datasets_dir.rglob("*") if p.is_file() and name in p.name]
 
 

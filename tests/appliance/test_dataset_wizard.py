@@ -178,11 +178,11 @@ def test_cancel_during_the_store_stores_nothing(env: Env, tmp_path: Path) -> Non
             cancel.set()
 
     before = _stored(ws)
-    rows_before = reg.dataset_versions()
+    rows_before = reg.datasets.versions()
     with pytest.raises(ImportCancelled, match="the import was cancelled; nothing was stored"):
         store_import(vault, reg, preview, "cancelled", progress=progress, cancel=cancel)
     assert _stored(ws) == before
-    assert reg.dataset_versions() == rows_before
+    assert reg.datasets.versions() == rows_before
     # Cancelled while reading: a callable works as the flag too.
     with pytest.raises(ImportCancelled):
         preview_import(path, cancel=lambda: True)

@@ -105,7 +105,7 @@ def _expected_loss(reg: Registry, tiny_llama: Path) -> tuple[float, float]:
     from appliance.vault import Vault
 
     vault = Vault.unlock(reg.ws, PASSPHRASE)
-    rows = datasets.load_rows(vault, reg.dataset_version("facts"))
+    rows = datasets.load_rows(vault, reg.datasets.version("facts"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     examples = [
         encode_chat(tokenizer, r["messages"], "assistant") for r in rows if r["split"] == "eval"
@@ -142,11 +142,12 @@ def test_eval_scores_adapter_and_base_and_stores_the_result(
     assert data["settings"]["max_new_tokens"] == 4
     assert data["settings"]["precision"] == "fp32"
 
-    (row,) = store.evaluations("legal@1")
+    (row,) = store.evaluations.all("legal@1")
     assert row["id"] == adapter["evaluation_id"]
     assert row["dataset"] == "facts@1"
-    assert row["dataset_sha256"] == store.dataset_version("facts")["sha256"]
+    assert row["dataset_sha256"] == store.datasets.version("facts")["sha256"]
     assert row["split"] == "eval"
+    assert row["base_metrics"] is not None
     assert row["base_metrics"]["answer_loss"] == pytest.approx(plain, rel=1e-4)
     assert set(row["lib_versions"]) >= {"torch", "transformers", "peft", "appliance"}
     shown = json.loads(cli("adapter", "show", "legal@1", "--json").stdout)
@@ -209,7 +210,7 @@ def test_eval_refuses_bad_input_with_one_line(store: Registry, cli: CliRunner) -
     missing = cli("eval", "legal@9", "--dataset", "facts", env=ENV)
     assert missing.returncode == 1
     assert "adapter legal@9 does not exist" in missing.err_lines[-1]
-    assert store.evaluations() == []
+    assert store.evaluations.all() == []
 
 
 def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli: CliRunner) -> None:
@@ -226,7 +227,7 @@ def test_golden_set_without_reference_answers_is_loss_only(store: Registry, cli:
     text = cli("adapter", "golden", "legal", "--dataset", "notes", env=ENV)
     assert text.returncode == 1
     assert "holds plain-text rows" in text.err_lines[-1]
-    golden = store.golden_set("legal")
+    golden = store.golden_sets.get("legal")
     assert golden is not None
     assert golden["dataset"] == "essays@1"
 
@@ -251,7 +252,7 @@ def test_chat_answers_once_with_the_adapter_or_the_base(cli: CliRunner) -> None:
 def test_chat_refuses_an_adapter_whose_base_model_was_deleted(
     store: Registry, cli: CliRunner
 ) -> None:
-    shutil.rmtree(store.ws.home / store.base_model("tiny")["path"])
+    shutil.rmtree(store.ws.home / store.models.get("tiny")["path"])
     done = cli("chat", "legal", "--prompt", "hello", env=ENV)
     assert done.returncode == 1
     assert done.err_lines[-1].startswith("error: model tiny: folder ")

@@ -28,7 +28,7 @@ def reg(ws: Workspace) -> Iterator[Registry]:
 
 
 def _score(reg: Registry, ref: str, dataset: str, loss: float, **settings: Any) -> None:
-    reg.add_evaluation(
+    reg.evaluations.add(
         ref,
         dataset=dataset,
         dataset_version=1,
@@ -43,7 +43,7 @@ def _score(reg: Registry, ref: str, dataset: str, loss: float, **settings: Any) 
 def test_history_is_newest_first_and_marks_the_golden_set(reg: Registry) -> None:
     _score(reg, "legal@1", "heldout", 0.9)
     _score(reg, "legal@1", "golden", 0.5)
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     rows = history(reg, "legal@1")
     assert [(r.dataset, r.golden) for r in rows] == [("golden@1", True), ("heldout@1", False)]
     assert rows[0].where == "golden@1 (all)"

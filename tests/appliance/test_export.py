@@ -103,7 +103,7 @@ def test_merged_fp32_equals_a_hand_merge(store: Store, tiny_llama: Path, tmp_pat
     assert "contracts@" in card
     assert "max |Δlogit|" in card
 
-    rows = [e for e in reg.exports(ref) if e["path"] == str(out)]
+    rows = [e for e in reg.exports.all(ref) if e["path"] == str(out)]
     assert len(rows) == 1
     assert rows[0]["format"] == "merged"
     assert rows[0]["details"]["verification"]["passed"] is True
@@ -144,7 +144,7 @@ def test_adapter_folder_is_peft_and_exact(store: Store, tmp_path: Path) -> None:
     assert config["r"] == weights.config["r"]
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
         meta = handle.metadata()
-        assert meta["base_model_sha256"] == reg.base_model("tiny")["sha256"]
+        assert meta["base_model_sha256"] == reg.models.get("tiny")["sha256"]
         assert set(handle.keys()) == set(weights.tensors)
         for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
             assert torch.equal(handle.get_tensor(key), weights.tensors[key])

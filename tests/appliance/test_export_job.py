@@ -40,7 +40,7 @@ def test_preflight_estimates_the_size_and_refuses_what_will_not_fit(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _vault, reg, ref = store
-    params = int(reg.base_model("tiny")["parameters"])
+    params = int(reg.models.get("tiny")["parameters"])
     gguf = plan_export(reg, ref, ExportOptions.checked("gguf", tmp_path / "g", gguf_type="q4_0"))
     assert gguf.ref == "legal@1"
     assert gguf.base_model == "tiny"
@@ -138,7 +138,7 @@ def test_export_job_is_the_cli_path_in_a_child(store: Store, tmp_path: Path) -> 
     files = exported_files(out)
     assert {f.path for f in files} == set(data["files"]) - {"MANIFEST"}
     assert sum(f.bytes for f in files) + (out / "MANIFEST").stat().st_size == data["bytes"]
-    (row,) = [e for e in reg.exports() if e["path"] == str(out)]
+    (row,) = [e for e in reg.exports.all() if e["path"] == str(out)]
     assert row["sha256"] == data["sha256"]
     created = [r for r in reg.audit_rows(action="export.create") if r["object"] == ref]
     assert created

@@ -27,6 +27,7 @@ from appliance.export import (
     verify,
 )
 from appliance.registry import Registry
+from appliance.registry.rows import ExportRow
 from appliance.vault import Vault
 from tests.helpers.adapters import PASSPHRASE, make_adapter, open_store, tiny_adapter_store
 from tests.helpers.cli import CliRunner
@@ -46,8 +47,8 @@ def _left_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def _export_rows(reg: Registry, out: Path) -> list[dict[str, object]]:
-    return [e for e in reg.exports() if e["path"] == str(out)]
+def _export_rows(reg: Registry, out: Path) -> list[ExportRow]:
+    return [e for e in reg.exports.all() if e["path"] == str(out)]
 
 
 def test_out_of_disk_space_removes_the_partial_output(
@@ -106,7 +107,7 @@ def test_damaged_adapter_is_refused_before_anything_is_written(
         with pytest.raises(IntegrityError, match=r"adapter broken@1 is damaged"):
             export_adapter(vault, reg, ref, ExportOptions.checked("merged", dest / "m"))
         assert _left_in(dest) == []
-        assert reg.exports() == []
+        assert reg.exports.all() == []
 
 
 def test_failed_verification_removes_files_and_is_audited(
@@ -319,7 +320,7 @@ def test_cli_force_never_deletes_what_it_did_not_write(tmp_path: Path, tiny_llam
         assert message in r.stderr
     assert _snapshot(tmp_path) == before
     with Registry.open(ws) as reg:
-        assert reg.exports() == []
+        assert reg.exports.all() == []
 
 
 def test_cli_protects_the_default_workspace_in_the_home_folder(

@@ -54,7 +54,7 @@ def test_merged_bf16_reloads_and_verifies(store: Store, tmp_path: Path) -> None:
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
         assert "lm_head.weight" not in handle.keys()  # noqa: SIM118 (tied: re-tied on load)
         q = handle.get_tensor("model.layers.0.self_attn.q_proj.weight")
-    base = vault.ws.home / reg.base_model("smollm2")["path"]
+    base = vault.ws.home / reg.models.get("smollm2")["path"]
     with safe_open(str(base / "model.safetensors"), "pt") as handle:
         assert not torch.equal(q, handle.get_tensor("model.layers.0.self_attn.q_proj.weight"))
     assert export_card.check_manifest(out) == []
@@ -81,7 +81,7 @@ def test_gguf_q8_0_reloads_and_verifies(store: Store, tmp_path: Path) -> None:
     assert "FROM ./support-1.Q8_0.gguf" in text
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in text
     assert 'PARAMETER stop "<|im_end|>"' in text
-    tokenizer = load_tokenizer(vault.ws.home / reg.base_model("smollm2")["path"])
+    tokenizer = load_tokenizer(vault.ws.home / reg.models.get("smollm2")["path"])
     translation = modelfile.translate(tokenizer)
     assert f'TEMPLATE """{translation.template}"""' in text
     conversation = [

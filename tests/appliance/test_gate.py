@@ -1,7 +1,7 @@
 """The golden-set gate on the production tag, and evaluation rows in the registry.
 
-Registry-level: the figures are recorded with ``add_evaluation`` as an ``eval`` job would record
-them (the job itself is tested in test_evaluation.py and test_gate_cli.py).
+Registry-level: the figures are recorded with ``reg.evaluations.add`` as an ``eval`` job would
+record them (the job itself is tested in test_evaluation.py and test_gate_cli.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from appliance.evaluation import gate
 from appliance.evaluation.gate import GateRefused
 from appliance.registry import Registry
 from appliance.registry.refs import os_user
+from appliance.registry.rows import AuditRow
 from appliance.workspace import Workspace
 from tests.helpers.registry_data import add_adapter, add_dataset, add_fake_model
 
@@ -44,7 +45,7 @@ def score(
     split: str = "all",
     **settings: Any,
 ) -> int:
-    return reg.add_evaluation(
+    return reg.evaluations.add(
         ref,
         dataset="golden",
         dataset_version=version,
@@ -55,7 +56,7 @@ def score(
     )
 
 
-def last_audit(reg: Registry) -> dict[str, Any]:
+def last_audit(reg: Registry) -> AuditRow:
     return reg.audit_rows(limit=1)[0]
 
 
@@ -70,15 +71,15 @@ def test_without_a_golden_set_tagging_works_as_before(reg: Registry) -> None:
 
 def test_evaluation_rows_are_lineage(reg: Registry) -> None:
     row_id = score(reg, "legal@1", 1.25)
-    (row,) = reg.evaluations("legal@1")
+    (row,) = reg.evaluations.all("legal@1")
     assert row["id"] == row_id
     assert row["adapter"] == "legal@1"
     assert row["dataset"] == "golden@1"
     assert row["dataset_sha256"] == "11" * 32
-    assert row["adapter_sha256"] == reg.adapter_version("legal@1")["sha256"]
+    assert row["adapter_sha256"] == reg.adapters.version("legal@1")["sha256"]
     assert row["metrics"]["answer_loss"] == 1.25
     assert row["lib_versions"] == {"torch": "2.13.0"}
-    assert reg.evaluations("legal@2") == []
+    assert reg.evaluations.all("legal@2") == []
     audit = last_audit(reg)
     assert (audit["action"], audit["object"]) == ("eval.create", "legal@1")
     assert audit["details"]["dataset"] == "golden@1"
@@ -87,7 +88,7 @@ def test_evaluation_rows_are_lineage(reg: Registry) -> None:
 
 
 def test_golden_set_is_attached_audited_and_detached(reg: Registry) -> None:
-    attached = reg.set_golden_set("legal", "golden", 1)
+    attached = reg.golden_sets.set("legal", "golden", 1)
     assert attached["dataset"] == "golden@1"
     assert attached["metric"] == "answer_loss"
     assert attached["previous"] is None
@@ -95,23 +96,23 @@ def test_golden_set_is_attached_audited_and_detached(reg: Registry) -> None:
     assert (audit["action"], audit["object"]) == ("adapter.golden", "legal")
     assert audit["details"]["sha256"] == "11" * 32
     add_dataset(reg, "golden", sha256="22" * 32)
-    again = reg.set_golden_set("legal", "golden", 2, "contains")
+    again = reg.golden_sets.set("legal", "golden", 2, "contains")
     assert (again["dataset"], again["previous"], again["metric"]) == (
         "golden@2",
         "golden@1",
         "contains",
     )
-    reg.remove_golden_set("legal")
-    assert reg.golden_set("legal") is None
+    reg.golden_sets.remove("legal")
+    assert reg.golden_sets.get("legal") is None
     assert last_audit(reg)["action"] == "adapter.golden.remove"
     with pytest.raises(NotFoundError, match="no adapter named 'nope'"):
-        reg.set_golden_set("nope", "golden", 1)
+        reg.golden_sets.set("nope", "golden", 1)
     with pytest.raises(UsageError, match="unknown gate metric 'bleu'"):
-        reg.set_golden_set("legal", "golden", 1, "bleu")
+        reg.golden_sets.set("legal", "golden", 1, "bleu")
 
 
 def test_first_production_version_needs_figures_then_passes(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     check = gate.check(reg, "legal@1")
     assert check.gated
     assert check.missing == ["legal@1"]
@@ -125,7 +126,7 @@ def test_first_production_version_needs_figures_then_passes(reg: Registry) -> No
 
 
 def test_a_worse_version_is_refused_with_both_figures(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     score(reg, "legal@1", 1.0)
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 1.5)
@@ -136,12 +137,12 @@ def test_a_worse_version_is_refused_with_both_figures(reg: Registry) -> None:
     assert "legal@2 has answer loss 1.5000 on golden set golden@1" in message
     assert "worse than legal@1 in production (answer loss 1.0000)" in message
     assert "--override" in message
-    assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+    assert reg.adapters.version("legal@production")["ref"] == "legal@1"
     assert last_audit(reg)["action"] == "eval.create"  # nothing was written by the refusal
 
 
 def test_a_version_no_worse_passes(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     score(reg, "legal@1", 1.0)
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 1.0)
@@ -152,7 +153,7 @@ def test_a_version_no_worse_passes(reg: Registry) -> None:
 
 
 def test_override_records_the_reason_and_the_user(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     score(reg, "legal@1", 1.0)
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 2.0)
@@ -160,7 +161,7 @@ def test_override_records_the_reason_and_the_user(reg: Registry) -> None:
     with pytest.raises(UsageError, match="needs a reason"):
         gate.promote(reg, "legal@2", override="  ")
     gate.promote(reg, "legal@2", override="hotfix for ticket 42")
-    assert reg.adapter_version("legal@production")["ref"] == "legal@2"
+    assert reg.adapters.version("legal@production")["ref"] == "legal@2"
     audit = last_audit(reg)
     assert audit["action"] == "adapter.tag"
     assert audit["user"] == os_user()
@@ -171,7 +172,7 @@ def test_override_records_the_reason_and_the_user(reg: Registry) -> None:
 
 
 def test_contains_metric_compares_the_other_way(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1, "contains")
+    reg.golden_sets.set("legal", "golden", 1, "contains")
     score(reg, "legal@1", 1.0, contains=0.75)
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 0.5, contains=0.5)  # lower loss, but fewer answers right
@@ -181,13 +182,13 @@ def test_contains_metric_compares_the_other_way(reg: Registry) -> None:
 
 
 def test_figures_of_an_older_golden_set_version_are_stale(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     score(reg, "legal@1", 1.0)
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 0.9)
     score(reg, "legal@1", 1.0)
     add_dataset(reg, "golden", sha256="22" * 32)
-    reg.set_golden_set("legal", "golden", 2)
+    reg.golden_sets.set("legal", "golden", 2)
     check = gate.check(reg, "legal@2")
     assert check.missing == ["legal@2", "legal@1"]
     assert check.stale == ["golden@1"]
@@ -201,7 +202,7 @@ def test_figures_of_an_older_golden_set_version_are_stale(reg: Registry) -> None
 
 
 def test_figures_are_compared_only_under_the_same_settings(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     score(reg, "legal@1", 1.0, precision="nf4-bf16")
     gate.promote(reg, "legal@1")
     score(reg, "legal@2", 0.9)  # fp32: not comparable with the nf4 figure of legal@1
@@ -211,7 +212,7 @@ def test_figures_are_compared_only_under_the_same_settings(reg: Registry) -> Non
 
 
 def test_a_golden_set_without_reference_answers_cannot_gate_on_contains(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1, "contains")
+    reg.golden_sets.set("legal", "golden", 1, "contains")
     score(reg, "legal@1", 1.0, contains=None)
     check = gate.check(reg, "legal@1")
     assert check.problem is not None
@@ -221,17 +222,17 @@ def test_a_golden_set_without_reference_answers_cannot_gate_on_contains(reg: Reg
 
 
 def test_a_deleted_golden_set_refuses_until_replaced(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
-    reg.delete_dataset_version("golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
+    reg.datasets.delete_version("golden", 1)
     with pytest.raises(GateRefused, match="golden set golden@1 of legal was deleted"):
         gate.promote(reg, "legal@1")
     gate.promote(reg, "legal@1", override="golden set under review")
-    assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+    assert reg.adapters.version("legal@production")["ref"] == "legal@1"
 
 
 def test_the_version_in_production_is_tagged_again_without_figures(reg: Registry) -> None:
     gate.promote(reg, "legal@1")
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     check = gate.check(reg, "legal@1")
     assert check.already
     assert check.passed
@@ -239,7 +240,7 @@ def test_the_version_in_production_is_tagged_again_without_figures(reg: Registry
 
 
 def test_other_tags_are_not_gated(reg: Registry) -> None:
-    reg.set_golden_set("legal", "golden", 1)
+    reg.golden_sets.set("legal", "golden", 1)
     moved, check = gate.promote(reg, "legal@2", "staging")
     assert moved["tag"] == "staging"
     assert not check.gated

@@ -32,7 +32,7 @@ def _golden_rows(topic: str) -> list[dict[str, object]]:
 
 
 def _figure(reg: Registry, ref: str, golden: str) -> float:
-    rows = [r for r in reg.evaluations(ref) if r["dataset"] == golden]
+    rows = [r for r in reg.evaluations.all(ref) if r["dataset"] == golden]
     return float(rows[-1]["metrics"]["answer_loss"])
 
 
@@ -54,7 +54,7 @@ def test_gate_scores_refuses_overrides_and_rescores_stale_figures(
         # Without a golden set the tag moves as it always did, with no scoring.
         first = cli("adapter", "tag", "legal@2", "production", env=ENV)
         assert first.returncode == 0, first.stderr
-        assert reg.evaluations() == []
+        assert reg.evaluations.all() == []
 
         attached = cli("adapter", "golden", "legal", "--dataset", "golden@1", env=ENV)
         assert attached.returncode == 0, attached.stderr
@@ -66,10 +66,10 @@ def test_gate_scores_refuses_overrides_and_rescores_stale_figures(
         good, bad = _figure(reg, "legal@1", "golden@1"), _figure(reg, "legal@2", "golden@1")
         assert good < bad
         assert f"answer loss {good:.4f} vs legal@2 answer loss {bad:.4f}; passed" in better.stdout
-        assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+        assert reg.adapters.version("legal@production")["ref"] == "legal@1"
 
         # The worse version is refused with both figures (already stored: no new job).
-        scored = len(reg.evaluations())
+        scored = len(reg.evaluations.all())
         refused = cli("adapter", "tag", "legal@2", "production", env=ENV)
         assert refused.returncode == 1
         assert refused.err_lines[-1] == (
@@ -77,14 +77,14 @@ def test_gate_scores_refuses_overrides_and_rescores_stale_figures(
             f"than legal@1 in production (answer loss {good:.4f}); improve the adapter, or tag "
             'it anyway with --override "REASON" (recorded in the audit log)'
         )
-        assert len(reg.evaluations()) == scored
-        assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+        assert len(reg.evaluations.all()) == scored
+        assert reg.adapters.version("legal@production")["ref"] == "legal@1"
 
         forced = cli(
             "adapter", "tag", "legal@2", "production", "--override", "demo for the board", env=ENV
         )
         assert forced.returncode == 0, forced.stderr
-        assert reg.adapter_version("legal@production")["ref"] == "legal@2"
+        assert reg.adapters.version("legal@production")["ref"] == "legal@2"
         audit = reg.audit_rows(action="adapter.tag")[-1]
         assert audit["object"] == "legal@2"
         assert audit["user"] == os_user()
@@ -103,4 +103,4 @@ def test_gate_scores_refuses_overrides_and_rescores_stale_figures(
         )
         assert _figure(reg, "legal@1", "golden@2") < _figure(reg, "legal@2", "golden@2")
         assert _figure(reg, "legal@1", "golden@2") != good
-        assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+        assert reg.adapters.version("legal@production")["ref"] == "legal@1"

@@ -232,7 +232,7 @@ def test_an_adapter_whose_base_model_was_deleted_is_refused(
     vault, reg = open_store(ws)
     with reg:
         ref = make_adapter(vault, reg, tiny_llama)
-        folder = ws.home / reg.base_model("tiny")["path"]
+        folder = ws.home / reg.models.get("tiny")["path"]
         shutil.rmtree(folder)
         with pytest.raises(IntegrityError, match=r"model tiny: folder .* is missing; re-import"):
             generate_request(vault, reg, [ref])

@@ -14,7 +14,7 @@ import pytest
 from appliance import leftovers
 from appliance.fsutil import TEMP_RE, atomic_writer, temp_name, temp_owner
 from appliance.registry import Registry
-from appliance.registry.verify import verify_workspace
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 

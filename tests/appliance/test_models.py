@@ -36,7 +36,7 @@ def model_dir(tiny_llama: Path, tmp_path: Path) -> Path:
 def _state(ws: Workspace) -> tuple[list[str], list[str], int, int]:
     """What an import could leave behind: folders, scratch, registry rows, audit rows."""
     with Registry.open(ws) as reg:
-        rows = len(reg.base_models())
+        rows = len(reg.models.all())
         audits = len(reg.audit_rows())
     return (
         sorted(str(p.relative_to(ws.home)) for p in ws.models_dir.rglob("*")),
@@ -367,7 +367,7 @@ def test_failed_registry_write_removes_the_imported_folder(
     def fail(*args: object, **kwargs: object) -> int:
         raise OSError("disk full")
 
-    monkeypatch.setattr(reg, "add_base_model", fail)
+    monkeypatch.setattr(reg.models, "add", fail)
     with pytest.raises(OSError, match="disk full"):
         import_model(ws, reg, tiny_llama, "tiny")
     assert list(ws.models_dir.iterdir()) == []
@@ -382,7 +382,7 @@ def test_a_failed_linked_import_leaves_the_source_alone(
     def fail(*args: object, **kwargs: object) -> int:
         raise OSError("disk full")
 
-    monkeypatch.setattr(reg, "add_base_model", fail)
+    monkeypatch.setattr(reg.models, "add", fail)
     with pytest.raises(OSError, match="disk full"):
         import_model(ws, reg, model_dir, "linked", link=True)
     assert sorted((p.name, p.stat().st_size) for p in model_dir.iterdir()) == before
@@ -400,7 +400,7 @@ def test_sources_that_hold_the_workspace_or_link_into_it_are_refused(
     copied = shutil.copytree(tiny_llama, ws.home / "tmp" / "model")
     with pytest.raises(UsageError, match=r"inside the workspace; --link needs a model folder"):
         import_model(ws, reg, Path(copied), "inside", link=True)
-    assert reg.base_models() == []
+    assert reg.models.all() == []
 
 
 def test_bad_sources_are_refused(ws: Workspace, reg: Registry, tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance import adapter_folders
 from appliance.errors import NotFoundError, RegistryError, UsageError
 from appliance.folders import read_meta
 from appliance.registry import MIGRATIONS, SCHEMA_VERSION, Registry
-from appliance.registry import adapters as registry_adapters
 from appliance.registry.refs import Ref, parse_ref
 from appliance.registry.schema import migrate
 from appliance.workspace import Workspace
@@ -79,7 +79,9 @@ def test_migrates_from_every_earlier_version(ws: Workspace, tmp_path: Path, star
     with Registry.open(ws) as reg:
         assert reg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         if start >= 1:
-            assert reg._query("SELECT value FROM meta WHERE key = 'probe'") == [{"value": "kept"}]
+            assert reg.core.query("SELECT value FROM meta WHERE key = 'probe'") == [
+                {"value": "kept"}
+            ]
     assert _schema(ws.registry_path) == _schema(fresh)
 
 
@@ -115,7 +117,7 @@ def test_failed_transaction_leaves_nothing(populated: Registry) -> None:
     audit_before = len(populated.audit_rows())
     with pytest.raises(RuntimeError, match="boom"):
         _add_then_fail(populated, "other")
-    assert populated.dataset_versions("other") == []
+    assert populated.datasets.versions("other") == []
     assert len(populated.audit_rows()) == audit_before
 
 
@@ -124,7 +126,7 @@ def test_nested_transaction_rolls_back_only_the_inner_block(populated: Registry)
         add_dataset(populated, "kept")
         with pytest.raises(RuntimeError, match="boom"):
             _add_then_fail(populated, "dropped")
-    assert [d["name"] for d in populated.dataset_versions()] == ["docs", "kept"]
+    assert [d["name"] for d in populated.datasets.versions()] == ["docs", "kept"]
     assert populated.verify_audit().ok
 
 
@@ -134,63 +136,63 @@ def test_nested_transaction_rolls_back_only_the_inner_block(populated: Registry)
 def test_dataset_versions_count_up_and_latest_skips_deleted(reg: Registry) -> None:
     assert add_dataset(reg) == 1
     assert add_dataset(reg, rows=20) == 2
-    latest = reg.dataset_version("docs")
+    latest = reg.datasets.version("docs")
     assert (latest["version"], latest["rows"]) == (2, 20)
     assert latest["skipped_detail"] == [{"line": 3, "field": None, "problem": "empty line"}]
     assert latest["stats"] == {"tokens": 99}
-    reg.delete_dataset_version("docs", 2)
-    assert reg.dataset_version("docs")["version"] == 1
-    assert reg.dataset_version("docs", 2, include_deleted=True)["deleted_at"] is not None
+    reg.datasets.delete_version("docs", 2)
+    assert reg.datasets.version("docs")["version"] == 1
+    assert reg.datasets.version("docs", 2, include_deleted=True)["deleted_at"] is not None
     with pytest.raises(NotFoundError, match="deleted"):
-        reg.dataset_version("docs", 2)
+        reg.datasets.version("docs", 2)
     assert add_dataset(reg) == 3  # numbers are never reused
     with pytest.raises(NotFoundError, match=r"versions: 1, 3"):
-        reg.dataset_version("docs", 9)
+        reg.datasets.version("docs", 9)
     with pytest.raises(NotFoundError, match=r"datasets: docs"):
-        reg.dataset_version("nope")
+        reg.datasets.version("nope")
     actions = [r["action"] for r in reg.audit_rows(action="dataset")]
     assert actions == ["dataset.import"] * 2 + ["dataset.delete", "dataset.import"]
 
 
 def test_unknown_dataset_field_is_refused(reg: Registry) -> None:
     with pytest.raises(RegistryError, match="colour"):
-        reg.add_dataset_version("docs", colour="red")
+        reg.datasets.add_version("docs", colour="red")
 
 
 # -- runs ----------------------------------------------------------------------------------------
 
 
 def test_run_lifecycle_and_meta_file(populated: Registry) -> None:
-    run_id = populated.add_run(base_model="base", dataset="docs", config={"lr": 1e-4}, seed=5)
-    run = populated.run(run_id)
+    run_id = populated.runs.add(base_model="base", dataset="docs", config={"lr": 1e-4}, seed=5)
+    run = populated.runs.get(run_id)
     assert (run["state"], run["base_model"], run["dataset"], run["seed"]) == (
         "queued",
         "base",
         "docs",
         5,
     )
-    running = populated.update_run(run_id, state="running", pid=99)
+    running = populated.runs.update(run_id, state="running", pid=99)
     assert running["pid"] == 99
     assert running["started_at"] is not None
-    failed = populated.update_run(run_id, state="failed", failure_reason="out of memory")
+    failed = populated.runs.update(run_id, state="failed", failure_reason="out of memory")
     assert failed["failure_reason"] == "out of memory"
     assert failed["pid"] is None
-    populated.update_run(run_id, state="running")  # resume
-    populated.update_run(run_id, state="finished")
+    populated.runs.update(run_id, state="running")  # resume
+    populated.runs.update(run_id, state="finished")
     with pytest.raises(RegistryError, match="cannot become running"):
-        populated.update_run(run_id, state="running")
+        populated.runs.update(run_id, state="running")
     kind, record = read_meta(populated.ws.home / run["path"])
     assert kind == "run"
     assert record["state"] == "finished"
     assert record["config"] == {"lr": 1e-4}
-    assert [r["id"] for r in populated.runs("finished")] == [run_id]
+    assert [r["id"] for r in populated.runs.all("finished")] == [run_id]
     with pytest.raises(NotFoundError):
-        populated.run("run-missing")
+        populated.runs.get("run-missing")
 
 
 def test_run_needs_a_known_base_model(reg: Registry) -> None:
     with pytest.raises(NotFoundError, match="no base model named 'ghost'"):
-        reg.add_run(base_model="ghost", config={})
+        reg.runs.add(base_model="ghost", config={})
 
 
 # -- adapter versions and tags -------------------------------------------------------------------
@@ -200,17 +202,17 @@ def test_adapter_versions_count_per_name_and_bare_name_is_latest(populated: Regi
     assert add_adapter(populated, "a")[1] == 1
     assert add_adapter(populated, "a")[1] == 2
     assert add_adapter(populated, "b")[1] == 1
-    assert populated.adapter_version("a")["version"] == 2
-    assert populated.adapter_version("a@1")["ref"] == "a@1"
-    row = populated.adapter_version("a@2")
+    assert populated.adapters.version("a")["version"] == 2
+    assert populated.adapters.version("a@1")["ref"] == "a@1"
+    row = populated.adapters.version("a@2")
     assert row["path"] == "adapters/a/2"
     assert (populated.ws.home / "adapters/a/2/adapter.enc").is_file()
     assert read_meta(populated.ws.home / "adapters/a/2")[1]["base_model"] == "base"
     assert list(populated.ws.tmp_dir.iterdir()) == []
     with pytest.raises(NotFoundError, match=r"versions of a: 1, 2"):
-        populated.adapter_version("a@3")
+        populated.adapters.version("a@3")
     with pytest.raises(UsageError):
-        populated.adapter_version("a@")
+        populated.adapters.version("a@")
 
 
 def test_adapter_registration_of_an_unknown_run_moves_nothing(populated: Registry) -> None:
@@ -218,10 +220,10 @@ def test_adapter_registration_of_an_unknown_run_moves_nothing(populated: Registr
     staged.mkdir()
     (staged / "w").write_bytes(b"x")
     with pytest.raises(NotFoundError):
-        populated.add_adapter_version("a", run_id="run-missing", move_from=staged)
+        adapter_folders.place(populated, "a", staged, run_id="run-missing")
     assert (staged / "w").read_bytes() == b"x"
     assert not (populated.ws.adapters_dir / "a").exists()
-    assert populated.adapter_versions() == []
+    assert populated.adapters.versions() == []
 
 
 def test_failed_adapter_registration_moves_the_folder_back(
@@ -239,41 +241,41 @@ def test_failed_adapter_registration_moves_the_folder_back(
             raise OSError(28, "No space left on device")
 
         with monkeypatch.context() as patch:
-            patch.setattr(registry_adapters, "write_meta", fail)
+            patch.setattr(adapter_folders, "write_meta", fail)
             with pytest.raises(OSError, match="No space left"):
-                populated.add_adapter_version(name, run_id=None, move_from=staged)
+                adapter_folders.place(populated, name, staged, run_id=None)
         assert sorted(p.name for p in staged.iterdir()) == ["w"]
         shutil.rmtree(staged)
     assert not (populated.ws.adapters_dir / "a").exists()
     assert sorted(p.name for p in (populated.ws.adapters_dir / "b").iterdir()) == ["1"]
-    assert [r["ref"] for r in populated.adapter_versions()] == ["b@1"]
+    assert [r["ref"] for r in populated.adapters.versions()] == ["b@1"]
 
 
 def test_tags_move_atomically_between_versions(populated: Registry) -> None:
     add_adapter(populated, "a")
     add_adapter(populated, "a")
-    assert populated.set_tag("a@1", "production")["previous"] is None
-    assert populated.adapter_version("a@production")["version"] == 1
-    moved = populated.set_tag("a@2", "production")
+    assert populated.tags.set("a@1", "production")["previous"] is None
+    assert populated.adapters.version("a@production")["version"] == 1
+    moved = populated.tags.set("a@2", "production")
     assert moved == {"ref": "a@2", "tag": "production", "previous": 1}
-    assert populated.adapter_version("a@production")["version"] == 2
-    assert populated.adapter_version("a@1")["tags"] == []
-    assert populated.tags("a") == [
+    assert populated.adapters.version("a@production")["version"] == 2
+    assert populated.adapters.version("a@1")["tags"] == []
+    assert populated.tags.all("a") == [
         {
             "name": "a",
             "tag": "production",
             "version": 2,
-            "updated_at": populated.tags("a")[0]["updated_at"],
-            "updated_by": populated.tags("a")[0]["updated_by"],
+            "updated_at": populated.tags.all("a")[0]["updated_at"],
+            "updated_by": populated.tags.all("a")[0]["updated_by"],
         }
     ]
     with pytest.raises(UsageError, match="invalid tag"):
-        populated.set_tag("a@1", "7")
+        populated.tags.set("a@1", "7")
     with pytest.raises(NotFoundError):
-        populated.set_tag("a@9", "staging")
-    populated.remove_tag("a", "production")
+        populated.tags.set("a@9", "staging")
+    populated.tags.remove("a", "production")
     with pytest.raises(NotFoundError, match=r"a@production does not exist \(versions of a: 1, 2\)"):
-        populated.adapter_version("a@production")
+        populated.adapters.version("a@production")
     tag_rows = populated.audit_rows(action="adapter.tag")
     assert [r["details"]["previous"] for r in tag_rows] == [None, 1]
 
@@ -288,8 +290,10 @@ def test_adapter_lineage_has_run_base_dataset_config_seed_libs_metrics(
     out = tmp_path / "serve" / "a-merged.safetensors"
     out.parent.mkdir()
     out.write_bytes(b"merged")
-    populated.add_export("a@1", format="hf", path=out, details={"dtype": "bf16"})
-    lineage = populated.adapter_lineage("a")
+    populated.exports.add("a@1", format="hf", path=out, details={"dtype": "bf16"})
+    lineage = populated.adapters.lineage("a")
+    assert lineage["run"] is not None
+    assert lineage["dataset"] is not None
     assert lineage["run"]["id"] == run_id
     assert lineage["run"]["state"] == "finished"
     assert lineage["base_model"] == {
@@ -315,12 +319,14 @@ def test_every_adapter_made_from_a_dataset_or_base_model(populated: Registry) ->
     add_adapter(populated, "a", dataset_version=1)
     add_adapter(populated, "b", dataset_version=2)
     add_adapter(populated, "c", base="other-base", dataset=None)
-    assert [a["ref"] for a in populated.adapters_from_dataset("docs")] == ["a@1", "b@1"]
-    assert [a["ref"] for a in populated.adapters_from_dataset("docs", 2)] == ["b@1"]
-    assert [a["ref"] for a in populated.adapters_from_base_model("base")] == ["a@1", "b@1"]
-    assert [a["ref"] for a in populated.adapters_from_base_model("other-base")] == ["c@1"]
-    populated.delete_dataset_version("docs", 1)
-    assert populated.adapter_lineage("a@1")["dataset"]["deleted_at"] is not None
+    assert [a["ref"] for a in populated.adapters.from_dataset("docs")] == ["a@1", "b@1"]
+    assert [a["ref"] for a in populated.adapters.from_dataset("docs", 2)] == ["b@1"]
+    assert [a["ref"] for a in populated.adapters.from_base_model("base")] == ["a@1", "b@1"]
+    assert [a["ref"] for a in populated.adapters.from_base_model("other-base")] == ["c@1"]
+    populated.datasets.delete_version("docs", 1)
+    dataset = populated.adapters.lineage("a@1")["dataset"]
+    assert dataset is not None
+    assert dataset["deleted_at"] is not None
 
 
 # -- concurrency ---------------------------------------------------------------------------------
@@ -339,7 +345,7 @@ def test_concurrent_readers_see_only_committed_states(populated: Registry) -> No
                 # Checked before the read, so the last read starts after the final commit.
                 done = stop.is_set()
                 try:
-                    rows = mine.adapter_versions("a")
+                    rows = mine.adapters.versions("a")
                     versions = [r["version"] for r in rows]
                     if versions != list(range(1, len(versions) + 1)):
                         errors.append(f"gap in versions: {versions}")
@@ -385,7 +391,7 @@ def test_sqlite_failure_inside_a_transaction_is_a_registry_error(populated: Regi
         RegistryError, match=r"refused the change .*FOREIGN KEY.*nothing was written"
     ):
         _write_bad_tag(populated)
-    assert populated.dataset_versions("lost") == []
+    assert populated.datasets.versions("lost") == []
 
 
 def _corrupt_table(path: Path, table: str) -> None:

@@ -23,12 +23,12 @@ def _writer_loop(ws: Workspace, report_fd: int, start: int) -> None:
         while True:
             run_id = f"run-{step}"
             with reg.transaction():
-                reg.add_run(base_model="base", config={"step": step}, run_id=run_id)
-                reg.update_run(run_id, state="finished")
-                version = reg.add_adapter_version(
+                reg.runs.add(base_model="base", config={"step": step}, run_id=run_id)
+                reg.runs.update(run_id, state="finished")
+                version = reg.adapters.add_version(
                     "a", run_id=run_id, path="adapters/blob", sha256="00" * 32
                 )
-                reg.set_tag(f"a@{version}", "latest-good")
+                reg.tags.set(f"a@{version}", "latest-good")
                 reg.audit("test.step", run_id, {"step": step})
             os.write(report_fd, f"{run_id} {version}\n".encode())
             step += 1
@@ -91,17 +91,17 @@ def test_sigkill_at_random_moments_never_loses_a_reported_commit(ws: Workspace) 
         finally:
             conn.close()
         with Registry.open(ws) as reg:
-            runs = {r["id"]: r for r in reg.runs()}
-            adapters = {a["version"]: a for a in reg.adapter_versions("a")}
+            runs = {r["id"]: r for r in reg.runs.all()}
+            adapters = {a["version"]: a for a in reg.adapters.versions("a")}
             for run_id, version in committed:
                 assert runs[run_id]["state"] == "finished"
                 assert adapters[version]["run_id"] == run_id
             # Atomicity: every run has its adapter and audit row, and the other way round.
-            assert sorted(a["run_id"] for a in adapters.values()) == sorted(runs)
+            assert sorted(str(a["run_id"]) for a in adapters.values()) == sorted(runs)
             assert len(reg.audit_rows(action="test")) == len(runs)
             assert sorted(adapters) == list(range(1, len(adapters) + 1))
             if adapters:
-                assert reg.adapter_version("a@latest-good")["version"] == max(adapters)
+                assert reg.adapters.version("a@latest-good")["version"] == max(adapters)
             assert reg.verify_audit().ok
     elapsed = time.monotonic() - started
     print(f"{KILLS} kills, {len(committed)} reported commits, {elapsed:.1f} s")

@@ -19,15 +19,16 @@ from appliance.errors import PassphraseError, RegistryError, WorkspaceReadOnlyEr
 from appliance.folders import read_meta_file, sidecar_path
 from appliance.registry import Registry
 from appliance.registry import rebuild as rebuild_mod
+from appliance.registry.dataset_versions import DatasetVersions
 from appliance.registry.failures import (
     RegistryDamagedError,
     RegistryReadOnlyError,
     explain,
 )
 from appliance.registry.rebuild import rebuild_index
-from appliance.registry.verify import verify_workspace
 from appliance.unlocked import create_vault
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace, read_only_reason
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter
@@ -43,7 +44,7 @@ def vaulted(ws: Workspace, cheap_kdf: None) -> Vault:  # noqa: ARG001 (used for 
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
         store.import_file(vault, reg, DATA / "messages.jsonl", "m")
         store.import_file(vault, reg, DATA / "text.txt", "t")
-        store.delete_version(vault, reg, reg.dataset_version("t", 1))
+        store.delete_version(vault, reg, reg.datasets.version("t", 1))
         store.import_file(vault, reg, DATA / "text.txt", "t")
     return vault
 
@@ -101,9 +102,9 @@ def test_truncated_registry_is_rebuilt_from_the_folders_with_the_key(vaulted: Va
     assert [p.read_bytes() for p in kept if not p.name.endswith("-wal")] == [damaged]
 
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg:
-        assert [(d["name"], d["version"]) for d in reg.dataset_versions()] == [("m", 1), ("t", 2)]
-        assert reg.dataset_version("t", 1, include_deleted=True)["deleted_at"] is not None
-        rows = store.load_rows(vaulted, reg.dataset_version("m"))
+        assert [(d["name"], d["version"]) for d in reg.datasets.versions()] == [("m", 1), ("t", 2)]
+        assert reg.datasets.version("t", 1, include_deleted=True)["deleted_at"] is not None
+        rows = store.load_rows(vaulted, reg.datasets.version("m"))
         assert len(rows) == 2
         chain = reg.verify_audit()
         assert chain.ok
@@ -114,7 +115,7 @@ def test_truncated_registry_is_rebuilt_from_the_folders_with_the_key(vaulted: Va
         report = verify_workspace(ws, reg)
         assert report.ok, report.findings
         # A deleted version's number is never given out again, even after a rebuild.
-        version = reg.add_dataset_version("t", path=None)
+        version = reg.datasets.add_version("t", path=None)
         assert version == 3
     # The second run finds a healthy registry and leaves it alone.
     again = rebuild_index(ws, vaulted.audit_key)
@@ -160,7 +161,7 @@ def test_healthy_registry_is_completed_in_place_never_replaced(vaulted: Vault) -
     assert ws.registry_path.stat().st_ino == inode
     assert not list(ws.home.glob("registry.sqlite.damaged-*"))
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg:
-        assert reg.dataset_version("m")["version"] == 1
+        assert reg.datasets.version("m")["version"] == 1
         assert reg.audit_rows()[-1]["details"]["in_place"] is True
 
 
@@ -177,7 +178,7 @@ def test_registry_of_a_newer_version_is_left_alone(ws: Workspace) -> None:
 def test_dataset_versions_describe_themselves(vaulted: Vault) -> None:
     ws = vaulted.ws
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg:
-        versions = reg.dataset_versions(include_deleted=True)
+        versions = reg.datasets.versions(include_deleted=True)
     for row in versions:
         kind, record = read_meta_file(sidecar_path(ws.home / row["path"]))
         assert kind == "dataset_version"
@@ -198,10 +199,10 @@ def test_failed_import_leaves_neither_file_nor_metadata(
     ws = vaulted.ws
     before = sorted(p.name for p in ws.datasets_dir.iterdir())
 
-    def fail(_self: Registry) -> list[str]:
+    def fail(_self: DatasetVersions) -> list[str]:
         raise RegistryError("simulated failure after the metadata file was written")
 
-    monkeypatch.setattr(Registry, "backfill_dataset_meta", fail)
+    monkeypatch.setattr(DatasetVersions, "backfill_meta", fail)
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg, pytest.raises(RegistryError):
         store.import_file(vaulted, reg, DATA / "alpaca.jsonl", "a")
     assert sorted(p.name for p in ws.datasets_dir.iterdir()) == before
@@ -210,7 +211,7 @@ def test_failed_import_leaves_neither_file_nor_metadata(
 def test_versions_from_older_releases_get_their_metadata(vaulted: Vault) -> None:
     ws = vaulted.ws
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg:
-        m = reg.dataset_version("m")
+        m = reg.datasets.version("m")
     meta = sidecar_path(ws.home / m["path"])
     meta.unlink()  # as written by a release before datasets carried metadata
     with Registry.open(ws, audit_key=vaulted.audit_key, readonly=True) as reg:
@@ -235,7 +236,7 @@ def test_legacy_dataset_is_salvaged_from_a_damaged_registry_when_readable(
 ) -> None:
     ws = vaulted.ws
     with Registry.open(ws, audit_key=vaulted.audit_key) as reg:
-        meta = sidecar_path(ws.home / reg.dataset_version("m")["path"])
+        meta = sidecar_path(ws.home / reg.datasets.version("m")["path"])
     meta.unlink()
     _corrupt_table(ws.registry_path, "audit")
     actions = rebuild_index(ws, vaulted.audit_key)
@@ -255,7 +256,7 @@ def small(ws: Workspace, tiny_llama: Path) -> Workspace:
     with Registry.open(ws) as reg:
         import_model(ws, reg, tiny_llama, "base")
         add_adapter(reg, "a", dataset=None)
-        reg.set_tag("a@1", "production")
+        reg.tags.set("a@1", "production")
     return ws
 
 
@@ -389,23 +390,23 @@ def test_read_only_workspace_reads_and_refuses_writes_clearly(
             assert "damaged" not in refused.err_lines[0]
     assert small.registry_path.read_bytes() == before
     with Registry.open(small) as reg:
-        assert reg.adapter_version("a@production")["version"] == 1
+        assert reg.adapters.version("a@production")["version"] == 1
 
 
 def test_reader_opens_the_registry_read_only(small: Workspace) -> None:
     with Registry.open(small, readonly=True) as reg:
         assert reg.readonly
-        assert reg.adapter_version("a")["version"] == 1
+        assert reg.adapters.version("a")["version"] == 1
         with pytest.raises(RegistryError, match="opened read-only"):
-            reg.set_tag("a@1", "x")
+            reg.tags.set("a@1", "x")
     with Registry.open(small) as reg:
-        assert [t["tag"] for t in reg.tags("a")] == ["production"]
+        assert [t["tag"] for t in reg.tags.all("a")] == ["production"]
 
 
 def test_fresh_workspace_registry_is_created_by_a_reader(tmp_path: Path) -> None:
     fresh, _ = workspace.init(tmp_path / "fresh")
     with Registry.open(fresh, readonly=True) as reg:
-        assert reg.dataset_versions() == []
+        assert reg.datasets.versions() == []
     assert fresh.registry_path.is_file()
 
 

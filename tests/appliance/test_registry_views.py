@@ -34,7 +34,7 @@ def reg(ws: Workspace) -> Iterator[Registry]:
     with Registry.open(ws) as registry:
         add_fake_model(registry, "base")
         other = add_fake_model(registry, "other-base")
-        registry.db.table("base_models").update(other, {"sha256": "ef" * 32})
+        registry.core.db.table("base_models").update(other, {"sha256": "ef" * 32})
         add_dataset(registry, "docs")
         add_dataset(registry, "docs", sha256="99" * 32)
         add_dataset(registry, "faq", sha256="77" * 32)
@@ -42,7 +42,7 @@ def reg(ws: Workspace) -> Iterator[Registry]:
 
 
 def _write_events(reg: Registry, run_id: str, events: list[ev.Event]) -> Path:
-    folder = reg.ws.home / reg.run(run_id)["path"]
+    folder = reg.ws.home / reg.runs.get(run_id)["path"]
     with ev.EventLog(folder / ev.METRICS_FILE) as log:
         for event in events:
             log.emit(event)
@@ -88,7 +88,7 @@ def test_catalog_groups_filters_and_sorts(reg: Registry) -> None:
     add_adapter(reg, "contracts", eval_loss=1.5, dataset="docs", dataset_version=1)
     add_adapter(reg, "contracts", eval_loss=0.9, dataset="docs", dataset_version=2)
     add_adapter(reg, "faq-bot", base="other-base", dataset="faq", eval_loss=1.2)
-    reg.set_tag("contracts@1", "production")
+    reg.tags.set("contracts@1", "production")
 
     groups = adapter_catalog(reg)
     assert [g.name for g in groups] == ["faq-bot", "contracts"]  # newest version first
@@ -124,13 +124,13 @@ def test_catalog_groups_filters_and_sorts(reg: Registry) -> None:
 def test_lineage_has_run_device_wall_time_and_exports(reg: Registry, tmp_path: Path) -> None:
     run_id, _ = add_adapter(reg, "contracts", config=BASE_CONFIG)
     _write_events(reg, run_id, _steps(run_id, [2.0, 1.5], 10))
-    reg.db.table("adapter_versions").update(
+    reg.core.db.table("adapter_versions").update(
         1, {"metrics": '{"eval_loss": 1.6, "wall_s": 12.5, "peak_memory": 123456}'}
     )
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.gguf").write_bytes(b"gguf")
-    reg.add_export(
+    reg.exports.add(
         "contracts@1",
         format="gguf",
         path=out,
@@ -228,15 +228,15 @@ def test_plan_tag_names_the_version_that_loses_it_and_history_records_moves(
     assert first.describe() == (
         "contracts@1 will be tagged production; no version of contracts has it now."
     )
-    reg.set_tag("contracts@1", "production")
+    reg.tags.set("contracts@1", "production")
     move = plan_tag(reg, "contracts@3", "production")
     assert (move.previous, move.target) == ("contracts@1", "contracts@3")
     assert move.describe() == (
         "The tag production will move from contracts@1 to contracts@3: contracts@1 loses it."
     )
-    reg.set_tag("contracts@3", "production")
-    reg.set_tag("contracts@2", "staging")
-    reg.remove_tag("contracts", "staging")
+    reg.tags.set("contracts@3", "production")
+    reg.tags.set("contracts@2", "staging")
+    reg.tags.remove("contracts", "staging")
     assert not plan_tag(reg, "contracts@3", "production").changes_anything
     history = tag_history(reg, "contracts")
     assert [(h.tag, h.action, h.version, h.previous) for h in history] == [
@@ -251,7 +251,7 @@ def test_plan_tag_names_the_version_that_loses_it_and_history_records_moves(
 
 def test_audit_log_filters_by_action_user_object_and_time(reg: Registry) -> None:
     add_adapter(reg, "contracts")
-    reg.set_tag("contracts@1", "staging")
+    reg.tags.set("contracts@1", "staging")
     log = audit_log(reg)
     assert log.total == len(log.entries) > 5
     assert "adapter" in log.actions
@@ -277,18 +277,18 @@ def test_audit_log_filters_by_action_user_object_and_time(reg: Registry) -> None
 def test_delete_is_refused_while_tagged_and_keeps_lineage_and_audit(reg: Registry) -> None:
     add_adapter(reg, "contracts")
     add_adapter(reg, "contracts")
-    reg.set_tag("contracts@1", "production")
-    folder = reg.ws.home / reg.adapter_version("contracts@1")["path"]
+    reg.tags.set("contracts@1", "production")
+    folder = reg.ws.home / reg.adapters.version("contracts@1")["path"]
     with pytest.raises(RegistryError, match=r"contracts@1 carries the tag\(s\) production; move"):
         adapters.delete_version(reg.ws, reg, "contracts@1")
     assert folder.is_dir()
-    reg.remove_tag("contracts", "production")
+    reg.tags.remove("contracts", "production")
     adapters.delete_version(reg.ws, reg, "contracts@1")
     assert not folder.exists()
     with pytest.raises(NotFoundError, match=r"adapter contracts@1 was deleted at .*; its lineage"):
-        reg.adapter_version("contracts@1")
-    assert reg.adapter_version("contracts")["version"] == 2
-    assert [a["ref"] for a in reg.adapter_versions()] == ["contracts@2"]
+        reg.adapters.version("contracts@1")
+    assert reg.adapters.version("contracts")["version"] == 2
+    assert [a["ref"] for a in reg.adapters.versions()] == ["contracts@2"]
     assert live_refs(reg) == ["contracts@2"]
     lineage = lineage_of(reg, "contracts@1")
     assert lineage.deleted_at is not None
@@ -309,7 +309,7 @@ def test_cli_adapter_delete(cli: CliRunner, ws: Workspace) -> None:
         add_dataset(registry)
         add_adapter(registry, "contracts")
         add_adapter(registry, "contracts")
-        registry.set_tag("contracts@2", "production")
+        registry.tags.set("contracts@2", "production")
     refused = cli("adapter", "delete", "contracts@2", "--yes")
     assert refused.returncode == 1
     assert refused.err_lines == [

@@ -184,7 +184,7 @@ def test_job_caches_encrypted_and_the_cache_is_reused(
     assert token_cache.cached_token_stats(vault, reg, "notes", "tiny") == stats
 
     # Encrypted: neither the rows' text nor the statistics' JSON lies anywhere in plaintext.
-    entry = token_cache.cache_path(ws, datasets.resolve(reg, "notes"), reg.base_model("tiny"))
+    entry = token_cache.cache_path(ws, datasets.resolve(reg, "notes"), reg.models.get("tiny"))
     assert entry.is_file()
     assert entry.parent == ws.datasets_dir / "token-stats"
     needles = [CANARY.encode(), CANARY.encode("utf-16-le"), b"first_learned", b'"lengths"']
@@ -195,7 +195,7 @@ def test_job_caches_encrypted_and_the_cache_is_reused(
 def test_damaged_moved_or_stale_entries_are_misses(env: Env) -> None:
     ws, vault, reg = env
     notes, docs = datasets.resolve(reg, "notes"), datasets.resolve(reg, "docs")
-    model = reg.base_model("tiny")
+    model = reg.models.get("tiny")
     key = token_cache.cache_key(vault)
     stats = TokenStats("docs@1", docs["sha256"], "tiny", model["sha256"], [3], [1], "t")
     path = token_cache.write_cache(ws, docs, model, key, stats)
@@ -226,7 +226,7 @@ def test_deleting_a_version_deletes_its_entries(env: Env, tmp_path: Path) -> Non
     source = tmp_path / "gone.jsonl"
     source.write_text('{"text": "short lived"}\n{"text": "another"}\n')
     version, _ = datasets.import_file(vault, reg, source, "gone", eval_fraction=0)
-    model = reg.base_model("tiny")
+    model = reg.models.get("tiny")
     stats = TokenStats("gone@1", version["sha256"], "tiny", model["sha256"], [4, 2], [1, 1], "tt")
     path = token_cache.write_cache(ws, version, model, token_cache.cache_key(vault), stats)
     assert token_cache.cached_token_stats(vault, reg, "gone", "tiny") == stats

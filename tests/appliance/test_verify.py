@@ -12,7 +12,7 @@ from appliance.fsutil import sha256_file
 from appliance.models import import_model
 from appliance.registry import Registry
 from appliance.registry.rebuild import rebuild_index
-from appliance.registry.verify import verify_workspace
+from appliance.verify import verify_workspace
 from appliance.workspace import Workspace
 from tests.helpers.cli import CliRunner
 from tests.helpers.registry_data import add_adapter, add_dataset
@@ -32,11 +32,11 @@ def filled(ws: Workspace, tiny_llama: Path) -> Workspace:
         import_model(ws, reg, tiny_llama, "base")
         add_dataset(reg, path="datasets/docs-1.enc", file_sha256=sha256_file(data))
         add_adapter(reg, "a")
-        reg.set_tag("a@1", "production")
+        reg.tags.set("a@1", "production")
         export = _export_path(ws)
         export.parent.mkdir()
         export.write_bytes(b"gguf bytes")
-        reg.add_export("a@1", format="gguf", path=export)
+        reg.exports.add("a@1", format="gguf", path=export)
     return ws
 
 
@@ -136,7 +136,7 @@ def test_audit_tampering_and_unregistered_folders_are_findings(filled: Workspace
 
 def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: CliRunner) -> None:
     with Registry.open(filled) as reg:
-        before = reg.adapter_lineage("a@1")
+        before = reg.adapters.lineage("a@1")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{filled.registry_path}{suffix}").unlink(missing_ok=True)
     # A workspace of an earlier version has an exports/ folder; somebody left a file there.
@@ -161,8 +161,9 @@ def test_rebuild_index_restores_rows_from_meta_files(filled: Workspace, cli: Cli
     # rebuilt from nothing has none, and the exported file is left alone.
     assert _export_path(filled).is_file()
     with Registry.open(filled) as reg:
-        after = reg.adapter_lineage("a@1")
-        assert reg.base_model("base")["sha256"] == before["base_model"]["sha256"]
+        after = reg.adapters.lineage("a@1")
+        assert before["base_model"] is not None
+        assert reg.models.get("base")["sha256"] == before["base_model"]["sha256"]
         assert [r["action"] for r in reg.audit_rows()] == ["registry.rebuild"]
     for key in ("sha256", "metrics", "lib_versions", "config", "seed", "base_model", "path"):
         assert after[key] == before[key], key
@@ -187,14 +188,16 @@ def test_damaged_database_is_kept_aside_and_rebuilt(filled: Workspace, cli: CliR
     assert len(kept) == 1
     assert kept[0].read_bytes() == b"garbage" * 1000
     with Registry.open(filled) as reg:
-        assert reg.adapter_version("a")["version"] == 1
-        assert reg.dataset_version("docs")["version"] == 1
+        assert reg.adapters.version("a")["version"] == 1
+        assert reg.datasets.version("docs")["version"] == 1
 
 
 def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Workspace) -> None:
     with Registry.open(filled) as reg:
-        reg.add_evaluation("a@1", dataset="docs", dataset_version=1, split="eval", metrics={"x": 1})
-        reg.set_golden_set("a", "docs", 1)
+        reg.evaluations.add(
+            "a@1", dataset="docs", dataset_version=1, split="eval", metrics={"x": 1}
+        )
+        reg.golden_sets.set("a", "docs", 1)
     # A database that opens but fails integrity_check: corrupt an index page's content.
     with Registry.open(filled) as reg:
         reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -214,8 +217,10 @@ def test_rebuild_salvages_tags_and_exports_from_a_damaged_database(filled: Works
     assert "salvaged an evaluation of a@1 on docs@1" in actions
     assert "salvaged the golden set of a" in actions
     with Registry.open(filled) as reg:
-        assert reg.adapter_lineage("a@production")["dataset"]["name"] == "docs"
-        assert [e["metrics"] for e in reg.evaluations("a@1")] == [{"x": 1}]
-        golden = reg.golden_set("a")
+        dataset = reg.adapters.lineage("a@production")["dataset"]
+        assert dataset is not None
+        assert dataset["name"] == "docs"
+        assert [e["metrics"] for e in reg.evaluations.all("a@1")] == [{"x": 1}]
+        golden = reg.golden_sets.get("a")
         assert golden is not None
         assert verify_workspace(filled, reg).ok

@@ -65,9 +65,9 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(quillmere: QuillmereRun)
     assert outcome.state == "finished", outcome
     assert outcome.adapter == "quillmere@1"
     with Registry.open(quillmere.ws, audit_key=quillmere.vault.audit_key) as reg:
-        assert reg.run(quillmere.run_id)["state"] == "finished"
+        assert reg.runs.get(quillmere.run_id)["state"] == "finished"
         _, weights = adapters.load(quillmere.vault, reg, "quillmere@1")
-        lineage = reg.adapter_lineage("quillmere@1")
+        lineage = reg.adapters.lineage("quillmere@1")
 
     started = second[0]
     assert isinstance(started, ev.Started)
@@ -79,6 +79,7 @@ def test_smollm2_learns_made_up_facts_with_qlora_on_cpu(quillmere: QuillmereRun)
     assert done.eval_loss < 0.5 * base_eval, (base_eval, done.eval_loss)
     steps = [e for e in first + second if isinstance(e, ev.Step)]
     assert steps[-1].loss < steps[0].loss
+    assert lineage["base_model"] is not None
     assert lineage["base_model"]["name"] == "smollm2"
     assert lineage["metrics"]["eval_loss"] == pytest.approx(done.eval_loss)
 

@@ -13,6 +13,7 @@ from pytestqt.qtbot import QtBot
 from appliance import datasets
 from appliance.datasets import token_cache
 from appliance.models import import_model
+from appliance.registry.rows import DatasetVersionRow
 from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
@@ -32,7 +33,7 @@ def workspace(ws: Workspace) -> UnlockedWorkspace:
     return UnlockedWorkspace(Vault.create(ws, PASSPHRASE, "alice", target_s=0))
 
 
-def _import(workspace: UnlockedWorkspace, path: Path, name: str) -> dict[str, Any]:
+def _import(workspace: UnlockedWorkspace, path: Path, name: str) -> DatasetVersionRow:
     with workspace.registry() as reg:
         version, _ = datasets.import_file(workspace.vault, reg, path, name)
     return version
@@ -152,7 +153,8 @@ def test_delete_names_the_adapters_and_keeps_lineage(
     assert list(page._items) == ["orgfacts@2"]
     assert not (workspace.ws.home / first["path"]).exists()
     with workspace.registry() as reg:
-        lineage = reg.adapter_lineage("legal@1")
+        lineage = reg.adapters.lineage("legal@1")
+        assert lineage["dataset"] is not None
         assert lineage["dataset"]["sha256"] == first["sha256"]
     task = page.delete("orgfacts", None)
     assert task is not None

@@ -37,7 +37,7 @@ FACTS = [
 
 
 def _score(reg: Registry, ref: str, loss: float, contains: float = 0.5) -> int:
-    return reg.add_evaluation(
+    return reg.evaluations.add(
         ref,
         dataset="golden",
         dataset_version=1,
@@ -66,7 +66,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     qtbot: QtBot, workspace: UnlockedWorkspace
 ) -> None:
     with workspace.registry() as reg:
-        reg.set_golden_set("legal", "golden", 1)
+        reg.golden_sets.set("legal", "golden", 1)
         _score(reg, "legal@1", 0.4471)
         gate.promote(reg, "legal@1")
         _score(reg, "legal@2", 0.5120)
@@ -101,7 +101,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert not promote.override_button.isEnabled()
     assert promote.promote_anyway() is None  # no reason, no move
     with workspace.registry() as reg:
-        assert reg.adapter_version("legal@production")["ref"] == "legal@1"
+        assert reg.adapters.version("legal@production")["ref"] == "legal@1"
 
     promote.reason.setText("hotfix approved by J. Doe")
     assert promote.override_button.isEnabled()
@@ -111,7 +111,7 @@ def test_the_gate_refuses_a_worse_version_with_both_figures_and_audits_an_overri
     assert "Promoted anyway; the reason is in the audit log." in promote.status.text()
     assert not promote.override_row.isVisibleTo(panel)
     with workspace.registry() as reg:
-        assert reg.adapter_version("legal@production")["ref"] == "legal@2"
+        assert reg.adapters.version("legal@production")["ref"] == "legal@2"
         audit = reg.audit_rows(limit=1)[0]
     assert (audit["action"], audit["object"]) == ("adapter.tag", "legal@2")
     assert audit["user"] == os_user()
@@ -198,7 +198,7 @@ def test_evaluate_stores_figures_and_cancel_stores_nothing(
     assert "/3 (" in runner.table.cell(1, "contains")
     assert "golden@3 (all: 3 rows, 3 with a short reference answer" in runner.status.text()
     with tiny_store.registry() as reg:
-        stored = reg.evaluations("legal@1")
+        stored = reg.evaluations.all("legal@1")
     assert [e["id"] for e in stored] == [a["evaluation_id"] for a in result["adapters"]]
 
     # Cancel while the child works: nothing stored.
@@ -210,15 +210,15 @@ def test_evaluate_stores_figures_and_cancel_stores_nothing(
     assert runner.status.text() == "Evaluation cancelled; nothing was stored."
     assert runner.evaluate_button.isEnabled()
     with tiny_store.registry() as reg:
-        assert len(reg.evaluations("legal@1")) == 1
+        assert len(reg.evaluations.all("legal@1")) == 1
 
 
 def test_promote_computes_the_missing_figures_first(
     qtbot: QtBot, tiny_store: UnlockedWorkspace
 ) -> None:
     with tiny_store.registry() as reg:
-        reg.set_tag("legal@1", "production")
-        reg.set_golden_set("legal", "golden", 3)
+        reg.tags.set("legal@1", "production")
+        reg.golden_sets.set("legal", "golden", 3)
     panel = EvaluationsPanel(tiny_store)
     qtbot.addWidget(panel)
     panel.show_version("legal@2")
@@ -231,7 +231,7 @@ def test_promote_computes_the_missing_figures_first(
     assert status.endswith("the gate passes.")
     with tiny_store.registry() as reg:
         for ref in ("legal@1", "legal@2"):
-            rows = [e for e in reg.evaluations(ref) if e["split"] == "all"]
+            rows = [e for e in reg.evaluations.all(ref) if e["split"] == "all"]
             assert rows[-1]["dataset"] == "golden@3"
         audit = reg.audit_rows(limit=1)[0]
     assert audit["details"]["gate"]["passed"] is True

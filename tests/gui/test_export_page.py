@@ -15,9 +15,9 @@ from pytestqt.qtbot import QtBot
 from appliance import adapters, destinations
 from appliance.export import card, preflight
 from appliance.registry import Registry
-from appliance.registry.verify import verify_workspace
 from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
+from appliance.verify import verify_workspace
 from gui.pages.export import ExportPage
 from tests.helpers.adapters import make_adapter, tiny_adapter_store
 from tests.helpers.tables import table_item
@@ -163,7 +163,7 @@ def test_cancel_mid_export_leaves_the_destination_empty(
     assert _left(out) == []
     assert page.result_view.isHidden()
     with Registry.open(store.ws) as reg:
-        assert [e for e in reg.exports() if e["path"] == str(out)] == []
+        assert [e for e in reg.exports.all() if e["path"] == str(out)] == []
     with store.ws.writer("test", wait_s=0):
         pass  # the child released the writer lock
     assert page.start_button.isEnabled()

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +17,7 @@ from pytestqt.qtbot import QtBot
 
 from appliance import datasets
 from appliance.datasets.problems import DatasetValidationError
+from appliance.registry.rows import DatasetVersionRow
 from appliance.unlocked import UnlockedWorkspace
 from appliance.vault import Vault
 from appliance.workspace import Workspace
@@ -42,7 +42,7 @@ def _stored_files(ws: Workspace) -> list[Path]:
 
 def _versions(workspace: UnlockedWorkspace) -> list[str]:
     with workspace.registry() as reg:
-        return [f"{v['name']}@{v['version']}" for v in reg.dataset_versions(include_deleted=True)]
+        return [f"{v['name']}@{v['version']}" for v in reg.datasets.versions(include_deleted=True)]
 
 
 def _open(
@@ -60,7 +60,7 @@ def _settle(qtbot: QtBot, wizard: ImportWizard) -> None:
     qtbot.waitUntil(lambda: not wizard.busy, timeout=WAIT_MS)
 
 
-def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> dict[str, Any]:
+def _import(qtbot: QtBot, wizard: ImportWizard, name: str) -> DatasetVersionRow:
     wizard.new_radio.setChecked(True)
     wizard.name_edit.setText(name)
     assert wizard.import_button.isEnabled(), wizard.error_label.text()

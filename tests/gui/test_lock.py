@@ -167,7 +167,7 @@ def test_a_lock_during_an_import_waits_for_it_before_the_key_goes(
     assert list(workspace.ws.tmp_dir.iterdir()) == []
     fresh = Vault.unlock(workspace.ws, PASSPHRASE)
     with UnlockedWorkspace(fresh).registry() as reg:
-        versions = reg.dataset_versions(include_deleted=True)
+        versions = reg.datasets.versions(include_deleted=True)
     assert [v["name"] for v in versions] in (["large", "orgfacts"], ["orgfacts"])
     # Each version's encrypted file and the metadata file beside it, nothing else.
     assert sorted(p.name for p in workspace.ws.datasets_dir.iterdir()) == sorted(

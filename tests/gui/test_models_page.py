@@ -52,7 +52,7 @@ def _stages(page: ModelsPage, job: JobProcess) -> list[str]:
 def _nothing_left(workspace: UnlockedWorkspace, name: str) -> None:
     """No registry row, no model folder, no staging folder, and the writer lock is free."""
     with workspace.registry() as reg, pytest.raises(NotFoundError):
-        reg.base_model(name)
+        reg.models.get(name)
     assert not (workspace.ws.models_dir / name).exists()
     assert list(workspace.ws.tmp_dir.iterdir()) == []
     with workspace.ws.writer("test", wait_s=0):
@@ -85,7 +85,7 @@ def test_import_runs_in_a_child_and_lists_the_model(
     assert not page.progress.isVisible()
     assert page.status.text() == "Imported tiny (LlamaForCausalLM)."
     with workspace.registry() as reg:
-        assert reg.base_model("tiny")["architecture"] == "LlamaForCausalLM"
+        assert reg.models.get("tiny")["architecture"] == "LlamaForCausalLM"
         (audit,) = reg.audit_rows(action="model.import")
         assert audit["keyed"]  # the job was handed the audit key over its stdin
         assert reg.verify_audit().ok
@@ -131,7 +131,7 @@ def test_a_stuck_import_can_be_killed_and_the_next_one_cleans_up(
     )
     assert page.names() == []
     with workspace.registry() as reg, pytest.raises(NotFoundError):
-        reg.base_model("tiny")
+        reg.models.get("tiny")
     # SIGKILL left the staged copy, named after its (now dead) process; the next import (a
     # writer) removes it, then succeeds.
     [staged] = list(workspace.ws.tmp_dir.iterdir())
@@ -160,7 +160,7 @@ def test_gguf_import_converts_in_the_child(
         "Verifying: %p%",
     ]
     with workspace.registry() as reg:
-        model = reg.base_model("tiny-gguf")
+        model = reg.models.get("tiny-gguf")
     assert (model["format"], model["dtype"]) == ("gguf", "bfloat16")
     assert page.names() == ["tiny-gguf"]
 
@@ -221,7 +221,7 @@ def test_start_up_settles_runs_whose_process_is_gone(
     gone = subprocess.Popen(["true"])
     gone.wait()
     with workspace.registry() as reg:
-        run_id = reg.add_run(
+        run_id = reg.runs.add(
             base_model="tiny", config={}, dataset="facts", state="running", pid=gone.pid
         )
     window = MainWindow(vault.ws.home, workspace=workspace)
@@ -232,6 +232,6 @@ def test_start_up_settles_runs_whose_process_is_gone(
         pass
     assert task.error is None
     with workspace.registry() as reg:
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
     assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
     assert run_id in window.statusBar().currentMessage()

@@ -202,7 +202,7 @@ def test_an_adapter_whose_base_model_was_deleted_is_refused_in_the_page(
     page = _page(qtbot, UnlockedWorkspace(vault))
     page.choose("tiny", ref, None)
     with Registry.open(ws, audit_key=vault.audit_key) as reg:
-        shutil.rmtree(ws.home / reg.base_model("tiny")["path"])
+        shutil.rmtree(ws.home / reg.models.get("tiny")["path"])
         reg.conn.execute("UPDATE base_models SET deleted_at = 'now' WHERE name = 'tiny'")
     page.prompt.setPlainText(QUESTION)
     assert page.send()

@@ -38,7 +38,7 @@ SETTINGS = {"max_new_tokens": 64, "reference_max_words": 32, "precision": "fp32"
 
 def _score(reg: Registry, ref: str, loss: float) -> int:
     """Figures on golden set docs@1 as an ``eval`` job stores them."""
-    return reg.add_evaluation(
+    return reg.evaluations.add(
         ref,
         dataset="docs",
         dataset_version=1,
@@ -112,7 +112,7 @@ def test_compare_shows_exactly_the_changed_settings_and_both_curves(
 
     # Both runs' curves, with every point of their metrics.jsonl.
     with Registry.open(trained.ws) as reg:
-        runs = [reg.adapter_version(ref)["run_id"] for ref in comparison.refs]
+        runs = [str(reg.adapters.version(ref)["run_id"]) for ref in comparison.refs]
     for ref, run_id in zip(comparison.refs, runs, strict=True):
         events = list(ev.replay(run_folder(trained, run_id) / ev.METRICS_FILE))
         steps = [e for e in events if isinstance(e, ev.Step)]
@@ -221,7 +221,7 @@ def test_tag_from_the_page_shows_the_move_and_the_cli_sees_it(qtbot: QtBot, ligh
 
 def test_delete_is_refused_while_tagged_and_keeps_the_lineage(qtbot: QtBot, light: Vault) -> None:
     with Registry.open(light.ws, audit_key=light.audit_key) as reg:
-        reg.set_tag("contracts@2", "staging")
+        reg.tags.set("contracts@2", "staging")
         _score(reg, "contracts@1", 0.75)
     page = _page(qtbot, light)
     page.select("contracts@2")
@@ -298,9 +298,9 @@ def test_verify_highlights_the_first_bad_audit_row_and_says_what_to_do(
 
 def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault) -> None:
     with Registry.open(light.ws, audit_key=light.audit_key) as reg:
-        reg.set_golden_set("contracts", "docs", 1)
+        reg.golden_sets.set("contracts", "docs", 1)
         _score(reg, "contracts@1", 0.4471)
-        reg.set_tag("contracts@1", "production")
+        reg.tags.set("contracts@1", "production")
         _score(reg, "contracts@3", 0.5120)
     page = _page(qtbot, light)
     page.select("contracts@3")
@@ -335,7 +335,7 @@ def test_production_goes_through_the_golden_set_gate(qtbot: QtBot, light: Vault)
     assert promote.override_row.isVisibleTo(page)
     assert not promote.override_button.isEnabled()
     with Registry.open(light.ws) as reg:
-        assert reg.adapter_version("contracts@production")["ref"] == "contracts@1"
+        assert reg.adapters.version("contracts@production")["ref"] == "contracts@1"
 
     # Promote anyway with a reason: audited, and the page shows the move at once.
     promote.reason.setText("hotfix approved by J. Doe")
@@ -442,7 +442,7 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     result = done.args[0]
     (scored,) = result["adapters"]
     with Registry.open(trained.ws) as reg:
-        (stored,) = reg.evaluations("facts-adapter@1")
+        (stored,) = reg.evaluations.all("facts-adapter@1")
     assert stored["id"] == scored["evaluation_id"]
     loss = f"{scored['metrics']['answer_loss']:.4f}"
     # The panel and the lineage above it show the stored row at once.
@@ -475,7 +475,7 @@ def test_evaluate_from_the_page_in_a_real_child_and_locking_ends_one(
     qtbot.waitUntil(lambda: workspace.locked and not run.running, timeout=60_000)
     assert panel.table.rowCount() == 0
     with Registry.open(trained.ws) as reg:
-        assert len(reg.evaluations("facts-adapter@1")) == 1
+        assert len(reg.evaluations.all("facts-adapter@1")) == 1
     with qtbot.waitSignal(window.locker.unlocked, timeout=WAIT_MS):
         window.locker.screen.passphrase.setText(PASS_TRAINED)
         window.locker.screen.submit()

@@ -20,6 +20,7 @@ from pytestqt.qtbot import QtBot
 
 from appliance import datasets
 from appliance.registry import Registry
+from appliance.registry.rows import RunRow
 from appliance.training import runs
 from appliance.training.process import process_alive
 from appliance.training.progress import RunProgress
@@ -91,9 +92,9 @@ def _no_dialog() -> None:
     assert not shown, [w.windowTitle() for w in shown]
 
 
-def _runs(vault: Vault) -> list[dict[str, Any]]:
+def _runs(vault: Vault) -> list[RunRow]:
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        return reg.runs()
+        return reg.runs.all()
 
 
 def _recorded(vault: Vault, run_id: str) -> RunProgress:
@@ -223,8 +224,8 @@ def test_a_worker_printing_garbage_is_reported_in_the_page(
     assert any("lacks" in n or "missing" in n for n in page.notices), page.notices
     assert "fake worker is broken" in page.failure.text()
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        assert reg.run(result.run_id)["state"] == "failed"
-        assert [a for a in reg.adapter_versions() if a["name"] == "garbled"] == []
+        assert reg.runs.get(result.run_id)["state"] == "failed"
+        assert [a for a in reg.adapters.versions() if a["name"] == "garbled"] == []
     _no_dialog()
 
 

@@ -19,6 +19,7 @@ from appliance.adapters import AdapterWeights
 from appliance.errors import NotFoundError
 from appliance.models import import_model
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.vault import Vault
 from appliance.workspace import Workspace
 
@@ -45,10 +46,10 @@ def tiny_adapter_store(folder: Path, tiny_llama: Path) -> tuple[Vault, Registry,
     return vault, reg, ref
 
 
-def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> dict[str, Any]:
+def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> BaseModelRow:
     """The base model ``name``, imported from ``source`` (folder or .gguf) if not there yet."""
     try:
-        return reg.base_model(name)
+        return reg.models.get(name)
     except NotFoundError:
         return import_model(ws, reg, source, name)
 
@@ -56,7 +57,7 @@ def ensure_base_model(ws: Workspace, reg: Registry, source: Path, name: str) -> 
 def add_dataset_version(reg: Registry, name: str = "contracts", rows: int = 120) -> int:
     """A dataset version row with made-up but plausible fields (no data behind it)."""
     digest = hashlib.sha256(f"{name}:{rows}".encode()).hexdigest()
-    return reg.add_dataset_version(
+    return reg.datasets.add_version(
         name,
         sha256=digest,
         file_sha256=digest,
@@ -81,7 +82,7 @@ def add_finished_run(
 ) -> str:
     """A finished run of ``base_model`` on a new version of ``dataset``; returns its id."""
     version = add_dataset_version(reg, dataset)
-    return reg.add_run(
+    return reg.runs.add(
         base_model=base_model,
         dataset=dataset,
         dataset_version=version,

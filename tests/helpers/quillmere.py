@@ -16,6 +16,7 @@ import torch
 from appliance import datasets, workspace
 from appliance.models import import_model
 from appliance.registry import Registry
+from appliance.registry.rows import BaseModelRow
 from appliance.training import events as ev
 from appliance.training import runs
 from appliance.training.settings import build_config
@@ -45,7 +46,7 @@ class QuillmereRun:
 
     ws: workspace.Workspace
     vault: Vault
-    model_row: dict[str, Any]
+    model_row: BaseModelRow
     run_id: str
     first: list[ev.Event]
     """Events of the first launch (stopped at step ~20)."""
@@ -81,7 +82,7 @@ def train_quillmere(root: Path, smollm2_gguf: Path) -> QuillmereRun:
             if isinstance(event, ev.Step) and event.step == STOP_AT_STEP:
                 process.stop()
         first_outcome = runs.wait_settled(process, vault, reg)
-        state_after_first = reg.run(run_id)["state"]
+        state_after_first = reg.runs.get(run_id)["state"]
         # Second launch: resumed from that checkpoint to the end.
         second: list[ev.Event] = []
         second_outcome = None

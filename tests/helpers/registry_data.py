@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from appliance import adapter_folders
 from appliance.registry import Registry
 
 LIBS = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "bitsandbytes": "0.50.2"}
@@ -12,7 +13,7 @@ LIBS = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "bitsandb
 
 def add_fake_model(reg: Registry, name: str = "base") -> int:
     """A base model row without files (for registry-only tests)."""
-    return reg.add_base_model(
+    return reg.models.add(
         name,
         format="hf",
         source=f"/nowhere/{name}",
@@ -53,7 +54,7 @@ def add_dataset(reg: Registry, name: str = "docs", **extra: Any) -> int:
         "stats": {"tokens": 99},
     }
     fields.update(extra)
-    return reg.add_dataset_version(name, **fields)
+    return reg.datasets.add_version(name, **fields)
 
 
 def add_adapter(
@@ -68,22 +69,23 @@ def add_adapter(
     config: dict[str, Any] | None = None,
 ) -> tuple[str, int]:
     """A finished run and its adapter version (moved in from tmp/); returns (run id, version)."""
-    run_id = reg.add_run(
+    run_id = reg.runs.add(
         base_model=base,
         dataset=dataset,
         dataset_version=dataset_version,
         config=config if config is not None else {"lora_r": 8, "lr": 2e-4, "seed": 3},
         seed=3,
     )
-    reg.update_run(run_id, state="running", pid=4242)
-    reg.update_run(run_id, state="finished")
+    reg.runs.update(run_id, state="running", pid=4242)
+    reg.runs.update(run_id, state="finished")
     staged = reg.ws.tmp_dir / f"adapter-{run_id}"
     staged.mkdir()
     (staged / "adapter.enc").write_bytes(content)
-    version = reg.add_adapter_version(
+    version = adapter_folders.place(
+        reg,
         name,
+        staged,
         run_id=run_id,
-        move_from=staged,
         metrics={"eval_loss": eval_loss, "train_loss": 1.0},
         lib_versions=LIBS,
     )
@@ -91,4 +93,4 @@ def add_adapter(
 
 
 def adapter_dir(reg: Registry, ref: str) -> Path:
-    return reg.ws.home / reg.adapter_version(ref)["path"]
+    return reg.ws.home / reg.adapters.version(ref)["path"]

@@ -151,7 +151,7 @@ def train_adapter(vault: Vault, config: TrainConfig, adapter: str = "facts-adapt
 
     run_id = new_run(vault, config, adapter)
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        reg.update_run(run_id, state="running", pid=None)
+        reg.runs.update(run_id, state="running", pid=None)
     with ev.EventLog(run_folder(vault, run_id) / ev.METRICS_FILE) as log:
         trainer = trainer_for(vault, run_id, log)
         assert trainer.run() == "finished"

@@ -190,7 +190,7 @@ def test_two_processes_equal_one_with_twice_the_micro_batch(
     folder = run_folder(vault, run_id)
     assert "[rank 1]" in (folder / LOG_FILE).read_text()
     with _registry(vault) as reg:
-        placement = reg.adapter_lineage("two@1")["metrics"]["placement"]
+        placement = reg.adapters.lineage("two@1")["metrics"]["placement"]
     assert placement == [
         {
             "start_step": 0,

@@ -28,11 +28,11 @@ def test_a_run_whose_process_is_gone_is_lost_settled_or_not(setup: Any) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        lost = reg.add_run(
+        lost = reg.runs.add(
             base_model="tiny", config={}, dataset="facts", state="running", pid=gone.pid
         )
-        failed = reg.add_run(base_model="tiny", config={}, dataset="facts", state="failed")
-        reg.update_run(failed, failure_reason="dataset facts version 1 was deleted")
+        failed = reg.runs.add(base_model="tiny", config={}, dataset="facts", state="failed")
+        reg.runs.update(failed, failure_reason="dataset facts version 1 was deleted")
         found = {s.run_id: s for s in run_summaries(vault.ws.home, reg)}
         assert (found[lost].state, found[lost].message, found[lost].live) == (
             "lost",
@@ -50,7 +50,7 @@ def test_a_run_whose_process_is_gone_is_lost_settled_or_not(setup: Any) -> None:
         runs.reconcile(vault, reg)
         again = {s.run_id: s for s in run_summaries(vault.ws.home, reg)}
         assert (again[lost].state, again[lost].message) == ("lost", "process lost")
-        assert reg.run(lost)["state"] == "failed"
+        assert reg.runs.get(lost)["state"] == "failed"
         # Newest first.
         order = [s.run_id for s in run_summaries(vault.ws.home, reg)]
         assert order.index(failed) < order.index(queued)
@@ -59,7 +59,7 @@ def test_a_run_whose_process_is_gone_is_lost_settled_or_not(setup: Any) -> None:
 def test_sequences_longer_than_the_models_context_are_refused(setup: Any) -> None:
     _ws, vault = setup
     with Registry.open(vault.ws, audit_key=vault.audit_key) as reg:
-        before = len(reg.runs())
+        before = len(reg.runs.all())
         with pytest.raises(ConfigError) as info:
             runs.create_run(
                 vault,
@@ -73,8 +73,8 @@ def test_sequences_longer_than_the_models_context_are_refused(setup: Any) -> Non
             "invalid training config: data.max_seq_length is 1024, longer than the 512-token "
             "context of model tiny; set it to 512 or less"
         )
-        assert len(reg.runs()) == before  # nothing was made
-        runs.check_for_model(reg.base_model("tiny"), tiny_config("max_seq_length=512"))
+        assert len(reg.runs.all()) == before  # nothing was made
+        runs.check_for_model(reg.models.get("tiny"), tiny_config("max_seq_length=512"))
 
 
 def test_log_tail_keeps_what_a_terminal_shows(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
             outcome = runs.wait_settled(process, vault, reg)
             assert outcome.state == "failed", (seed, moment, outcome)
             assert "killed by SIGKILL" in (outcome.message or "")
-            assert reg.run(run_id)["state"] == "failed"
+            assert reg.runs.get(run_id)["state"] == "failed"
         if moment == "checkpoint save":
             partial = [p.name for p in (folder / CHECKPOINTS_DIR).iterdir()]
             assert any(name.startswith(".tmp-") for name in partial), partial

@@ -61,7 +61,7 @@ def test_registry_changes_keep_the_launch_section(setup: Any) -> None:
     launch = folder.launch()
     assert launch.adapter_name == "kept"
     with _registry(vault) as reg, vault.ws.writer("test"):
-        reg.update_run(run_id, state="failed", failure_reason="for the test")
+        reg.runs.update(run_id, state="failed", failure_reason="for the test")
     assert folder.launch() == launch  # the registry rewrote its record and kept the rest
     kind, record = read_meta(folder.path)
     assert (kind, record["state"], record["failure_reason"]) == ("run", "failed", "for the test")
@@ -91,12 +91,12 @@ def test_a_run_of_the_earlier_layout_settles_from_its_launch_offset(setup: Any) 
     gone = subprocess.Popen(["true"])
     gone.wait()
     with _registry(vault) as reg, vault.ws.writer("test"):
-        reg.update_run(run_id, state="running", pid=gone.pid)
+        reg.runs.update(run_id, state="running", pid=gone.pid)
     assert folder.launch().metrics_offset == len(first)
     assert folder.launch().adapter_name == "older"
     with _registry(vault) as reg:
         (outcome,) = [o for o in runs.reconcile(vault, reg) if o.run_id == run_id]
-        listed = {r["id"]: r["state"] for r in reg.runs()}
+        listed = {r["id"]: r["state"] for r in reg.runs.all()}
     assert (outcome.state, outcome.message) == ("stopped", "stopped at step 4")
     assert listed[run_id] == "stopped"
 

@@ -69,21 +69,25 @@ def test_detached_run_finishes_and_is_registered_by_reconcile(setup: Any) -> Non
     run_id = new_run(vault, config, adapter="facts-qa")
     folder = run_folder(vault, run_id)
     with _registry(vault) as reg:
-        assert reg.run(run_id)["state"] == "queued"
+        assert reg.runs.get(run_id)["state"] == "queued"
         process = runs.launch(vault, reg, run_id, detach=True, threads=1)
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
         assert (run["state"], run["pid"]) == ("running", process.pid)
         assert process_alive(process.pid, run_id)
         assert list(process.events()) == []  # detached: events go only to metrics.jsonl
         assert process.wait(timeout=120) == 0
         # No parent settled it; the next command that holds the vault does.
-        assert reg.run(run_id)["state"] == "running"
+        assert reg.runs.get(run_id)["state"] == "running"
         (settled,) = runs.reconcile(vault, reg)
         assert (settled.state, settled.adapter) == ("finished", "facts-qa@1")
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
         assert (run["state"], run["pid"]) == ("finished", None)
-        lineage = reg.adapter_lineage("facts-qa@1")
+        lineage = reg.adapters.lineage("facts-qa@1")
         assert runs.reconcile(vault, reg) == []
+    assert lineage["run"] is not None
+    assert lineage["base_model"] is not None
+    assert lineage["dataset"] is not None
+    assert lineage["config"] is not None
     assert lineage["run"]["id"] == run_id
     assert lineage["base_model"]["name"] == "tiny"
     assert (lineage["dataset"]["name"], lineage["dataset"]["version"]) == ("facts", 1)
@@ -168,9 +172,9 @@ def test_a_wrong_data_key_fails_clearly(setup: Any, monkeypatch: pytest.MonkeyPa
     assert "dataset facts version 1 cannot be decrypted with the key" in failed.message
     assert outcome.state == "failed"
     with _registry(vault) as reg:
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
     assert run["state"] == "failed"
-    assert "cannot be decrypted" in run["failure_reason"]
+    assert "cannot be decrypted" in (run["failure_reason"] or "")
 
 
 def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
@@ -191,16 +195,16 @@ def test_missing_dataset_and_invalid_config_are_refused(setup: Any) -> None:
                 runs.launch(vault, reg, run_id)
         finally:
             (vault.ws.home / "moved.enc").rename(vault.ws.home / version["path"])
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
     assert run["state"] == "failed"
-    assert "missing from the workspace" in run["failure_reason"]
+    assert "missing from the workspace" in (run["failure_reason"] or "")
 
     # A config that no longer validates (edited in the registry, which rewrites meta.json at
     # every change): the child reads it from meta.json and reports it.
     with _registry(vault) as reg:
-        config = reg.run(run_id)["config"]
+        config = reg.runs.get(run_id)["config"]
         config["schedule"]["micro_batch_size"] = 0
-        reg.update_run(run_id, config=config)
+        reg.runs.update(run_id, config=config)
     meta = json.loads((run_folder(vault, run_id) / "meta.json").read_text())
     assert meta["record"]["config"]["schedule"]["micro_batch_size"] == 0
     (failed,), outcome = _launch_and_settle(vault, run_id)
@@ -234,7 +238,7 @@ def test_a_crash_mid_run_is_reported(setup: Any, monkeypatch: pytest.MonkeyPatch
     last = (run_folder(vault, run_id) / LOG_FILE).read_text().splitlines()[-1]
     assert last.endswith(f"run {run_id} failed: {outcome.message}")
     with _registry(vault) as reg:
-        assert reg.run(run_id)["failure_reason"] == outcome.message
+        assert reg.runs.get(run_id)["failure_reason"] == outcome.message
 
 
 def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> None:
@@ -242,17 +246,17 @@ def test_runs_whose_process_is_gone_become_failed_process_lost(setup: Any) -> No
     gone = subprocess.Popen(["true"])
     gone.wait()
     with _registry(vault) as reg:
-        lost = reg.add_run(
+        lost = reg.runs.add(
             base_model="tiny", config={}, dataset="facts", state="running", pid=gone.pid
         )
         # A live process that is not this run's worker (a reused PID) does not count either.
-        reused = reg.add_run(
+        reused = reg.runs.add(
             base_model="tiny", config={}, dataset="facts", state="running", pid=os.getpid()
         )
         settled = {o.run_id: o for o in runs.reconcile(vault, reg)}
         assert settled[lost].state == settled[reused].state == "failed"
         for run_id in (lost, reused):
-            run = reg.run(run_id)
+            run = reg.runs.get(run_id)
             assert (run["state"], run["failure_reason"]) == ("failed", "process lost")
         with pytest.raises(UsageError, match="is failed, not running"):
             runs.stop_run(vault, reg, lost)
@@ -289,7 +293,7 @@ def test_stop_kills_a_child_that_does_not_stop_in_time(
         _wait_for_log_line(run_folder(vault, run_id) / LOG_FILE, "ignoring SIGTERM")
         outcome = runs.stop_run(vault, reg, run_id, timeout=1)
         assert process.wait(timeout=10) == -9
-        run = reg.run(run_id)
+        run = reg.runs.get(run_id)
     assert outcome.state == "failed"
     assert "did not stop within 1 s and was killed" in (outcome.message or "")
     assert run["state"] == "failed"

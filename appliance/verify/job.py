@@ -2,7 +2,7 @@
 
 Verifying re-hashes every model file, dataset, adapter and export: minutes on a large
 workspace, so the desktop app runs it as a job and shows its report. The report is the CLI's
-(:func:`~appliance.registry.verify.verify_workspace`), with the audit chain's problems as
+(:func:`~appliance.verify.verify_workspace`), with the audit chain's problems as
 ``(seq, what)`` pairs, so a view can point at the first bad row, and what to do about each
 kind of finding.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from appliance.registry.verify import VerifyReport, verify_workspace
+from appliance.verify import VerifyReport, verify_workspace
 
 if TYPE_CHECKING:
     from appliance.jobs.child import JobContext

@@ -1,6 +1,9 @@
 """``appliance verify``: the registry, every artifact's hash, the key slots, the audit chain
 and every file in the workspace, in one report (``--rebuild-index`` lives in
-:mod:`appliance.registry.rebuild`).
+:mod:`appliance.registry.rebuild`; the desktop app runs it as the job in :mod:`.job`).
+
+It sits above the layers it checks (registry, vault, models), so it imports each of them
+rather than the registry reaching up into the others.
 
 Each section runs on its own: a damaged page that makes one table unreadable is a finding of
 that section, and the others still run, so the report always ends with what to do.
@@ -18,10 +21,12 @@ from appliance import leftovers
 from appliance.errors import IntegrityError
 from appliance.folders import artifact_sha256, sidecar_path
 from appliance.fsutil import sha256_file
+from appliance.models.use import verify_model_files
 from appliance.registry import inventory
 from appliance.registry.failures import REBUILD_HINT
 from appliance.registry.schema import trigger_problems
 from appliance.units import format_bytes
+from appliance.vault import keyslots
 from appliance.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -107,8 +112,6 @@ def _database(section: Section, _ws: Workspace, reg: Registry) -> None:
 
 
 def _key_slots(section: Section, ws: Workspace, _reg: Registry) -> None:
-    from appliance.vault import keyslots
-
     slots, damaged = keyslots.scan_slots(ws)
     section.checked = len(slots) + len(damaged)
     section.findings += [
@@ -124,15 +127,13 @@ def _key_slots(section: Section, ws: Workspace, _reg: Registry) -> None:
 
 
 def _models(section: Section, ws: Workspace, reg: Registry) -> None:
-    from appliance.models.use import verify_model_files
-
-    for model in reg.base_models():
+    for model in reg.models.all():
         section.checked += 1
         section.findings += verify_model_files(ws, model, full=True)
 
 
 def _datasets(section: Section, ws: Workspace, reg: Registry) -> None:
-    for ds in reg.dataset_versions(include_deleted=True):
+    for ds in reg.datasets.versions(include_deleted=True):
         if not ds.get("path"):
             continue
         label = f"dataset {ds['name']}@{ds['version']}"
@@ -160,7 +161,7 @@ def _datasets(section: Section, ws: Workspace, reg: Registry) -> None:
 
 
 def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
-    for ad in reg.adapter_versions():
+    for ad in reg.adapters.versions():
         section.checked += 1
         problem = _check_artifact(ws.home / ad["path"], ad["sha256"])
         if problem:
@@ -168,7 +169,7 @@ def _adapters(section: Section, ws: Workspace, reg: Registry) -> None:
 
 
 def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
-    for ex in reg.exports():
+    for ex in reg.exports.all():
         section.checked += 1
         path = Path(ex["path"])  # absolute: exports lie outside the workspace
         problem = _check_artifact(path, ex["sha256"])
@@ -179,7 +180,7 @@ def _exports(section: Section, _ws: Workspace, reg: Registry) -> None:
 
 
 def _runs(section: Section, ws: Workspace, reg: Registry) -> None:
-    for run in reg.runs():
+    for run in reg.runs.all():
         section.checked += 1
         if run["path"] and not (ws.home / run["path"]).is_dir():
             section.warnings.append(f"run {run['id']}: folder {ws.home / run['path']} is missing")
