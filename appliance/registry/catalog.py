@@ -55,8 +55,8 @@ class VersionSummary:
             tags=tuple(row.get("tags") or ()),
             base_model=row.get("base_model"),
             dataset=dataset,
-            eval_loss=_number(metrics.get("eval_loss")),
-            train_loss=_number(metrics.get("train_loss")),
+            eval_loss=finite_number(metrics.get("eval_loss")),
+            train_loss=finite_number(metrics.get("train_loss")),
             created_at=row["created_at"],
             created_by=row["created_by"],
             run_id=row.get("run_id"),
@@ -64,7 +64,9 @@ class VersionSummary:
         )
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite int or float (not a bool), else None: metrics
+    read back from JSON may hold anything."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None

@@ -15,7 +15,7 @@ from typing import Any
 from appliance.errors import NotFoundError
 from appliance.events import EventError
 from appliance.registry import Registry
-from appliance.registry.catalog import _number
+from appliance.registry.catalog import finite_number
 from appliance.registry.refs import loads
 from appliance.registry.rows import EvaluationRow
 from appliance.training import events as ev
@@ -78,7 +78,7 @@ class ExportRecord:
 
     @property
     def max_abs_diff(self) -> float | None:
-        return _number(self.verification.get("max_abs_diff"))
+        return finite_number(self.verification.get("max_abs_diff"))
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def lineage_of(reg: Registry, ref: str) -> Lineage:
         row = reg.runs.get(data["run"]["id"])
         folder = reg.ws.home / row["path"] if row["path"] else None
         started = _started(folder) if folder is not None else None
-        wall = _number(metrics.get("wall_s"))
+        wall = finite_number(metrics.get("wall_s"))
         peak = metrics.get("peak_memory")
         run = RunSummary(
             id=row["id"],
