@@ -61,11 +61,14 @@ def test_counts_follow_the_chat_template(tiny_llama: Path) -> None:
 def test_model_by_name_or_folder(tmp_path: Path, tiny_llama: Path) -> None:
     ws, _ = workspace.init(tmp_path / "ws")
 
-    class Reg:
-        def base_model(self, name: str) -> dict[str, Any]:
+    class Models:
+        def get(self, name: str) -> dict[str, Any]:
             if name != "tiny":
                 raise NotFoundError(f"no base model named {name!r} (base models: tiny)")
             return {"name": "tiny", "path": "models/tiny/files"}
+
+    class Reg:
+        models = Models()
 
     folder = tokens.tokenizer_folder(ws, Reg(), "tiny")
     assert folder == (ws.home / "models/tiny/files", "model tiny")
