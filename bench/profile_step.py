@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoTokenizer
 
+    from appliance.training import allocator
     from appliance.training.batching import BatchPlan, Order
     from appliance.training.data import tokenise
     from appliance.training.loss import causal_lm_loss
@@ -58,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         if line.strip()
     ]
     examples = tokenise(rows, tokenizer, config.data).train
-    loaded = load_for_training(model_dir, config, cuda=False, dtype=torch.float32)
+    keep = not args.bare and config.gradient_checkpointing and config.speed.keep_matmuls != "off"
+    loaded = load_for_training(
+        model_dir, config, cuda=False, dtype=torch.float32, keep_matmuls=keep
+    )
+    if not args.bare and config.speed.release_memory:
+        allocator.trim_between_layers(loaded.model)
     order: Order = "random" if args.bare else "grouped"
     plan = BatchPlan(examples, config.schedule.micro_batch_size, config.seed, order=order)
     params = [p for p in loaded.model.parameters() if p.requires_grad]
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     step(0)  # warm-up
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         step(1)
+        allocator.trim()  # as the training loop does after each optimizer step
         step(2)
     table = prof.key_averages(group_by_input_shape=args.shapes).table(
         sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=45

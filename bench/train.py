@@ -41,6 +41,7 @@ ABLATIONS = {
     # name: the --set that turns one optimisation off, for a whole `appliance train` run
     "glibc memory release off": ["release_memory=false"],
     "full recompute (keep_matmuls off)": ["keep_matmuls=off"],
+    "peft's LoRA forward (fused_lora off)": ["fused_lora=false"],
 }
 
 VARIANTS = {

@@ -12,12 +12,16 @@ while loading) come from the heap, and freed heap memory stays resident. Two mea
   so it is lifted when loading ends;
 * after loading and after each optimizer step, ``malloc_trim(0)`` hands free heap pages back
   (RSS after steps: 1098 -> 736 MB, no measurable time);
-* and before each part of a decoder layer runs (attention, MLP, norms; in the forward pass and
-  in its recompute under checkpointing): the dequantised 4-bit weights (0.4-3.5 MB each) leave
-  holes in the heap that small long-lived blocks split, so each layer's buffers went to fresh
-  pages and a step ended with 250-300 MB freed but resident. Trimming there took the step's
-  peak of SmolLM2 QLoRA from 924-952 to 738-753 MiB at no measurable cost (step CPU time
-  20.6-20.8 s against 20-22 s; docs/benchmarks.md, "CPU memory").
+* and, between the parts of the decoder layers (attention, MLP, norms; in the forward pass and in
+  its recompute under checkpointing), whenever the resident size has grown by
+  :data:`TRIM_GROWTH` since the last trim. The dequantised 4-bit weights and each layer's
+  temporaries leave holes in the heap that small long-lived blocks split, so each layer's
+  buffers went to fresh pages: without trims the step's peak of SmolLM2 QLoRA was 1118-1135 MiB
+  in one process, with a trim before every part 939-955 MiB. But a trim hands back the pages the
+  next layer needs again at once, and refaulting them cost 25-30% of the step's CPU time; a trim
+  only once the heap has grown by 64 MiB (about every other layer for SmolLM2 at 4 x 60 tokens,
+  every layer for larger models) keeps the peak at 964 MiB for about a third of that cost
+  (docs/benchmarks.md, "CPU memory").
 
 Elsewhere than glibc (or where ``libc.so.6`` cannot be loaded) both are no-ops.
 """
@@ -27,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -39,6 +44,9 @@ LOADING_THRESHOLD = 128 * 1024
 """glibc's initial threshold, kept fixed while loading."""
 TRAINING_THRESHOLD = 32 * 1024 * 1024
 """glibc's largest dynamic threshold (64-bit), where it settles during training anyway."""
+TRIM_GROWTH = 64 * 1024 * 1024
+"""Resident growth since the last trim that triggers one between layer parts (measured: 16, 32,
+64, 96, 128 MiB; docs/benchmarks.md)."""
 
 
 @cache
@@ -73,20 +81,70 @@ def loading() -> Iterator[None]:
         libc.malloc_trim(0)
 
 
-def _trim_hook(_module: Any, _args: Any) -> None:
-    trim()
+def resident_reader() -> Callable[[], int | None]:
+    """A function that returns this process's resident bytes (``/proc/self/statm``, one
+    ``pread`` of a file kept open: a few microseconds), or None where that cannot be read."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:
+        return lambda: None
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def read() -> int | None:
+        try:
+            return int(os.pread(fd, 64, 0).split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            return None
+
+    return read
 
 
-def trim_between_layers(model: Any) -> int:
-    """Return free heap pages before each part of each of ``model``'s decoder layers runs.
+class GrowthTrimmer:
+    """Trims the heap when the resident size has grown by ``threshold`` bytes since the last trim.
+
+    A fall in the resident size (the trim after each optimizer step, memory handed back by
+    freeing) lowers the mark. Where the resident size cannot be read, every call trims.
+    """
+
+    def __init__(
+        self, threshold: int = TRIM_GROWTH, resident: Callable[[], int | None] | None = None
+    ) -> None:
+        self.threshold = threshold
+        self.trims = 0
+        self._resident = resident or resident_reader()
+        self._mark = self._resident()
+
+    def maybe_trim(self) -> bool:
+        """Trim if the resident size grew by the threshold since the mark; True if it trimmed."""
+        now = self._resident()
+        if now is not None and self._mark is not None and now - self._mark <= self.threshold:
+            self._mark = min(self._mark, now)
+            return False
+        trim()
+        self.trims += 1
+        self._mark = self._resident()
+        return True
+
+    def __call__(self, _module: Any, _args: Any) -> None:
+        """A forward pre-hook; returns None so the module's arguments stay as they are."""
+        self.maybe_trim()
+
+
+def trim_between_layers(
+    model: Any,
+    threshold: int = TRIM_GROWTH,
+    resident: Callable[[], int | None] | None = None,
+) -> GrowthTrimmer | None:
+    """Trim the heap between the parts of ``model``'s decoder layers once it has grown.
 
     The decoder layers are transformers' ``GradientCheckpointingLayer`` modules. Their own
     hooks stay outside the checkpoint (transformers checkpoints ``forward``, not the call), so
     the hook goes on each layer's children, which run again in the recompute of the backward
-    pass. Returns the number of modules hooked (0 where glibc is not there).
+    pass. Returns the trimmer (its ``trims`` counts them), None where glibc is not there or
+    the model has no such layers.
     """
     if _libc() is None:
-        return 0
+        return None
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     parts = [
@@ -95,6 +153,9 @@ def trim_between_layers(model: Any) -> int:
         if isinstance(module, GradientCheckpointingLayer)
         for child in module.children()
     ]
+    if not parts:
+        return None
+    trimmer = GrowthTrimmer(threshold, resident)
     for part in parts:
-        part.register_forward_pre_hook(_trim_hook)
-    return len(parts)
+        part.register_forward_pre_hook(trimmer)
+    return trimmer

@@ -231,9 +231,13 @@ class SpeedSettings:
     time, never the whole logits tensor (same loss and gradients, far less memory)."""
     fast_dropout: bool = True
     """On CPU, draw LoRA's dropout masks four values per random number instead of one."""
+    fused_lora: bool = True
+    """On CPU, add each LoRA product to the base projection's output inside its last matmul
+    (one pass) instead of copying, scaling and adding (three)."""
     release_memory: bool = True
-    """On CPU, hand freed memory back to the system while the model loads and after each step
-    (glibc), so the process's resident memory stays near what training needs."""
+    """On CPU, hand freed memory back to the system while the model loads, after each step, and
+    between decoder layers once the resident size has grown by 64 MiB (glibc), so the process's
+    resident memory stays near what training needs."""
     keep_matmuls: KeepMatmuls = "auto"
     """With gradient checkpointing, keep the frozen base's projection outputs for the backward
     pass instead of computing them again (a third less matmul work a step, for one value per

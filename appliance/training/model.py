@@ -201,6 +201,7 @@ def load_for_training(
             checkpointing; not under FSDP, whose checkpointed units were not verified with it).
     """
     from appliance.training.dropout import use_fast_dropout
+    from appliance.training.lora_forward import use_fused_forward
     from appliance.training.loss import hidden_state_loss_supported
 
     base = load_base(
@@ -225,6 +226,8 @@ def load_for_training(
     model = attach_lora(base, config)
     if not cuda and config.speed.fast_dropout:
         use_fast_dropout(model)
+    if not cuda and config.speed.fused_lora:
+        use_fused_forward(model)
     chunked = config.speed.chunked_loss and hidden_state_loss_supported(model)
     if config.speed.chunked_loss and not chunked:
         log.info("this model's logits are not a plain LM head: the loss uses whole logits")
