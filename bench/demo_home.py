@@ -23,6 +23,18 @@ DATASET = "orgfacts"
 DATA_FILE = ROOT / "tests" / "data" / "orgfacts" / "orgfacts.jsonl"
 
 
+def train_examples(tokenizer: Any, config: Any) -> list[Any]:
+    """The facts data's conversations tokenised as a run with ``config`` would (all train)."""
+    from appliance.training.data import tokenise
+
+    rows = [
+        {**json.loads(line), "split": "train"}
+        for line in DATA_FILE.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    return list(tokenise(rows, tokenizer, config.data).train)
+
+
 def env(home: Path) -> dict[str, str]:
     """The environment the ``appliance`` command runs in for the benchmarks."""
     return {

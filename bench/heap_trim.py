@@ -45,7 +45,6 @@ def child(variant: str, steps: int) -> dict[str, Any]:
 
     from appliance.training import allocator
     from appliance.training.batching import BatchPlan
-    from appliance.training.data import tokenise
     from appliance.training.loss import causal_lm_loss
     from appliance.training.model import MODES, load_for_training
     from appliance.training.settings import build_config
@@ -59,12 +58,7 @@ def child(variant: str, steps: int) -> dict[str, Any]:
          "micro_batch_size=4", "max_seq_length=256", "gradient_checkpointing=true", "seed=42"],
     )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = [
-        {**json.loads(line), "split": "train"}
-        for line in demo_home.DATA_FILE.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    examples = tokenise(rows, tokenizer, config.data).train
+    examples = demo_home.train_examples(tokenizer, config)
     torch.manual_seed(42)
     with allocator.loading():
         loaded = load_for_training(

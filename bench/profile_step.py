@@ -11,7 +11,6 @@ thread. Prints the operators by their own CPU time (``--shapes`` groups them by 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from appliance.training import allocator
     from appliance.training.batching import BatchPlan, Order
-    from appliance.training.data import tokenise
     from appliance.training.loss import causal_lm_loss
     from appliance.training.model import load_for_training
     from appliance.training.settings import build_config
@@ -53,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
              "chunked_loss=false", "fast_dropout=false"],
         )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = [
-        {**json.loads(line), "split": "train"}
-        for line in demo_home.DATA_FILE.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    examples = tokenise(rows, tokenizer, config.data).train
+    examples = demo_home.train_examples(tokenizer, config)
     keep = not args.bare and config.gradient_checkpointing and config.speed.keep_matmuls != "off"
     loaded = load_for_training(
         model_dir, config, cuda=False, dtype=torch.float32, keep_matmuls=keep

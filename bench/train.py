@@ -189,7 +189,6 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from appliance.training.batching import BatchPlan
-    from appliance.training.data import tokenise
     from appliance.training.dropout import FastDropout
     from appliance.training.loss import causal_lm_loss
     from appliance.training.model import MODES, enable_checkpointing, load_for_training
@@ -199,12 +198,7 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     config = build_config("balanced", settings(args))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = [
-        {**json.loads(line), "split": "train"}
-        for line in demo_home.DATA_FILE.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    examples = tokenise(rows, tokenizer, config.data).train
+    examples = demo_home.train_examples(tokenizer, config)
     pad_id = tokenizer.pad_token_id or 0
     torch.manual_seed(args.seed)
     loaded = load_for_training(
