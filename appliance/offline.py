@@ -23,6 +23,7 @@ own sockets, which the site's firewall must confine (docs/cluster.md).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -144,11 +145,28 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             _refuse("name lookup", sockaddr)
 
 
+HUB_KERNEL_LOGGERS = ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub")
+"""Where libraries log their refused attempt to fetch a kernel from the Hub: bitsandbytes, on
+CPUs with AVX-512 bf16, asks the ``kernels`` package for ``kernels-community``'s CPU kernel at
+import, which offline mode refuses (the audit hook would too), and then uses its own kernel.
+Two warning lines on every import that names a network source the appliance never uses."""
+
+
+class _HubKernelNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "kernels-community" not in message and "publisher trust check" not in message
+
+
 def enforce() -> None:
     """Put this process into no-egress mode. Idempotent; call it before any other import."""
     global _installed
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
+    for name in HUB_KERNEL_LOGGERS:
+        hub_logger = logging.getLogger(name)
+        if not any(isinstance(f, _HubKernelNoise) for f in hub_logger.filters):
+            hub_logger.addFilter(_HubKernelNoise())
     hub_constants = sys.modules.get("huggingface_hub.constants")
     if hub_constants is not None:
         # huggingface_hub read the environment when it was imported: correct its copy too.

@@ -226,7 +226,7 @@ def load_for_training(
     model = attach_lora(base, config)
     if not cuda and config.speed.fast_dropout:
         use_fast_dropout(model)
-    if not cuda and config.speed.fused_lora:
+    if not cuda and not fsdp and config.speed.fused_lora:  # FSDP holds flat parameters
         use_fused_forward(model)
     chunked = config.speed.chunked_loss and hidden_state_loss_supported(model)
     if config.speed.chunked_loss and not chunked:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -133,3 +134,17 @@ def test_hf_hub_is_switched_offline_even_if_imported_first() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_hub_kernel_fallback_lines_are_not_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """bitsandbytes on AVX-512 bf16 CPUs logs a refused Hub kernel fetch at every import."""
+    offline.enforce()
+    offline.enforce()  # idempotent: one filter
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    hub = logging.getLogger("kernels._internals.hf_hub")
+    assert len(bnb.filters) == len(hub.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: offline")
+        hub.warning("Skipping publisher trust check for 'x/y' because Hugging Face Hub is offline")
+        bnb.warning("some other fallback")
+    assert [r.getMessage() for r in caplog.records] == ["some other fallback"]
