@@ -165,8 +165,11 @@ def _merged_rows(layer: Any, adapter: str, name: str) -> Iterator[tuple[int, tor
     The arithmetic of peft's merge (the float32 product added to the weight in float32 and
     rounded once to its dtype; peft rounds the product first), but each temporary is a block of
     about 4 MB rather than a float32 copy of the layer. The sum is one GEMM into a float32 copy
-    of the rows (``addmm_``), and finiteness is checked with ``aminmax``: each several times
-    cheaper than a separate add and ``isfinite``. The block is reused: use it before the next.
+    of the rows (``addmm_``), rounded into a block buffer kept for the whole weight (a fresh one
+    per block was page faults every time). Finiteness is checked with the block's sum, which is
+    NaN or infinite whenever a value is (and, exceptionally, when finite values overflow it; then
+    ``aminmax`` decides): half the time of ``aminmax``, which was a quarter of the merge. The
+    block is reused: use it before taking the next.
 
     Raises:
         ExportError: a merged value is NaN or infinite.
@@ -179,15 +182,30 @@ def _merged_rows(layer: Any, adapter: str, name: str) -> Iterator[tuple[int, tor
     rows = _block_rows(a.shape[1])
     with torch.no_grad():
         buffer = torch.empty(min(rows, weight.shape[0]), weight.shape[1], dtype=torch.float32)
+        rounded = (
+            buffer
+            if weight.dtype == torch.float32
+            else torch.empty_like(buffer, dtype=weight.dtype)
+        )
         for start in range(0, weight.shape[0], rows):
             part = weight[start : start + rows]
             merged = buffer[: part.shape[0]].copy_(part).addmm_(b[start : start + rows], a)
-            block = merged.to(weight.dtype)
-            if block.numel():
-                low, high = torch.aminmax(block)  # NaN propagates into both
-                if not (math.isfinite(float(low)) and math.isfinite(float(high))):
-                    raise _nan_error(name)
+            block = rounded[: part.shape[0]]
+            if rounded is not buffer:
+                block.copy_(merged)
+            if block.numel() and not _all_finite(block):
+                raise _nan_error(name)
             yield start, block
+
+
+def _all_finite(block: torch.Tensor) -> bool:
+    """Whether every value of ``block`` is finite (its sum first; ``aminmax`` if that is not)."""
+    import torch
+
+    if math.isfinite(float(block.sum())):
+        return True
+    low, high = torch.aminmax(block)  # NaN propagates into both
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 def _merge_rows(layer: Any, adapter: str, name: str) -> None:

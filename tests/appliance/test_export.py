@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,17 @@ def test_gguf_from_a_bf16_merge_is_checked_against_the_reference_only(
     assert "file_check" not in result.verification
     assert result.verification["passed"]
     assert result.details["dtype"] == "bf16"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finiteness_check_of_a_merged_block(dtype: torch.dtype) -> None:
+    from appliance.export.merge import _all_finite
+
+    big = torch.finfo(dtype).max / 2
+    assert _all_finite(torch.tensor([[0.5, -2.0], [1e-3, 7.0]], dtype=dtype))
+    # finite values whose sum overflows: the sum alone would call them infinite
+    assert _all_finite(torch.tensor([[big, big], [big, big]], dtype=dtype))
+    for bad in (math.nan, math.inf, -math.inf):
+        assert not _all_finite(torch.tensor([[0.5, bad], [1.0, 2.0]], dtype=dtype))
+    # NaN hidden by an overflowing sum still counts
+    assert not _all_finite(torch.tensor([[big, big], [big, math.nan]], dtype=dtype))
