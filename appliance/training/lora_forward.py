@@ -39,10 +39,10 @@ def fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         or x.dtype != lora_a.weight.dtype
     ):
         return type(layer).forward(layer, x, *args, **kwargs)
+    # The base's output has x's dtype (bitsandbytes casts back to the input's; a 16/32-bit
+    # linear layer needs x in its own), which the check above made LoRA's too.
     result = layer.base_layer(x)
     hidden = lora_a(layer.lora_dropout[name](x))
-    if result.dtype != hidden.dtype:
-        return result + (lora_b(hidden) * layer.scaling[name]).to(result.dtype)
     summed = torch.addmm(
         result.reshape(-1, result.shape[-1]),
         hidden.reshape(-1, hidden.shape[-1]),
