@@ -447,9 +447,11 @@ def estimate_memory(
 
     # peft's LoRA layer casts each wrapped projection's input to the adapter's fp32 (no autocast
     # in our loop) and applies dropout to it; lora_A keeps that copy (and dropout its mask) for
-    # the backward pass, once per wrapped projection.
+    # the backward pass, once per wrapped projection. torch's dropout keeps a boolean mask; the
+    # CPU's fast dropout keeps its random 16-bit lanes (dropout.FastDropout).
+    mask = 2 if not cuda and config.speed.fast_dropout else 1
     per_value = (4 if width < 4 else (width if config.lora.dropout > 0 else 0)) + (
-        1 if config.lora.dropout > 0 else 0
+        mask if config.lora.dropout > 0 else 0
     )
     if per_value:
         shapes = shape.linear_shapes()

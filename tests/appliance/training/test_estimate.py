@@ -174,11 +174,15 @@ def test_cpu_estimate_is_fp32_without_a_cuda_context() -> None:
     assert est.item("checkpoint").bytes == 0  # 24 B a LoRA parameter is less than a step here
     assert est.item("loading").bytes == 0
     # fp32 compute: activations take 4 bytes a value; a 4-byte input needs no LoRA cast copy
-    # but dropout (0.05 by default) still keeps one, plus its mask.
+    # but dropout (0.05 by default) still keeps one, plus its mask: the fast dropout's 16-bit
+    # random lanes on the CPU.
     b, s, h = 4, 1024, 2048
     layer = 6 * h + 2 * 512 + 4 * 8192
     assert est.item("activations").bytes == 4 * 16 * b * s * h + 4 * b * s * layer
-    assert est.item("lora_inputs").bytes == 5 * b * s * (5 * h + h + 8192)
+    assert est.item("lora_inputs").bytes == 6 * b * s * (5 * h + h + 8192)
+    torch_dropout = apply_overrides(TrainConfig(), ["speed.fast_dropout=false"])
+    plain = estimate_memory(LLAMA32_1B, torch_dropout, device="cpu")
+    assert plain.item("lora_inputs").bytes == 5 * b * s * (5 * h + h + 8192)  # a boolean mask
 
 
 def test_cpu_checkpoint_and_loading_count_only_beyond_a_step() -> None:

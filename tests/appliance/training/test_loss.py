@@ -10,7 +10,7 @@ import torch
 
 from appliance.training.batching import IGNORE, BatchPlan, Example, collate, pack
 from appliance.training.config import TrainConfig
-from appliance.training.dropout import FastDropout, use_fast_dropout
+from appliance.training.dropout import FastDropout, keep_threshold, random_lanes, use_fast_dropout
 from appliance.training.loss import (
     causal_lm_loss,
     hidden_state_loss_supported,
@@ -168,6 +168,24 @@ def test_fast_dropout_drops_at_the_rate_and_keeps_the_expectation() -> None:
     first = FastDropout(0.3).train()(torch.ones(1000))
     torch.manual_seed(1)
     assert torch.equal(first, FastDropout(0.3).train()(torch.ones(1000)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_is_the_boolean_masks_product_bit_for_bit(dtype: torch.dtype) -> None:
+    # The float mask (with the scale folded in for fp32) gives the numbers of x * keep * scale.
+    dropout = FastDropout(0.05).train()
+    x = torch.randn(4, 59, 576, dtype=dtype, requires_grad=True)
+    grad = torch.randn(4, 59, 576, dtype=dtype)
+    torch.manual_seed(3)
+    keep = random_lanes(x.shape, x.device) >= keep_threshold(dropout.drop_lanes)
+    torch.manual_seed(3)
+    y = dropout(x)
+    y.backward(grad)
+    assert y.dtype == dtype
+    assert torch.equal(y, torch.mul(x.detach(), keep).mul_(dropout.scale))
+    assert x.grad is not None
+    assert torch.equal(x.grad, torch.mul(grad, keep).mul_(dropout.scale))
+    assert 0.04 < 1 - float(keep.float().mean()) < 0.06
 
 
 def test_fast_dropout_replaces_lora_dropout(tiny_llama: Path) -> None:
