@@ -39,12 +39,15 @@ VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
 dense block-diagonal mask (so packing costs no extra attention arithmetic)."""
 
 
-def enable_checkpointing(model: Any, on: bool, *, keep_matmuls: bool = False) -> None:
+def enable_checkpointing(
+    model: Any, on: bool, *, keep_matmuls: bool = False, recorded: bool = False
+) -> None:
     """Gradient (activation) checkpointing on the base model, non-reentrant; with
-    ``keep_matmuls`` the frozen projections' outputs are kept (:mod:`.recompute`)."""
+    ``keep_matmuls`` the frozen projections' outputs are kept (:mod:`.recompute`), recorded by
+    the projections themselves with ``recorded`` (:mod:`.frozen_matmul`)."""
     # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*.
     if on:
-        kwargs = checkpoint_kwargs(keep_matmuls)
+        kwargs = checkpoint_kwargs(keep_matmuls, recorded=recorded)
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
@@ -201,6 +204,7 @@ def load_for_training(
             checkpointing; not under FSDP, whose checkpointed units were not verified with it).
     """
     from appliance.training.dropout import use_fast_dropout
+    from appliance.training.frozen_matmul import use_frozen_matmuls
     from appliance.training.lora_forward import use_fused_forward
     from appliance.training.loss import hidden_state_loss_supported
 
@@ -222,8 +226,15 @@ def load_for_training(
     selective = config.gradient_checkpointing and keep_matmuls and not fsdp
     if keep_matmuls and fsdp:
         log.info("speed.keep_matmuls is not used with FSDP: the backward pass recomputes")
-    enable_checkpointing(base, config.gradient_checkpointing, keep_matmuls=selective)
+    # On the CPU the frozen projections run through frozen_matmul (a reused buffer for 4-bit
+    # weights) and record their own outputs for the recompute; FSDP holds flat parameters.
+    own_matmuls = not cuda and not fsdp
+    enable_checkpointing(
+        base, config.gradient_checkpointing, keep_matmuls=selective, recorded=own_matmuls
+    )
     model = attach_lora(base, config)
+    if own_matmuls:
+        use_frozen_matmuls(model)
     if not cuda and config.speed.fast_dropout:
         use_fast_dropout(model)
     if not cuda and not fsdp and config.speed.fused_lora:  # FSDP holds flat parameters

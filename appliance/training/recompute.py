@@ -59,9 +59,17 @@ def context_fn() -> Any:
     return create_selective_checkpoint_contexts(keep_frozen_matmuls)
 
 
-def checkpoint_kwargs(keep_matmuls: bool) -> dict[str, Any]:
-    """Keyword arguments for ``torch.utils.checkpoint.checkpoint`` (non-reentrant)."""
+def checkpoint_kwargs(keep_matmuls: bool, *, recorded: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``torch.utils.checkpoint.checkpoint`` (non-reentrant).
+
+    ``recorded``: the frozen projections record their outputs themselves
+    (:mod:`.frozen_matmul`, the CPU's path: their layers must have been given its forward);
+    otherwise this module's policy picks them out operator by operator."""
     kwargs: dict[str, Any] = {"use_reentrant": False}
-    if keep_matmuls:
+    if keep_matmuls and recorded:
+        from appliance.training import frozen_matmul
+
+        kwargs["context_fn"] = frozen_matmul.context_fn
+    elif keep_matmuls:
         kwargs["context_fn"] = functools.partial(context_fn)
     return kwargs

@@ -11,8 +11,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from appliance.training.batching import IGNORE, Example, collate
+from appliance.training.frozen_matmul import frozen_forward
 from appliance.training.loss import causal_lm_loss
-from appliance.training.model import load_for_training
+from appliance.training.model import enable_checkpointing, load_for_training
 from appliance.training.settings import build_config
 
 pytest.importorskip("bitsandbytes")
@@ -33,8 +34,13 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _train_step(tiny_llama: Path, method: str, keep: bool) -> tuple[Any, dict[str, Any], Any]:
-    """Loss, LoRA gradients and the operators the backward pass ran, for one micro-batch."""
+def _train_step(
+    tiny_llama: Path, method: str, keep: bool, policy: bool = False
+) -> tuple[Any, dict[str, Any], Any]:
+    """Loss, LoRA gradients and the operators the backward pass ran, for one micro-batch.
+
+    ``policy``: the stock frozen layers and selective checkpointing's per-operator policy (the
+    path on CUDA) instead of the CPU's own frozen matmuls that record their outputs."""
     torch.set_num_threads(1)
     config = build_config(
         "quick-test",
@@ -45,6 +51,12 @@ def _train_step(tiny_llama: Path, method: str, keep: bool) -> tuple[Any, dict[st
     )
     model = loaded.model
     assert loaded.recompute == ("selective" if keep else "full")
+    own = [m for m in model.modules() if getattr(m.forward, "__func__", None) is frozen_forward]
+    assert len(own) == 7 * 2  # every frozen projection of the tiny LLaMA's two layers
+    if policy:
+        for module in own:
+            del module.forward  # the class's (bitsandbytes' or torch's) forward again
+        enable_checkpointing(model.get_base_model(), True, keep_matmuls=keep, recorded=False)
     with torch.no_grad():  # non-zero B, so every LoRA matrix gets a gradient
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -65,12 +77,13 @@ def _train_step(tiny_llama: Path, method: str, keep: bool) -> tuple[Any, dict[st
     return loss.detach() / count, grads, counter.counts
 
 
+@pytest.mark.parametrize("policy", [False, True], ids=["recorded", "policy"])
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_keeping_the_base_matmuls_gives_the_same_loss_and_gradients(
-    tiny_llama: Path, method: str
+    tiny_llama: Path, method: str, policy: bool
 ) -> None:
     full_loss, full_grads, full_ops = _train_step(tiny_llama, method, keep=False)
-    kept_loss, kept_grads, kept_ops = _train_step(tiny_llama, method, keep=True)
+    kept_loss, kept_grads, kept_ops = _train_step(tiny_llama, method, keep=True, policy=policy)
 
     assert abs(float(full_loss - kept_loss)) <= 1e-6
     assert full_grads.keys() == kept_grads.keys()
@@ -82,18 +95,17 @@ def test_keeping_the_base_matmuls_gives_the_same_loss_and_gradients(
     # What the backward pass no longer does: the frozen projections' forward, a second time.
     layers = 2  # the tiny LLaMA's decoder layers
     projections = 7 * layers
-    if method == "qlora":
-        # Each 4-bit projection's forward is one bitsandbytes operator (the recompute stops
-        # early, after the last tensor it must rebuild, which spares the layer's last one); its
-        # input gradient is a dequantisation and a plain matmul.
-        assert full_ops["bitsandbytes.gemm_4bit.default"] >= projections - layers
+    # On the CPU's own path a projection's forward and its input gradient are each a matmul by
+    # the frozen (dequantised) weight: recompute (one each, but the layer's last: the recompute
+    # stops after the last tensor it must rebuild) and input gradient, against the latter alone.
+    assert full_ops["frozen mm"] >= 2 * projections - layers
+    assert full_ops["bitsandbytes.gemm_4bit.default"] == 0
+    if policy and method == "qlora":
+        # bitsandbytes' layer: its forward is one operator (dequantise + matmul), its input
+        # gradient a dequantisation and a plain matmul.
         assert kept_ops["bitsandbytes.gemm_4bit.default"] == 0
         assert kept_ops["bitsandbytes.dequantize_4bit.default"] == projections
-    else:
-        # Recompute (one each, but the layer's last) and input gradient (one each) against
-        # the input gradient alone.
-        assert full_ops["frozen mm"] >= 2 * projections - layers
-        assert kept_ops["frozen mm"] == projections
+    assert kept_ops["frozen mm"] == projections
 
 
 def test_without_checkpointing_there_is_nothing_to_keep(tiny_llama: Path) -> None:
