@@ -29,6 +29,8 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +44,43 @@ ABLATIONS = {
     "glibc memory release off": ["release_memory=false"],
     "full recompute (keep_matmuls off)": ["keep_matmuls=off"],
     "peft's LoRA forward (fused_lora off)": ["fused_lora=false"],
+    "bitsandbytes' layers, per-operator policy (own_matmuls off)": ["own_matmuls=false"],
 }
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the step, for the in-process timing."""
+
+    batching: str = "grouped"
+    chunked: bool = True
+    """The loss from the labelled rows' hidden states, in chunks (else the model's whole logits)."""
+    fast_dropout: bool = True
+    stock_loss: bool = False
+    """The model's own loss (transformers' ``labels=``)."""
+    keep: bool = True
+    """The frozen projections' outputs kept (only with checkpointing on)."""
+    own: bool = True
+    """The frozen projections through ``frozen_matmul`` (else bitsandbytes' and torch's layers
+    and, with ``keep``, selective checkpointing's per-operator policy)."""
+    fused: bool = True
+    """LoRA's product added inside one matmul (else peft's forward)."""
+
+
+BARE = Variant("padded", False, False, True, keep=False, own=False, fused=False)
+"""The bare loop's step: padded random batches, whole logits, torch's dropout and the model's
+loss, full recompute, bitsandbytes' and peft's layers."""
+
 VARIANTS = {
-    # name: (batching, chunked loss, fast dropout, stock loss, kept matmuls) for the in-process
-    # step timing (the kept matmuls only with checkpointing on)
-    "appliance (all on)": ("grouped", True, True, False, True),
-    "full recompute": ("grouped", True, True, False, False),
-    "random order, padded": ("padded", True, True, False, True),
-    "packed rows": ("packed", True, True, False, True),
-    "whole-logits loss": ("grouped", False, True, False, True),
-    "torch dropout": ("grouped", True, False, False, True),
-    "bare: stock loss, padded, torch dropout, full recompute": (
-        "padded",
-        False,
-        False,
-        True,
-        False,
-    ),
+    "appliance (all on)": Variant(),
+    "full recompute": Variant(keep=False),
+    "random order, padded": Variant(batching="padded"),
+    "packed rows": Variant(batching="packed"),
+    "whole-logits loss": Variant(chunked=False),
+    "torch dropout": Variant(fast_dropout=False),
+    "bitsandbytes' layers, per-operator policy": Variant(own=False),
+    "peft's LoRA forward": Variant(fused=False),
+    "bare: stock loss, padded, torch dropout, full recompute, stock layers": BARE,
 }
 
 
@@ -190,6 +211,8 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from appliance.training.batching import BatchPlan
     from appliance.training.dropout import FastDropout
+    from appliance.training.frozen_matmul import frozen_forward
+    from appliance.training.lora_forward import fused_forward
     from appliance.training.loss import causal_lm_loss
     from appliance.training.model import MODES, enable_checkpointing, load_for_training
     from appliance.training.settings import build_config
@@ -213,6 +236,18 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             for name, dropout in container.items():
                 if isinstance(dropout, FastDropout):
                     dropouts.append((container, name, dropout, torch.nn.Dropout(dropout.p)))
+    patched = {  # the layers given the appliance's own forwards, by that forward
+        function: [m for m in model.modules() if getattr(m.forward, "__func__", None) is function]
+        for function in (frozen_forward, fused_forward)
+    }
+
+    def use(function: Any, on: bool) -> None:
+        for module in patched[function]:
+            if on:
+                module.forward = types.MethodType(function, module)
+            else:
+                vars(module).pop("forward", None)  # the class's forward again
+
     plans = {
         mode: BatchPlan(
             examples, args.micro_batch, args.seed, order=order, layout=layout, pad_id=pad_id
@@ -232,20 +267,24 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     position = 0
     accum = args.accumulation
     for _ in range(args.rounds):
-        for name, (mode, chunked, fast, stock, keep) in VARIANTS.items():
+        for name, variant in VARIANTS.items():
             for container, key, fast_module, torch_module in dropouts:
-                container[key] = fast_module if fast else torch_module
-            enable_checkpointing(base, args.checkpointing, keep_matmuls=keep)
+                container[key] = fast_module if variant.fast_dropout else torch_module
+            use(frozen_forward, variant.own)
+            use(fused_forward, variant.fused)
+            enable_checkpointing(
+                base, args.checkpointing, keep_matmuls=variant.keep, recorded=variant.own
+            )
             model.train()
 
-            def loss_fn(m: Any, batch: Any, chunked: bool = chunked) -> tuple[Any, int]:
+            def loss_fn(m: Any, batch: Any, chunked: bool = variant.chunked) -> tuple[Any, int]:
                 return causal_lm_loss(m, batch, chunked=chunked)
 
             for _ in range(args.round_steps):
-                batches = [plans[mode].batch(position + i) for i in range(accum)]
+                batches = [plans[variant.batching].batch(position + i) for i in range(accum)]
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 result = train_step(
-                    model, batches, stock_loss if stock else loss_fn, "cpu", params,
+                    model, batches, stock_loss if variant.stock_loss else loss_fn, "cpu", params,
                     optimizer, scheduler, 1.0,
                 )  # fmt: skip
                 timings[name].append(
@@ -255,7 +294,9 @@ def kernels_child(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(2)
         for container, key, fast_module, _ in dropouts:
             container[key] = fast_module
-        enable_checkpointing(base, args.checkpointing, keep_matmuls=True)
+        use(frozen_forward, True)
+        use(fused_forward, True)
+        enable_checkpointing(base, args.checkpointing, keep_matmuls=True, recorded=True)
         for _ in range(args.round_steps):
             batches = [plans["grouped"].batch(position + i) for i in range(accum)]
             wall0 = time.perf_counter()
@@ -394,27 +435,27 @@ def print_table(figures: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'final loss (mean of steps)':30}{a['final_loss']:17.4f}{b['final_loss']:12.4f}")
     if figures["ablations"]:
         print(
-            f"\n{'appliance train, one change':36}{'tokens/s':>10}{'vs A':>7}"
+            f"\n{'appliance train, one change':60}{'tokens/s':>10}{'vs A':>7}"
             f"{'peak MiB':>10}{'vs A':>7}"
         )
         for name, run in figures["ablations"].items():
             speed = run["tokens_per_s"] / a["tokens_per_s"]
             print(
-                f"{name:36}{run['tokens_per_s']:10.1f}{speed:7.2f}"
+                f"{name:60}{run['tokens_per_s']:10.1f}{speed:7.2f}"
                 f"{run['peak_rss'] / mib:10.0f}{run['peak_rss'] / a['peak_rss']:7.2f}"
             )
     kernels = figures["kernels"]
     if kernels:
         ref = kernels["appliance (all on)"]
         print(
-            f"\n{'training steps in one process, in turn':44}{'tok/CPU-s':>10}{'ratio':>7}"
+            f"\n{'training steps in one process, in turn':72}{'tok/CPU-s':>10}{'ratio':>7}"
             f"{'tok/s':>8}{'ratio':>7}"
         )
         for name, run in kernels.items():
             cpu = run.get("tokens_per_cpu_s")
             cpu_text = f"{cpu:10.1f}{cpu / ref['tokens_per_cpu_s']:7.2f}" if cpu else " " * 17
             print(
-                f"{name:44}{cpu_text}{run['tokens_per_s']:8.1f}"
+                f"{name:72}{cpu_text}{run['tokens_per_s']:8.1f}"
                 f"{run['tokens_per_s'] / ref['tokens_per_s']:7.2f}"
             )
 

@@ -21,7 +21,8 @@ while loading) come from the heap, and freed heap memory stays resident. Two mea
   next layer needs again at once, and refaulting them cost 25-30% of the step's CPU time; a trim
   only once the heap has grown by 64 MiB (about every other layer for SmolLM2 at 4 x 60 tokens,
   every layer for larger models) keeps the peak at 964 MiB for about a third of that cost
-  (docs/benchmarks.md, "CPU memory").
+  (docs/benchmarks.md, "CPU memory"). Near the top, within :data:`TRIM_NEAR_TOP` of the highest
+  size a trim has left, less growth suffices: only there does the slack add to the peak.
 
 Elsewhere than glibc (or where ``libc.so.6`` cannot be loaded) both are no-ops.
 """
@@ -47,6 +48,8 @@ TRAINING_THRESHOLD = 32 * 1024 * 1024
 TRIM_GROWTH = 64 * 1024 * 1024
 """Resident growth since the last trim that triggers one between layer parts (measured: 16, 32,
 64, 96, 128 MiB; docs/benchmarks.md)."""
+TRIM_NEAR_TOP = 16 * 1024 * 1024
+"""Growth above the highest size a trim has left that triggers one (the peak's own slack)."""
 
 
 @cache
@@ -100,29 +103,47 @@ def resident_reader() -> Callable[[], int | None]:
 
 
 class GrowthTrimmer:
-    """Trims the heap when the resident size has grown by ``threshold`` bytes since the last trim.
+    """Trims the heap when the resident size has grown by ``threshold`` bytes since the last
+    trim, or by ``near_top`` bytes above the highest size a trim has left (the process's peak).
 
-    A fall in the resident size (the trim after each optimizer step, memory handed back by
-    freeing) lowers the mark. Where the resident size cannot be read, every call trims.
+    The second rule bounds what freed memory can add to the peak: a step's live memory climbs to
+    about the same level each step (the kept activations at the end of the forward pass), and
+    only there does a trim lower the peak; lower down, trims cost refaults and save nothing the
+    peak needs. A fall in the resident size (the trim after each optimizer step, memory handed
+    back by freeing) lowers the mark. Where the resident size cannot be read, every call trims.
     """
 
     def __init__(
-        self, threshold: int = TRIM_GROWTH, resident: Callable[[], int | None] | None = None
+        self,
+        threshold: int = TRIM_GROWTH,
+        resident: Callable[[], int | None] | None = None,
+        near_top: int = TRIM_NEAR_TOP,
     ) -> None:
         self.threshold = threshold
+        self.near_top = near_top
         self.trims = 0
         self._resident = resident or resident_reader()
         self._mark = self._resident()
+        self._top = self._mark
 
     def maybe_trim(self) -> bool:
-        """Trim if the resident size grew by the threshold since the mark; True if it trimmed."""
+        """Trim if the resident size grew by the threshold since the mark or came near the top
+        above the highest level after a trim; True if it trimmed."""
         now = self._resident()
-        if now is not None and self._mark is not None and now - self._mark <= self.threshold:
+        if (
+            now is not None
+            and self._mark is not None
+            and self._top is not None
+            and now - self._mark <= self.threshold
+            and now - self._top <= self.near_top
+        ):
             self._mark = min(self._mark, now)
             return False
         trim()
         self.trims += 1
         self._mark = self._resident()
+        if self._mark is not None:
+            self._top = max(self._top or 0, self._mark)
         return True
 
     def __call__(self, _module: Any, _args: Any) -> None:

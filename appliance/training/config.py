@@ -234,6 +234,11 @@ class SpeedSettings:
     fused_lora: bool = True
     """On CPU, add each LoRA product to the base projection's output inside its last matmul
     (one pass) instead of copying, scaling and adding (three)."""
+    own_matmuls: bool = True
+    """On CPU, run the frozen base's projections through the appliance's own path: 4-bit weights
+    dequantised into one reused buffer instead of a fresh one each time, and with keep_matmuls
+    their outputs recorded for the recompute instead of chosen operator by operator (the same
+    numbers as bitsandbytes' and torch's layers)."""
     release_memory: bool = True
     """On CPU, hand freed memory back to the system while the model loads, after each step, and
     between decoder layers once the resident size has grown by 64 MiB (glibc), so the process's

@@ -228,7 +228,7 @@ def load_for_training(
         log.info("speed.keep_matmuls is not used with FSDP: the backward pass recomputes")
     # On the CPU the frozen projections run through frozen_matmul (a reused buffer for 4-bit
     # weights) and record their own outputs for the recompute; FSDP holds flat parameters.
-    own_matmuls = not cuda and not fsdp
+    own_matmuls = not cuda and not fsdp and config.speed.own_matmuls
     enable_checkpointing(
         base, config.gradient_checkpointing, keep_matmuls=selective, recorded=own_matmuls
     )

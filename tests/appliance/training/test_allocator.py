@@ -83,6 +83,18 @@ def test_trims_only_once_the_resident_size_has_grown(monkeypatch: pytest.MonkeyP
     assert trimmer.trims == len(calls) == 2
 
 
+def test_trims_near_the_top_with_less_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_trims(monkeypatch)
+    readings = iter([1000, 1020, 1040, 1010, 1030, 900, 990, 1045, 950, 1041, 1030])
+    trimmer = allocator.GrowthTrimmer(100, lambda: next(readings), near_top=30)
+    decisions = [trimmer.maybe_trim() for _ in range(7)]
+    # top 1000: 1020 no; 1040 is 40 above the top, trim (mark and top 1010); 1030 no; 900
+    # lower, mark 900; 990 +90, no; 1045 +145 over the mark, trim (mark 950, top stays 1010);
+    # 1041 +91 over the mark but 31 above the top, trim (top 1030)
+    assert decisions == [False, True, False, False, False, True, True]
+    assert trimmer.trims == len(calls) == 3
+
+
 def test_trims_every_time_where_the_resident_size_is_unknown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from appliance.training.batching import IGNORE, Example, collate
 from appliance.training.frozen_matmul import frozen_forward
 from appliance.training.loss import causal_lm_loss
-from appliance.training.model import enable_checkpointing, load_for_training
+from appliance.training.model import load_for_training
 from appliance.training.settings import build_config
 
 pytest.importorskip("bitsandbytes")
@@ -39,24 +39,22 @@ def _train_step(
 ) -> tuple[Any, dict[str, Any], Any]:
     """Loss, LoRA gradients and the operators the backward pass ran, for one micro-batch.
 
-    ``policy``: the stock frozen layers and selective checkpointing's per-operator policy (the
-    path on CUDA) instead of the CPU's own frozen matmuls that record their outputs."""
+    ``policy``: ``speed.own_matmuls=false``, the stock frozen layers and selective
+    checkpointing's per-operator policy (the path on CUDA) instead of the CPU's own frozen
+    matmuls that record their outputs."""
     torch.set_num_threads(1)
     config = build_config(
         "quick-test",
-        [f"method={method}", "rank=4", "dropout=0.1", "seed=5", "gradient_checkpointing=true"],
-    )
+        [f"method={method}", "rank=4", "dropout=0.1", "seed=5", "gradient_checkpointing=true",
+         f"own_matmuls={'false' if policy else 'true'}"],
+    )  # fmt: skip
     loaded = load_for_training(
         tiny_llama, config, cuda=False, dtype=torch.float32, batching="grouped", keep_matmuls=keep
     )
     model = loaded.model
     assert loaded.recompute == ("selective" if keep else "full")
     own = [m for m in model.modules() if getattr(m.forward, "__func__", None) is frozen_forward]
-    assert len(own) == 7 * 2  # every frozen projection of the tiny LLaMA's two layers
-    if policy:
-        for module in own:
-            del module.forward  # the class's (bitsandbytes' or torch's) forward again
-        enable_checkpointing(model.get_base_model(), True, keep_matmuls=keep, recorded=False)
+    assert len(own) == (0 if policy else 7 * 2)  # the tiny LLaMA's two layers' projections
     with torch.no_grad():  # non-zero B, so every LoRA matrix gets a gradient
         for name, param in model.named_parameters():
             if "lora_B" in name:
