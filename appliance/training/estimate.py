@@ -332,6 +332,7 @@ def estimate_memory(
     kbit_upcast: bool | None = None,
     logits_factor: float = LOGITS_FACTOR,
     budget: int | None = None,
+    labelled: Sequence[int] | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of training ``config`` on the model of ``model_config``.
 
@@ -349,6 +350,9 @@ def estimate_memory(
             RAM); with ``speed.keep_matmuls=auto`` the projection outputs are kept when the
             estimate with them stays within :data:`KEEP_MATMULS_SHARE` of it. None (unknown,
             or several processes, which must decide alike): not kept.
+        labelled: positions each training example trains on (its labels after the shift);
+            the chunked loss computes logits for those only, so its term is sized from the
+            most a micro-batch can hold. None: every position of the micro-batch.
 
     Raises:
         TrainingError: the model config lacks a field, or no target module matches.
@@ -362,6 +366,7 @@ def estimate_memory(
             "lengths": lengths,
             "kbit_upcast": kbit_upcast,
             "logits_factor": logits_factor,
+            "labelled": labelled,
         }
         if keep == "auto" and config.gradient_checkpointing and budget is not None:
             kept = estimate_memory(model_config, _keeping(config, "on"), **kwargs)
@@ -468,9 +473,15 @@ def estimate_memory(
 
     if config.speed.chunked_loss:
         # Only labelled positions get logits, a chunk of rows at a time; at most every position.
-        chunk = min(tokens, max(1, CHUNK_ELEMENTS // shape.vocab))
+        rows = tokens
+        if labelled:
+            top = sorted(labelled, reverse=True)[: config.schedule.micro_batch_size]
+            rows = min(tokens, sum(top))
+        chunk = min(rows, max(1, CHUNK_ELEMENTS // shape.vocab))
         logits = chunk * shape.vocab * CHUNKED_LOGIT_BYTES
         how = f"chunked loss: {chunk:,} rows x V={shape.vocab:,} x {CHUNKED_LOGIT_BYTES} B"
+        if labelled:
+            how += f" (a micro-batch trains on at most {rows:,} positions)"
     else:
         logits = round(logits_factor * tokens * shape.vocab * 4)
         how = f"{logits_factor:g} x {tokens:,} tokens x V={shape.vocab:,} x 4 B"
@@ -478,13 +489,14 @@ def estimate_memory(
 
     if qlora:
         largest = max(i * o for i, o in shape.linear_shapes().values())
+        # The CPU's own 4-bit matmuls dequantise into one reused buffer (frozen_matmul).
+        copies = 1 if not cuda and config.speed.own_matmuls else DEQUANT_SCRATCH_FACTOR
         items.append(
             EstimateItem(
                 "dequant",
                 "dequantisation scratch",
-                round(DEQUANT_SCRATCH_FACTOR * largest * width),
-                f"{DEQUANT_SCRATCH_FACTOR:g} x the largest matrix ({largest / 1e6:,.1f} M) "
-                f"in {dtype}",
+                round(copies * largest * width),
+                f"{copies:g} x the largest matrix ({largest / 1e6:,.1f} M) in {dtype}",
             )
         )
     if cuda:

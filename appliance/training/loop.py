@@ -42,7 +42,7 @@ from appliance.errors import TrainingError
 from appliance.training import allocator
 from appliance.training import checkpoint as ckpt
 from appliance.training import events as ev
-from appliance.training.batching import Batch, BatchPlan, collate, total_steps
+from appliance.training.batching import IGNORE, Batch, BatchPlan, collate, total_steps
 from appliance.training.config import TrainConfig
 from appliance.training.data import tokenise
 from appliance.training.distributed import Group
@@ -275,6 +275,7 @@ class Trainer:
                 bf16_supported=bf16,
                 lengths=[len(e.input_ids) for e in self.data.train],
                 budget=self._memory_budget(),
+                labelled=[sum(t != IGNORE for t in e.labels[1:]) for e in self.data.train],
             )
             self.keep_matmuls = estimate.kept_matmuls
             estimate = per_device(

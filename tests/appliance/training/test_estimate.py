@@ -348,6 +348,37 @@ def test_chunked_loss_keeps_one_chunk_of_logits() -> None:
     assert short.item("logits").bytes == 20 * 128256 * CHUNKED_LOGIT_BYTES
 
 
+def test_chunked_loss_logits_are_sized_from_the_labelled_positions() -> None:
+    from appliance.training.estimate import CHUNKED_LOGIT_BYTES
+
+    # Four examples a micro-batch; the answers (labelled) are a quarter of each conversation.
+    config = facts_example(chunked_loss="true", micro_batch_size="4")
+    lengths = [60, 64, 58, 50, 61]
+    labelled = [15, 16, 14, 12, 40]
+    est = estimate_memory(LLAMA3_8B, config, lengths=lengths, labelled=labelled)
+    # The four most labelled positions: 40 + 16 + 15 + 14 rows of logits.
+    assert est.item("logits").bytes == 85 * 128256 * CHUNKED_LOGIT_BYTES
+    assert "at most 85 positions" in est.item("logits").detail
+    unknown = estimate_memory(LLAMA3_8B, config, lengths=lengths)
+    assert unknown.item("logits").bytes == 130 * 128256 * CHUNKED_LOGIT_BYTES  # a whole chunk
+    assert est.total_bytes < unknown.total_bytes
+    plain = facts_example(micro_batch_size="4")  # whole logits: every position counts
+    whole = estimate_memory(LLAMA3_8B, plain, lengths=lengths, labelled=labelled)
+    assert whole.item("logits") == estimate_memory(LLAMA3_8B, plain, lengths=lengths).item("logits")
+
+
+def test_the_cpu_dequantises_into_one_buffer() -> None:
+    cpu = estimate_memory(LLAMA32_1B, TrainConfig(), device="cpu")
+    gpu = estimate_memory(LLAMA32_1B, TrainConfig(), device="cuda")
+    largest = 2048 * 8192  # the MLP's matrices
+    assert cpu.item("dequant").bytes == largest * 4  # one fp32 copy, reused
+    assert gpu.item("dequant").bytes == round(2.5 * largest * 2)  # bf16 copies alive at once
+    stock = apply_overrides(TrainConfig(), ["speed.own_matmuls=false"])
+    assert estimate_memory(LLAMA32_1B, stock, device="cpu").item("dequant").bytes == round(
+        2.5 * largest * 4
+    )
+
+
 def test_kept_projection_outputs_are_one_value_per_output_a_token_and_layer() -> None:
     config = facts_example(keep_matmuls="on")
     kept = estimate_memory(LLAMA3_8B, config)
