@@ -12,13 +12,16 @@ memory at all.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from appliance.export.options import check_cancel
 
@@ -100,6 +103,53 @@ def _write(handle: IO[bytes], data: bytes | memoryview) -> None:
     handle.write(data)
 
 
+WRITEBACK_CHUNK = 16 * 1024 * 1024
+"""Bytes written between two requests to start writing the file's pages to disk."""
+SYNC_FILE_RANGE_WRITE = 2
+"""``sync_file_range`` flag: start writeback of the range's dirty pages, do not wait."""
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` through libc, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", function)
+
+
+class _Writeback:
+    """Asks the kernel to start writing what was written so far to disk, every
+    :data:`WRITEBACK_CHUNK` bytes, without waiting for it.
+
+    Otherwise the kernel writes a fresh file's pages back only under memory pressure or at the
+    final ``fsync``, which then waits for all of it: half of a bare save's time for SmolLM2
+    (0.08 of 0.15 s). Started early, the disk writes while the merge computes the next blocks,
+    and the ``fsync`` finds little left (measured: 3 ms instead of 80). A no-op where
+    ``sync_file_range`` is missing; its errors are ignored (the ``fsync`` still decides).
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.start = 0
+        self.position = 0
+        self.function = _sync_file_range()
+
+    def wrote(self, size: int) -> None:
+        self.position += size
+        if self.function is None or self.position - self.start < WRITEBACK_CHUNK:
+            return
+        self.handle.flush()  # the buffered tail must reach the page cache first
+        self.function(self.handle.fileno(), self.start, self.position - self.start,
+                      SYNC_FILE_RANGE_WRITE)  # fmt: skip
+        self.start = self.position
+
+
 def distinct_tensors(
     state: Mapping[str, torch.Tensor | Blocks],
 ) -> dict[str, torch.Tensor | Blocks]:
@@ -153,13 +203,16 @@ def write_file(
     with open(path, "xb") as handle:
         _write(handle, len(raw).to_bytes(8, "little"))
         _write(handle, raw)
+        writeback = _Writeback(handle)
+        writeback.wrote(8 + len(raw))
         for name, tensor in tensors.items():
             check_cancel(cancel)
             if isinstance(tensor, Blocks):
-                _write_blocks(handle, name, tensor, on_bytes)
+                _write_blocks(handle, name, tensor, on_bytes, writeback)
                 continue
             buffer = tensor_buffer(tensor)
             _write(handle, buffer)
+            writeback.wrote(len(buffer))
             if on_bytes is not None:
                 on_bytes(len(buffer))
         handle.flush()
@@ -168,7 +221,11 @@ def write_file(
 
 
 def _write_blocks(
-    handle: IO[bytes], name: str, tensor: Blocks, on_bytes: Callable[[int], None] | None
+    handle: IO[bytes],
+    name: str,
+    tensor: Blocks,
+    on_bytes: Callable[[int], None] | None,
+    writeback: _Writeback,
 ) -> None:
     written = 0
     for block in tensor.produce():
@@ -176,6 +233,7 @@ def _write_blocks(
             raise ValueError(f"{name}: a block came as {block.dtype}, not {tensor.dtype}")
         buffer = tensor_buffer(block)
         _write(handle, buffer)
+        writeback.wrote(len(buffer))
         written += len(buffer)
         if on_bytes is not None:
             on_bytes(len(buffer))

@@ -356,6 +356,39 @@ def test_blocks_that_do_not_fill_their_shape_are_refused(tmp_path: Path) -> None
         shards.write_file(tmp_path / "x.safetensors", {"w": short})
 
 
+def test_the_file_is_handed_to_the_disk_while_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    from appliance.export import shards
+
+    requests: list[tuple[int, int, int]] = []
+    real = shards._sync_file_range()
+    assert real is not None  # Linux: the real call must take these arguments
+
+    def recording(fd: int, start: int, length: int, flags: int) -> int:
+        requests.append((start, length, flags))
+        return real(fd, start, length, flags)
+
+    monkeypatch.setattr(shards, "WRITEBACK_CHUNK", 1 << 20)
+    monkeypatch.setattr(shards, "_sync_file_range", lambda: recording)
+    big = torch.arange(700_000, dtype=torch.float32)  # 2.8 MB
+    blocks = shards.Blocks((4, 300_000), torch.float32, lambda: iter(torch.ones(4, 1, 300_000)))
+    size = shards.write_file(tmp_path / "w.safetensors", {"big": big, "blocks": blocks})
+    # Consecutive ranges from the file's start, each of at least a chunk, none past its end.
+    assert len(requests) >= 3
+    assert requests[0][0] == 0
+    for (start, length, flags), (following, _, _) in zip(requests, requests[1:], strict=False):
+        assert flags == shards.SYNC_FILE_RANGE_WRITE
+        assert length >= 1 << 20
+        assert following == start + length
+    assert requests[-1][0] + requests[-1][1] <= size
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    assert torch.equal(loaded["big"], big)
+    assert torch.equal(loaded["blocks"], torch.ones(4, 300_000))
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
