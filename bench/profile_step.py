@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(
             "balanced",
             ["micro_batch_size=4", "max_seq_length=256", *args.sets, "batching=padded",
-             "chunked_loss=false", "fast_dropout=false"],
+             "chunked_loss=false", "fast_dropout=false", "fused_lora=false",
+             "own_matmuls=false"],
         )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = demo_home.train_examples(tokenizer, config)
