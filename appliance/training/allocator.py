@@ -48,8 +48,9 @@ TRAINING_THRESHOLD = 32 * 1024 * 1024
 TRIM_GROWTH = 64 * 1024 * 1024
 """Resident growth since the last trim that triggers one between layer parts (measured: 16, 32,
 64, 96, 128 MiB; docs/benchmarks.md)."""
-TRIM_NEAR_TOP = 16 * 1024 * 1024
-"""Growth above the highest size a trim has left that triggers one (the peak's own slack)."""
+TRIM_NEAR_TOP = 32 * 1024 * 1024
+"""Growth above the highest size a trim has left that triggers one (the peak's own slack;
+measured in one process: 16 MiB and 32 MiB gave the same peak, 32 MiB with a third fewer trims)."""
 
 
 @cache
