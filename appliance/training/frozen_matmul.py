@@ -266,6 +266,7 @@ def frozen_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         args
         or kwargs
         or torch.is_autocast_enabled()
+        or layer.weight.requires_grad  # its gradient is torch's own to compute
         or (layer.bias is not None and layer.bias.requires_grad)
         or (four_bit and not supports(layer))
         or x.dtype != (layer.weight.quant_state.dtype if four_bit else layer.weight.dtype)

@@ -104,6 +104,11 @@ def test_what_the_kernel_cannot_take_goes_to_the_stock_forward() -> None:
     assert type(frozen_forward(layer, x).grad_fn).__name__ == "_Frozen4bitBackward"
     # bf16 input to an fp32 layer: bitsandbytes casts; so does its own forward here.
     assert frozen_forward(layer, x.to(torch.bfloat16)).dtype == torch.bfloat16
+    # A 16/32-bit weight that trains (unfrozen later) needs torch's own weight gradient.
+    plain = torch.nn.Linear(64, 96).requires_grad_(False)
+    assert type(frozen_forward(plain, x).grad_fn).__name__ == "_Frozen16Backward"
+    plain.weight.requires_grad_(True)
+    assert type(frozen_forward(plain, x).grad_fn).__name__ != "_Frozen16Backward"
     # Blocks bitsandbytes' CPU kernel does not take (2,048 and more: its generic path).
     large_blocks = _layer_4bit(96, 64, torch.float32, nested=False)
     large_blocks.weight.quant_state.blocksize = 2048
